@@ -1,0 +1,129 @@
+"""Command line: parses arguments into configs and calls the library. Nothing else lives here.
+
+Every EdgeclsError is printed as one line (`edgecls: error: ...`) with exit status 2; Ctrl-C exits
+with status 130 and a note; no traceback reaches the user for a mistake they can fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgeclsError
+
+log = logging.getLogger("edgecls")
+
+
+def _cmd_zoo(args) -> int:
+    from .zoo import create_model, get_model_info, list_models, model_stats
+
+    rows = []
+    for name in list_models():
+        info = get_model_info(name)
+        stats = model_stats(create_model(name, input_shape=(args.image_size, args.image_size, 3), num_classes=args.classes))
+        rows.append({"name": name, "family": info.family, **stats, "description": info.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<16}{'params':>10}{'MACs':>14}  family / description   (input {args.image_size}x{args.image_size}x3, {args.classes} classes)")
+    for r in rows:
+        print(f"{r['name']:<16}{r['params']:>10,}{r['macs']:>14,}  {r['family']}: {r['description']}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import TrainConfig
+    from .train import train
+
+    config = TrainConfig(
+        data=args.data, arch=args.arch, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, augment=not args.no_augment, val_fraction=args.val_fraction,
+        patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
+        verbose=args.verbose,
+    )
+    result = train(config)
+    m = result.metrics
+    print(
+        f"{config.arch}: test accuracy {m['test_accuracy']:.4f} after {m['epochs_run']} epochs "
+        f"({m['mean_epoch_time_s']} s/epoch, {m['images_per_s']} images/s on {m['device']}); wrote {result.out}"
+    )
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from ._io import atomic_write_json
+    from .evaluate import evaluate
+
+    result = evaluate(args.model, args.data, split=args.split, safe_mode=not args.unsafe)
+    print(result.format())
+    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "eval.json"
+    atomic_write_json(out, result.to_dict())
+    print(f"\nwrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecls", description="Small image classifiers from training to edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("zoo", help="list the model zoo with parameters and MACs")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_zoo)
+
+    p = sub.add_parser("train", help="train a zoo model")
+    p.add_argument("--data", default="cifar10-sample",
+                   help="image folder, .zip of one, cifar-10-batches-py folder, 'cifar10' or 'cifar10-sample' (default)")
+    p.add_argument("--arch", default="resnet8", help="zoo model name (see 'edgecls zoo'); default resnet8")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--recipe", default="edgecls", choices=("edgecls", "tutorial"),
+                   help="'edgecls' (default, augmented SGD+cosine) or 'tutorial' (plain Adam baseline)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 x batch/128 for SGD)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
+    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1, per-class accuracy and confusion matrix of a trained model")
+    p.add_argument("model", help="directory written by 'edgecls train' (or its model.keras)")
+    p.add_argument("--data", default="cifar10-sample")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Root at WARNING keeps TensorFlow's own INFO chatter out; edgecls reports progress at INFO.
+    logging.basicConfig(level=logging.WARNING, format="edgecls: %(levelname)s: %(message)s")
+    logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return args.func(args)
+    except EdgeclsError as exc:
+        print(f"edgecls: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgecls: interrupted; nothing was written to the output (a training run can continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

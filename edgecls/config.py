@@ -1,0 +1,73 @@
+"""Typed, validated configuration for each stage. Invalid values fail when the config is built,
+with a message naming the field, never deep inside a run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import ConfigError
+
+RECIPES = ("edgecls", "tutorial")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training stage options.
+
+    recipe "edgecls": SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight
+    decay (not on BatchNorm or biases), label smoothing, padded-crop + flip augmentation, inputs
+    standardized with the training set's per-channel mean and std.
+    recipe "tutorial": the Keras CIFAR-10 tutorial's plain recipe (Adam 1e-3, no augmentation, no
+    label smoothing, pixels / 255), kept as a baseline to compare against.
+    """
+
+    data: str = "cifar10-sample"
+    arch: str = "resnet8"
+    out: str = "runs/train"
+    epochs: int = 30
+    batch_size: int = 128
+    recipe: str = "edgecls"
+    learning_rate: float | None = None
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 2.0
+    augment: bool = True
+    val_fraction: float = 0.1
+    patience: int = 15
+    image_size: int = 32
+    seed: int = 0
+    resume: bool = False
+    verbose: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        need(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        need(self.learning_rate is None or self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        need(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        need(isinstance(self.patience, int) and self.patience >= 0, f"patience must be an integer >= 0 (0 disables early stopping), got {self.patience!r}")
+        need(isinstance(self.image_size, int) and 8 <= self.image_size <= 1024, f"image_size must be an integer in 8..1024, got {self.image_size!r}")
+        need(self.verbose in (None, 0, 1, 2), f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        need(bool(str(self.out).strip()), "out must name a directory")
+
+    @property
+    def peak_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        # SGD: the usual 0.1 for batch 128, scaled linearly with the batch size.
+        return 1e-3 if self.recipe == "tutorial" else 0.1 * self.batch_size / 128
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        d["peak_learning_rate"] = self.peak_learning_rate
+        return d

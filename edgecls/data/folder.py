@@ -1,0 +1,182 @@
+"""Image-folder datasets, from a directory or a .zip of one.
+
+Layouts: `root/train/<class>/*` with `root/test/<class>/*` (or `val/`), or a single
+`root/<class>/*` folder that is split deterministically. A zip may wrap the root in a single
+top-level folder. Files are decoded with Pillow (the same decoder the runtime uses).
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import DataError
+from ..preprocess import IMAGE_EXTENSIONS, load_image
+
+log = logging.getLogger("edgecls")
+
+TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
+_MAX_SKIP_WARNINGS = 5
+
+
+@dataclass
+class _Tree:
+    """Relative POSIX paths of image files, and a reader for them."""
+
+    files: list[PurePosixPath]
+    dirs: set[PurePosixPath]
+    read: object  # callable(PurePosixPath) -> bytes
+    source: str
+
+
+def _is_hidden(p: PurePosixPath) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in p.parts)
+
+
+def _dir_tree(root: Path) -> _Tree:
+    files, dirs = [], set()
+    for p in root.rglob("*"):
+        rel = PurePosixPath(p.relative_to(root).as_posix())
+        if _is_hidden(rel):
+            continue
+        if p.is_dir():
+            dirs.add(rel)
+        elif p.is_file():
+            files.append(rel)
+    return _Tree(sorted(files), dirs, lambda rel: (root / rel).read_bytes(), str(root))
+
+
+def _zip_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: not a readable zip file ({exc})") from None
+    files, dirs = [], set()
+    for info in zf.infolist():
+        rel = PurePosixPath(info.filename.rstrip("/"))
+        if not rel.parts or _is_hidden(rel) or ".." in rel.parts or rel.is_absolute():
+            continue
+        if info.is_dir():
+            dirs.add(rel)
+        else:
+            files.append(rel)
+        dirs.update(p for p in rel.parents if str(p) != ".")
+    prefix = None
+    tops = {f.parts[0] for f in files}
+    if len(tops) == 1 and all(len(f.parts) > 1 for f in files):
+        prefix = PurePosixPath(next(iter(tops)))
+    if prefix is not None:
+        files = [f.relative_to(prefix) for f in files]
+        dirs = {d.relative_to(prefix) for d in dirs if d != prefix and prefix in d.parents}
+
+    def read(rel, _zf=zf, _prefix=prefix):
+        return _zf.read(str(_prefix / rel) if _prefix else str(rel))
+
+    return _Tree(sorted(files), dirs, read, str(path)), zf
+
+
+def _images_by_class(tree: _Tree, base: PurePosixPath | None) -> dict[str, list[PurePosixPath]]:
+    """Class folder name -> image files directly below it (sorted), under `base`."""
+    depth = len(base.parts) if base else 0
+    classes: dict[str, list[PurePosixPath]] = {}
+    for d in tree.dirs:
+        if len(d.parts) == depth + 1 and (base is None or d.parent == base):
+            classes[d.name] = []
+    for f in tree.files:
+        if len(f.parts) == depth + 2 and (base is None or f.parents[1] == base):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                classes.setdefault(f.parts[depth], []).append(f)
+    return {k: sorted(v) for k, v in sorted(classes.items())}
+
+
+def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size) -> tuple[np.ndarray, np.ndarray, int]:
+    images = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
+    labels = np.empty(len(items), dtype=np.int64)
+    n = skipped = 0
+    for rel, label in items:
+        try:
+            images[n] = load_image(tree.read(rel), size)
+        except DataError as exc:
+            skipped += 1
+            if skipped <= _MAX_SKIP_WARNINGS:
+                log.warning("skipped %s/%s: %s", tree.source, rel, str(exc).split("(", 1)[-1].rstrip(")"))
+            continue
+        labels[n] = label
+        n += 1
+    if skipped > _MAX_SKIP_WARNINGS:
+        log.warning("skipped %d unreadable files in %s in all", skipped, tree.source)
+    return images[:n], labels[:n], skipped
+
+
+def read_image_folder(path: str | Path, size, test_fraction: float = 0.2, seed: int = 0):
+    """Return (train_images, train_labels, test_images, test_labels, class_names, skipped, split_note)."""
+    path = Path(path)
+    zf = None
+    if path.is_dir():
+        tree = _dir_tree(path)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        tree, zf = _zip_tree(path)
+    elif path.is_file():
+        raise DataError(f"{path}: expected an image folder, a .zip of one or a cifar-10-batches-py folder")
+    else:
+        raise DataError(f"dataset not found: {path}")
+    try:
+        return _read_tree(tree, size, test_fraction, seed)
+    finally:
+        if zf is not None:
+            zf.close()
+
+
+def _read_tree(tree: _Tree, size, test_fraction, seed):
+    if not tree.files and not tree.dirs:
+        raise DataError(f"{tree.source}: the dataset is empty; expected <class>/<image> folders")
+    top_dirs = {d.name for d in tree.dirs if len(d.parts) == 1}
+    test_name = next((n for n in TEST_SPLIT_NAMES if n in top_dirs), None)
+    if "train" in top_dirs:
+        if test_name is None:
+            raise DataError(
+                f"{tree.source}: found train/ but no test/ or val/ folder; add one, or put the class folders at the top level to split them automatically"
+            )
+        train_classes = _images_by_class(tree, PurePosixPath("train"))
+        test_classes = _images_by_class(tree, PurePosixPath(test_name))
+        _check_classes(tree.source + "/train", train_classes)
+        _check_classes(f"{tree.source}/{test_name}", test_classes)
+        extra = sorted(set(test_classes) - set(train_classes))
+        if extra:
+            raise DataError(f"{tree.source}: {test_name}/ has classes that train/ lacks: {extra}")
+        names = tuple(train_classes)
+        index = {n: i for i, n in enumerate(names)}
+        train_items = [(f, index[c]) for c, fs in train_classes.items() for f in fs]
+        test_items = [(f, index[c]) for c, fs in test_classes.items() for f in fs]
+        note = f"train/ and {test_name}/ folders"
+    else:
+        classes = _images_by_class(tree, None)
+        _check_classes(tree.source, classes)
+        names = tuple(classes)
+        rng = np.random.default_rng(seed)
+        train_items, test_items = [], []
+        for label, (c, fs) in enumerate(classes.items()):
+            order = rng.permutation(len(fs))
+            n_test = int(round(len(fs) * test_fraction)) if len(fs) > 1 else 0
+            test_idx = set(order[:n_test].tolist())
+            for i, f in enumerate(fs):
+                (test_items if i in test_idx else train_items).append((f, label))
+        note = f"one folder split {1 - test_fraction:.0%}/{test_fraction:.0%} (seed {seed})"
+    x_train, y_train, skip_train = _decode(tree, train_items, size)
+    x_test, y_test, skip_test = _decode(tree, test_items, size)
+    if len(x_train) == 0:
+        raise DataError(f"{tree.source}: no readable training images")
+    return x_train, y_train, x_test, y_test, names, skip_train + skip_test, note
+
+
+def _check_classes(where: str, classes: dict[str, list]) -> None:
+    if not classes:
+        raise DataError(f"{where}: no class folders found; expected {where}/<class>/<image>")
+    empty = [c for c, fs in classes.items() if not fs]
+    if empty:
+        raise DataError(
+            f"{where}: class folder(s) with no images: {empty}; add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
+        )

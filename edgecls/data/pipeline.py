@@ -1,0 +1,78 @@
+"""tf.data pipelines over decoded uint8 images.
+
+Normalization follows the model's PreprocessingSpec (the same arithmetic as
+`PreprocessingSpec.apply`, which the runtime uses). Augmentation (random crop after padding,
+horizontal flip) is for training only and is deterministic for a given seed: every random draw is a
+stateless op keyed by the seed and the element's position in the shuffled stream.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._deps import tensorflow
+from ..preprocess import PreprocessingSpec
+
+
+def normalize(tf, images, spec: PreprocessingSpec):
+    x = tf.cast(images, tf.float32)
+    x = x * tf.constant(spec.scale, tf.float32)
+    x = x - tf.constant(spec.mean, tf.float32)
+    x = x / tf.constant(spec.std, tf.float32)
+    return x
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: PreprocessingSpec,
+    batch_size: int,
+    num_classes: int,
+    training: bool = False,
+    augment: bool = True,
+    pad: int = 4,
+    seed: int = 0,
+    one_hot: bool = True,
+    cache: bool = True,
+):
+    """Return a batched, prefetched tf.data.Dataset of (normalized images, labels).
+
+    `training` shuffles (reshuffled each epoch, reproducibly for the seed) and, with `augment`,
+    applies padded random crops and horizontal flips. Evaluation data is neither shuffled nor
+    augmented. Labels are one-hot when `one_hot` (needed for label smoothing).
+    """
+    tf = tensorflow()
+    height, width = images.shape[1:3]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            # One (2,)-shaped int64 seed per element from a seeded random stream: stateless ops
+            # keyed by it give the same augmentation for the same seed, whatever the threading.
+            seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+            ds = tf.data.Dataset.zip((ds, seeds))
+
+            def _augment(pair, element_seed):
+                image, label = pair
+                image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
+                image = tf.image.stateless_random_crop(image, (height, width, 3), seed=element_seed)
+                flip_seed = tf.random.experimental.stateless_fold_in(element_seed, 1)
+                image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+                return image, label
+
+            ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+
+    def _finish(image, label):
+        x = normalize(tf, image, spec)
+        y = tf.one_hot(label, num_classes) if one_hot else label
+        return x, y
+
+    ds = ds.map(_finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # In-memory tensors cannot be sharded by file across workers; shard by element instead.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,22 @@
+"""Error hierarchy. Every error a user can cause is an EdgeclsError with a one-line message
+that says what was wrong and what to do; the CLI prints it without a traceback."""
+
+
+class EdgeclsError(Exception):
+    """Base class of every error edgecls raises on purpose."""
+
+
+class ConfigError(EdgeclsError, ValueError):
+    """An option or argument is invalid."""
+
+
+class DataError(EdgeclsError):
+    """A dataset or image cannot be read or is unusable."""
+
+
+class ModelError(EdgeclsError):
+    """A model cannot be built, loaded or used."""
+
+
+class DependencyError(EdgeclsError, ImportError):
+    """An optional dependency is missing."""

@@ -1,0 +1,103 @@
+"""Evaluation: top-1, per-class accuracy and the confusion matrix on a labelled split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset, load_dataset
+from .errors import DataError
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    count: int
+    class_names: tuple[str, ...]
+    per_class: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    data: str
+    split: str
+    model: str
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "split": self.split,
+            "images": self.count,
+            "top1": self.top1,
+            "per_class": self.per_class,
+            "classes": list(self.class_names),
+            "confusion_matrix": self.confusion,
+        }
+
+    def format(self) -> str:
+        width = max(len(n) for n in self.class_names)
+        lines = [f"top-1 accuracy: {self.top1:.4f} on {self.count} {self.split} images of {self.data}", "", "per-class accuracy:"]
+        for name in self.class_names:
+            lines.append(f"  {name:<{width}}  {self.per_class[name]:.4f}")
+        lines += ["", "confusion matrix (rows: true, columns: predicted):"]
+        cell = max(4, len(str(max(max(r) for r in self.confusion))) + 1)
+        lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(self.class_names))))
+        for i, (name, row) in enumerate(zip(self.class_names, self.confusion)):
+            lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) + f"   ({i})")
+        return "\n".join(lines)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return matrix
+
+
+def summarize(labels, predictions, class_names, data: str, split: str, model: str) -> EvalResult:
+    matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(class_names))
+    totals = matrix.sum(1)
+    per_class = {n: (float(matrix[i, i] / totals[i]) if totals[i] else float("nan")) for i, n in enumerate(class_names)}
+    return EvalResult(
+        top1=float(np.trace(matrix) / max(1, matrix.sum())),
+        count=int(matrix.sum()),
+        class_names=tuple(class_names),
+        per_class=per_class,
+        confusion=matrix.tolist(),
+        data=data,
+        split=split,
+        model=model,
+    )
+
+
+def align_labels(dataset: Dataset, model_labels) -> np.ndarray:
+    """Map the dataset's label indices onto the model's class order (by class name)."""
+    model_index = {n: i for i, n in enumerate(model_labels)}
+    missing = [n for n in dataset.class_names if n not in model_index]
+    if missing:
+        raise DataError(
+            f"the dataset has classes the model does not know: {missing}; the model's classes are {list(model_labels)}"
+        )
+    return np.array([model_index[n] for n in dataset.class_names], dtype=np.int64)
+
+
+def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int = 256, safe_mode: bool = True) -> EvalResult:
+    """Top-1, per-class accuracy and confusion matrix of a trained model on a dataset split.
+
+    `model` is a directory written by `edgecls train` (or its model.keras); `data` anything
+    `load_dataset` accepts, or a loaded Dataset.
+    """
+    from .modelio import load_trained
+
+    if split not in ("test", "train"):
+        raise DataError(f"split must be 'test' or 'train', got {split!r}")
+    trained = load_trained(model, safe_mode=safe_mode)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, image_size=trained.preprocessing.input_size)
+    if dataset.image_size != trained.preprocessing.input_size:
+        raise DataError(f"images are {dataset.image_size} but the model expects {trained.preprocessing.input_size}")
+    mapping = align_labels(dataset, trained.labels)
+    part = dataset.test if split == "test" else dataset.train
+    predictions = np.empty(len(part), dtype=np.int64)
+    for start in range(0, len(part), batch_size):
+        x = trained.preprocessing.apply(part.images[start:start + batch_size])
+        probs = trained.model(x, training=False).numpy()
+        predictions[start:start + batch_size] = probs.argmax(1)
+    return summarize(mapping[part.labels], predictions, trained.labels, dataset.name, split, str(Path(model)))

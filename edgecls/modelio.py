@@ -1,0 +1,91 @@
+"""Saving and loading a trained model directory: model.keras, labels.json, preprocessing.json."""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._deps import keras
+from ._io import atomic_write_json
+from .errors import ModelError
+from .preprocess import SPEC_FILE, PreprocessingSpec
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class TrainedModel:
+    model: object  # tf_keras.Model
+    labels: tuple[str, ...]
+    preprocessing: PreprocessingSpec
+    path: Path
+
+
+def save_labels(path: str | Path, labels) -> None:
+    atomic_write_json(path, list(labels))
+
+
+def load_labels(path: str | Path) -> tuple[str, ...]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"labels file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"labels file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
+        raise ModelError(f"labels file {path} must hold a JSON list of class names")
+    return tuple(data)
+
+
+def load_keras_model(path: str | Path, safe_mode: bool = True):
+    """Load a Keras model file without its training configuration.
+
+    safe_mode refuses Lambda layers (they carry arbitrary Python code) unless turned off.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a valid .keras file (corrupt or truncated); re-export the model")
+    k = keras()
+    try:
+        return k.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except ValueError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise ModelError(
+                f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)"
+            ) from None
+        raise ModelError(f"cannot load {path}: {msg}") from None
+    except Exception as exc:  # h5py / zip / deserialization errors of a damaged file
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {msg}); the file may be corrupt") from None
+
+
+def load_trained(path: str | Path, safe_mode: bool = True) -> TrainedModel:
+    """Load a directory written by `edgecls train` (or a model file beside its labels.json and
+    preprocessing.json)."""
+    path = Path(path)
+    if path.is_dir():
+        model_path = path / MODEL_FILE
+        folder = path
+    else:
+        model_path = path
+        folder = path.parent
+    if not model_path.exists():
+        raise ModelError(f"no model at {model_path}; pass a directory written by 'edgecls train' or a .keras file")
+    spec_path, labels_path = folder / SPEC_FILE, folder / LABELS_FILE
+    if not spec_path.exists():
+        raise ModelError(f"no {SPEC_FILE} beside {model_path}; edgecls needs the preprocessing the model was trained with")
+    spec = PreprocessingSpec.load(spec_path)
+    model = load_keras_model(model_path, safe_mode=safe_mode)
+    out_classes = int(model.outputs[0].shape[-1])
+    if labels_path.exists():
+        labels = load_labels(labels_path)
+    else:
+        labels = tuple(str(i) for i in range(out_classes))
+    if len(labels) != out_classes:
+        raise ModelError(f"{labels_path} lists {len(labels)} classes but the model outputs {out_classes}")
+    return TrainedModel(model, labels, spec, model_path)

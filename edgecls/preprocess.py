@@ -1,0 +1,126 @@
+"""Image decoding and the preprocessing spec. numpy and Pillow only: the runtime uses this
+module on devices without TensorFlow, and the training pipeline uses the same functions, so a
+file gives the same tensor in training and on the device."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPEC_FILE = "preprocessing.json"
+
+ImageSource = Union[str, Path, bytes]
+
+
+def load_image(source: ImageSource, size: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an image file (path or bytes) to uint8 RGB H x W x 3.
+
+    Grayscale, palette and RGBA images are converted to RGB (alpha is dropped). With `size`
+    (height, width) the image is resized with Pillow's bilinear filter when it differs.
+    Raises DataError for a file that is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+        with stream, Image.open(stream) as img:
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            if size is not None:
+                height, width = int(size[0]), int(size[1])
+                if img.size != (width, height):
+                    img = img.resize((width, height), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"image not found: {name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"not a readable image: {name} ({exc.__class__.__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How uint8 RGB pixels become the model's input: `(pixel * scale - mean) / std`, per
+    channel, after resizing to `input_size` (height, width) with a bilinear filter."""
+
+    input_size: tuple[int, int] = (32, 32)
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: str = "bilinear"
+    layout: str = "NHWC"
+    channels: int = 3
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        size = tuple(int(v) for v in self.input_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(f"input_size must be (height, width) of positive ints, got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        for key in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, key))
+            if len(value) == 1:
+                value = value * 3
+            if len(value) != 3:
+                raise ConfigError(f"{key} needs 1 or 3 values (one per RGB channel), got {len(value)}")
+            object.__setattr__(self, key, value)
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"std must be positive, got {self.std}")
+        if not self.scale > 0:
+            raise ConfigError(f"scale must be positive, got {self.scale}")
+        object.__setattr__(self, "scale", float(self.scale))
+        if self.layout not in ("NHWC", "NCHW"):
+            raise ConfigError(f"layout must be NHWC or NCHW, got {self.layout!r}")
+        if self.resize != "bilinear":
+            raise ConfigError(f"only bilinear resizing is supported, got {self.resize!r}")
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x 3 (or H x W x 3) -> float32 normalized, same shape (NHWC)."""
+        x = np.asarray(images).astype(np.float32)
+        # Same operation order as the tf.data pipeline, so both give identical float32 values.
+        x = x * np.float32(self.scale)
+        x = x - np.asarray(self.mean, dtype=np.float32)
+        x = x / np.asarray(self.std, dtype=np.float32)
+        return x
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessingSpec":
+        known = {"input_size", "scale", "mean", "std", "resize", "layout", "channels", "extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown keys in preprocessing spec: {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from ._io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreprocessingSpec":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"preprocessing spec not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"preprocessing spec {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"preprocessing spec {path} must hold a JSON object")
+        return cls.from_dict(data)

@@ -1,0 +1,273 @@
+"""The training stage.
+
+    >>> from edgecls import TrainConfig, train
+    >>> result = train(TrainConfig(data="cifar10-sample", arch="resnet8", epochs=5, out="runs/r8"))
+
+Work in progress lives in `<out>.partial/` (per-epoch checkpoints, history). Only a finished run
+is moved to `<out>`, so an interrupted or failed run never leaves half-written files there; the
+checkpoints stay behind for `resume=True`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._deps import keras, tensorflow
+from ._io import atomic_write_json, replace_dir
+from .config import TrainConfig
+from .data import Dataset, load_dataset, stratified_split
+from .distribute import select_placement
+from .errors import ConfigError, DataError
+from .hostinfo import host_info
+from .modelio import LABELS_FILE, MODEL_FILE, save_labels
+from .preprocess import SPEC_FILE, PreprocessingSpec
+from .zoo import create_model, get_model_info, model_stats
+
+log = logging.getLogger("edgecls")
+
+TRAIN_FILE = "train.json"
+_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_path: Path
+    metrics: dict
+    model: object = None
+
+
+def preprocessing_for(config: TrainConfig, dataset: Dataset, train_index: np.ndarray) -> PreprocessingSpec:
+    size = dataset.image_size
+    if config.recipe == "tutorial":
+        return PreprocessingSpec(input_size=size, scale=1 / 255.0)
+    # Standardize with the per-channel statistics of the training images actually used.
+    pixels = dataset.train.images[train_index].reshape(-1, 3).astype(np.float64) / 255.0
+    return PreprocessingSpec(input_size=size, scale=1 / 255.0, mean=tuple(pixels.mean(0)), std=tuple(pixels.std(0)))
+
+
+def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    k = keras()
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.recipe == "tutorial":
+        return k.optimizers.Adam(learning_rate=config.peak_learning_rate)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = k.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.peak_learning_rate,
+        decay_steps=total - warmup,
+        alpha=0.0,
+        warmup_target=config.peak_learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    optimizer = k.optimizers.SGD(
+        learning_rate=schedule, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay or None
+    )
+    if config.weight_decay:
+        # Decay only convolution and dense kernels: shrinking BatchNorm scales or biases hurts.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
+    return optimizer
+
+
+class _EpochRecorder:
+    """Per-epoch metrics and timings, saved after each epoch so a resumed run keeps its history."""
+
+    def __init__(self, path: Path, n_train: int):
+        k = keras()
+        recorder = self
+
+        class Callback(k.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                recorder._start = time.perf_counter()
+                recorder._train_end = None
+
+            def on_test_begin(self, logs=None):
+                if recorder._train_end is None:
+                    recorder._train_end = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                recorder.record(epoch, logs or {})
+
+        self.callback = Callback()
+        self.path = path
+        self.n_train = n_train
+        self.epochs: dict[int, dict] = {}
+        if path.exists():
+            for row in json.loads(path.read_text()):
+                self.epochs[int(row["epoch"])] = row
+
+    def record(self, epoch: int, logs: dict) -> None:
+        end = time.perf_counter()
+        train_end = self._train_end or end
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) for k, v in logs.items() if np.isscalar(v)})
+        row["epoch_time_s"] = round(end - self._start, 3)
+        row["train_time_s"] = round(train_end - self._start, 3)
+        row["images_per_s"] = round(self.n_train / max(train_end - self._start, 1e-9), 1)
+        self.epochs[epoch + 1] = row
+        atomic_write_json(self.path, [self.epochs[e] for e in sorted(self.epochs)])
+
+    def rows(self) -> list[dict]:
+        return [self.epochs[e] for e in sorted(self.epochs)]
+
+
+def _check_resume(staging: Path, config: TrainConfig) -> None:
+    run_file = staging / "run.json"
+    if not staging.exists():
+        if config.resume:
+            log.warning("nothing to resume in %s; starting a new run", staging)
+        return
+    if not config.resume:
+        raise ConfigError(
+            f"an interrupted run is waiting in {staging}; pass --resume to continue it, or delete that folder to start over"
+        )
+    if run_file.exists():
+        before = json.loads(run_file.read_text())
+        now = config.to_dict()
+        changed = [k for k in _RESUME_KEYS if before.get(k) != now.get(k)]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {staging}: {', '.join(f'{k} was {before.get(k)!r}, now {now.get(k)!r}' for k in changed)}; "
+                f"use the original options or delete that folder"
+            )
+
+
+def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | None = None, **overrides) -> TrainResult:
+    """Train a zoo model. Options come from `config` (a TrainConfig) and/or keyword overrides.
+
+    Writes `<out>/model.keras`, `labels.json`, `preprocessing.json` and `train.json`.
+    `callbacks` are extra Keras callbacks (progress reporting, for example). `dataset` may be
+    passed pre-loaded; otherwise `config.data` is loaded.
+    """
+    if config is None:
+        config = TrainConfig(**overrides)
+    elif overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    get_model_info(config.arch)  # fail on an unknown name before any data is read
+    out = Path(config.out)
+    staging = out.with_name(out.name + ".partial")
+    tf = tensorflow()
+    k = keras()
+    placement = select_placement(tf)
+    if placement.is_chief:
+        _check_resume(staging, config)
+    started = time.perf_counter()
+    if dataset is None:
+        dataset = load_dataset(config.data, image_size=config.image_size, seed=config.seed)
+    if dataset.skipped:
+        log.warning("%d unreadable files were skipped in %s", dataset.skipped, dataset.source)
+    train_index, val_index = stratified_split(dataset.train.labels, config.val_fraction, config.seed)
+    if len(train_index) < config.batch_size // 4 or len(train_index) < 2:
+        raise DataError(f"{dataset.source}: only {len(train_index)} training images; at least {max(2, config.batch_size // 4)} are needed")
+    spec = preprocessing_for(config, dataset, train_index)
+    num_classes = dataset.num_classes
+
+    k.utils.set_random_seed(config.seed)
+    if os.environ.get("EDGECLS_DETERMINISTIC"):
+        tf.config.experimental.enable_op_determinism()
+    if placement.mixed_precision:
+        k.mixed_precision.set_global_policy("mixed_float16")
+
+    from .data.pipeline import make_dataset
+
+    augment = config.augment and config.recipe != "tutorial"
+    x_train, y_train = dataset.train.images[train_index], dataset.train.labels[train_index]
+    train_ds = make_dataset(x_train, y_train, spec, config.batch_size, num_classes, training=True,
+                            augment=augment, seed=config.seed)
+    val_ds = None
+    if len(val_index):
+        val_ds = make_dataset(dataset.train.images[val_index], dataset.train.labels[val_index], spec,
+                              config.batch_size, num_classes)
+    test_ds = make_dataset(dataset.test.images, dataset.test.labels, spec, config.batch_size, num_classes, cache=False)
+    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
+
+    staging.mkdir(parents=True, exist_ok=True)
+    if placement.is_chief:
+        atomic_write_json(staging / "run.json", config.to_dict())
+    input_shape = (*spec.input_size, 3)
+    with placement.strategy.scope():
+        model = create_model(config.arch, input_shape=input_shape, num_classes=num_classes)
+        model.compile(
+            optimizer=_make_optimizer(config, steps_per_epoch),
+            loss=k.losses.CategoricalCrossentropy(label_smoothing=0.0 if config.recipe == "tutorial" else config.label_smoothing),
+            metrics=[k.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    # Only the chief keeps the history; other workers record in memory.
+    recorder = _EpochRecorder(staging / ("history.json" if placement.is_chief else f".history-{os.getpid()}.json"), len(train_index))
+    cbs = [k.callbacks.BackupAndRestore(str(staging / "backup"), save_freq="epoch", delete_checkpoint=False),
+           recorder.callback]
+    if config.patience and val_ds is not None:
+        cbs.append(k.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
+                                             restore_best_weights=True, verbose=1))
+    cbs.extend(callbacks)
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    log.info("training %s on %s (%d train / %d val / %d test images) on %s", config.arch, dataset.name,
+             len(train_index), len(val_index), len(dataset.test), placement.device)
+    fit_start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs, verbose=verbose)
+    fit_time = time.perf_counter() - fit_start
+    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+
+    if placement.mixed_precision:
+        # Ship a float32 model: rebuild without the mixed policy and copy the weights over.
+        k.mixed_precision.set_global_policy("float32")
+        trained = model
+        model = create_model(config.arch, input_shape=input_shape, num_classes=num_classes)
+        model.set_weights(trained.get_weights())
+
+    rows = recorder.rows()
+    stats = model_stats(model)
+    best = max(rows, key=lambda r: r.get("val_accuracy", -1)) if rows and "val_accuracy" in rows[0] else None
+    metrics = {
+        "edgecls_version": __version__,
+        "arch": config.arch,
+        "config": config.to_dict(),
+        "dataset": dataset.summary(),
+        "split": {"train": int(len(train_index)), "val": int(len(val_index)), "test": len(dataset.test)},
+        "model": stats,
+        "epochs_run": len(rows),
+        "stopped_early": bool(rows) and len(rows) < config.epochs,
+        "history": rows,
+        "val_accuracy": rows[-1].get("val_accuracy") if rows else None,
+        "best_val_accuracy": best.get("val_accuracy") if best else None,
+        "best_epoch": best.get("epoch") if best else None,
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "fit_time_s_this_session": round(fit_time, 2),
+        "train_time_s": round(sum(r["train_time_s"] for r in rows), 2),
+        "mean_epoch_time_s": round(float(np.mean([r["epoch_time_s"] for r in rows])), 2) if rows else None,
+        "images_per_s": round(float(np.mean([r["images_per_s"] for r in rows])), 1) if rows else None,
+        "device": placement.device,
+        "strategy": placement.kind,
+        "replicas": placement.replicas,
+        "mixed_precision": placement.mixed_precision,
+        "host": host_info(),
+        "versions": {"tensorflow": tf.__version__, "tf_keras": k.__version__, "numpy": np.__version__},
+    }
+    if not placement.is_chief:
+        # Only the chief writes results; the other workers' copies would be identical.
+        return TrainResult(out, out / MODEL_FILE, metrics, model)
+    final = staging / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir()
+    model.save(final / MODEL_FILE)
+    save_labels(final / LABELS_FILE, dataset.class_names)
+    spec.save(final / SPEC_FILE)
+    atomic_write_json(final / TRAIN_FILE, metrics)
+    replace_dir(final, out)
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("test accuracy %.4f; wrote %s", test_acc, out)
+    return TrainResult(out, out / MODEL_FILE, metrics, model)

@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_ZIP = FIXTURES / "cifar10_tiny.zip"
+TINY_BATCHES = FIXTURES / "cifar-10-batches-py-tiny"
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # Tests never read or fill the user's decode cache.
+    os.environ["EDGECLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    yield
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None):
+    """Run `python -m edgecls.cli ...` in a subprocess; return the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls.cli", *map(str, args)],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or ROOT,
+    )
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edgecls: error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """A seed_cnn trained for 3 epochs on the tiny real fixture (seconds), shared by tests."""
+    from edgecls import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "seed"
+    result = train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", epochs=3, batch_size=32, out=str(out), verbose=0))
+    return result

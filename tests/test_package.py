@@ -1,0 +1,33 @@
+"""Packaging promises: importing edgecls is light and prepares Keras 2 for tfmot."""
+import subprocess
+import sys
+
+
+def _run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_import_edgecls_imports_no_tensorflow():
+    proc = _run(
+        "import sys, edgecls, edgecls.data, edgecls.preprocess, edgecls.cli, edgecls.zoo, edgecls.train, edgecls.evaluate\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'))\n"
+        "print(heavy)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_legacy_keras_is_set_before_tensorflow_is_imported():
+    proc = _run(
+        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
+        "import edgecls; from edgecls._deps import tensorflow\n"
+        "tf = tensorflow(); import tensorflow_model_optimization as tfmot\n"
+        "print(os.environ['TF_USE_LEGACY_KERAS'], tf.keras.__name__.startswith('tf_keras'))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "True"]
+
+
+def test_version_and_help():
+    proc = subprocess.run([sys.executable, "-m", "edgecls.cli", "--version"], capture_output=True, text=True)
+    assert proc.stdout.strip().startswith("edgecls 0.")
