@@ -257,7 +257,12 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         "versions": {"tensorflow": tf.__version__, "tf_keras": k.__version__, "numpy": np.__version__},
     }
     if not placement.is_chief:
-        # Only the chief writes results; the other workers' copies would be identical.
+        # Saving reads distributed variables through collective ops, so every worker must save;
+        # only the chief's copy is kept.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save(Path(scratch) / MODEL_FILE)
         return TrainResult(out, out / MODEL_FILE, metrics, model)
     final = staging / "final"
     if final.exists():
