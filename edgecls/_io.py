@@ -17,6 +17,8 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; give the final file the usual permissions under the user's umask.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -24,6 +26,21 @@ def atomic_path(path: str | Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_staging_dir(final: str | Path) -> Path:
+    """A fresh hidden directory beside `final`, with normal directory permissions."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

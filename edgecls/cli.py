@@ -66,6 +66,71 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _preprocessing_arg(args):
+    given = {k: v for k, v in (("scale", args.scale), ("mean", args.mean), ("std", args.std)) if v is not None}
+    return given or None
+
+
+def _export_config(args):
+    from .config import ExportConfig
+
+    return ExportConfig(
+        formats=tuple(args.formats) if getattr(args, "formats", None) else ("all",), sparsity=args.sparsity,
+        structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
+        qat_epochs=args.qat_epochs, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
+        calibration_seed=args.calibration_seed, float_io=getattr(args, "float_io", False),
+        onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
+        nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None), seed=args.seed,
+        verbose=args.verbose,
+    )
+
+
+def _cmd_export(args) -> int:
+    from .export import export
+
+    result = export(args.model, data=args.data, out=args.out, config=_export_config(args),
+                    preprocessing=_preprocessing_arg(args), labels=args.labels, safe_mode=not args.unsafe)
+    print(result.format_table())
+    ok = sum(r["status"] == "ok" for r in result.rows)
+    ref = result.manifest["reference"]
+    print(f"\nKeras fp32 reference accuracy {ref['accuracy']:.4f} on {ref['images']} held-out images; "
+          f"{ok} of {len(result.rows)} variants validated; bundle: {result.out}")
+    return 0 if ok else 1
+
+
+def _cmd_optimize(args) -> int:
+    from .optimize.run import optimize
+
+    report = optimize(args.model, data=args.data, out=args.out, kinds=tuple(args.variants), config=_export_config(args),
+                      preprocessing=_preprocessing_arg(args), labels=args.labels, safe_mode=not args.unsafe)
+    print(f"base accuracy {report['base_accuracy']:.4f} on {report['test_images']} held-out images")
+    for kind, entry in report["variants"].items():
+        print(f"{kind:<12} accuracy {entry['accuracy']:.4f}  kernel sparsity {entry.get('kernel_sparsity', 0):.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_model_options(p):
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scale", type=float, help="your model's preprocessing: it sees (pixel * scale - mean) / std")
+    p.add_argument("--mean", type=float, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--std", type=float, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--labels", help="JSON list of class names (default: class indices)")
+    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
+    p.add_argument("--structured-2x4", action="store_true", help="2:4 structured sparsity instead of unstructured")
+    p.add_argument("--skip-layers", nargs="+", help="layers to leave unpruned")
+    p.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs while pruning")
+    p.add_argument("--qat-epochs", type=int, default=1, help="quantization-aware fine-tuning epochs")
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    p.add_argument("--calibration-count", type=int, default=300, help="representative training images for int8")
+    p.add_argument("--calibration-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecls", description="Small image classifiers from training to edge devices.")
     parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
@@ -106,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("optimize", help="prune and/or quantization-aware-train a model; writes Keras models")
+    _add_model_options(p)
+    p.add_argument("--variants", nargs="+", default=["pruned", "qat", "pruned_qat"], choices=("pruned", "qat", "pruned_qat"))
+    p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("export", help="optimize, convert to TFLite/ONNX, validate every artifact, write a bundle")
+    _add_model_options(p)
+    p.add_argument("--formats", nargs="+", help="variants or groups (all, tflite, onnx, int8, float); default all")
+    p.add_argument("--float-io", action="store_true", help="int8 TFLite models take and return float32 instead of int8")
+    p.add_argument("--onnx-int8", default="ort_qdq", choices=("ort_qdq", "tflite"),
+                   help="ONNX int8 route: onnxruntime static QDQ (default) or tf2onnx from the int8 TFLite")
+    p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -115,6 +196,8 @@ def main(argv=None) -> int:
     # Root at WARNING keeps TensorFlow's own INFO chatter out; edgecls reports progress at INFO.
     logging.basicConfig(level=logging.WARNING, format="edgecls: %(levelname)s: %(message)s")
     logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for noisy in ("tensorflow", "tf2onnx", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except EdgeclsError as exc:

@@ -71,3 +71,64 @@ class TrainConfig:
         d.pop("extra")
         d["peak_learning_rate"] = self.peak_learning_rate
         return d
+
+
+ONNX_INT8_METHODS = ("ort_qdq", "tflite")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Optimization and export options (see `edgecls export --help`).
+
+    formats: variant names or groups ("all", "tflite", "onnx", "int8"); see edgecls.export.VARIANTS.
+    """
+
+    formats: tuple[str, ...] = ("all",)
+    sparsity: float = 0.5
+    structured_2x4: bool = False
+    skip_layers: tuple[str, ...] = ()
+    prune_epochs: int = 2
+    qat_epochs: int = 1
+    fine_tune_batch_size: int = 128
+    calibration_count: int = 300
+    calibration_seed: int = 0
+    float_io: bool = False
+    onnx_opset: int = 17
+    onnx_int8_method: str = "ort_qdq"
+    nchw: bool = False
+    max_eval_images: int | None = None
+    seed: int = 0
+    verbose: int = 0
+    tolerances: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        object.__setattr__(self, "formats", tuple(self.formats))
+        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
+        need(self.formats, "formats must name at least one variant")
+        need(isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0,
+             f"sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
+        need(isinstance(self.prune_epochs, int) and self.prune_epochs >= 1, f"prune_epochs must be >= 1, got {self.prune_epochs!r}")
+        need(isinstance(self.qat_epochs, int) and self.qat_epochs >= 1, f"qat_epochs must be >= 1, got {self.qat_epochs!r}")
+        need(isinstance(self.fine_tune_batch_size, int) and self.fine_tune_batch_size >= 1,
+             f"fine_tune_batch_size must be >= 1, got {self.fine_tune_batch_size!r}")
+        need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,
+             f"calibration_count must be at least {MIN_CALIBRATION} real training images, got {self.calibration_count!r}")
+        need(self.onnx_int8_method in ONNX_INT8_METHODS,
+             f"onnx_int8_method must be one of {', '.join(ONNX_INT8_METHODS)}, got {self.onnx_int8_method!r}")
+        need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
+        need(self.max_eval_images is None or (isinstance(self.max_eval_images, int) and self.max_eval_images >= 1),
+             f"max_eval_images must be a positive integer, got {self.max_eval_images!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["formats"] = list(self.formats)
+        d["skip_layers"] = list(self.skip_layers)
+        return d
+
+
+# Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
+MIN_CALIBRATION = 32

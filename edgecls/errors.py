@@ -20,3 +20,7 @@ class ModelError(EdgeclsError):
 
 class DependencyError(EdgeclsError, ImportError):
     """An optional dependency is missing."""
+
+
+class ExportError(EdgeclsError):
+    """A conversion or export step failed."""

@@ -1,0 +1,105 @@
+"""Deployment bundles: a directory of validated artifacts with labels.json, preprocessing.json and
+manifest.json. Standard library only, so the runtime can read bundles without TensorFlow.
+
+manifest.json (schema 1):
+    {"schema": 1, "edgecls_version": ..., "created": ..., "model": {...}, "labels": "labels.json",
+     "preprocessing": "preprocessing.json", "reference": {...},
+     "artifacts": [{"name", "file", "sha256", "format", "precision", "sparsity", "source",
+                    "inputs": [...], "outputs": [...], "size": {...}, "validation": {...}, "tools": {...}}],
+     "rejected": [{"name", "reason", "file"?}]}
+Only artifacts that passed validation are listed under "artifacts"; the others are under
+"rejected" with the reason (their files, if any, sit in rejected/).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes after gzip at level 9 (what a download or an OTA update would carry)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return list(self.manifest.get("artifacts", []))
+
+    def names(self) -> list[str]:
+        return [a["name"] for a in self.artifacts]
+
+    def artifact(self, name: str | None = None) -> dict:
+        arts = self.artifacts
+        if not arts:
+            raise ModelError(f"{self.path}: the bundle holds no validated artifacts")
+        if name is None:
+            return arts[0]
+        for a in arts:
+            if a["name"] == name:
+                return a
+        rejected = {r["name"]: r.get("reason", "") for r in self.manifest.get("rejected", [])}
+        if name in rejected:
+            raise ModelError(f"variant {name!r} failed validation at export and was not shipped ({rejected[name]})")
+        raise ModelError(f"no variant {name!r} in {self.path}; available: {', '.join(self.names())}")
+
+    def file_for(self, artifact: dict, verify: bool = True) -> Path:
+        """The artifact's path, after checking it exists and matches the manifest's sha256."""
+        path = self.path / artifact["file"]
+        if not path.is_file():
+            raise ModelError(f"{path}: listed in the manifest but missing; re-export the bundle")
+        if verify:
+            digest = sha256_file(path)
+            if digest != artifact["sha256"]:
+                raise ModelError(
+                    f"{path}: sha256 {digest[:12]}... does not match the manifest ({artifact['sha256'][:12]}...); "
+                    f"refusing to run a modified file: re-export or re-copy the bundle"
+                )
+        return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"{path}: not a bundle (no {MANIFEST}); pass a directory written by 'edgecls export'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise ModelError(f"{manifest_path}: unsupported manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; expected {SCHEMA}")
+    return Bundle(path, manifest)
+
+
+def find_bundle_for(file: str | Path) -> tuple[Bundle, dict] | None:
+    """If `file` lies in a bundle directory, that bundle and the file's manifest entry."""
+    file = Path(file)
+    manifest_path = file.parent / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    bundle = load_bundle(file.parent)
+    for a in bundle.artifacts:
+        if a["file"] == file.name:
+            return bundle, a
+    return None

@@ -1,0 +1,355 @@
+"""Export stage: one table of variants drives optimization, conversion, validation and the bundle.
+
+    >>> from edgecls.export import export
+    >>> result = export("runs/r8", data="cifar10-sample", out="bundles/r8")
+
+Each variant becomes one row with a status: ok (validated, shipped), failed (exported but outside
+its tolerance, kept in rejected/ and never listed as shippable) or error (could not be produced), and
+the reason. One variant failing never stops the others.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_write_json, make_staging_dir, replace_dir
+from ..bundle import MANIFEST, SCHEMA, sha256_file
+from ..config import ExportConfig
+from ..data import Dataset, calibration_subset, load_dataset
+from ..errors import ConfigError, DataError, EdgeclsError
+from ..modelio import LABELS_FILE, save_labels
+from ..preprocess import SPEC_FILE
+from .validate import TOLERANCES, Tolerance, compare
+
+log = logging.getLogger("edgecls")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    format: str  # "tflite" or "onnx"
+    precision: str  # "fp32", "fp16", "dynamic", "int8"
+    source: str  # which Keras model it is converted from: "base", "pruned", "qat", "pruned_qat"
+    description: str
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("tflite_fp32", "tflite", "fp32", "base", "TFLite float32"),
+    Variant("tflite_fp16", "tflite", "fp16", "base", "TFLite float16 weights"),
+    Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)"),
+    Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization"),
+    Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training"),
+    Variant("tflite_pruned_fp32", "tflite", "fp32", "pruned", "TFLite float32 of the pruned model"),
+    Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model"),
+    Variant("tflite_pruned_qat_int8", "tflite", "int8", "pruned_qat", "TFLite int8, pruned then sparsity-preserving QAT"),
+    Variant("onnx_fp32", "onnx", "fp32", "base", "ONNX float32 (tf2onnx)"),
+    Variant("onnx_int8", "onnx", "int8", "base", "ONNX int8 QDQ (onnxruntime static quantization)"),
+)}
+GROUPS = {
+    "all": tuple(VARIANTS),
+    "tflite": tuple(n for n, v in VARIANTS.items() if v.format == "tflite"),
+    "onnx": tuple(n for n, v in VARIANTS.items() if v.format == "onnx"),
+    "int8": tuple(n for n, v in VARIANTS.items() if v.precision == "int8"),
+    "float": tuple(n for n, v in VARIANTS.items() if v.precision != "int8"),
+}
+
+
+def resolve_formats(formats) -> list[str]:
+    names: list[str] = []
+    for item in formats:
+        for token in str(item).split(","):
+            token = token.strip()
+            if not token:
+                continue
+            expanded = GROUPS.get(token, (token,))
+            for name in expanded:
+                if name not in VARIANTS:
+                    raise ConfigError(
+                        f"unknown format {token!r}; known: {', '.join(VARIANTS)} or groups {', '.join(GROUPS)}"
+                    )
+                if name not in names:
+                    names.append(name)
+    if not names:
+        raise ConfigError("no formats given")
+    return names
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict
+    rows: list[dict] = field(default_factory=list)
+
+    def format_table(self) -> str:
+        head = f"{'variant':<24}{'status':<8}{'bytes':>10}{'gzip':>10}{'sparsity':>9}{'acc':>8}{'Δacc':>8}{'agree':>8}  reason"
+        lines = [head]
+        for r in self.rows:
+            v = r.get("validation", {})
+            size = r.get("size", {})
+            acc = f"{v['accuracy']:.4f}" if "accuracy" in v else "-"
+            delta = f"{v['accuracy_delta_points']:+.2f}" if "accuracy_delta_points" in v else "-"
+            agree = f"{v['agreement']:.4f}" if "agreement" in v else "-"
+            lines.append(
+                f"{r['name']:<24}{r['status']:<8}{size.get('bytes', '-'):>10}{size.get('gzip_bytes', '-'):>10}"
+                f"{r.get('sparsity', '-') if r.get('sparsity') is not None else '-':>9}{acc:>8}{delta:>8}{agree:>8}  {r.get('reason', '')}"
+            )
+        return "\n".join(lines)
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | None = None, preprocessing=None,
+           labels=None, safe_mode: bool = True, dataset: Dataset | None = None, **overrides) -> ExportResult:
+    """Optimize, convert, validate and bundle. `model` is anything `edgecls.source.load_source`
+    accepts (an edgecls training directory, a .keras/.h5 file, a SavedModel directory)."""
+    from dataclasses import replace
+
+    config = replace(config, **overrides) if config and overrides else (config or ExportConfig(**overrides))
+    names = resolve_formats(config.formats)
+    from ..source import load_source
+
+    source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
+    spec = source.preprocessing
+    if dataset is None:
+        dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
+    if dataset.image_size != tuple(spec.input_size):
+        raise DataError(f"the data's images are {dataset.image_size} but the model takes {spec.input_size}")
+    from ..evaluate import align_labels
+
+    mapping = _label_mapping(dataset, source.labels, align_labels)
+    if len(dataset.train) < config.calibration_count:
+        raise DataError(
+            f"the calibration set needs {config.calibration_count} training images but {dataset.source} has "
+            f"{len(dataset.train)}; lower --calibration-count (at least 32) or use more data"
+        )
+    needs_tuning = {VARIANTS[n].source for n in names} - {"base"}
+    if needs_tuning and not source.tunable:
+        raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph: pruning and QAT are impossible; "
+                          f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
+
+    representative = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
+    test = dataset.test
+    count = len(test) if config.max_eval_images is None else min(len(test), config.max_eval_images)
+    eval_x = spec.apply(test.images[:count])
+    eval_y = mapping[test.labels[:count]]
+
+    out = Path(out)
+    staging = make_staging_dir(out)
+    try:
+        result = _export_into(staging, out, names, source, dataset, config, representative, eval_x, eval_y)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _label_mapping(dataset, model_labels, align_labels):
+    if all(label.isdigit() for label in model_labels) and not set(dataset.class_names) <= set(model_labels):
+        # A user model without labels: class indices; the data's classes must line up by position.
+        if dataset.num_classes != len(model_labels):
+            raise DataError(f"the data has {dataset.num_classes} classes but the model outputs {len(model_labels)}; pass --labels")
+        return np.arange(dataset.num_classes)
+    return align_labels(dataset, model_labels)
+
+
+def _predict(model, x, batch=256) -> np.ndarray:
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
+
+
+def _export_into(staging: Path, out: Path, names, source, dataset, config, representative, eval_x, eval_y) -> ExportResult:
+    from ..zoo import model_stats
+    from . import inspect as art
+    from .tflite import convert as tflite_convert
+
+    started = time.perf_counter()
+    spec = source.preprocessing
+    base = source.model
+    macs = model_stats(base)["macs"]
+    models: dict[str, object] = {"base": base}
+    details: dict[str, dict] = {}
+    build_errors: dict[str, str] = {}
+    references: dict[str, np.ndarray] = {}
+
+    def get_model(kind: str):
+        if kind in models:
+            return models[kind]
+        if kind in build_errors:
+            raise _BuildError(build_errors[kind])
+        from ..optimize import prune, quantize_aware
+
+        try:
+            if kind == "pruned":
+                log.info("pruning to %.0f%% sparsity (%d fine-tuning epochs)", 100 * config.sparsity, config.prune_epochs)
+                opt = prune(base, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
+                            batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
+                            skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
+            elif kind == "qat":
+                log.info("quantization-aware training (%d epochs)", config.qat_epochs)
+                opt = quantize_aware(base, dataset, spec, epochs=config.qat_epochs, batch_size=config.fine_tune_batch_size,
+                                     seed=config.seed, verbose=config.verbose)
+            else:
+                pruned = get_model("pruned")
+                log.info("sparsity-preserving quantization-aware training (%d epochs)", config.qat_epochs)
+                opt = quantize_aware(pruned, dataset, spec, epochs=config.qat_epochs, batch_size=config.fine_tune_batch_size,
+                                     preserve_sparsity=True, seed=config.seed, verbose=config.verbose)
+        except _BuildError:
+            raise
+        except EdgeclsError as exc:
+            build_errors[kind] = str(exc)
+            raise _BuildError(str(exc)) from None
+        models[kind] = opt.model
+        details[kind] = {k: v for k, v in opt.details.items() if k != "history"} | {"history": opt.details.get("history")}
+        return opt.model
+
+    def reference(kind: str) -> np.ndarray:
+        if kind not in references:
+            references[kind] = _predict(get_model(kind), eval_x)
+        return references[kind]
+
+    base_ref = reference("base")
+    output_kind = "probabilities" if np.allclose(base_ref.sum(1), 1.0, atol=1e-3) and (base_ref >= 0).all() else "logits"
+    rows = []
+    onnx_fp32_bytes = None
+    for name in names:
+        variant = VARIANTS[name]
+        row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
+               "description": variant.description}
+        t0 = time.perf_counter()
+        try:
+            keras_model = get_model(variant.source)
+            if variant.format == "tflite":
+                data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
+                                      quantization_aware=variant.source in ("qat", "pruned_qat"))
+                suffix = ".tflite"
+            else:
+                from . import onnx as onnx_export
+
+                if onnx_fp32_bytes is None:
+                    onnx_fp32_bytes = onnx_export.convert_fp32(base, opset=config.onnx_opset, nchw=config.nchw)
+                if variant.precision == "fp32":
+                    data = onnx_fp32_bytes
+                elif config.onnx_int8_method == "ort_qdq":
+                    data = onnx_export.quantize_qdq(onnx_fp32_bytes, representative, nchw=config.nchw)
+                else:
+                    if config.nchw:
+                        raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
+                    float_io = tflite_convert(base, "int8", representative, int8_io=False)
+                    data = onnx_export.convert_from_tflite(float_io, opset=config.onnx_opset)
+                    row["description"] = "ONNX int8 via tf2onnx from the int8 TFLite model"
+                suffix = ".onnx"
+        except _BuildError as exc:
+            row.update(status="error", reason=str(exc))
+            rows.append(row)
+            log.warning("%s: %s", name, exc)
+            continue
+        except EdgeclsError as exc:
+            row.update(status="error", reason=str(exc))
+            rows.append(row)
+            log.warning("%s: %s", name, exc)
+            continue
+        file = staging / f"{name}{suffix}"
+        file.write_bytes(data)
+        row["convert_s"] = round(time.perf_counter() - t0, 2)
+        try:
+            row.update(_describe_and_validate(file, variant, config, eval_x, eval_y, reference(variant.source),
+                                              base_ref, macs, keras_model, source))
+        except EdgeclsError as exc:
+            row.update(status="failed", reason=f"validation could not run: {exc}")
+        if variant.format == "onnx":
+            from .onnx import opset_of
+
+            row["opset"] = opset_of(file)
+            row["layout"] = "NCHW" if config.nchw else "NHWC"
+        if row["status"] != "ok":
+            (staging / "rejected").mkdir(exist_ok=True)
+            file.rename(staging / "rejected" / file.name)
+            row["file"] = f"rejected/{file.name}"
+            log.warning("%s failed validation: %s", name, row["reason"])
+        rows.append(row)
+        log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
+
+    save_labels(staging / LABELS_FILE, source.labels)
+    spec.save(staging / SPEC_FILE)
+    base_acc = float((base_ref.argmax(1) == eval_y).mean())
+    manifest = {
+        "schema": SCHEMA,
+        "edgecls_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {"source": str(source.path), "kind": source.kind, "name": getattr(base, "name", ""),
+                  "input_shape": [int(v) for v in base.inputs[0].shape[1:]], "classes": len(source.labels),
+                  "output": output_kind},
+        "labels": LABELS_FILE,
+        "preprocessing": SPEC_FILE,
+        "reference": {"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
+                      "data": dataset.source, "split": "test"},
+        "calibration": {"images": int(len(representative)), "split": "train", "seed": config.calibration_seed},
+        "optimization": details,
+        "config": config.to_dict(),
+        "tools": _versions(),
+        "artifacts": [r for r in rows if r["status"] == "ok"],
+        "rejected": [r for r in rows if r["status"] != "ok"],
+        "export_time_s": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(staging / MANIFEST, manifest)
+    return ExportResult(out, manifest, rows)
+
+
+class _BuildError(Exception):
+    pass
+
+
+def _describe_and_validate(file: Path, variant: Variant, config, eval_x, eval_y, ref, base_ref, macs, keras_model, source) -> dict:
+    from ..runtime.backends import open_backend
+    from . import inspect as art
+
+    layout = "NCHW" if (variant.format == "onnx" and config.nchw) else "NHWC"
+    backend = open_backend(file, layout=layout)
+    outputs = backend.run(eval_x)
+    if variant.format == "tflite":
+        from .tflite import describe
+
+        inputs, outs = describe(file)
+        weights = art.tflite_weight_stats(file)
+    else:
+        from .onnx import describe
+
+        inputs, outs = describe(file)
+        weights = art.onnx_weight_stats(file)
+    tolerance = TOLERANCES[variant.precision]
+    if variant.precision in config.tolerances:
+        tolerance = Tolerance(**config.tolerances[variant.precision])
+    validation = compare(outputs, ref, eval_y, tolerance)
+    validation["reference"] = f"keras {variant.source}"
+    base_acc = float((base_ref.argmax(1) == eval_y).mean())
+    validation["accuracy_delta_vs_fp32_points"] = round((validation.get("accuracy", base_acc) - base_acc) * 100, 4)
+    params = int(sum(int(np.prod(w.shape)) for w in source.model.weights))
+    nonzero = params - weights["zero_weights"]
+    return {
+        "file": file.name,
+        "sha256": sha256_file(file),
+        "status": validation["status"],
+        "reason": validation.get("reason", ""),
+        "sparsity": weights["sparsity"],
+        "inputs": inputs,
+        "outputs": outs,
+        "size": art.size_report(file, params, nonzero, macs),
+        "weights": weights,
+        "validation": validation,
+    }

@@ -1,0 +1,73 @@
+"""Shared pieces of the optimization stage: fine-tuning and sparsity accounting."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._deps import keras
+from ..data import Dataset, stratified_split
+from ..preprocess import PreprocessingSpec
+
+
+@dataclass
+class Optimized:
+    model: object  # tf_keras.Model, ready to convert
+    kind: str  # "pruned", "qat", "pruned_qat"
+    details: dict = field(default_factory=dict)
+
+
+def kernel_layers(model):
+    """(layer, kernel) pairs of the layers whose kernels pruning acts on."""
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from kernel_layers(layer)
+            continue
+        for w in layer.weights:
+            name = w.name.split("/")[-1]
+            if name.startswith(("kernel", "depthwise_kernel", "pointwise_kernel")):
+                yield layer, w
+
+
+def layer_sparsity(model) -> dict:
+    """Fraction of exact zeros per kernel, overall, and parameter counts."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer, w in kernel_layers(model):
+        values = np.asarray(w.numpy())
+        z = int((values == 0).sum())
+        per_layer[f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}"] = round(z / values.size, 4)
+        zeros += z
+        total += values.size
+    all_params = int(sum(int(np.prod(w.shape)) for w in model.weights))
+    all_zero = int(sum(int((np.asarray(w.numpy()) == 0).sum()) for w in model.weights))
+    return {
+        "kernel_sparsity": round(zeros / total, 4) if total else 0.0,
+        "per_layer": per_layer,
+        "params": all_params,
+        "nonzero_params": all_params - all_zero,
+    }
+
+
+def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, batch_size: int, learning_rate: float,
+              seed: int = 0, callbacks=(), verbose: int = 0, val_fraction: float = 0.1) -> dict:
+    """A short fine-tune on the training split (augmented), SGD with cosine decay."""
+    from ..data.pipeline import make_dataset
+
+    k = keras()
+    train_index, val_index = stratified_split(dataset.train.labels, val_fraction, seed)
+    x, y = dataset.train.images[train_index], dataset.train.labels[train_index]
+    train_ds = make_dataset(x, y, spec, batch_size, dataset.num_classes, training=True, seed=seed)
+    val_ds = None
+    if len(val_index):
+        val_ds = make_dataset(dataset.train.images[val_index], dataset.train.labels[val_index], spec, batch_size,
+                              dataset.num_classes)
+    steps = max(1, epochs * math.ceil(len(x) / batch_size))
+    schedule = k.optimizers.schedules.CosineDecay(learning_rate, steps)
+    model.compile(
+        optimizer=k.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
+        loss=k.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=[k.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
+    return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}

@@ -1,0 +1,99 @@
+"""Magnitude pruning with tensorflow-model-optimization, to a target sparsity, stripped afterwards."""
+from __future__ import annotations
+
+import math
+
+from .._deps import keras, tensorflow
+from ..data import Dataset
+from ..errors import ConfigError, ModelError
+from ..preprocess import PreprocessingSpec
+from .common import Optimized, fine_tune, layer_sparsity
+
+
+def _tfmot():
+    tensorflow()
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.5, epochs: int = 2,
+          batch_size: int = 128, learning_rate: float = 0.01, structured_2x4: bool = False,
+          skip_layers: tuple[str, ...] = (), seed: int = 0, verbose: int = 0) -> Optimized:
+    """Prune the kernels of every prunable layer to `sparsity` (a polynomial schedule from 0 over
+    the first 70% of a short fine-tune), then strip the pruning wrappers.
+
+    structured_2x4 prunes 2 of every 4 consecutive weights instead (50% sparsity, the pattern sparse
+    tensor cores and some NPUs accelerate); layers whose shape does not allow it stay dense.
+    `skip_layers` names layers to leave unpruned (the way out for a layer tfmot cannot prune).
+    """
+    if not 0.0 < sparsity < 1.0:
+        raise ConfigError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
+    if epochs < 1:
+        raise ConfigError(f"pruning needs at least one fine-tuning epoch, got {epochs}")
+    tfmot = _tfmot()
+    k = keras()
+    sk = tfmot.sparsity.keras
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(skip_layers) - names)
+    if unknown:
+        raise ConfigError(f"--skip-layers names layers the model does not have: {unknown}")
+    steps = max(1, epochs * math.ceil(len(dataset.train) * 0.9 / batch_size))
+    schedule = sk.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+                                  end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 50))
+    from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
+
+    registry = prune_registry.PruneRegistry
+    skipped_2x4 = []
+
+    def wrap(layer):
+        # A fresh copy: wrapping the original layer would fine-tune the caller's model in place.
+        fresh = layer.__class__.from_config(layer.get_config())
+        if layer.name in skip_layers or not layer.weights:
+            return fresh
+        if not (registry.supports(layer) or isinstance(layer, sk.PrunableLayer)):
+            raise ModelError(
+                f"pruning does not support layer {layer.name!r} ({layer.__class__.__name__}); leave it unpruned with "
+                f"--skip-layers {layer.name}"
+            )
+        kwargs = {"pruning_schedule": schedule}
+        if structured_2x4:
+            kernel = next((w for w in layer.weights if "kernel" in w.name), None)
+            # m-by-n sparsity runs along the input-channel axis, which needs a multiple of 4.
+            if kernel is None or kernel.shape[-2] % 4 or layer.__class__.__name__ == "DepthwiseConv2D":
+                skipped_2x4.append(layer.name)
+                return fresh
+            kwargs = {"pruning_schedule": sk.ConstantSparsity(0.5, begin_step=0, frequency=max(1, steps // 50)),
+                      "sparsity_m_by_n": (2, 4)}
+        return sk.prune_low_magnitude(fresh, **kwargs)
+
+    try:
+        wrapped = k.models.clone_model(model, clone_function=wrap)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"pruning failed: {str(exc).splitlines()[0]}") from None
+    _copy_weights(model, wrapped)
+    history = fine_tune(wrapped, dataset, spec, epochs, batch_size, learning_rate, seed,
+                        callbacks=[sk.UpdatePruningStep()], verbose=verbose)
+    stripped = sk.strip_pruning(wrapped)
+    counts = layer_sparsity(stripped)
+    details = {
+        "target_sparsity": 0.5 if structured_2x4 else sparsity,
+        "structure": "2:4" if structured_2x4 else "unstructured",
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "skipped_layers": sorted(set(skip_layers)),
+        "dense_for_2x4": skipped_2x4,
+        "history": history,
+        **counts,
+    }
+    return Optimized(stripped, "pruned", details)
+
+
+def _copy_weights(src, dst):
+    """Copy weights layer by layer by name (pruning wrappers add mask/threshold variables)."""
+    by_name = {layer.name: layer for layer in src.layers}
+    for layer in dst.layers:
+        inner = getattr(layer, "layer", layer)
+        original = by_name.get(inner.name) or by_name.get(layer.name)
+        if original is not None and original.weights:
+            inner.set_weights(original.get_weights())

@@ -1,0 +1,75 @@
+"""`edgecls optimize`: prune and/or QAT a model and save the resulting Keras models, each with its
+accuracy on the held-out split and its sparsity per layer."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write_json, make_staging_dir, replace_dir
+from ..config import ExportConfig
+from ..data import load_dataset
+from ..modelio import LABELS_FILE, MODEL_FILE, save_labels
+from ..preprocess import SPEC_FILE
+from .common import layer_sparsity
+
+KINDS = ("pruned", "qat", "pruned_qat")
+
+
+def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config: ExportConfig | None = None,
+             preprocessing=None, labels=None, safe_mode: bool = True) -> dict:
+    """Build the requested optimized Keras models and write them to `out/<kind>/`."""
+    from ..errors import ConfigError
+    from ..evaluate import align_labels
+    from ..source import load_source
+    from . import prune, quantize_aware
+
+    config = config or ExportConfig()
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ConfigError(f"unknown optimization {unknown or kinds}; choose from {', '.join(KINDS)}")
+    source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
+    if not source.tunable:
+        raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph; pruning and QAT need a Keras model")
+    spec = source.preprocessing
+    dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
+    mapping = align_labels(dataset, source.labels) if not all(x.isdigit() for x in source.labels) else np.arange(dataset.num_classes)
+    x, y = spec.apply(dataset.test.images), mapping[dataset.test.labels]
+
+    def accuracy(m):
+        probs = np.concatenate([np.asarray(m(x[i:i + 256], training=False)) for i in range(0, len(x), 256)])
+        return float((probs.argmax(1) == y).mean())
+
+    report = {"source": str(source.path), "base_accuracy": accuracy(source.model), "test_images": len(y), "variants": {}}
+    built = {}
+    if "pruned" in kinds or "pruned_qat" in kinds:
+        built["pruned"] = prune(source.model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
+                                batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
+                                skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
+    if "qat" in kinds:
+        built["qat"] = quantize_aware(source.model, dataset, spec, epochs=config.qat_epochs,
+                                      batch_size=config.fine_tune_batch_size, seed=config.seed, verbose=config.verbose)
+    if "pruned_qat" in kinds:
+        built["pruned_qat"] = quantize_aware(built["pruned"].model, dataset, spec, epochs=config.qat_epochs,
+                                             batch_size=config.fine_tune_batch_size, preserve_sparsity=True,
+                                             seed=config.seed, verbose=config.verbose)
+    staging = make_staging_dir(out)
+    try:
+        for kind in kinds:
+            opt = built[kind]
+            folder = staging / kind
+            folder.mkdir()
+            opt.model.save(folder / (MODEL_FILE if kind == "pruned" else "model.h5"))
+            save_labels(folder / LABELS_FILE, source.labels)
+            spec.save(folder / SPEC_FILE)
+            entry = {"accuracy": accuracy(opt.model), **{k: v for k, v in opt.details.items()}}
+            entry.update(layer_sparsity(opt.model) if kind == "pruned" else {})
+            report["variants"][kind] = entry
+            atomic_write_json(folder / "optimize.json", entry)
+        atomic_write_json(staging / "optimize.json", report)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report

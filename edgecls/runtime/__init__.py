@@ -1,0 +1,114 @@
+"""The device runtime: numpy, Pillow, LiteRT and onnxruntime only; never TensorFlow.
+
+    >>> from edgecls import runtime
+    >>> runner = runtime.load("models/resnet8", variant="tflite_int8", threads=1)
+    >>> probs = runner.predict(["cat.jpg", "ship.png"])   # or a uint8 N x H x W x 3 array
+
+`load` takes a bundle directory (choosing a variant by name), or a single .tflite/.onnx file: a file
+inside a bundle uses that bundle's manifest and preprocessing; a lone file needs `preprocessing`
+(a PreprocessingSpec) and optionally `labels`.
+
+Threads: a runner may be shared by several threads. TFLite interpreters are not re-entrant, so a
+runner serializes its TFLite calls with a lock; for parallel throughput give each thread its own
+runner (`load` again). onnxruntime sessions run concurrently.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..bundle import Bundle, find_bundle_for, load_bundle
+from ..errors import ConfigError, DataError, ModelError
+from ..preprocess import SPEC_FILE, PreprocessingSpec, load_image
+from .backends import ONNXBackend, TFLiteBackend, open_backend
+
+__all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend"]
+
+
+class Runner:
+    """A loaded model with its preprocessing. `predict(images)` returns N x classes probabilities."""
+
+    def __init__(self, backend, preprocessing: PreprocessingSpec, labels: Sequence[str] | None = None,
+                 name: str | None = None, artifact: dict | None = None):
+        self.backend = backend
+        self.preprocessing = preprocessing
+        self.labels = tuple(labels) if labels else None
+        self.name = name or Path(backend.path).stem
+        self.artifact = artifact or {}
+
+    @property
+    def format(self) -> str:
+        return self.backend.format
+
+    def _to_array(self, images) -> np.ndarray:
+        size = self.preprocessing.input_size
+        if isinstance(images, (str, Path)):
+            images = [images]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise DataError("no images given")
+            if all(isinstance(i, (str, Path, bytes)) for i in images):
+                return np.stack([load_image(i, size) for i in images])
+            images = np.asarray(images)
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(f"expected uint8 images of N x H x W x 3, got shape {images.shape}")
+        if tuple(images.shape[1:3]) != size:
+            raise DataError(
+                f"images are {images.shape[1]}x{images.shape[2]} but the model takes {size[0]}x{size[1]}; "
+                f"pass image files (they are resized) or resize first"
+            )
+        if images.dtype != np.uint8:
+            raise DataError(f"expected uint8 pixels (0..255), got {images.dtype}")
+        return images
+
+    def preprocess(self, images) -> np.ndarray:
+        return self.preprocessing.apply(self._to_array(images))
+
+    def predict(self, images) -> np.ndarray:
+        """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes."""
+        return self.backend.run(self.preprocess(images))
+
+    def predict_tensor(self, x: np.ndarray) -> np.ndarray:
+        """Already normalized float32 NHWC input -> probabilities."""
+        return self.backend.run(x)
+
+
+def load(path: str | Path, variant: str | None = None, threads: int | None = None,
+         preprocessing: PreprocessingSpec | None = None, labels: Sequence[str] | None = None,
+         verify: bool = True) -> Runner:
+    """Load a bundle variant or a single model file. See the module docstring."""
+    path = Path(path)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    if path.is_dir():
+        bundle = load_bundle(path)
+        artifact = bundle.artifact(variant)
+        return _from_bundle(bundle, artifact, threads, verify)
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    found = find_bundle_for(path)
+    if found is not None and preprocessing is None:
+        bundle, artifact = found
+        return _from_bundle(bundle, artifact, threads, verify)
+    if preprocessing is None:
+        raise ConfigError(f"{path} is not inside a bundle: pass its preprocessing (a PreprocessingSpec)")
+    backend = open_backend(path, threads)
+    return Runner(backend, preprocessing, labels)
+
+
+def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
+    file = bundle.file_for(artifact, verify=verify)
+    spec = PreprocessingSpec.load(bundle.path / bundle.manifest.get("preprocessing", SPEC_FILE))
+    labels_file = bundle.path / bundle.manifest.get("labels", "labels.json")
+    labels = None
+    if labels_file.exists():
+        import json
+
+        labels = json.loads(labels_file.read_text())
+    backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
+    return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact)

@@ -1,0 +1,198 @@
+"""Inference backends: LiteRT for .tflite (falling back to tflite_runtime, then TensorFlow's
+interpreter), onnxruntime for .onnx. numpy only besides the backend itself; no TensorFlow unless
+it is the last-resort TFLite interpreter."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DependencyError, ModelError
+
+_RUNTIME_HINT = "install the runtime extra: pip install 'edgecls[runtime]'"
+
+
+def tflite_interpreter_class():
+    """The TFLite interpreter class and the name of the package it came from."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # older Raspberry Pi installs
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        from .._deps import tensorflow
+
+        return tensorflow().lite.Interpreter, "tensorflow"
+    except DependencyError:
+        raise DependencyError(f"no TFLite interpreter found (ai-edge-litert, tflite-runtime or tensorflow); {_RUNTIME_HINT}") from None
+
+
+def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    q = np.round(x / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+class TFLiteBackend:
+    """A TFLite model. `run(x)` takes the normalized float32 NHWC batch and returns float32
+    outputs, quantizing int8/uint8 inputs and dequantizing outputs with the tensors' scale and
+    zero point. A lock serializes calls: one interpreter must not run on two threads at once."""
+
+    format = "tflite"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        path = Path(path)
+        Interpreter, self.package = tflite_interpreter_class()
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{path}: not a loadable TFLite model ({first})") from None
+        self.path = path
+        self.threads = threads
+        self._lock = threading.Lock()
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelError(f"{path}: expected one input and one output tensor, found {len(inp)} and {len(out)}")
+        self.input, self.output = inp[0], out[0]
+        self.input_shape = tuple(int(v) for v in self.input["shape"])
+        signature = self.input.get("shape_signature", self.input["shape"])
+        self.dynamic_batch = int(signature[0]) == -1
+        self._batch = self.input_shape[0]
+
+    @property
+    def input_dtype(self):
+        return np.dtype(self.input["dtype"])
+
+    @property
+    def output_dtype(self):
+        return np.dtype(self.output["dtype"])
+
+    @property
+    def input_quantization(self):
+        return tuple(self.input["quantization"])
+
+    @property
+    def output_quantization(self):
+        return tuple(self.output["quantization"])
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input_dtype
+        if dtype in (np.int8, np.uint8):
+            scale, zero = self.input["quantization"]
+            return _quantize(x, dtype, scale, zero)
+        return x.astype(dtype, copy=False)
+
+    def _finish(self, y: np.ndarray) -> np.ndarray:
+        if self.output_dtype in (np.int8, np.uint8):
+            scale, zero = self.output["quantization"]
+            return _dequantize(y, scale, zero)
+        return y.astype(np.float32, copy=False)
+
+    def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
+        """set_tensor + invoke + get_tensor on an already prepared (quantized) tensor."""
+        interp = self.interpreter
+        interp.set_tensor(self.input["index"], tensor)
+        interp.invoke()
+        return interp.get_tensor(self.output["index"])
+
+    def run(self, x: np.ndarray, raw: bool = False) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        n = x.shape[0]
+        with self._lock:
+            if self.dynamic_batch and n != self._batch:
+                self.interpreter.resize_tensor_input(self.input["index"], (n, *self.input_shape[1:]))
+                self.interpreter.allocate_tensors()
+                self.input = self.interpreter.get_input_details()[0]
+                self.output = self.interpreter.get_output_details()[0]
+                self._batch = n
+            step = self._batch
+            outputs = []
+            for start in range(0, n, step):
+                chunk = x[start:start + step]
+                if chunk.shape[0] != step:  # a fixed-batch model: pad the last chunk
+                    pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), np.float32)
+                    y = self.invoke_raw(self._prepare(np.concatenate([chunk, pad])))[: chunk.shape[0]]
+                else:
+                    y = self.invoke_raw(self._prepare(chunk))
+                outputs.append(y.copy())
+        y = np.concatenate(outputs)
+        return y if raw else self._finish(y)
+
+
+class ONNXBackend:
+    """An ONNX model on onnxruntime's CPU provider. onnxruntime sessions are safe to call from
+    several threads."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None, layout: str = "NHWC"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DependencyError(f"onnxruntime is not installed; {_RUNTIME_HINT}") from None
+        path = Path(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        self.package = f"onnxruntime {ort.__version__}"
+        self.path = path
+        self.threads = threads
+        self.layout = layout
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+        self.dynamic_batch = self.input_shape[0] == -1
+
+    def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: tensor})[0]
+
+    def run(self, x: np.ndarray, raw: bool = False) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if self.dynamic_batch:
+            return self.invoke_raw(x).astype(np.float32, copy=False)
+        step = self.input_shape[0]
+        outs = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
+            n = chunk.shape[0]
+            if n != step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
+            outs.append(self.invoke_raw(chunk)[:n])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def open_backend(path: str | Path, threads: int | None = None, layout: str = "NHWC"):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    if path.suffix == ".tflite":
+        return TFLiteBackend(path, threads)
+    if path.suffix == ".onnx":
+        return ONNXBackend(path, threads, layout)
+    raise ModelError(f"{path}: unknown model format {path.suffix!r}; expected .tflite or .onnx")
