@@ -48,3 +48,22 @@ def trained_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "seed"
     result = train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", epochs=3, batch_size=32, out=str(out), verbose=0))
     return result
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory):
+    """seed_cnn trained for 6 epochs on the built-in CIFAR-10 sample (2,000 real images; ~10 s)."""
+    from edgecls import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("sample_model") / "seed"
+    return train(TrainConfig(data="cifar10-sample", arch="seed_cnn", epochs=6, batch_size=64, out=str(out), verbose=0))
+
+
+@pytest.fixture(scope="session")
+def sample_bundle(sample_model, tmp_path_factory):
+    """Every variant exported from `sample_model` and validated on the sample's 1,000 test images."""
+    from edgecls.export import export
+
+    out = tmp_path_factory.mktemp("bundles") / "seed"
+    return export(sample_model.out, data="cifar10-sample", out=out, prune_epochs=1, qat_epochs=1,
+                  fine_tune_batch_size=64, calibration_count=200)

@@ -63,7 +63,12 @@ def convert_from_tflite(tflite_bytes: bytes, opset: int = DEFAULT_OPSET) -> byte
         path = Path(tmp) / "model.tflite"
         path.write_bytes(tflite_bytes)
         try:
-            proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
+            import warnings
+
+            with warnings.catch_warnings():
+                # tf2onnx reads the flatbuffer with tf.lite.Interpreter, which warns of its deprecation.
+                warnings.simplefilter("ignore", UserWarning)
+                proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
         except Exception as exc:
             text = str(exc).strip().splitlines()
             raise ExportError(f"ONNX conversion from TFLite failed: {text[0][:300] if text else exc.__class__.__name__}") from None

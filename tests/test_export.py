@@ -1,0 +1,119 @@
+"""Optimization and export on real images: every variant, each format, the manifest, parity."""
+import json
+
+import numpy as np
+import pytest
+
+from edgecls import runtime
+from edgecls.bundle import sha256_file
+from edgecls.data import load_dataset
+from edgecls.export import GROUPS, VARIANTS, export, resolve_formats
+from edgecls.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(result):
+    return {r["name"]: r for r in result.rows}
+
+
+def test_every_variant_exports_and_validates(sample_bundle):
+    rows = _rows(sample_bundle)
+    assert set(rows) == set(VARIANTS)
+    bad = {n: r["reason"] for n, r in rows.items() if r["status"] != "ok"}
+    assert not bad
+    ref = sample_bundle.manifest["reference"]
+    assert ref["images"] == 1000 and ref["accuracy"] > 0.3  # clearly above chance (0.1)
+    for name, row in rows.items():
+        v = row["validation"]
+        assert v["images"] == 1000
+        if row["precision"] == "fp32":
+            assert v["agreement"] >= 0.999 and v["max_abs_diff"] < 1e-4
+        if row["precision"] == "int8":
+            assert v["agreement"] >= 0.95, name
+
+
+def test_manifest_describes_each_artifact(sample_bundle):
+    out = sample_bundle.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema"] == 1 and manifest["labels"] == "labels.json"
+    assert manifest["calibration"] == {"images": 200, "split": "train", "seed": 0}
+    assert {"tensorflow", "tf2onnx", "onnxruntime", "tensorflow-model-optimization"} <= set(manifest["tools"])
+    for art in manifest["artifacts"]:
+        assert sha256_file(out / art["file"]) == art["sha256"]
+        assert art["size"]["bytes"] == (out / art["file"]).stat().st_size
+        assert 0 < art["size"]["gzip_bytes"] < art["size"]["bytes"]
+        assert art["size"]["macs"] == 4_548_608 and art["size"]["params"] >= 122_570
+        assert len(art["inputs"]) == 1 and art["inputs"][0]["shape"][1:] == [32, 32, 3]
+        assert art["outputs"][0]["shape"][-1] == 10
+        for key in ("agreement", "max_abs_diff", "accuracy", "accuracy_delta_points", "tolerance"):
+            assert key in art["validation"]
+    int8 = next(a for a in manifest["artifacts"] if a["name"] == "tflite_int8")
+    assert int8["inputs"][0]["dtype"] == "int8" and "quantization" in int8["inputs"][0]
+    assert int8["outputs"][0]["dtype"] == "int8"
+    onnx_fp32 = next(a for a in manifest["artifacts"] if a["name"] == "onnx_fp32")
+    assert onnx_fp32["opset"] == 17 and onnx_fp32["inputs"][0]["name"] == "input"
+
+
+def test_sizes_and_sparsity_survive_conversion(sample_bundle):
+    rows = _rows(sample_bundle)
+    fp32 = rows["tflite_fp32"]["size"]
+    assert rows["tflite_int8"]["size"]["bytes"] < 0.3 * fp32["bytes"]
+    assert rows["tflite_fp16"]["size"]["bytes"] < 0.55 * fp32["bytes"]
+    # Pruning shows only after compression: same raw size, much smaller gzip.
+    pruned = rows["tflite_pruned_fp32"]["size"]
+    assert pruned["bytes"] == pytest.approx(fp32["bytes"], rel=0.01)
+    assert pruned["gzip_bytes"] < 0.7 * fp32["gzip_bytes"]
+    # Sparsity is measured in the converted files: the zeros survive int8 quantization.
+    for name in ("tflite_pruned_fp32", "tflite_pruned_int8", "tflite_pruned_qat_int8"):
+        assert rows[name]["sparsity"] == pytest.approx(0.5, abs=0.02), name
+    assert rows["tflite_int8"]["sparsity"] < 0.05
+    assert rows["tflite_pruned_qat_int8"]["size"]["nonzero_params"] < 0.6 * rows["tflite_pruned_qat_int8"]["size"]["params"]
+    details = sample_bundle.manifest["optimization"]["pruned"]
+    assert set(details["per_layer"]) == {"conv1/kernel", "conv2/kernel", "conv3/kernel", "fc1/kernel", "logits/kernel"}
+    assert all(abs(s - 0.5) < 0.01 for s in details["per_layer"].values())
+
+
+def test_runtime_reproduces_the_validated_accuracy(sample_bundle):
+    test = load_dataset("cifar10-sample").test
+    for name in ("tflite_int8", "onnx_int8", "tflite_pruned_qat_int8"):
+        runner = runtime.load(sample_bundle.out, variant=name)
+        probs = runner.predict(test.images)
+        accuracy = float((probs.argmax(1) == test.labels).mean())
+        art = next(a for a in sample_bundle.manifest["artifacts"] if a["name"] == name)
+        assert accuracy == pytest.approx(art["validation"]["accuracy"], abs=1e-9), name
+
+
+def test_out_of_tolerance_variant_is_rejected_not_shipped(sample_model, tmp_path):
+    out = tmp_path / "strict"
+    result = export(sample_model.out, data="cifar10-sample", out=out, formats=("tflite_fp32", "tflite_int8"),
+                    calibration_count=100, tolerances={"int8": {"min_agreement": 1.0, "max_abs_diff": 0.0, "max_accuracy_drop": 0.0}})
+    rows = _rows(result)
+    assert rows["tflite_fp32"]["status"] == "ok"
+    assert rows["tflite_int8"]["status"] == "failed"
+    assert "max abs diff" in rows["tflite_int8"]["reason"]
+    assert not (out / "tflite_int8.tflite").exists() and (out / "rejected" / "tflite_int8.tflite").exists()
+    assert [a["name"] for a in result.manifest["artifacts"]] == ["tflite_fp32"]
+    with pytest.raises(Exception, match="failed validation"):
+        runtime.load(out, variant="tflite_int8")
+
+
+def test_float_io_nchw_and_the_tflite_onnx_route(sample_model, tmp_path):
+    result = export(sample_model.out, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8", "onnx"),
+                    calibration_count=100, float_io=True, nchw=True)
+    rows = _rows(result)
+    assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in rows.items()}
+    assert rows["tflite_int8"]["inputs"][0]["dtype"] == "float32"
+    assert rows["onnx_fp32"]["inputs"][0]["shape"] == [-1, 3, 32, 32] and rows["onnx_fp32"]["layout"] == "NCHW"
+    via = export(sample_model.out, data="cifar10-sample", out=tmp_path / "c", formats=("onnx_int8",),
+                 calibration_count=100, onnx_int8_method="tflite")
+    row = _rows(via)["onnx_int8"]
+    assert row["status"] == "ok" and "tf2onnx from the int8 TFLite" in row["description"]
+
+
+def test_format_names_and_groups():
+    assert resolve_formats(["tflite_int8,onnx"]) == ["tflite_int8", "onnx_fp32", "onnx_int8"]
+    assert resolve_formats(["all"]) == list(VARIANTS)
+    assert set(GROUPS["int8"]) == {"tflite_int8", "tflite_qat_int8", "tflite_pruned_int8", "tflite_pruned_qat_int8", "onnx_int8"}
+    with pytest.raises(ConfigError, match="unknown format 'tflite_int4'"):
+        resolve_formats(["tflite_int4"])
