@@ -190,3 +190,20 @@ def test_bad_inputs_to_export_are_one_line_errors_and_leave_nothing(h5_model, sa
                           "no preprocessing given")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_logits_model_in_keras2_format_gets_probabilities_from_the_runtime(tmp_path):
+    from edgecls import runtime
+    from edgecls._deps import keras
+    from edgecls.data import load_dataset
+
+    k = keras()
+    model = k.Sequential([k.Input((32, 32, 3)), k.layers.Conv2D(8, 3, activation="relu"),
+                          k.layers.GlobalAveragePooling2D(), k.layers.Dense(10)])  # logits, no softmax
+    path = tmp_path / "logits.keras"
+    model.save(path)
+    result = export(path, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+                    formats=("tflite_fp32",), calibration_count=100)
+    assert result.manifest["model"]["kind"] == "keras2" and result.manifest["model"]["output"] == "logits"
+    probs = runtime.load(tmp_path / "b").predict(load_dataset(TINY_ZIP).test.images[:5])
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)

@@ -18,10 +18,12 @@ PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def convert(model=None, precision: str = "fp32", representative: np.ndarray | None = None, int8_io: bool = True,
-            quantization_aware: bool = False, saved_model_dir: str | None = None) -> bytes:
+            quantization_aware: bool = False, saved_model_dir: str | None = None, per_channel: bool = True) -> bytes:
     """Convert a tf_keras model (or a SavedModel directory) to a TFLite flatbuffer.
 
     `representative` holds normalized float32 NHWC calibration images (needed for int8 PTQ).
+    `per_channel=False` quantizes each weight tensor with one scale (smaller file, usually less
+    accurate); per-channel is the default.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown TFLite precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -48,6 +50,8 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
                     yield [images[i:i + 1]]
 
             converter.representative_dataset = representative_dataset
+            if not per_channel:
+                converter._experimental_disable_per_channel = True
             # Fail rather than silently keep float ops in an "int8" model.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:

@@ -31,7 +31,10 @@ class Runner:
     """A loaded model with its preprocessing. `predict(images)` returns N x classes probabilities."""
 
     def __init__(self, backend, preprocessing: PreprocessingSpec, labels: Sequence[str] | None = None,
-                 name: str | None = None, artifact: dict | None = None):
+                 name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities"):
+        if outputs not in ("probabilities", "logits"):
+            raise ConfigError(f"outputs must be 'probabilities' or 'logits', got {outputs!r}")
+        self.outputs = outputs
         self.backend = backend
         self.preprocessing = preprocessing
         self.labels = tuple(labels) if labels else None
@@ -70,12 +73,17 @@ class Runner:
         return self.preprocessing.apply(self._to_array(images))
 
     def predict(self, images) -> np.ndarray:
-        """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes."""
-        return self.backend.run(self.preprocess(images))
+        """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
+        probabilities."""
+        return self.predict_tensor(self.preprocess(images))
 
     def predict_tensor(self, x: np.ndarray) -> np.ndarray:
         """Already normalized float32 NHWC input -> probabilities."""
-        return self.backend.run(x)
+        y = self.backend.run(x)
+        if self.outputs == "logits":  # a user's model that ends without softmax
+            y = np.exp(y - y.max(axis=1, keepdims=True))
+            y /= y.sum(axis=1, keepdims=True)
+        return y
 
 
 def load(path: str | Path, variant: str | None = None, threads: int | None = None,
@@ -111,4 +119,5 @@ def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
 
         labels = json.loads(labels_file.read_text())
     backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
-    return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact)
+    outputs = bundle.manifest.get("model", {}).get("output", "probabilities")
+    return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs)

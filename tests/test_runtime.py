@@ -1,0 +1,111 @@
+"""The runtime on real images, including where TensorFlow cannot be imported."""
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgecls import runtime
+from edgecls.data import load_dataset
+from edgecls.errors import ConfigError, DataError, ModelError
+from edgecls.preprocess import PreprocessingSpec, load_image
+
+from .conftest import ROOT, TINY_ZIP
+
+pytestmark = pytest.mark.slow
+
+# Makes `import tensorflow` (and Keras) fail in the child process, as on a device without it.
+BLOCK_TF = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization', 'tf2onnx'):
+            raise ImportError('blocked: ' + name)
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_runtime_works_where_tensorflow_cannot_be_imported(sample_bundle, tmp_path):
+    with zipfile.ZipFile(TINY_ZIP) as zf:
+        image = tmp_path / "cat.jpg"
+        image.write_bytes(zf.read("cifar10-tiny/test/cat/0000.jpg"))
+    code = BLOCK_TF + f"""
+import json
+try:
+    import tensorflow
+    raise SystemExit('tensorflow imported')
+except ImportError:
+    pass
+from edgecls import runtime
+out = {{}}
+for variant in ("tflite_int8", "onnx_int8", "tflite_fp32"):
+    runner = runtime.load({str(sample_bundle.out)!r}, variant=variant, threads=1)
+    probs = runner.predict([{str(image)!r}])
+    out[variant] = probs.tolist()
+print(json.dumps(out))
+assert not [m for m in sys.modules if m.startswith('tensorflow')]
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Same numbers as in this process (where TensorFlow is available).
+    for variant, probs in out.items():
+        here = runtime.load(sample_bundle.out, variant=variant, threads=1).predict([image])
+        np.testing.assert_allclose(np.array(probs), here, rtol=0, atol=1e-6)
+
+
+def test_runtime_preprocessing_matches_the_training_pipeline(sample_bundle):
+    """The runtime's tensor for an image file equals the tf.data pipeline's for the same file."""
+    from edgecls.data.pipeline import make_dataset
+
+    runner = runtime.load(sample_bundle.out, variant="tflite_fp32")
+    with zipfile.ZipFile(runtime.__file__.replace("runtime/__init__.py", "data/cifar10_sample.zip")) as zf:
+        names = [n for n in zf.namelist() if "/test/" in n and n.endswith(".jpg")][:16]
+        raw = [zf.read(n) for n in names]
+    from_files = runner.preprocess(raw)
+    images = np.stack([load_image(r) for r in raw])
+    x, _ = next(iter(make_dataset(images, np.zeros(len(images), np.int64), runner.preprocessing, 16, 10)))
+    np.testing.assert_array_equal(from_files, x.numpy())
+
+
+def test_lone_file_and_bundle_file_loading(sample_bundle, tmp_path):
+    test = load_dataset("cifar10-sample").test
+    inside = runtime.load(sample_bundle.out / "tflite_int8.tflite")  # uses the bundle's manifest
+    assert inside.name == "tflite_int8" and inside.labels[0] == "airplane"
+    lone = tmp_path / "m.tflite"
+    lone.write_bytes((sample_bundle.out / "tflite_int8.tflite").read_bytes())
+    with pytest.raises(ConfigError, match="not inside a bundle"):
+        runtime.load(lone)
+    spec = PreprocessingSpec.load(sample_bundle.out / "preprocessing.json")
+    alone = runtime.load(lone, preprocessing=spec)
+    np.testing.assert_array_equal(alone.predict(test.images[:50]), inside.predict(test.images[:50]))
+    # Batches larger than the model's batch of 1 run in one resized call or in chunks: same result.
+    one_by_one = np.concatenate([inside.predict(test.images[i:i + 1]) for i in range(7)])
+    np.testing.assert_allclose(inside.predict(test.images[:7]), one_by_one, atol=1e-6)
+
+
+def test_runtime_bad_input(sample_bundle, tmp_path):
+    runner = runtime.load(sample_bundle.out, variant="tflite_fp32")
+    with pytest.raises(DataError, match="64x64 but the model takes 32x32"):
+        runner.predict(np.zeros((1, 64, 64, 3), np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        runner.predict([bad])
+    with pytest.raises(ModelError, match="no variant 'tflite_int4'.*available: tflite_fp32"):
+        runtime.load(sample_bundle.out, variant="tflite_int4")
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(sample_bundle.out, copy)
+    data = bytearray((copy / "tflite_int8.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "tflite_int8.tflite").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the manifest.*refusing"):
+        runtime.load(copy, variant="tflite_int8")
+    (copy / "onnx_int8.onnx").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        runtime.load(copy, variant="onnx_int8")
