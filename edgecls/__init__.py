@@ -33,8 +33,8 @@ __all__ = [
 
 _LAZY = {
     "load_dataset": (".data", "load_dataset"),
-    "train": (".train", "train"),
-    "evaluate": (".evaluate", "evaluate"),
+    "train": (".training", "train"),
+    "evaluate": (".evaluation", "evaluate"),
     "create_model": (".zoo", "create_model"),
     "list_models": (".zoo", "list_models"),
     "TrainConfig": (".config", "TrainConfig"),
@@ -49,7 +49,5 @@ def __getattr__(name):
 
     module, attr = _LAZY[name]
     value = getattr(importlib.import_module(module, __name__), attr)
-    # Importing the submodule edgecls.train binds the *module* to edgecls.train; rebind the
-    # function so `from edgecls import train` gives the function.
     globals()[name] = value
     return value

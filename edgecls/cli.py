@@ -36,7 +36,7 @@ def _cmd_zoo(args) -> int:
 
 def _cmd_train(args) -> int:
     from .config import TrainConfig
-    from .train import train
+    from .training import train
 
     config = TrainConfig(
         data=args.data, arch=args.arch, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -56,7 +56,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from ._io import atomic_write_json
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     result = evaluate(args.model, args.data, split=args.split, safe_mode=not args.unsafe)
     print(result.format())

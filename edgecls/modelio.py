@@ -49,6 +49,10 @@ def load_keras_model(path: str | Path, safe_mode: bool = True):
         raise ModelError(f"model file not found: {path}")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a valid .keras file (corrupt or truncated); re-export the model")
+    if path.suffix in (".h5", ".hdf5") and safe_mode:
+        # Legacy HDF5 files keep Lambda layers as marshalled bytecode and Keras ignores safe_mode
+        # for them, so the check happens here, before Keras sees the file.
+        refuse_h5_lambda(path)
     k = keras()
     try:
         return k.models.load_model(path, compile=False, safe_mode=safe_mode)
@@ -62,6 +66,23 @@ def load_keras_model(path: str | Path, safe_mode: bool = True):
     except Exception as exc:  # h5py / zip / deserialization errors of a damaged file
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {msg}); the file may be corrupt") from None
+
+
+def refuse_h5_lambda(path: Path) -> None:
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{path} is not a readable HDF5 model (corrupt or truncated): {first}") from None
+    if config is None:
+        raise ModelError(f"{path} holds weights only (no model_config); save the whole model")
+    if isinstance(config, bytes):
+        config = config.decode()
+    if '"class_name": "Lambda"' in config:
+        raise ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)")
 
 
 def load_trained(path: str | Path, safe_mode: bool = True) -> TrainedModel:

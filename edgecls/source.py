@@ -69,8 +69,6 @@ def load_source(path: str | Path, preprocessing: PreprocessingSpec | dict | None
         folder = path.parent
     elif path.suffix in (".h5", ".hdf5"):
         kind = "h5"
-        if safe_mode:
-            _refuse_h5_lambda(path)
         model = load_keras_model(path, safe_mode=safe_mode)
         folder = path.parent
     else:
@@ -92,22 +90,6 @@ def _keras_file_version(path: Path) -> str:
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: unreadable .keras metadata ({_first_line(exc)})") from None
     return str(meta.get("keras_version", ""))
-
-
-def _refuse_h5_lambda(path: Path) -> None:
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ModelError(f"{path} is not a readable HDF5 model (corrupt or truncated): {_first_line(exc)}") from None
-    if config is None:
-        raise ModelError(f"{path} holds weights only (no model_config); save the whole model")
-    if isinstance(config, bytes):
-        config = config.decode()
-    if '"class_name": "Lambda"' in config:
-        raise ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)")
 
 
 def _check_image_classifier(model, path: Path) -> tuple[int, int]:

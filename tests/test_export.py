@@ -117,3 +117,22 @@ def test_format_names_and_groups():
     assert set(GROUPS["int8"]) == {"tflite_int8", "tflite_qat_int8", "tflite_pruned_int8", "tflite_pruned_qat_int8", "onnx_int8"}
     with pytest.raises(ConfigError, match="unknown format 'tflite_int4'"):
         resolve_formats(["tflite_int4"])
+
+
+def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
+    from .conftest import run_cli
+
+    out = tmp_path / "opt"
+    proc = run_cli("optimize", sample_model.out, "--data", "cifar10-sample", "--out", out, "--variants", "pruned", "qat",
+                   "--sparsity", "0.6", "--prune-epochs", "1", "--batch-size", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "optimize.json").read_text())
+    assert set(report["variants"]) == {"pruned", "qat"}
+    assert report["variants"]["pruned"]["kernel_sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
+    assert "pruned     accuracy" in proc.stdout
+    # The pruned model is an ordinary edgecls model directory: it exports like any other.
+    result = export(out / "pruned", data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8",), calibration_count=100)
+    row = result.rows[0]
+    assert row["status"] == "ok" and row["sparsity"] == pytest.approx(0.6, abs=0.02)
+    assert (out / "qat" / "model.h5").exists()

@@ -9,7 +9,7 @@ def _run(code):
 
 def test_import_edgecls_imports_no_tensorflow():
     proc = _run(
-        "import sys, edgecls, edgecls.data, edgecls.preprocess, edgecls.cli, edgecls.zoo, edgecls.train, edgecls.evaluate\n"
+        "import sys, edgecls, edgecls.data, edgecls.preprocess, edgecls.cli, edgecls.zoo, edgecls.training, edgecls.evaluation\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'))\n"
         "print(heavy)"
     )
@@ -31,3 +31,13 @@ def test_legacy_keras_is_set_before_tensorflow_is_imported():
 def test_version_and_help():
     proc = subprocess.run([sys.executable, "-m", "edgecls.cli", "--version"], capture_output=True, text=True)
     assert proc.stdout.strip().startswith("edgecls 0.")
+
+
+def test_public_functions_are_functions_whatever_was_imported_first():
+    proc = _run(
+        "import edgecls.training, edgecls.evaluation, edgecls.export\n"
+        "from edgecls import train, evaluate, load_dataset, create_model\n"
+        "print(all(callable(f) and not hasattr(f, '__path__') and type(f).__name__ == 'function' for f in (train, evaluate, load_dataset, create_model)))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

@@ -130,7 +130,7 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
         dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
     if dataset.image_size != tuple(spec.input_size):
         raise DataError(f"the data's images are {dataset.image_size} but the model takes {spec.input_size}")
-    from ..evaluate import align_labels
+    from ..evaluation import align_labels
 
     mapping = _label_mapping(dataset, source.labels, align_labels)
     if len(dataset.train) < config.calibration_count:

@@ -21,7 +21,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
              preprocessing=None, labels=None, safe_mode: bool = True) -> dict:
     """Build the requested optimized Keras models and write them to `out/<kind>/`."""
     from ..errors import ConfigError
-    from ..evaluate import align_labels
+    from ..evaluation import align_labels
     from ..source import load_source
     from . import prune, quantize_aware
 
