@@ -24,3 +24,10 @@ class DependencyError(EdgeclsError, ImportError):
 
 class ExportError(EdgeclsError):
     """A conversion or export step failed."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its class name), for one-line errors that wrap
+    a third-party library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else exc.__class__.__name__

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._deps import keras
 from ._io import atomic_write_json
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
 MODEL_FILE = "model.keras"
@@ -57,15 +57,13 @@ def load_keras_model(path: str | Path, safe_mode: bool = True):
     try:
         return k.models.load_model(path, compile=False, safe_mode=safe_mode)
     except ValueError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         if "safe_mode" in str(exc) or "Lambda" in str(exc):
             raise ModelError(
                 f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)"
             ) from None
-        raise ModelError(f"cannot load {path}: {msg}") from None
+        raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     except Exception as exc:  # h5py / zip / deserialization errors of a damaged file
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {msg}); the file may be corrupt") from None
+        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {first_line(exc)}); the file may be corrupt") from None
 
 
 def refuse_h5_lambda(path: Path) -> None:
@@ -75,8 +73,7 @@ def refuse_h5_lambda(path: Path) -> None:
         with h5py.File(path, "r") as f:
             config = f.attrs.get("model_config")
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelError(f"{path} is not a readable HDF5 model (corrupt or truncated): {first}") from None
+        raise ModelError(f"{path} is not a readable HDF5 model (corrupt or truncated): {first_line(exc)}") from None
     if config is None:
         raise ModelError(f"{path} holds weights only (no model_config); save the whole model")
     if isinstance(config, bytes):

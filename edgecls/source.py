@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._deps import keras, tensorflow
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .modelio import LABELS_FILE, MODEL_FILE, load_keras_model, load_labels
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
@@ -36,11 +36,6 @@ class SourceModel:
     kind: str  # "edgecls", "keras3", "keras2", "h5", "savedmodel"
     tunable: bool = True  # pruning/QAT possible (a real tf_keras layer graph)
     info: dict = field(default_factory=dict)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else exc.__class__.__name__
 
 
 def load_source(path: str | Path, preprocessing: PreprocessingSpec | dict | None = None, labels=None,
@@ -88,7 +83,7 @@ def _keras_file_version(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("metadata.json"))
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelError(f"{path}: unreadable .keras metadata ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: unreadable .keras metadata ({first_line(exc)})") from None
     return str(meta.get("keras_version", ""))
 
 
@@ -140,11 +135,11 @@ def _load_saved_model(path: Path):
         try:
             return k.models.load_model(path, compile=False)
         except Exception as exc:
-            log.info("SavedModel %s did not load as Keras (%s); using its serving signature", path, _first_line(exc))
+            log.info("SavedModel %s did not load as Keras (%s); using its serving signature", path, first_line(exc))
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise ModelError(f"{path}: not a loadable SavedModel ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a loadable SavedModel ({first_line(exc)})") from None
     signature = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
     if signature is None:
         raise ModelError(f"{path}: the SavedModel has no 'serving_default' signature")
@@ -186,9 +181,9 @@ def _bridge_keras3(path: Path, safe_mode: bool):
     except ValueError as exc:
         if "safe_mode" in str(exc) or "Lambda" in str(exc):
             raise ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)") from None
-        raise ModelError(f"cannot load {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     except Exception as exc:
-        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {_first_line(exc)}); the file may be corrupt") from None
+        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {first_line(exc)}); the file may be corrupt") from None
     k = keras()
     config = k3_model.get_config()
     try:
@@ -200,7 +195,7 @@ def _bridge_keras3(path: Path, safe_mode: bool):
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{path}: could not rebuild the Keras 3 model in tf_keras ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: could not rebuild the Keras 3 model in tf_keras ({first_line(exc)})") from None
     for layer in model.layers:
         try:
             source = k3_model.get_layer(layer.name)
@@ -252,7 +247,7 @@ def _clean_layer(layer_cfg: dict) -> dict:
                               r"|Keyword argument not understood:', '(\w+)'", str(exc))
             key = next((g for g in match.groups() if g), None) if match else None
             if key is None or not _drop_key(config, key):
-                raise ModelError(f"cannot rebuild layer {config.get('name')!r} ({class_name}) in tf_keras: {_first_line(exc)}") from None
+                raise ModelError(f"cannot rebuild layer {config.get('name')!r} ({class_name}) in tf_keras: {first_line(exc)}") from None
         except ValueError:
             break
     out = {"class_name": class_name, "config": config}

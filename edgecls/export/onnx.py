@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._deps import tensorflow
-from ..errors import ConfigError, DependencyError, ExportError
+from ..errors import ConfigError, DependencyError, ExportError, first_line
 
 DEFAULT_OPSET = 17
 INT8_METHODS = ("ort_qdq", "tflite")
@@ -40,8 +40,7 @@ def convert_fp32(model, opset: int = DEFAULT_OPSET, nchw: bool = False) -> bytes
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
                                               inputs_as_nchw=[INPUT_NAME] if nchw else None)
     except Exception as exc:  # tf2onnx raises assorted errors for unsupported graphs
-        text = str(exc).strip().splitlines()
-        raise ExportError(f"ONNX conversion failed: {text[0][:300] if text else exc.__class__.__name__}") from None
+        raise ExportError(f"ONNX conversion failed: {first_line(exc)}") from None
     return _rename_io(proto).SerializeToString()
 
 
@@ -70,8 +69,7 @@ def convert_from_tflite(tflite_bytes: bytes, opset: int = DEFAULT_OPSET) -> byte
                 warnings.simplefilter("ignore", UserWarning)
                 proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise ExportError(f"ONNX conversion from TFLite failed: {text[0][:300] if text else exc.__class__.__name__}") from None
+            raise ExportError(f"ONNX conversion from TFLite failed: {first_line(exc)}") from None
     return proto.SerializeToString()
 
 
@@ -103,8 +101,7 @@ def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = Fal
             quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, per_channel=per_channel)
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise ExportError(f"ONNX int8 quantization failed: {text[0][:300] if text else exc.__class__.__name__}") from None
+            raise ExportError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         return Path(dst).read_bytes()
 
 

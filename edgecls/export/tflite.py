@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from .._deps import tensorflow
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, first_line
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -64,8 +64,7 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
             warnings.simplefilter("ignore", UserWarning)
             return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError ...
-        text = str(exc).strip().splitlines()
-        raise ExportError(f"TFLite {precision} conversion failed: {text[0][:300] if text else exc.__class__.__name__}") from None
+        raise ExportError(f"TFLite {precision} conversion failed: {first_line(exc)}") from None
 
 
 def describe(path) -> tuple[list[dict], list[dict]]:

@@ -5,7 +5,7 @@ import math
 
 from .._deps import keras, tensorflow
 from ..data import Dataset
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
 from .common import Optimized, fine_tune, layer_sparsity
 
@@ -70,7 +70,7 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
     try:
         wrapped = k.models.clone_model(model, clone_function=wrap)
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"pruning failed: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"pruning failed: {first_line(exc)}") from None
     _copy_weights(model, wrapped)
     history = fine_tune(wrapped, dataset, spec, epochs, batch_size, learning_rate, seed,
                         callbacks=[sk.UpdatePruningStep()], verbose=verbose)

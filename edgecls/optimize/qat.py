@@ -5,7 +5,7 @@ import re
 
 from .._deps import tensorflow
 from ..data import Dataset
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
 from .common import Optimized, fine_tune, layer_sparsity
 
@@ -40,7 +40,7 @@ def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int
 
 
 def _explain(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    text = first_line(exc)
     match = re.search(r"Layer (\S+?):?\s*<?(?:class )?'?([\w.]+)?", text)
     layer = match.group(1).strip(":'\"") if match else None
     if layer:

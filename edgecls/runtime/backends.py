@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DependencyError, ModelError
+from ..errors import DependencyError, ModelError, first_line
 
 _RUNTIME_HINT = "install the runtime extra: pip install 'edgecls[runtime]'"
 
@@ -59,8 +59,7 @@ class TFLiteBackend:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise ModelError(f"{path}: not a loadable TFLite model ({first})") from None
+            raise ModelError(f"{path}: not a loadable TFLite model ({first_line(exc)})") from None
         self.path = path
         self.threads = threads
         self._lock = threading.Lock()
@@ -154,8 +153,7 @@ class ONNXBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+            raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc, 200)})") from None
         self.package = f"onnxruntime {ort.__version__}"
         self.path = path
         self.threads = threads
