@@ -1,9 +1,29 @@
-"""Latency measurement (no TensorFlow): warm-up, then timed single-batch calls."""
+"""Benchmark of a bundle's variants: load time, batch-1 latency, throughput, peak memory, accuracy,
+agreement with the fp32 reference, size. numpy + the runtime only: no TensorFlow.
+
+Each variant runs in its own child process, so its peak resident memory is its own (a process's
+peak never goes down) and a variant that crashes its backend becomes a failed row instead of ending
+the run. The report is written only when every variant is done (atomically): an interrupted bench
+leaves no partial report.
+"""
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
+
+from .errors import ConfigError, DataError, EdgeclsError
+from .hostinfo import host_info
+
+REPORT_SCHEMA = 1
 
 
 def latency_stats(samples_ms) -> dict:
@@ -28,3 +48,203 @@ def time_calls(fn, warmup: int = 20, runs: int = 200) -> dict:
         fn()
         samples[i] = (time.perf_counter() - start) * 1000.0
     return latency_stats(samples)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    variants: tuple[str, ...] = ()
+    threads: int | None = 1
+    warmup: int = 20
+    runs: int = 200
+    batch: int = 32
+    max_images: int | None = None
+
+    def __post_init__(self):
+        for name in ("warmup", "runs", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "warmup" else 1):
+                raise ConfigError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images must be positive, got {self.max_images!r}")
+
+
+def runtime_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("numpy", "Pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def _labelled_data(data: str | None, input_size, labels, max_images):
+    """(uint8 images, label indices in the model's order, dataset name) or None without labels."""
+    from .data import SAMPLE_NAME, load_dataset, sample_indices
+
+    source = data or SAMPLE_NAME
+    if data is None and labels and set(labels) != set(_cifar_labels()):
+        return None  # the built-in sample only fits CIFAR-10 classifiers
+    dataset = load_dataset(source, image_size=input_size)
+    index = {n: i for i, n in enumerate(labels)} if labels else {}
+    if labels and all(n in index for n in dataset.class_names):
+        mapping = np.array([index[n] for n in dataset.class_names])
+    elif labels and all(n.isdigit() for n in labels) and len(labels) == dataset.num_classes:
+        mapping = np.arange(dataset.num_classes)
+    else:
+        raise DataError(f"the data's classes {list(dataset.class_names)} do not match the model's labels {list(labels)}")
+    keep = sample_indices(len(dataset.test), max_images)
+    images, y = dataset.test.images[keep], mapping[dataset.test.labels[keep]]
+    if len(images) == 0:
+        raise DataError(f"{dataset.source}: no test images to measure accuracy on")
+    return images, y, dataset.name
+
+
+def _cifar_labels():
+    from .data.cifar import CIFAR10_CLASSES
+
+    return CIFAR10_CLASSES
+
+
+def bench_variant(bundle: str, variant: str, data: str | None, config: BenchConfig, predictions_out: str | None = None) -> dict:
+    """Measure one variant in this process (called in a child process by `bench`)."""
+    from . import runtime
+    from .bundle import load_bundle
+    from .evaluation import summarize
+
+    art = load_bundle(bundle).artifact(variant)
+    row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
+           "size_bytes": art["size"]["bytes"], "size_gzip_bytes": art["size"]["gzip_bytes"], "status": "ok", "error": ""}
+    start = time.perf_counter()
+    runner = runtime.load(bundle, variant=variant, threads=config.threads)
+    row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
+    labelled = _labelled_data(data, runner.preprocessing.input_size, runner.labels, config.max_images)
+    if labelled is not None:
+        images, y, name = labelled
+        one = images[:1]
+    else:
+        images = y = name = None
+        one = np.zeros((1, *runner.preprocessing.input_size, 3), np.uint8)
+    row["latency_ms"] = time_calls(lambda: runner.predict(one), warmup=config.warmup, runs=config.runs)
+    if images is not None:
+        batch = images[: config.batch] if len(images) >= config.batch else np.resize(images, (config.batch, *images.shape[1:]))
+        runner.predict(batch)  # warm-up at this batch size (a resize reallocates tensors)
+        reps = max(3, min(50, config.runs // 10))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            runner.predict(batch)
+        row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
+        probs = np.concatenate([runner.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+        pred = probs.argmax(1)
+        result = summarize(y, pred, runner.labels or [str(i) for i in range(probs.shape[1])], name, "test", bundle)
+        row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
+                   confusion=result.confusion, data=name)
+        if predictions_out:
+            np.save(predictions_out, pred)
+    else:
+        row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
+    row["peak_rss_mb"] = _peak_rss_mb()
+    row["backend"] = runner.backend.package
+    return row
+
+
+def _child(bundle: str, variant: str, data: str | None, config: BenchConfig, pred_file: str) -> dict:
+    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data, "config": asdict(config), "pred": pred_file})
+    env = dict(os.environ)
+    # Each child measures with exactly the requested threads; BLAS pools must not add their own.
+    env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
+    proc = subprocess.run([sys.executable, "-m", "edgecls.bench", payload], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    if proc.returncode < 0:
+        reason = f"the backend crashed (signal {-proc.returncode})"
+    else:
+        err = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        reason = err[-1] if err else f"exit status {proc.returncode}"
+    return {"name": variant, "status": "failed", "error": reason.removeprefix("edgecls: error: ")}
+
+
+def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | None = None, progress=None) -> dict:
+    """Benchmark the bundle's variants; returns the report dict (schema in the README)."""
+    import tempfile
+
+    from .bundle import load_bundle
+
+    config = config or BenchConfig()
+    bundle = str(bundle)
+    loaded = load_bundle(bundle)
+    names = list(config.variants) or loaded.names()
+    known = set(loaded.names()) | {r["name"] for r in loaded.manifest.get("rejected", [])}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
+    if data is not None and not Path(data).exists() and data not in ("cifar10", "cifar10-sample", "sample"):
+        raise DataError(f"dataset not found: {data}")
+    rows = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = next((n for n in ("tflite_fp32", "onnx_fp32") if n in loaded.names()), None)
+        order = ([reference] if reference else []) + [n for n in names if n != reference]
+        preds = {}
+        for i, name in enumerate(order):
+            if progress:
+                progress(i, len(order), name)
+            pred_file = os.path.join(tmp, f"{name}.npy")
+            row = _child(bundle, name, data, config, pred_file)
+            if os.path.exists(pred_file):
+                preds[name] = np.load(pred_file)
+            if name in names:
+                rows.append(row)
+        if progress:
+            progress(len(order), len(order), "")
+    for row in rows:
+        ref = preds.get(reference)
+        mine = preds.get(row["name"])
+        row["agreement"] = (round(float((ref == mine).mean()), 6) if ref is not None and mine is not None and len(ref) == len(mine)
+                            else None)
+        row["agreement_reference"] = reference
+        for key in ("latency_ms", "throughput_ips", "load_ms", "peak_rss_mb", "accuracy", "sparsity", "size_bytes",
+                    "size_gzip_bytes", "format", "precision"):
+            row.setdefault(key, None)
+    host = host_info()
+    host["runtime"] = runtime_versions()
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": "edgecls-bench",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "bundle": bundle,
+        "model": loaded.manifest.get("model", {}),
+        "data": data or "cifar10-sample",
+        "host": host,
+        "settings": {"threads": config.threads, "warmup": config.warmup, "runs": config.runs, "batch": config.batch,
+                     "max_images": config.max_images, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
+        "variants": rows,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def _main(argv) -> int:
+    payload = json.loads(argv[0])
+    try:
+        row = bench_variant(payload["bundle"], payload["variant"], payload["data"], BenchConfig(**payload["config"]),
+                            payload["pred"])
+    except EdgeclsError as exc:
+        print(f"edgecls: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

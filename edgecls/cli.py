@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import EdgeclsError
 
@@ -110,6 +112,67 @@ def _cmd_optimize(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from . import runtime
+
+    runner = runtime.load(args.bundle, variant=args.variant, threads=args.threads)
+    probs = runner.predict(list(args.images))
+    labels = runner.labels or [str(i) for i in range(probs.shape[1])]
+    k = max(1, min(args.top_k, probs.shape[1]))
+    results = []
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p, kind="stable")[:k]
+        results.append({"image": path, "top": [{"label": labels[i], "score": round(float(p[i]), 6)} for i in top]})
+    if args.json:
+        print(json.dumps({"variant": runner.name, "results": results}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['score']:.4f}" for t in r["top"]))
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per step otherwise)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        width = 24
+        filled = int(width * done / max(total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        text = f"{self.title} [{bar}] {done}/{total} {name}"
+        if self.tty:
+            print("\r" + text.ljust(78), end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif name or done == total:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _cmd_bench(args) -> int:
+    from ._io import atomic_write_json
+    from .bench import BenchConfig, bench
+    from .report import Report
+
+    config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
+                         batch=args.batch, max_images=args.max_images)
+    result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"))
+    atomic_write_json(args.out, result)
+    print(Report([result]).markdown())
+    print(f"wrote {args.out}")
+    return 0 if any(v["status"] == "ok" for v in result["variants"]) else 1
+
+
+def _cmd_report(args) -> int:
+    from .report import Report
+
+    report = Report.load(args.reports)
+    paths = report.write(args.out)
+    print(report.markdown())
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _add_model_options(p):
     p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
     p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
@@ -187,6 +250,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="classify images with a bundle (runtime only: no TensorFlow)")
+    p.add_argument("bundle", help="bundle directory, or a .tflite/.onnx file inside one")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--variant", help="variant name (default: the bundle's first)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("bench", help="latency, throughput, memory, accuracy and size of a bundle's variants")
+    p.add_argument("bundle")
+    p.add_argument("--data", help="labelled data for accuracy (default: the built-in CIFAR-10 sample for CIFAR-10 models)")
+    p.add_argument("--variants", nargs="+", help="variants to run (default: all validated)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per variant")
+    p.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
+    p.add_argument("--max-images", type=int, help="use at most this many labelled images")
+    p.add_argument("--out", required=True, help="report JSON file")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="tables (Markdown, CSV, JSON) and an HTML page with plots from bench reports")
+    p.add_argument("reports", nargs="+", help="report JSON files from 'edgecls bench' (several devices allowed)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

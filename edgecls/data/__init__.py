@@ -250,6 +250,15 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def sample_indices(count_total: int, count: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded random subset of `count` of `count_total` items (all when None).
+
+    Datasets are stored class by class, so "the first N" would be a few classes only."""
+    if count is None or count >= count_total:
+        return np.arange(count_total)
+    return np.sort(np.random.default_rng(seed).permutation(count_total)[:count])
+
+
 def calibration_subset(dataset: Dataset, count: int = 300, seed: int = 0) -> np.ndarray:
     """The representative dataset for quantization: `count` real images drawn, stratified by
     class, from the *training* split only (never the test split). Returns uint8 N x H x W x 3."""
@@ -270,6 +279,7 @@ __all__ = [
     "load_dataset",
     "calibration_subset",
     "stratified_split",
+    "sample_indices",
     "resolve_source",
     "SAMPLE_NAME",
 ]

@@ -23,7 +23,7 @@ from .. import __version__
 from .._io import atomic_write_json, make_staging_dir, replace_dir
 from ..bundle import MANIFEST, SCHEMA, sha256_file
 from ..config import ExportConfig
-from ..data import Dataset, calibration_subset, load_dataset
+from ..data import Dataset, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError
 from ..modelio import LABELS_FILE, save_labels
 from ..preprocess import SPEC_FILE
@@ -144,10 +144,9 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
                           f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
 
     representative = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
-    test = dataset.test
-    count = len(test) if config.max_eval_images is None else min(len(test), config.max_eval_images)
-    eval_x = spec.apply(test.images[:count])
-    eval_y = mapping[test.labels[:count]]
+    keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
+    eval_x = spec.apply(dataset.test.images[keep])
+    eval_y = mapping[dataset.test.labels[keep]]
 
     out = Path(out)
     staging = make_staging_dir(out)

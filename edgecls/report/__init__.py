@@ -1,0 +1,312 @@
+"""Report: one comparison of every variant on every device, from `edgecls bench` JSON files.
+
+    >>> from edgecls.report import Report
+    >>> report = Report.load(["workstation.json", "pi.json"])
+    >>> report.write("report/")      # report.md, report.csv, report.json, report.html, plots/*.png
+
+Renderers share one row model (`Report.rows`); plots need matplotlib (headless Agg backend).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..errors import ConfigError, DataError
+
+COLUMNS = [
+    ("device", "device"), ("name", "variant"), ("format", "format"), ("precision", "precision"), ("sparsity", "sparsity"),
+    ("size_bytes", "bytes"), ("size_gzip_bytes", "gzip bytes"), ("accuracy", "top-1"), ("agreement", "agreement"),
+    ("p50", "p50 ms"), ("p99", "p99 ms"), ("throughput_ips", "images/s"), ("peak_rss_mb", "peak MB"),
+    ("load_ms", "load ms"), ("status", "status"),
+]
+
+
+def device_label(host: dict, settings: dict | None = None) -> str:
+    label = f"{host.get('hostname', '?')} ({host.get('arch', '?')}, {host.get('cpu', '?')})"
+    if settings and settings.get("emulated"):
+        label += " [emulated]"
+    return label
+
+
+@dataclass
+class Report:
+    reports: list[dict]
+
+    @classmethod
+    def load(cls, paths) -> "Report":
+        reports = []
+        for path in paths:
+            try:
+                data = json.loads(Path(path).read_text())
+            except FileNotFoundError:
+                raise DataError(f"report not found: {path}") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(f"{path} is not a JSON report ({exc})") from None
+            if not isinstance(data, dict) or data.get("kind") != "edgecls-bench" or "variants" not in data:
+                raise DataError(f"{path} is not an 'edgecls bench' report (no kind/variants)")
+            if data.get("schema") != 1:
+                raise DataError(f"{path}: unsupported report schema {data.get('schema')!r}; expected 1")
+            reports.append(data)
+        if not reports:
+            raise ConfigError("no reports given")
+        return cls(reports)
+
+    @property
+    def devices(self) -> list[str]:
+        seen = []
+        for r in self.reports:
+            label = device_label(r["host"], r.get("settings"))
+            if label not in seen:
+                seen.append(label)
+        return seen
+
+    @property
+    def rows(self) -> list[dict]:
+        rows = []
+        for r in self.reports:
+            label = device_label(r["host"], r.get("settings"))
+            for v in r["variants"]:
+                lat = v.get("latency_ms") or {}
+                rows.append({**v, "device": label, "p50": lat.get("p50"), "p99": lat.get("p99"), "mean": lat.get("mean"),
+                             "threads": r.get("settings", {}).get("threads")})
+        return rows
+
+    # -- tables -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _fmt(key, value) -> str:
+        if value is None or value == "":
+            return "-"
+        if key in ("size_bytes", "size_gzip_bytes"):
+            return f"{int(value):,}"
+        if key in ("accuracy", "agreement"):
+            return f"{value:.4f}"
+        if key == "sparsity":
+            return f"{value:.2f}"
+        if key in ("p50", "p99", "load_ms"):
+            return f"{value:.3f}"
+        if key in ("throughput_ips", "peak_rss_mb"):
+            return f"{value:,.1f}"
+        return str(value)
+
+    def markdown(self) -> str:
+        multi = len(self.devices) > 1
+        cols = [c for c in COLUMNS if multi or c[0] != "device"]
+        lines = []
+        if not multi:
+            r = self.reports[0]
+            s = r.get("settings", {})
+            lines.append(f"Device: {self.devices[0]}; {r['host'].get('cores')} cores; threads {s.get('threads')}; "
+                         f"batch-1 latency over {s.get('runs')} runs after {s.get('warmup')} warm-up; data {r.get('data')}")
+            lines.append("")
+        lines.append("| " + " | ".join(h for _, h in cols) + " |")
+        lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
+        for row in self.rows:
+            cells = [self._fmt(k, row.get(k)) for k, _ in cols]
+            if row.get("status") != "ok" and row.get("error"):
+                cells[-1] = f"{row['status']}: {row['error']}"
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        front = self.pareto()
+        if front:
+            lines += ["", "Pareto front (no other variant is both faster and more accurate): " + ", ".join(front)]
+        if multi:
+            lines += ["", self.device_comparison_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def device_comparison_markdown(self) -> str:
+        devices = self.devices
+        base = devices[0]
+        by = {(r["device"], r["name"]): r for r in self.rows if r.get("status") == "ok"}
+        names = []
+        for r in self.rows:
+            if r["name"] not in names:
+                names.append(r["name"])
+        head = "| variant | " + " | ".join(f"p50 ms on {d}" for d in devices) + " | " + \
+               " | ".join(f"ratio {d} / {base}" for d in devices[1:]) + " |"
+        lines = ["Per-device batch-1 latency (p50):", "", head, "|---|" + "---:|" * (2 * len(devices) - 1)]
+        for n in names:
+            vals = [by.get((d, n), {}).get("p50") for d in devices]
+            ratios = [(f"{v / vals[0]:.2f}" if v and vals[0] else "-") for v in vals[1:]]
+            lines.append(f"| {n} | " + " | ".join(self._fmt("p50", v) for v in vals) + " | " + " | ".join(ratios) + " |")
+        lines.append("")
+        for d in devices:
+            ok = [r for r in self.rows if r["device"] == d and r.get("status") == "ok" and r.get("p50") is not None]
+            if ok:
+                best = min(ok, key=lambda r: r["p50"])
+                lines.append(f"Fastest on {d}: {best['name']} ({best['p50']:.3f} ms)")
+        return "\n".join(lines)
+
+    def pareto(self, device: str | None = None) -> list[str]:
+        device = device or self.devices[0]
+        pts = [r for r in self.rows if r["device"] == device and r.get("status") == "ok"
+               and r.get("p50") is not None and r.get("accuracy") is not None]
+        pts.sort(key=lambda r: (r["p50"], -r["accuracy"]))
+        front, best = [], -1.0
+        for r in pts:
+            if r["accuracy"] > best:
+                front.append(r["name"])
+                best = r["accuracy"]
+        return front
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        keys = [k for k, _ in COLUMNS] + ["mean", "threads", "error"]
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: row.get(k) for k in keys})
+        return buf.getvalue()
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "kind": "edgecls-report", "devices": self.devices, "pareto": self.pareto(),
+                "reports": self.reports}
+
+    # -- plots ------------------------------------------------------------------------------------
+
+    def plots(self) -> dict[str, bytes]:
+        """PNG plots by file name."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return {}
+        out = {}
+        ok = [r for r in self.rows if r.get("status") == "ok"]
+        if not ok:
+            return out
+        # Accuracy against latency, Pareto front marked, one marker style per device.
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, device in enumerate(self.devices):
+            pts = [r for r in ok if r["device"] == device and r.get("accuracy") is not None and r.get("p50") is not None]
+            if not pts:
+                continue
+            front = set(self.pareto(device))
+            ax.scatter([r["p50"] for r in pts], [r["accuracy"] for r in pts], marker="os^D"[i % 4], label=device[:60])
+            for r in pts:
+                ax.annotate(r["name"], (r["p50"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
+            ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
+                    label=f"Pareto front ({device[:20]})")
+        ax.set_xlabel("batch-1 latency p50 (ms)")
+        ax.set_ylabel("top-1 accuracy")
+        ax.set_title("Accuracy against latency")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out["accuracy_vs_latency.png"] = _png(fig, plt)
+        # Sizes.
+        first = [r for r in ok if r["device"] == self.devices[0]]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs = range(len(first))
+        ax.bar([x - 0.2 for x in xs], [r["size_bytes"] / 1024 for r in first], width=0.4, label="bytes")
+        ax.bar([x + 0.2 for x in xs], [r["size_gzip_bytes"] / 1024 for r in first], width=0.4, label="gzip bytes")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["name"] for r in first], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("KiB")
+        ax.set_title("Artifact size")
+        ax.legend()
+        fig.tight_layout()
+        out["sizes.png"] = _png(fig, plt)
+        # Confusion matrix of the most accurate variant.
+        with_cm = [r for r in first if r.get("confusion")]
+        if with_cm:
+            best = max(with_cm, key=lambda r: r["accuracy"])
+            import numpy as np
+
+            cm = np.array(best["confusion"], dtype=float)
+            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            labels = list(best["per_class"]) if best.get("per_class") else [str(i) for i in range(len(cm))]
+            fig, ax = plt.subplots(figsize=(6, 5.5))
+            im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            ax.set_xticks(range(len(labels)))
+            ax.set_yticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+            ax.set_yticklabels(labels, fontsize=7)
+            for i in range(len(cm)):
+                for j in range(len(cm)):
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title(f"Confusion matrix: {best['name']}")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            fig.tight_layout()
+            out["confusion.png"] = _png(fig, plt)
+        if len(self.devices) > 1:
+            names = [r["name"] for r in first]
+            fig, ax = plt.subplots(figsize=(7, 4))
+            width = 0.8 / len(self.devices)
+            for i, device in enumerate(self.devices):
+                by = {r["name"]: r.get("p50") for r in ok if r["device"] == device}
+                ax.bar([x + i * width for x in range(len(names))], [by.get(n) or 0 for n in names], width=width, label=device[:50])
+            ax.set_xticks([x + width * (len(self.devices) - 1) / 2 for x in range(len(names))])
+            ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("p50 ms (batch 1)")
+            ax.set_title("Latency per device")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            out["devices.png"] = _png(fig, plt)
+        return out
+
+    # -- HTML and writing -------------------------------------------------------------------------
+
+    def html(self, plots: dict[str, bytes] | None = None) -> str:
+        plots = self.plots() if plots is None else plots
+        multi = len(self.devices) > 1
+        cols = [c for c in COLUMNS if multi or c[0] != "device"]
+        head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+        body = []
+        front = set(self.pareto())
+        for row in self.rows:
+            cells = [self._fmt(k, row.get(k)) for k, _ in cols]
+            if row.get("status") != "ok" and row.get("error"):
+                cells[-1] = f"{row['status']}: {row['error']}"
+            cls = ' class="front"' if row["name"] in front and row["device"] == self.devices[0] else ""
+            body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        imgs = "".join(
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
+        hosts = "".join(f"<li>{html.escape(device_label(r['host'], r.get('settings')))}: {html.escape(r['host'].get('os', ''))}, "
+                        f"{r['host'].get('cores')} cores, Python {html.escape(str(r['host'].get('python')))}, threads "
+                        f"{r.get('settings', {}).get('threads')}, data {html.escape(str(r.get('data')))}</li>" for r in self.reports)
+        comparison = f"<pre>{html.escape(self.device_comparison_markdown())}</pre>" if multi else ""
+        return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>edgecls report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(-n+3){{text-align:left}}tr.front{{background:#eef7ee}}
+figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
+<body><h1>edgecls report</h1><ul>{hosts}</ul>
+<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(self.pareto()))}.</p>
+{comparison}{imgs}</body></html>
+"""
+
+    def write(self, out: str | Path) -> list[Path]:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = self.plots()
+        written = []
+        for name, data in plots.items():
+            atomic_write_bytes(out / "plots" / name, data)
+        if plots:
+            written.append(out / "plots")
+        atomic_write_text(out / "report.md", self.markdown())
+        atomic_write_text(out / "report.csv", self.csv())
+        atomic_write_json(out / "report.json", self.to_json())
+        atomic_write_text(out / "report.html", self.html(plots))
+        written += [out / "report.md", out / "report.csv", out / "report.json", out / "report.html"]
+        return written
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
