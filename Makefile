@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/edgecls zoo
-	$(BIN)/edgecls train --data cifar10-sample --arch resnet8 --epochs 15 --out runs/demo
-	$(BIN)/edgecls eval runs/demo --data cifar10-sample
-	$(BIN)/edgecls export runs/demo --data cifar10-sample --out runs/demo-bundle
+	$(BIN)/edgecls pipeline --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

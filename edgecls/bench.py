@@ -189,8 +189,14 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
-    if data is not None and not Path(data).exists() and data not in ("cifar10", "cifar10-sample", "sample"):
-        raise DataError(f"dataset not found: {data}")
+    if data is not None:
+        # Fail once, up front, on unusable data, rather than once per variant in every child.
+        from .preprocess import PreprocessingSpec
+
+        spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
+        labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
+        labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+        _labelled_data(data, spec.input_size, labels, config.max_images)
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -173,6 +173,20 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
+                          formats=tuple(args.formats or ("all",)), threads=args.threads, runs=args.runs, model=args.model,
+                          progress=_Progress("bench"))
+    print("Export and validation (against the Keras model, on held-out images):")
+    print(result.export_table)
+    print("\nBenchmark of the validated variants:")
+    print(result.table)
+    print(f"HTML report: {result.report_html}")
+    return 0
+
+
 def _add_model_options(p):
     p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
     p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
@@ -276,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", help="report JSON files from 'edgecls bench' (several devices allowed)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("pipeline", help="train, export (validated), bench and report in one go")
+    p.add_argument("--data", help="training/evaluation data (default: the built-in CIFAR-10 sample)")
+    p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
+    p.add_argument("--arch", default="resnet8")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--model", help="skip training: start from this trained model")
+    p.add_argument("--formats", nargs="+", help="variants to export (default all)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per variant")
+    p.set_defaults(func=_cmd_pipeline)
     return parser
 
 

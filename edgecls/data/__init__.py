@@ -267,6 +267,8 @@ def calibration_subset(dataset: Dataset, count: int = 300, seed: int = 0) -> np.
         raise ConfigError(f"calibration count must be at least 1, got {count}")
     if len(train) < count:
         raise DataError(f"the training split has {len(train)} images; {count} are needed for calibration")
+    if count == len(train):
+        return train.images.copy()
     _, held = stratified_split(train.labels, count / len(train), seed)
     rng = np.random.default_rng(seed)
     held = held[rng.permutation(len(held))][:count]
