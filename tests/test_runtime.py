@@ -109,3 +109,16 @@ def test_runtime_bad_input(sample_bundle, tmp_path):
     (copy / "onnx_int8.onnx").unlink()
     with pytest.raises(ModelError, match="missing"):
         runtime.load(copy, variant="onnx_int8")
+
+
+def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
+    """predict() on uint8 images fuses preprocessing and input quantization into one table lookup
+    written straight into the interpreter; it must give exactly what the step-by-step path gives."""
+    test = load_dataset("cifar10-sample").test
+    runner = runtime.load(sample_bundle.out, variant="tflite_int8")
+    assert runner._lut is not None and runner._lut.shape == (768,)
+    for n in (1, 7, 64):
+        images = test.images[:n]
+        np.testing.assert_array_equal(runner.predict(images), runner.predict_tensor(runner.preprocess(images)))
+    fp32 = runtime.load(sample_bundle.out, variant="tflite_fp32")
+    assert fp32._lut is None

@@ -46,7 +46,7 @@ def single_latency(path, x, runs):
     backend = open_backend(path, threads=1)
     tensor = x[:1]
     if backend.format == "tflite":
-        prepared = backend._prepare(tensor)
+        prepared = backend.prepare(tensor)
         return time_calls(lambda: backend.invoke_raw(prepared), warmup=50, runs=runs)
     return time_calls(lambda: backend.invoke_raw(tensor), warmup=50, runs=runs)
 
@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--out", default="runs/bench-export")
     ap.add_argument("--sparsity", type=float, default=0.75)
     ap.add_argument("--prune-epochs", type=int, default=5)
+    ap.add_argument("--prune-lr", type=float, default=0.01)
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--calibration-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--calibration-counts", type=int, nargs="+", default=[100, 300, 1000])
@@ -75,7 +76,8 @@ def main():
     x, y = spec.apply(dataset.test.images), dataset.test.labels
 
     # 1. every variant
-    config = ExportConfig(sparsity=args.sparsity, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs, verbose=2)
+    config = ExportConfig(sparsity=args.sparsity, prune_epochs=args.prune_epochs, prune_learning_rate=args.prune_lr,
+                          qat_epochs=args.qat_epochs, verbose=2)
     result = export(args.model, dataset=dataset, out=out / "bundle", config=config)
     rows = {r["name"]: r for r in result.rows}
     ref_acc = result.manifest["reference"]["accuracy"]

@@ -197,7 +197,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, repre
             if kind == "pruned":
                 log.info("pruning to %.0f%% sparsity (%d fine-tuning epochs)", 100 * config.sparsity, config.prune_epochs)
                 opt = prune(base, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
-                            batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
+                            learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
                             skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
             elif kind == "qat":
                 log.info("quantization-aware training (%d epochs)", config.qat_epochs)

@@ -45,7 +45,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     built = {}
     if "pruned" in kinds or "pruned_qat" in kinds:
         built["pruned"] = prune(source.model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
-                                batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
+                                learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
                                 skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
     if "qat" in kinds:
         built["qat"] = quantize_aware(source.model, dataset, spec, epochs=config.qat_epochs,

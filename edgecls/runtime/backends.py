@@ -72,6 +72,13 @@ class TFLiteBackend:
         signature = self.input.get("shape_signature", self.input["shape"])
         self.dynamic_batch = int(signature[0]) == -1
         self._batch = self.input_shape[0]
+        self._input_view = None  # interpreter.tensor() accessor, renewed when tensors are reallocated
+        self._output_table = None
+        if self.output_dtype in (np.int8, np.uint8):
+            # Dequantization of a byte is one of 256 values: precompute them (same arithmetic).
+            scale, zero = self.output["quantization"]
+            codes = np.arange(256, dtype=np.uint8).view(self.output_dtype)
+            self._output_table = _dequantize(codes, scale, zero)
 
     @property
     def input_dtype(self):
@@ -89,17 +96,16 @@ class TFLiteBackend:
     def output_quantization(self):
         return tuple(self.output["quantization"])
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> np.ndarray:
         dtype = self.input_dtype
         if dtype in (np.int8, np.uint8):
             scale, zero = self.input["quantization"]
             return _quantize(x, dtype, scale, zero)
         return x.astype(dtype, copy=False)
 
-    def _finish(self, y: np.ndarray) -> np.ndarray:
-        if self.output_dtype in (np.int8, np.uint8):
-            scale, zero = self.output["quantization"]
-            return _dequantize(y, scale, zero)
+    def finish(self, y: np.ndarray) -> np.ndarray:
+        if self._output_table is not None:
+            return self._output_table[y.view(np.uint8)]
         return y.astype(np.float32, copy=False)
 
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
@@ -109,28 +115,47 @@ class TFLiteBackend:
         interp.invoke()
         return interp.get_tensor(self.output["index"])
 
+    def _ensure_batch(self, n: int) -> None:
+        """Resize a dynamic-batch model to batch n (call with the lock held)."""
+        if self.dynamic_batch and n != self._batch:
+            self.interpreter.resize_tensor_input(self.input["index"], (n, *self.input_shape[1:]))
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self._batch = n
+            self._input_view = None
+
+    def run_fill(self, n: int, fill) -> np.ndarray | None:
+        """Run n images by letting `fill(buffer)` write the prepared input straight into the
+        interpreter's input tensor (no intermediate array, no set_tensor copy). Returns the raw
+        output, or None when n does not fit the model's batch (the caller then uses `run`)."""
+        with self._lock:
+            self._ensure_batch(n)
+            if n != self._batch:
+                return None
+            if self._input_view is None:
+                self._input_view = self.interpreter.tensor(self.input["index"])
+            fill(self._input_view())
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self.output["index"])
+
     def run(self, x: np.ndarray, raw: bool = False) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         n = x.shape[0]
         with self._lock:
-            if self.dynamic_batch and n != self._batch:
-                self.interpreter.resize_tensor_input(self.input["index"], (n, *self.input_shape[1:]))
-                self.interpreter.allocate_tensors()
-                self.input = self.interpreter.get_input_details()[0]
-                self.output = self.interpreter.get_output_details()[0]
-                self._batch = n
+            self._ensure_batch(n)
             step = self._batch
             outputs = []
             for start in range(0, n, step):
                 chunk = x[start:start + step]
                 if chunk.shape[0] != step:  # a fixed-batch model: pad the last chunk
                     pad = np.zeros((step - chunk.shape[0], *chunk.shape[1:]), np.float32)
-                    y = self.invoke_raw(self._prepare(np.concatenate([chunk, pad])))[: chunk.shape[0]]
+                    y = self.invoke_raw(self.prepare(np.concatenate([chunk, pad])))[: chunk.shape[0]]
                 else:
-                    y = self.invoke_raw(self._prepare(chunk))
+                    y = self.invoke_raw(self.prepare(chunk))
                 outputs.append(y.copy())
         y = np.concatenate(outputs)
-        return y if raw else self._finish(y)
+        return y if raw else self.finish(y)
 
 
 class ONNXBackend:

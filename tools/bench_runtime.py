@@ -1,0 +1,155 @@
+"""Runtime overhead and repeatability on one real image (issue targets, never a timed test).
+
+    python tools/bench_runtime.py --bundle runs/bench-export/bundle --keras runs/full/resnet8 \
+        --out runs/bench-runtime
+
+Measures, single thread, same process, on the same preprocessed tensor of one held-out image:
+  bare   LiteRT set_tensor + invoke + get_tensor on the already quantized tensor,
+  runner edgecls.runtime's runner.predict(uint8 image) (preprocessing, quantization, dequantization),
+  keras  the fp32 Keras model: model.predict(x) and model(x) (what leaving TensorFlow buys).
+Three rounds, each timing the two calls alternately; reports each round's p50 and the spread
+(max - min) / median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from edgecls import runtime  # noqa: E402
+from edgecls.bench import latency_stats, runtime_versions, time_calls  # noqa: E402
+from edgecls.data import load_dataset  # noqa: E402
+from edgecls.hostinfo import host_info  # noqa: E402
+from edgecls.runtime.backends import tflite_interpreter_class  # noqa: E402
+
+
+def interleaved(bare_call, runner_call, runs: int, warmup: int = 200) -> dict:
+    """Time the two calls alternately (ABBA order) so that drift in the machine's speed (frequency
+    changes, a neighbour's load on a shared host) hits both equally."""
+    for _ in range(warmup):
+        bare_call()
+        runner_call()
+    bare_ms, runner_ms = np.empty(runs), np.empty(runs)
+    clock = time.perf_counter
+    for i in range(runs):
+        first, second = (bare_call, runner_call) if i % 2 == 0 else (runner_call, bare_call)
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        a, b = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        bare_ms[i], runner_ms[i] = a * 1000, b * 1000
+    return {"bare": latency_stats(bare_ms), "runner": latency_stats(runner_ms)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--variant", default="tflite_int8")
+    ap.add_argument("--keras", help="the fp32 Keras model directory (edgecls train output) to compare against")
+    ap.add_argument("--data", default="cifar10-sample", help="where the held-out image comes from")
+    ap.add_argument("--runs", type=int, default=2000)
+    ap.add_argument("--keras-runs", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default="runs/bench-runtime")
+    args = ap.parse_args()
+
+    runner = runtime.load(args.bundle, variant=args.variant, threads=1)
+    image = load_dataset(args.data, image_size=runner.preprocessing.input_size).test.images[:1]
+    prepared = runner.backend.prepare(runner.preprocess(image))
+    Interpreter, package = tflite_interpreter_class()
+    bare = Interpreter(model_path=str(runner.backend.path), num_threads=1)
+    bare.allocate_tensors()
+    inp, out = bare.get_input_details()[0], bare.get_output_details()[0]
+
+    def bare_call():
+        bare.set_tensor(inp["index"], prepared)
+        bare.invoke()
+        return bare.get_tensor(out["index"])
+
+    # Same answer first: the runner's dequantized output is the bare output dequantized.
+    scale, zero = out["quantization"]
+    expected = (bare_call().astype(np.float32) - zero) * scale if scale else bare_call()
+    np.testing.assert_allclose(runner.predict(image), expected, rtol=0, atol=1e-7)
+
+    def runner_call():
+        return runner.predict(image)
+
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append(interleaved(bare_call, runner_call, args.runs))
+    keras = None
+    if args.keras:
+        from edgecls._deps import tensorflow
+        from edgecls.modelio import load_trained
+
+        tf = tensorflow()
+        # Before any TensorFlow op runs: one intra-op thread, like the runtime.
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        trained = load_trained(args.keras)
+        x = trained.preprocessing.apply(image)
+        keras = {"predict": time_calls(lambda: trained.model.predict(x, verbose=0), warmup=20, runs=args.keras_runs),
+                 "call": time_calls(lambda: trained.model(x, training=False), warmup=20, runs=args.keras_runs)}
+
+    def spread(key):
+        p50 = [r[key]["p50"] for r in rounds]
+        return {"p50_per_round": p50, "spread": round((max(p50) - min(p50)) / float(np.median(p50)), 4)}
+
+    ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in rounds]
+    report = {
+        "command": " ".join(["python", *sys.argv]),
+        "bundle": args.bundle, "variant": args.variant, "image": f"first test image of {args.data}",
+        "host": host_info(), "runtime": runtime_versions(), "interpreter": package, "threads": 1,
+        "rounds": rounds, "bare": spread("bare"), "runner": spread("runner"),
+        "runner_over_bare_p50": [round(r, 4) for r in ratios], "runner_over_bare_median": round(float(np.median(ratios)), 4),
+        "keras_fp32": keras,
+        "targets": [
+            {"target": "runner.predict / bare invoke (p50, median of rounds)", "value": round(float(np.median(ratios)), 4),
+             "rule": "<= 1.10", "pass": bool(np.median(ratios) <= 1.10)},
+            {"target": "p50 spread across rounds (bare)", "value": spread("bare")["spread"], "rule": "<= 0.05",
+             "pass": spread("bare")["spread"] <= 0.05},
+            {"target": "p50 spread across rounds (runner)", "value": spread("runner")["spread"], "rule": "<= 0.05",
+             "pass": spread("runner")["spread"] <= 0.05},
+        ],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = render(report)
+    (outdir / "results.md").write_text(md)
+    print(md)
+
+
+def render(r) -> str:
+    lines = [f"Command: `{r['command']}`", "",
+             f"Machine: {r['host']['cpu']}, {r['host']['cores']} cores, {r['host']['os']}; {r['interpreter']} "
+             f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread; {r['image']}; variant {r['variant']}", "",
+             "| what | " + " | ".join(f"round {i + 1} p50 ms" for i in range(len(r['rounds']))) + " | spread |",
+             "|---|" + "---:|" * (len(r["rounds"]) + 1)]
+    for key, label in (("bare", "bare LiteRT set_tensor + invoke + get_tensor"), ("runner", "runner.predict(uint8 image)")):
+        lines.append(f"| {label} | " + " | ".join(f"{p:.4f}" for p in r[key]["p50_per_round"]) + f" | {r[key]['spread']:.1%} |")
+    lines.append("")
+    lines.append(f"runner / bare (p50): {', '.join(f'{x:.3f}' for x in r['runner_over_bare_p50'])}; median {r['runner_over_bare_median']:.3f}")
+    if r["keras_fp32"]:
+        k = r["keras_fp32"]
+        lines += ["", "| Keras fp32 (TensorFlow, 1 intra-op thread) | p50 ms | p99 ms |", "|---|---:|---:|",
+                  f"| model.predict(x) | {k['predict']['p50']:.3f} | {k['predict']['p99']:.3f} |",
+                  f"| model(x, training=False) | {k['call']['p50']:.3f} | {k['call']['p99']:.3f} |"]
+    lines += ["", "| target | value | rule | result |", "|---|---:|---|---|"]
+    for t in r["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['rule']} | {'PASS' if t['pass'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
