@@ -115,7 +115,7 @@ def test_float_io_nchw_and_the_tflite_onnx_route(sample_model, tmp_path):
 def test_format_names_and_groups():
     assert resolve_formats(["tflite_int8,onnx"]) == ["tflite_int8", "onnx_fp32", "onnx_int8"]
     assert resolve_formats(["all"]) == list(VARIANTS)
-    assert set(GROUPS["int8"]) == {"tflite_int8", "tflite_qat_int8", "tflite_pruned_int8", "tflite_pruned_qat_int8", "onnx_int8"}
+    assert set(GROUPS["int8"]) == {"tflite_int8", "tflite_int8_pixels", "tflite_qat_int8", "tflite_pruned_int8", "tflite_pruned_qat_int8", "onnx_int8"}
     with pytest.raises(ConfigError, match="unknown format 'tflite_int4'"):
         resolve_formats(["tflite_int4"])
 

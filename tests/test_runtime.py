@@ -41,7 +41,7 @@ except ImportError:
     pass
 from edgecls import runtime
 out = {{}}
-for variant in ("tflite_int8", "onnx_int8", "tflite_fp32"):
+for variant in ("tflite_int8", "tflite_int8_pixels", "onnx_int8", "tflite_fp32"):
     runner = runtime.load({str(sample_bundle.out)!r}, variant=variant, threads=1)
     probs = runner.predict([{str(image)!r}])
     out[variant] = probs.tolist()
@@ -122,3 +122,17 @@ def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
         np.testing.assert_array_equal(runner.predict(images), runner.predict_tensor(runner.preprocess(images)))
     fp32 = runtime.load(sample_bundle.out, variant="tflite_fp32")
     assert fp32._lut is None
+
+
+def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
+    """tflite_int8_pixels normalizes inside its graph: uint8 pixels go into the interpreter as they
+    are (input quantization scale 1, zero point 0), and it agrees with the normalized-input int8."""
+    test = load_dataset("cifar10-sample").test
+    pixels = runtime.load(sample_bundle.out, variant="tflite_int8_pixels")
+    assert pixels.input_kind == "pixels" and pixels._identity
+    assert pixels.backend.input_dtype == np.uint8 and pixels.backend.input_quantization == (1.0, 0)
+    np.testing.assert_array_equal(pixels.preprocess(test.images[:2]), test.images[:2].astype(np.float32))
+    np.testing.assert_array_equal(pixels.predict(test.images[:9]), pixels.predict_tensor(pixels.preprocess(test.images[:9])))
+    normalized = runtime.load(sample_bundle.out, variant="tflite_int8")
+    agree = (pixels.predict(test.images).argmax(1) == normalized.predict(test.images).argmax(1)).mean()
+    assert agree >= 0.95

@@ -50,20 +50,9 @@ def interleaved(bare_call, runner_call, runs: int, warmup: int = 200) -> dict:
     return {"bare": latency_stats(bare_ms), "runner": latency_stats(runner_ms)}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--variant", default="tflite_int8")
-    ap.add_argument("--keras", help="the fp32 Keras model directory (edgecls train output) to compare against")
-    ap.add_argument("--data", default="cifar10-sample", help="where the held-out image comes from")
-    ap.add_argument("--runs", type=int, default=2000)
-    ap.add_argument("--keras-runs", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default="runs/bench-runtime")
-    args = ap.parse_args()
-
-    runner = runtime.load(args.bundle, variant=args.variant, threads=1)
-    image = load_dataset(args.data, image_size=runner.preprocessing.input_size).test.images[:1]
+def measure_variant(bundle, variant, data, runs, rounds) -> dict:
+    runner = runtime.load(bundle, variant=variant, threads=1)
+    image = load_dataset(data, image_size=runner.preprocessing.input_size).test.images[:1]
     prepared = runner.backend.prepare(runner.preprocess(image))
     Interpreter, package = tflite_interpreter_class()
     bare = Interpreter(model_path=str(runner.backend.path), num_threads=1)
@@ -75,17 +64,38 @@ def main():
         bare.invoke()
         return bare.get_tensor(out["index"])
 
-    # Same answer first: the runner's dequantized output is the bare output dequantized.
-    scale, zero = out["quantization"]
-    expected = (bare_call().astype(np.float32) - zero) * scale if scale else bare_call()
-    np.testing.assert_allclose(runner.predict(image), expected, rtol=0, atol=1e-7)
-
     def runner_call():
         return runner.predict(image)
 
-    rounds = []
-    for _ in range(args.rounds):
-        rounds.append(interleaved(bare_call, runner_call, args.runs))
+    # Same answer first: the runner's output is the bare output, dequantized.
+    scale, zero = out["quantization"]
+    expected = (bare_call().astype(np.float32) - np.float32(zero)) * np.float32(scale) if scale else bare_call()
+    np.testing.assert_array_equal(runner_call(), expected)
+    measured = [interleaved(bare_call, runner_call, runs) for _ in range(rounds)]
+
+    def spread(key):
+        p50 = [r[key]["p50"] for r in measured]
+        return {"p50_per_round": p50, "spread": round((max(p50) - min(p50)) / float(np.median(p50)), 4)}
+
+    ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in measured]
+    return {"variant": variant, "input": runner.input_kind, "input_dtype": runner.backend.input_dtype.name,
+            "interpreter": package, "rounds": measured, "bare": spread("bare"), "runner": spread("runner"),
+            "runner_over_bare_p50": [round(x, 4) for x in ratios], "runner_over_bare_median": round(float(np.median(ratios)), 4)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--variants", nargs="+", default=["tflite_int8", "tflite_int8_pixels"])
+    ap.add_argument("--keras", help="the fp32 Keras model directory (edgecls train output) to compare against")
+    ap.add_argument("--data", default="cifar10-sample", help="where the held-out image comes from")
+    ap.add_argument("--runs", type=int, default=2000)
+    ap.add_argument("--keras-runs", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default="runs/bench-runtime")
+    args = ap.parse_args()
+
+    variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds) for v in args.variants]
     keras = None
     if args.keras:
         from edgecls._deps import tensorflow
@@ -96,31 +106,23 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         trained = load_trained(args.keras)
-        x = trained.preprocessing.apply(image)
+        x = trained.preprocessing.apply(load_dataset(args.data).test.images[:1])
         keras = {"predict": time_calls(lambda: trained.model.predict(x, verbose=0), warmup=20, runs=args.keras_runs),
                  "call": time_calls(lambda: trained.model(x, training=False), warmup=20, runs=args.keras_runs)}
-
-    def spread(key):
-        p50 = [r[key]["p50"] for r in rounds]
-        return {"p50_per_round": p50, "spread": round((max(p50) - min(p50)) / float(np.median(p50)), 4)}
-
-    ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in rounds]
+    targets = []
+    for v in variants:
+        targets += [
+            {"target": f"{v['variant']}: runner.predict / bare invoke (p50, median of rounds)",
+             "value": v["runner_over_bare_median"], "rule": "<= 1.10", "pass": v["runner_over_bare_median"] <= 1.10},
+            {"target": f"{v['variant']}: p50 spread across rounds (bare)", "value": v["bare"]["spread"], "rule": "<= 0.05",
+             "pass": v["bare"]["spread"] <= 0.05},
+            {"target": f"{v['variant']}: p50 spread across rounds (runner)", "value": v["runner"]["spread"], "rule": "<= 0.05",
+             "pass": v["runner"]["spread"] <= 0.05},
+        ]
     report = {
-        "command": " ".join(["python", *sys.argv]),
-        "bundle": args.bundle, "variant": args.variant, "image": f"first test image of {args.data}",
-        "host": host_info(), "runtime": runtime_versions(), "interpreter": package, "threads": 1,
-        "rounds": rounds, "bare": spread("bare"), "runner": spread("runner"),
-        "runner_over_bare_p50": [round(r, 4) for r in ratios], "runner_over_bare_median": round(float(np.median(ratios)), 4),
-        "keras_fp32": keras,
-        "targets": [
-            {"target": "runner.predict / bare invoke (p50, median of rounds)", "value": round(float(np.median(ratios)), 4),
-             "rule": "<= 1.10", "pass": bool(np.median(ratios) <= 1.10)},
-            {"target": "p50 spread across rounds (bare)", "value": spread("bare")["spread"], "rule": "<= 0.05",
-             "pass": spread("bare")["spread"] <= 0.05},
-            {"target": "p50 spread across rounds (runner)", "value": spread("runner")["spread"], "rule": "<= 0.05",
-             "pass": spread("runner")["spread"] <= 0.05},
-        ],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", *sys.argv]), "bundle": args.bundle, "image": f"first test image of {args.data}",
+        "host": host_info(), "runtime": runtime_versions(), "threads": 1, "variants": variants, "keras_fp32": keras,
+        "targets": targets, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -132,20 +134,22 @@ def main():
 
 def render(r) -> str:
     lines = [f"Command: `{r['command']}`", "",
-             f"Machine: {r['host']['cpu']}, {r['host']['cores']} cores, {r['host']['os']}; {r['interpreter']} "
-             f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread; {r['image']}; variant {r['variant']}", "",
-             "| what | " + " | ".join(f"round {i + 1} p50 ms" for i in range(len(r['rounds']))) + " | spread |",
-             "|---|" + "---:|" * (len(r["rounds"]) + 1)]
-    for key, label in (("bare", "bare LiteRT set_tensor + invoke + get_tensor"), ("runner", "runner.predict(uint8 image)")):
-        lines.append(f"| {label} | " + " | ".join(f"{p:.4f}" for p in r[key]["p50_per_round"]) + f" | {r[key]['spread']:.1%} |")
-    lines.append("")
-    lines.append(f"runner / bare (p50): {', '.join(f'{x:.3f}' for x in r['runner_over_bare_p50'])}; median {r['runner_over_bare_median']:.3f}")
+             f"Machine: {r['host']['cpu']}, {r['host']['cores']} cores, {r['host']['os']}; ai-edge-litert "
+             f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread; {r['image']}", ""]
+    for v in r["variants"]:
+        n = len(v["rounds"])
+        lines += [f"{v['variant']} (input {v['input']}, {v['input_dtype']}):", "",
+                  "| what | " + " | ".join(f"round {i + 1} p50 ms" for i in range(n)) + " | spread |", "|---|" + "---:|" * (n + 1)]
+        for key, label in (("bare", "bare LiteRT set_tensor + invoke + get_tensor"), ("runner", "runner.predict(uint8 image)")):
+            lines.append(f"| {label} | " + " | ".join(f"{p:.4f}" for p in v[key]["p50_per_round"]) + f" | {v[key]['spread']:.1%} |")
+        lines += ["", f"runner / bare (p50): {', '.join(f'{x:.3f}' for x in v['runner_over_bare_p50'])}; "
+                      f"median {v['runner_over_bare_median']:.3f}", ""]
     if r["keras_fp32"]:
         k = r["keras_fp32"]
-        lines += ["", "| Keras fp32 (TensorFlow, 1 intra-op thread) | p50 ms | p99 ms |", "|---|---:|---:|",
+        lines += ["| Keras fp32 (TensorFlow, 1 intra-op thread) | p50 ms | p99 ms |", "|---|---:|---:|",
                   f"| model.predict(x) | {k['predict']['p50']:.3f} | {k['predict']['p99']:.3f} |",
-                  f"| model(x, training=False) | {k['call']['p50']:.3f} | {k['call']['p99']:.3f} |"]
-    lines += ["", "| target | value | rule | result |", "|---|---:|---|---|"]
+                  f"| model(x, training=False) | {k['call']['p50']:.3f} | {k['call']['p99']:.3f} |", ""]
+    lines += ["| target | value | rule | result |", "|---|---:|---|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['value']} | {t['rule']} | {'PASS' if t['pass'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"

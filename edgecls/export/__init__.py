@@ -39,6 +39,7 @@ class Variant:
     precision: str  # "fp32", "fp16", "dynamic", "int8"
     source: str  # which Keras model it is converted from: "base", "pruned", "qat", "pruned_qat"
     description: str
+    input: str = "normalized"  # "normalized": float input after preprocessing; "pixels": raw RGB pixels
 
 
 VARIANTS = {v.name: v for v in (
@@ -46,6 +47,8 @@ VARIANTS = {v.name: v for v in (
     Variant("tflite_fp16", "tflite", "fp16", "base", "TFLite float16 weights"),
     Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)"),
     Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization"),
+    Variant("tflite_int8_pixels", "tflite", "int8", "base",
+            "TFLite int8 PTQ taking uint8 pixels (normalization inside the model)", input="pixels"),
     Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training"),
     Variant("tflite_pruned_fp32", "tflite", "fp32", "pruned", "TFLite float32 of the pruned model"),
     Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model"),
@@ -143,15 +146,15 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
         raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph: pruning and QAT are impossible; "
                           f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
 
-    representative = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
+    calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
-    eval_x = spec.apply(dataset.test.images[keep])
+    eval_images = dataset.test.images[keep]
     eval_y = mapping[dataset.test.labels[keep]]
 
     out = Path(out)
     staging = make_staging_dir(out)
     try:
-        result = _export_into(staging, out, names, source, dataset, config, representative, eval_x, eval_y)
+        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y)
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -172,13 +175,17 @@ def _predict(model, x, batch=256) -> np.ndarray:
     return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
-def _export_into(staging: Path, out: Path, names, source, dataset, config, representative, eval_x, eval_y) -> ExportResult:
+def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y) -> ExportResult:
     from ..zoo import model_stats
     from . import inspect as art
     from .tflite import convert as tflite_convert
 
     started = time.perf_counter()
     spec = source.preprocessing
+    # Calibration and evaluation images as the model sees them (normalized), and as pixels (0..255
+    # floats) for the variants that take pixels.
+    representative, calibration_pixels = spec.apply(calibration), calibration.astype(np.float32)
+    eval_x, eval_pixels = spec.apply(eval_images), eval_images.astype(np.float32)
     base = source.model
     macs = model_stats(base)["macs"]
     models: dict[str, object] = {"base": base}
@@ -233,7 +240,13 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, repre
         t0 = time.perf_counter()
         try:
             keras_model = get_model(variant.source)
-            if variant.format == "tflite":
+            if variant.input == "pixels":
+                from .tflite import with_pixel_input
+
+                data = tflite_convert(with_pixel_input(keras_model, spec), variant.precision, calibration_pixels,
+                                      uint8_input=True)
+                suffix = ".tflite"
+            elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
                                       quantization_aware=variant.source in ("qat", "pruned_qat"))
                 suffix = ".tflite"
@@ -267,8 +280,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, repre
         file.write_bytes(data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
         try:
-            row.update(_describe_and_validate(file, variant, config, eval_x, eval_y, reference(variant.source),
+            inputs = eval_pixels if variant.input == "pixels" else eval_x
+            row.update(_describe_and_validate(file, variant, config, inputs, eval_y, reference(variant.source),
                                               base_ref, macs, keras_model, source))
+            row["input"] = variant.input
         except EdgeclsError as exc:
             row.update(status="failed", reason=f"validation could not run: {exc}")
         if variant.format == "onnx":

@@ -18,7 +18,8 @@ PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def convert(model=None, precision: str = "fp32", representative: np.ndarray | None = None, int8_io: bool = True,
-            quantization_aware: bool = False, saved_model_dir: str | None = None, per_channel: bool = True) -> bytes:
+            quantization_aware: bool = False, saved_model_dir: str | None = None, per_channel: bool = True,
+            uint8_input: bool = False) -> bytes:
     """Convert a tf_keras model (or a SavedModel directory) to a TFLite flatbuffer.
 
     `representative` holds normalized float32 NHWC calibration images (needed for int8 PTQ).
@@ -55,7 +56,7 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
             # Fail rather than silently keep float ops in an "int8" model.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
-            converter.inference_input_type = tf.int8
+            converter.inference_input_type = tf.uint8 if uint8_input else tf.int8
             converter.inference_output_type = tf.int8
     try:
         with warnings.catch_warnings():
@@ -65,6 +66,22 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
             return bytes(converter.convert())
     except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError ...
         raise ExportError(f"TFLite {precision} conversion failed: {first_line(exc)}") from None
+
+
+def with_pixel_input(model, spec):
+    """`model` preceded by its normalization, so it takes raw RGB pixels (0..255, as float).
+
+    Converted to int8 with uint8 input, the pixels go into the interpreter as they are: the
+    per-channel `(pixel * scale - mean) / std` runs inside the quantized graph (one Mul/Add).
+    Conv zero padding then pads normalized values, exactly as in the original model."""
+    from .._deps import keras
+
+    k = keras()
+    scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32)
+    offset = -np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
+    inputs = k.Input(shape=tuple(model.inputs[0].shape[1:]), name="pixels")
+    x = k.layers.Rescaling(scale=scale.tolist(), offset=offset.tolist(), name="normalize")(inputs)
+    return k.Model(inputs, model(x), name=f"{model.name}_pixels")
 
 
 def describe(path) -> tuple[list[dict], list[dict]]:

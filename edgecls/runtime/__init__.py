@@ -31,15 +31,21 @@ class Runner:
     """A loaded model with its preprocessing. `predict(images)` returns N x classes probabilities."""
 
     def __init__(self, backend, preprocessing: PreprocessingSpec, labels: Sequence[str] | None = None,
-                 name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities"):
+                 name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities",
+                 input_kind: str = "normalized"):
         if outputs not in ("probabilities", "logits"):
             raise ConfigError(f"outputs must be 'probabilities' or 'logits', got {outputs!r}")
+        if input_kind not in ("normalized", "pixels"):
+            raise ConfigError(f"input_kind must be 'normalized' or 'pixels', got {input_kind!r}")
         self.outputs = outputs
+        # "pixels": the model normalizes inside its graph and takes raw RGB values.
+        self.input_kind = input_kind
         self.backend = backend
         self.preprocessing = preprocessing
         self.labels = tuple(labels) if labels else None
         self.name = name or Path(backend.path).stem
         self.artifact = artifact or {}
+        self._identity = False
         self._lut = self._quantized_input_table()
         self._index_buffers: dict[tuple, np.ndarray] = {}
 
@@ -53,8 +59,16 @@ class Runner:
         if self.preprocessing.layout != "NHWC" or backend.input_shape[-1] != 3:
             return None
         values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
-        quantized = backend.prepare(self.preprocessing.apply(values))  # 256 x 3
-        return np.ascontiguousarray(quantized.T).ravel()  # channel-major: index = channel * 256 + pixel
+        quantized = backend.prepare(self._normalize(values))  # 256 x 3
+        table = np.ascontiguousarray(quantized.T).ravel()  # channel-major: index = channel * 256 + pixel
+        # A uint8-input model whose input quantization is the identity takes the pixels as they are.
+        self._identity = bool(table.dtype == np.uint8 and np.array_equal(table, np.tile(np.arange(256, dtype=np.uint8), 3)))
+        return table
+
+    def _normalize(self, images: np.ndarray) -> np.ndarray:
+        if self.input_kind == "pixels":
+            return np.asarray(images, dtype=np.float32)
+        return self.preprocessing.apply(images)
 
     @property
     def format(self) -> str:
@@ -87,7 +101,9 @@ class Runner:
         return images
 
     def preprocess(self, images) -> np.ndarray:
-        return self.preprocessing.apply(self._to_array(images))
+        """The float32 tensor the model takes: normalized images, or pixel values for a model
+        that normalizes inside its graph."""
+        return self._normalize(self._to_array(images))
 
     def predict(self, images) -> np.ndarray:
         """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
@@ -97,9 +113,12 @@ class Runner:
             raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
             if raw is not None:
                 return self._probabilities(self.backend.finish(raw))
-        return self.predict_tensor(self.preprocessing.apply(images))
+        return self.predict_tensor(self._normalize(images))
 
     def _fill(self, images: np.ndarray, buffer: np.ndarray) -> None:
+        if self._identity:
+            np.copyto(buffer, images)
+            return
         # Called with the backend's lock held, so the cached buffers are not shared. The offsets
         # are a full-size array (not a broadcast (3,) vector, whose 3-element inner loops are slow)
         # and the indices uint16; mode="wrap" skips take's bounds-checking copy (all are valid).
@@ -157,4 +176,5 @@ def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
         labels = json.loads(labels_file.read_text())
     backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
     outputs = bundle.manifest.get("model", {}).get("output", "probabilities")
-    return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs)
+    return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs,
+                  input_kind=artifact.get("input", "normalized"))
