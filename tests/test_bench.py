@@ -141,8 +141,8 @@ def test_report_from_two_devices(bench_report, tmp_path):
     proc = run_cli("report", a, b, "--out", out)
     assert proc.returncode == 0, proc.stderr
     md = (out / "report.md").read_text()
-    assert "ratio pi5 (aarch64, Cortex-A76) / " in md and "| 4.00 |" in md
-    assert "Fastest on pi5 (aarch64, Cortex-A76):" in md
+    assert "ratio pi5 (aarch64, Cortex-A76), 1 thread / " in md and "| 4.00 |" in md
+    assert "Fastest on pi5 (aarch64, Cortex-A76), 1 thread:" in md
     html_text = (out / "report.html").read_text()
     assert html_text.count("data:image/png;base64,") == 4 and "http://" not in html_text and "https://" not in html_text
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_vs_latency.png", "confusion.png", "devices.png", "sizes.png"]

@@ -28,7 +28,12 @@ COLUMNS = [
 
 
 def device_label(host: dict, settings: dict | None = None) -> str:
+    """A device is a machine at a thread count: the same machine at 1 and 2 threads compares like
+    two devices."""
     label = f"{host.get('hostname', '?')} ({host.get('arch', '?')}, {host.get('cpu', '?')})"
+    threads = (settings or {}).get("threads")
+    if threads:
+        label += f", {threads} thread{'s' if threads != 1 else ''}"
     if settings and settings.get("emulated"):
         label += " [emulated]"
     return label
