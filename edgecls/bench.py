@@ -91,18 +91,13 @@ def _peak_rss_mb() -> float:
 def _labelled_data(data: str | None, input_size, labels, max_images):
     """(uint8 images, label indices in the model's order, dataset name) or None without labels."""
     from .data import SAMPLE_NAME, load_dataset, sample_indices
+    from .evaluation import align_labels
 
     source = data or SAMPLE_NAME
     if data is None and labels and set(labels) != set(_cifar_labels()):
         return None  # the built-in sample only fits CIFAR-10 classifiers
     dataset = load_dataset(source, image_size=input_size)
-    index = {n: i for i, n in enumerate(labels)} if labels else {}
-    if labels and all(n in index for n in dataset.class_names):
-        mapping = np.array([index[n] for n in dataset.class_names])
-    elif labels and all(n.isdigit() for n in labels) and len(labels) == dataset.num_classes:
-        mapping = np.arange(dataset.num_classes)
-    else:
-        raise DataError(f"the data's classes {list(dataset.class_names)} do not match the model's labels {list(labels)}")
+    mapping = align_labels(dataset, labels or [str(i) for i in range(dataset.num_classes)])
     keep = sample_indices(len(dataset.test), max_images)
     images, y = dataset.test.images[keep], mapping[dataset.test.labels[keep]]
     if len(images) == 0:

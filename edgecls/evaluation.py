@@ -69,14 +69,23 @@ def summarize(labels, predictions, class_names, data: str, split: str, model: st
 
 
 def align_labels(dataset: Dataset, model_labels) -> np.ndarray:
-    """Map the dataset's label indices onto the model's class order (by class name)."""
+    """Map the dataset's label indices onto the model's class order: by class name, or by position
+    for a model whose labels are bare class indices ("0", "1", ...) with as many classes."""
     model_index = {n: i for i, n in enumerate(model_labels)}
     missing = [n for n in dataset.class_names if n not in model_index]
-    if missing:
-        raise DataError(
-            f"the dataset has classes the model does not know: {missing}; the model's classes are {list(model_labels)}"
-        )
-    return np.array([model_index[n] for n in dataset.class_names], dtype=np.int64)
+    if not missing:
+        return np.array([model_index[n] for n in dataset.class_names], dtype=np.int64)
+    if list(model_labels) == [str(i) for i in range(len(model_labels))] and len(model_labels) == dataset.num_classes:
+        return np.arange(dataset.num_classes, dtype=np.int64)
+    raise DataError(
+        f"the dataset has classes the model does not know: {missing}; the model's classes are {list(model_labels)} "
+        f"(pass --labels to name them)"
+    )
+
+
+def predict_in_batches(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """A Keras model's outputs on x, in inference mode, a batch at a time."""
+    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
 def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int = 256, safe_mode: bool = True) -> EvalResult:
@@ -97,7 +106,7 @@ def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int 
     part = dataset.test if split == "test" else dataset.train
     predictions = np.empty(len(part), dtype=np.int64)
     for start in range(0, len(part), batch_size):
+        # Normalize a batch at a time: the whole split as float32 would be 4x the uint8 images.
         x = trained.preprocessing.apply(part.images[start:start + batch_size])
-        probs = trained.model(x, training=False).numpy()
-        predictions[start:start + batch_size] = probs.argmax(1)
+        predictions[start:start + batch_size] = predict_in_batches(trained.model, x, batch_size).argmax(1)
     return summarize(mapping[part.labels], predictions, trained.labels, dataset.name, split, str(Path(model)))

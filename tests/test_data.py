@@ -3,14 +3,12 @@ import logging
 import pickle
 import shutil
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from edgecls.data import SAMPLE_NAME, calibration_subset, load_dataset, stratified_split
-from edgecls.data import cifar as cifar_mod
 from edgecls.errors import DataError
 from edgecls.preprocess import load_image
 

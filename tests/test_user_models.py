@@ -1,12 +1,11 @@
 """Models edgecls did not train: Keras 2 .h5, Keras 3 .keras (bridged to tf_keras), SavedModel;
 safe mode; unsupported layers; bad input to export. All on real images."""
 import json
-import os
 
 import numpy as np
 import pytest
 
-from edgecls.errors import ConfigError, DataError, ModelError
+from edgecls.errors import ConfigError, ModelError
 from edgecls.export import export
 from edgecls.source import load_source
 

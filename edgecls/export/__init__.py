@@ -9,7 +9,6 @@ the reason. One variant failing never stops the others.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -135,7 +134,7 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
         raise DataError(f"the data's images are {dataset.image_size} but the model takes {spec.input_size}")
     from ..evaluation import align_labels
 
-    mapping = _label_mapping(dataset, source.labels, align_labels)
+    mapping = align_labels(dataset, source.labels)
     if len(dataset.train) < config.calibration_count:
         raise DataError(
             f"the calibration set needs {config.calibration_count} training images but {dataset.source} has "
@@ -162,22 +161,9 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     return result
 
 
-def _label_mapping(dataset, model_labels, align_labels):
-    if all(label.isdigit() for label in model_labels) and not set(dataset.class_names) <= set(model_labels):
-        # A user model without labels: class indices; the data's classes must line up by position.
-        if dataset.num_classes != len(model_labels):
-            raise DataError(f"the data has {dataset.num_classes} classes but the model outputs {len(model_labels)}; pass --labels")
-        return np.arange(dataset.num_classes)
-    return align_labels(dataset, model_labels)
-
-
-def _predict(model, x, batch=256) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
-
-
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y) -> ExportResult:
+    from ..evaluation import predict_in_batches
     from ..zoo import model_stats
-    from . import inspect as art
     from .tflite import convert as tflite_convert
 
     started = time.perf_counter()
@@ -226,7 +212,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
     def reference(kind: str) -> np.ndarray:
         if kind not in references:
-            references[kind] = _predict(get_model(kind), eval_x)
+            references[kind] = predict_in_batches(get_model(kind), eval_x)
         return references[kind]
 
     base_ref = reference("base")

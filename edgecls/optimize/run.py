@@ -3,9 +3,7 @@ accuracy on the held-out split and its sparsity per layer."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import numpy as np
 
 from .._io import atomic_write_json, make_staging_dir, replace_dir
 from ..config import ExportConfig
@@ -21,7 +19,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
              preprocessing=None, labels=None, safe_mode: bool = True) -> dict:
     """Build the requested optimized Keras models and write them to `out/<kind>/`."""
     from ..errors import ConfigError
-    from ..evaluation import align_labels
+    from ..evaluation import align_labels, predict_in_batches
     from ..source import load_source
     from . import prune, quantize_aware
 
@@ -34,12 +32,11 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
         raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph; pruning and QAT need a Keras model")
     spec = source.preprocessing
     dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
-    mapping = align_labels(dataset, source.labels) if not all(x.isdigit() for x in source.labels) else np.arange(dataset.num_classes)
+    mapping = align_labels(dataset, source.labels)
     x, y = spec.apply(dataset.test.images), mapping[dataset.test.labels]
 
     def accuracy(m):
-        probs = np.concatenate([np.asarray(m(x[i:i + 256], training=False)) for i in range(0, len(x), 256)])
-        return float((probs.argmax(1) == y).mean())
+        return float((predict_in_batches(m, x).argmax(1) == y).mean())
 
     report = {"source": str(source.path), "base_accuracy": accuracy(source.model), "test_images": len(y), "variants": {}}
     built = {}

@@ -10,6 +10,6 @@ and whose output is class probabilities. Conv -> BatchNorm -> ReLU are separate 
 from .registry import ModelInfo, create_model, get_model_info, list_models, model_stats, register_model
 
 # Importing the family modules fills the registry.
-from . import compact  # noqa: F401,E402
+from . import compact  # noqa: F401,E402  (fills the registry)
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "model_stats", "register_model"]
