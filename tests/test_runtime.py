@@ -136,3 +136,17 @@ def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
     normalized = runtime.load(sample_bundle.out, variant="tflite_int8")
     agree = (pixels.predict(test.images).argmax(1) == normalized.predict(test.images).argmax(1)).mean()
     assert agree >= 0.95
+
+
+def test_one_runner_shared_by_threads_gives_the_sequential_answers(sample_bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    test = load_dataset("cifar10-sample").test
+    for variant in ("tflite_int8", "onnx_int8"):
+        runner = runtime.load(sample_bundle.out, variant=variant)
+        chunks = [test.images[i:i + 5] for i in range(0, 200, 5)]
+        expected = [runner.predict(c) for c in chunks]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(runner.predict, chunks))
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a, b)
