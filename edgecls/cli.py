@@ -318,6 +318,10 @@ def main(argv=None) -> int:
     except EdgeclsError as exc:
         print(f"edgecls: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only or missing output folder: the user can fix these
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"edgecls: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("edgecls: interrupted; nothing was written to the output (a training run can continue with --resume)", file=sys.stderr)
         return 130

@@ -107,8 +107,9 @@ class Report:
         if not multi:
             r = self.reports[0]
             s = r.get("settings", {})
-            lines.append(f"Device: {self.devices[0]}; {r['host'].get('cores')} cores; threads {s.get('threads')}; "
-                         f"batch-1 latency over {s.get('runs')} runs after {s.get('warmup')} warm-up; data {r.get('data')}")
+            lines.append(f"Device: {self.devices[0]}; {r['host'].get('cores')} cores; batch-1 latency of "
+                         f"runner.predict over {s.get('runs')} runs after {s.get('warmup')} warm-up; "
+                         f"throughput at batch {s.get('batch')}; data {r.get('data')}")
             lines.append("")
         lines.append("| " + " | ".join(h for _, h in cols) + " |")
         lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
