@@ -111,8 +111,13 @@ def _cifar_labels():
     return CIFAR10_CLASSES
 
 
-def bench_variant(bundle: str, variant: str, data: str | None, config: BenchConfig, predictions_out: str | None = None) -> dict:
-    """Measure one variant in this process (called in a child process by `bench`)."""
+def bench_variant(bundle: str, variant: str, data_files: dict | None, config: BenchConfig,
+                  predictions_out: str | None = None) -> dict:
+    """Measure one variant in this process (called in a child process by `bench`).
+
+    `data_files` names .npy files of the labelled images and labels the parent prepared; they are
+    memory-mapped, so the peak memory measured before the accuracy pass is the runtime's and the
+    model's own (plus one batch), not the data set's."""
     from . import runtime
     from .bundle import load_bundle
     from .evaluation import summarize
@@ -123,38 +128,41 @@ def bench_variant(bundle: str, variant: str, data: str | None, config: BenchConf
     start = time.perf_counter()
     runner = runtime.load(bundle, variant=variant, threads=config.threads)
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
-    labelled = _labelled_data(data, runner.preprocessing.input_size, runner.labels, config.max_images)
-    if labelled is not None:
-        images, y, name = labelled
-        one = images[:1]
+    images = np.load(data_files["images"], mmap_mode="r") if data_files else None
+    if images is not None:
+        one = np.array(images[:1])
     else:
-        images = y = name = None
         one = np.zeros((1, *runner.preprocessing.input_size, 3), np.uint8)
     row["latency_ms"] = time_calls(lambda: runner.predict(one), warmup=config.warmup, runs=config.runs)
     if images is not None:
-        batch = images[: config.batch] if len(images) >= config.batch else np.resize(images, (config.batch, *images.shape[1:]))
+        batch = np.array(images[: config.batch])
+        if len(batch) < config.batch:
+            batch = np.resize(batch, (config.batch, *batch.shape[1:]))
         runner.predict(batch)  # warm-up at this batch size (a resize reallocates tensors)
         reps = max(3, min(50, config.runs // 10))
         t0 = time.perf_counter()
         for _ in range(reps):
             runner.predict(batch)
         row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
-        probs = np.concatenate([runner.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+    row["peak_rss_mb"] = _peak_rss_mb()  # runtime + model + one batch: what the device must hold
+    if images is not None:
+        y = np.load(data_files["labels"])
+        probs = np.concatenate([runner.predict(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
         pred = probs.argmax(1)
-        result = summarize(y, pred, runner.labels or [str(i) for i in range(probs.shape[1])], name, "test", bundle)
+        result = summarize(y, pred, runner.labels or [str(i) for i in range(probs.shape[1])], data_files["name"], "test", bundle)
         row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
-                   confusion=result.confusion, data=name)
+                   confusion=result.confusion, data=data_files["name"])
         if predictions_out:
             np.save(predictions_out, pred)
     else:
         row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
-    row["peak_rss_mb"] = _peak_rss_mb()
+    row["peak_rss_with_data_mb"] = _peak_rss_mb()
     row["backend"] = runner.backend.package
     return row
 
 
-def _child(bundle: str, variant: str, data: str | None, config: BenchConfig, pred_file: str) -> dict:
-    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data, "config": asdict(config), "pred": pred_file})
+def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConfig, pred_file: str) -> dict:
+    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file})
     env = dict(os.environ)
     # Each child measures with exactly the requested threads; BLAS pools must not add their own.
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
@@ -184,17 +192,23 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
-    if data is not None:
-        # Fail once, up front, on unusable data, rather than once per variant in every child.
-        from .preprocess import PreprocessingSpec
+    # The labelled data is read once, here (an unusable data set fails once, up front), and handed to
+    # every child as .npy files.
+    from .preprocess import PreprocessingSpec
 
-        spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
-        labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
-        labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
-        _labelled_data(data, spec.input_size, labels, config.max_images)
+    spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
+    labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
+    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    labelled = _labelled_data(data, spec.input_size, labels, config.max_images)
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        data_files = None
+        if labelled is not None:
+            data_files = {"images": os.path.join(tmp, "images.npy"), "labels": os.path.join(tmp, "labels.npy"),
+                          "name": labelled[2]}
+            np.save(data_files["images"], labelled[0])
+            np.save(data_files["labels"], labelled[1])
         reference = next((n for n in ("tflite_fp32", "onnx_fp32") if n in loaded.names()), None)
         order = ([reference] if reference else []) + [n for n in names if n != reference]
         preds = {}
@@ -202,7 +216,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
             if progress:
                 progress(i, len(order), name)
             pred_file = os.path.join(tmp, f"{name}.npy")
-            row = _child(bundle, name, data, config, pred_file)
+            row = _child(bundle, name, data_files, config, pred_file)
             if os.path.exists(pred_file):
                 preds[name] = np.load(pred_file)
             if name in names:
@@ -215,7 +229,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
         row["agreement"] = (round(float((ref == mine).mean()), 6) if ref is not None and mine is not None and len(ref) == len(mine)
                             else None)
         row["agreement_reference"] = reference
-        for key in ("latency_ms", "throughput_ips", "load_ms", "peak_rss_mb", "accuracy", "sparsity", "size_bytes",
+        for key in ("latency_ms", "throughput_ips", "load_ms", "peak_rss_mb", "peak_rss_with_data_mb", "accuracy", "sparsity", "size_bytes",
                     "size_gzip_bytes", "format", "precision"):
             row.setdefault(key, None)
     host = host_info()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,11 @@ def main():
     ap.add_argument("--keras-runs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-runtime")
+    ap.add_argument("--cpu", type=int, default=1,
+                    help="pin the process to this CPU (fewer migrations, steadier numbers); -1: no pinning")
     args = ap.parse_args()
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
 
     variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds) for v in args.variants]
     keras = None
@@ -121,7 +126,8 @@ def main():
         ]
     report = {
         "command": " ".join(["python", *sys.argv]), "bundle": args.bundle, "image": f"first test image of {args.data}",
-        "host": host_info(), "runtime": runtime_versions(), "threads": 1, "variants": variants, "keras_fp32": keras,
+        "host": host_info(), "runtime": runtime_versions(), "threads": 1, "pinned_cpu": args.cpu,
+        "variants": variants, "keras_fp32": keras,
         "targets": targets, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     outdir = Path(args.out)
@@ -135,7 +141,7 @@ def main():
 def render(r) -> str:
     lines = [f"Command: `{r['command']}`", "",
              f"Machine: {r['host']['cpu']}, {r['host']['cores']} cores, {r['host']['os']}; ai-edge-litert "
-             f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread; {r['image']}", ""]
+             f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread, pinned to CPU {r['pinned_cpu']}; {r['image']}", ""]
     for v in r["variants"]:
         n = len(v["rounds"])
         lines += [f"{v['variant']} (input {v['input']}, {v['input_dtype']}):", "",
