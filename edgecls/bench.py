@@ -81,10 +81,21 @@ def runtime_versions() -> dict:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    On Linux, VmHWM of /proc/self/status: the high-water mark of this program's own memory.
+    getrusage's ru_maxrss would be wrong in a child process: it survives exec and starts at the
+    parent's size at fork time."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
