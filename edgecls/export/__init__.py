@@ -91,7 +91,9 @@ class ExportResult:
     rows: list[dict] = field(default_factory=list)
 
     def format_table(self) -> str:
-        head = f"{'variant':<24}{'status':<8}{'bytes':>10}{'gzip':>10}{'sparsity':>9}{'acc':>8}{'Δacc':>8}{'agree':>8}  reason"
+        """One row per variant; acc is top-1 on the held-out images, Δref its change in points against
+        the variant's own Keras reference, agree the top-1 agreement with that reference."""
+        head = f"{'variant':<24}{'status':<8}{'bytes':>10}{'gzip':>10}{'sparsity':>9}{'acc':>8}{'Δref':>8}{'agree':>8}  reason"
         lines = [head]
         for r in self.rows:
             v = r.get("validation", {})
