@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +82,9 @@ def load_bundle(path: str | Path) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ModelError(f"{path}: not a bundle (no {MANIFEST}); pass a directory written by 'edgecls export'")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{manifest_path}: not valid JSON ({exc})") from None
+    from ._io import read_json
+
+    manifest = read_json(manifest_path, "bundle manifest", ModelError)
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ModelError(f"{manifest_path}: unsupported manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; expected {SCHEMA}")
     return Bundle(path, manifest)

@@ -1,13 +1,12 @@
 """Saving and loading a trained model directory: model.keras, labels.json, preprocessing.json."""
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._deps import keras
-from ._io import atomic_write_json
+from ._io import atomic_write_json, read_json
 from .errors import ModelError, first_line
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
@@ -28,12 +27,7 @@ def save_labels(path: str | Path, labels) -> None:
 
 
 def load_labels(path: str | Path) -> tuple[str, ...]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ModelError(f"labels file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"labels file {path} is not valid JSON ({exc})") from None
+    data = read_json(path, "labels file", ModelError)
     if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
         raise ModelError(f"labels file {path} must hold a JSON list of class names")
     return tuple(data)

@@ -115,12 +115,9 @@ class PreprocessingSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "PreprocessingSpec":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"preprocessing spec not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"preprocessing spec {path} is not valid JSON ({exc})") from None
+        from ._io import read_json
+
+        data = read_json(path, "preprocessing spec", ConfigError)
         if not isinstance(data, dict):
             raise ConfigError(f"preprocessing spec {path} must hold a JSON object")
         return cls.from_dict(data)

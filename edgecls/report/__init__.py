@@ -12,11 +12,10 @@ import base64
 import csv
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..errors import ConfigError, DataError
 
 COLUMNS = [
@@ -47,12 +46,7 @@ class Report:
     def load(cls, paths) -> "Report":
         reports = []
         for path in paths:
-            try:
-                data = json.loads(Path(path).read_text())
-            except FileNotFoundError:
-                raise DataError(f"report not found: {path}") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(f"{path} is not a JSON report ({exc})") from None
+            data = read_json(path, "report", DataError)
             if not isinstance(data, dict) or data.get("kind") != "edgecls-bench" or "variants" not in data:
                 raise DataError(f"{path} is not an 'edgecls bench' report (no kind/variants)")
             if data.get("schema") != 1:
