@@ -209,7 +209,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             build_errors[kind] = str(exc)
             raise _BuildError(str(exc)) from None
         models[kind] = opt.model
-        details[kind] = {k: v for k, v in opt.details.items() if k != "history"} | {"history": opt.details.get("history")}
+        details[kind] = dict(opt.details)
         return opt.model
 
     def reference(kind: str) -> np.ndarray:
@@ -254,12 +254,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                     data = onnx_export.convert_from_tflite(float_io, opset=config.onnx_opset)
                     row["description"] = "ONNX int8 via tf2onnx from the int8 TFLite model"
                 suffix = ".onnx"
-        except _BuildError as exc:
-            row.update(status="error", reason=str(exc))
-            rows.append(row)
-            log.warning("%s: %s", name, exc)
-            continue
-        except EdgeclsError as exc:
+        except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
             rows.append(row)
             log.warning("%s: %s", name, exc)
