@@ -194,7 +194,7 @@ class Report:
                 ax.annotate(r["name"], (r["p50"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
             ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
-                    label=f"Pareto front ({device[:20]})")
+                    label=f"Pareto front: {device[:60]}")
         ax.set_xlabel("batch-1 latency p50 (ms)")
         ax.set_ylabel("top-1 accuracy")
         ax.set_title("Accuracy against latency")
