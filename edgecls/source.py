@@ -234,7 +234,8 @@ def _clean_layer(layer_cfg: dict) -> dict:
         if "batch_shape" in config:
             config["batch_input_shape"] = config.pop("batch_shape")
         config.pop("optional", None)
-        config.pop("ragged", None) if config.get("ragged") is None else None
+        if config.get("ragged") is None:
+            config.pop("ragged", None)
     cls = getattr(k.layers, class_name, None)
     if cls is None:
         raise ModelError(f"layer {layer_cfg.get('name', config.get('name'))!r} is a {class_name}, which tf_keras does not have; export this model as a SavedModel (model.export()) instead")
