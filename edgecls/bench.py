@@ -58,6 +58,9 @@ class BenchConfig:
     runs: int = 200
     batch: int = 32
     max_images: int | None = None
+    # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
+    # shows what leaving TensorFlow buys. Its row is named "keras_fp32".
+    keras: str | None = None
 
     def __post_init__(self):
         for name in ("warmup", "runs", "batch"):
@@ -172,11 +175,86 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     return row
 
 
+KERAS_ROW = "keras_fp32"
+
+
+def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: BenchConfig,
+                predictions_out: str | None = None) -> dict:
+    """Measure the Keras model the bundle was exported from, the way a TensorFlow user runs it:
+    the bundle's preprocessing, then `model(x, training=False)` (the fast call; `model.predict`,
+    which sets up a data pipeline on every call, is timed too, as `latency_predict_ms`)."""
+    import gzip
+
+    from .bundle import load_bundle
+    from .evaluation import summarize
+    from .preprocess import PreprocessingSpec
+
+    path = Path(model_path)
+    raw = path.read_bytes() if path.is_file() else b""
+    row = {"name": KERAS_ROW, "format": "keras", "precision": "fp32", "sparsity": None, "size_bytes": len(raw),
+           "size_gzip_bytes": len(gzip.compress(raw, 9)), "status": "ok", "error": ""}
+    try:
+        from ._deps import tensorflow
+        from .modelio import load_keras_model
+
+        start = time.perf_counter()
+        tf = tensorflow()
+    except Exception as exc:  # ImportError, or a TensorFlow that cannot start on this machine
+        from .errors import DependencyError
+
+        raise DependencyError(f"the Keras row needs TensorFlow ({exc.__class__.__name__}); install edgecls[train]") from None
+    if config.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    model = load_keras_model(path)
+    loaded = load_bundle(bundle)
+    spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
+    row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
+    images = np.load(data_files["images"], mmap_mode="r") if data_files else None
+    one = np.array(images[:1]) if images is not None else np.zeros((1, *spec.input_size, 3), np.uint8)
+
+    def call(x):
+        return np.asarray(model(spec.apply(x), training=False))
+
+    row["latency_ms"] = time_calls(lambda: call(one), warmup=config.warmup, runs=config.runs)
+    row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
+                                           warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
+    if images is not None:
+        batch = np.array(images[: config.batch])
+        if len(batch) < config.batch:
+            batch = np.resize(batch, (config.batch, *batch.shape[1:]))
+        call(batch)
+        reps = max(3, min(50, config.runs // 10))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            call(batch)
+        row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
+    row["peak_rss_mb"] = _peak_rss_mb()
+    if images is not None:
+        y = np.load(data_files["labels"])
+        probs = np.concatenate([call(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
+        pred = probs.argmax(1)
+        labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
+        labels = json.loads(labels_path.read_text()) if labels_path.exists() else [str(i) for i in range(probs.shape[1])]
+        result = summarize(y, pred, labels, data_files["name"], "test", str(path))
+        row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
+                   confusion=result.confusion, data=data_files["name"])
+        if predictions_out:
+            np.save(predictions_out, pred)
+    else:
+        row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
+    row["peak_rss_with_data_mb"] = _peak_rss_mb()
+    row["backend"] = f"tensorflow {tf.__version__}"
+    return row
+
+
 def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConfig, pred_file: str) -> dict:
     payload = json.dumps({"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file})
     env = dict(os.environ)
     # Each child measures with exactly the requested threads; BLAS pools must not add their own.
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
+    if variant == KERAS_ROW:
+        env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
     proc = subprocess.run([sys.executable, "-m", "edgecls.bench", payload], capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
@@ -201,6 +279,11 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     names = list(config.variants) or loaded.names()
     known = set(loaded.names()) | {r["name"] for r in loaded.manifest.get("rejected", [])}
     unknown = [n for n in names if n not in known]
+    keras_path = None
+    if config.keras:
+        keras_path = Path(bundle) / "model.keras" if config.keras == "auto" else Path(config.keras)
+        if not keras_path.is_file():
+            raise ConfigError(f"no Keras model at {keras_path}; pass --keras PATH to the model the bundle was exported from")
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
     # The labelled data is read once, here (an unusable data set fails once, up front), and handed to
@@ -222,6 +305,10 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
             np.save(data_files["labels"], labelled[1])
         reference = next((n for n in ("tflite_fp32", "onnx_fp32") if n in loaded.names()), None)
         order = ([reference] if reference else []) + [n for n in names if n != reference]
+        if keras_path is not None:
+            order.insert(1 if reference else 0, KERAS_ROW)
+            names = [KERAS_ROW] + names
+            config = BenchConfig(**{**asdict(config), "keras": str(keras_path)})
         preds = {}
         for i, name in enumerate(order):
             if progress:
@@ -254,7 +341,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
         "data": data or "cifar10-sample",
         "host": host,
         "settings": {"threads": config.threads, "warmup": config.warmup, "runs": config.runs, "batch": config.batch,
-                     "max_images": config.max_images, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
+                     "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
         "variants": rows,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
@@ -263,6 +350,11 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
 def _main(argv) -> int:
     payload = json.loads(argv[0])
     try:
+        if payload["variant"] == KERAS_ROW:
+            row = bench_keras(payload["bundle"], payload["config"]["keras"], payload["data"],
+                              BenchConfig(**payload["config"]), payload["pred"])
+            print(json.dumps(row))
+            return 0
         row = bench_variant(payload["bundle"], payload["variant"], payload["data"], BenchConfig(**payload["config"]),
                             payload["pred"])
     except EdgeclsError as exc:

@@ -155,7 +155,7 @@ def _cmd_bench(args) -> int:
     from .report import Report
 
     config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
-                         batch=args.batch, max_images=args.max_images)
+                         batch=args.batch, max_images=args.max_images, keras=args.keras)
     result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"))
     atomic_write_json(args.out, result)
     print(Report([result]).markdown())
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per variant")
     p.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
     p.add_argument("--max-images", type=int, help="use at most this many labelled images")
+    p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
+                   help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
+                        "model.keras, or the file given")
     p.add_argument("--out", required=True, help="report JSON file")
     p.set_defaults(func=_cmd_bench)
 

@@ -1,5 +1,6 @@
 """bench, predict, report and pipeline on real images; the runtime commands without TensorFlow."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,34 @@ def test_bench_report_schema_and_numbers(bench_report, sample_bundle):
     assert "bench [" in proc.stderr  # progress
 
 
+def test_keras_row_beside_the_variants(sample_bundle, sample_model, tmp_path):
+    """--keras adds the TensorFlow model as a row: its accuracy is Keras's own on the same images,
+    its agreement is against the fp32 TFLite reference, and model.predict is timed as well."""
+    from edgecls.evaluation import predict_in_batches
+    from edgecls.modelio import load_trained
+
+    out = tmp_path / "r.json"
+    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "--keras", sample_model.out / "model.keras",
+                   "--runs", "10", "--warmup", "2", "--max-images", "200", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {v["name"]: v for v in report["variants"]}
+    assert list(rows) == ["tflite_fp32", "keras_fp32"]
+    keras_row = rows["keras_fp32"]
+    assert keras_row["status"] == "ok" and keras_row["format"] == "keras" and keras_row["backend"].startswith("tensorflow")
+    assert keras_row["size_bytes"] == (sample_model.out / "model.keras").stat().st_size
+    assert keras_row["latency_ms"]["runs"] == 10 and keras_row["latency_predict_ms"]["p50"] > 0
+    test = load_dataset("cifar10-sample").test
+    keep = sample_indices(len(test), 200)
+    trained = load_trained(sample_model.out)
+    probs = predict_in_batches(trained.model, trained.preprocessing.apply(test.images[keep]))
+    assert keras_row["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels[keep]).mean()), abs=1e-6)
+    assert keras_row["agreement"] >= 0.97 and keras_row["agreement_reference"] == "tflite_fp32"
+    assert "| keras_fp32 | keras | fp32 |" in proc.stdout
+    assert_one_line_error(run_cli("bench", sample_bundle.out, "--keras", "--out", tmp_path / "x.json"), "no Keras model at")
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_failed_variant_becomes_a_row(sample_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(sample_bundle.out, copy)
@@ -70,25 +99,33 @@ def test_failed_variant_becomes_a_row(sample_bundle, tmp_path):
     assert "does not match the manifest" in rows["tflite_int8"]["error"]
 
 
-def test_bench_and_predict_run_without_tensorflow(sample_bundle, tmp_path):
+def test_bench_and_predict_run_without_tensorflow(sample_bundle, sample_model, tmp_path):
+    """predict and bench with TensorFlow unimportable in every process, bench's children included
+    (the block is a sitecustomize on PYTHONPATH). The Keras row, which needs TensorFlow, becomes a
+    failed row with the reason; the runtime rows still run."""
     with zipfile.ZipFile(TINY_ZIP) as zf:
         (tmp_path / "ship.jpg").write_bytes(zf.read("cifar10-tiny/test/ship/0003.jpg"))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_TF)
     out = tmp_path / "r.json"
-    code = BLOCK_TF + f"""
+    code = f"""
+import sys
 from edgecls.cli import main
 rc1 = main(["predict", {str(sample_bundle.out)!r}, {str(tmp_path / 'ship.jpg')!r}, "--variant", "tflite_int8", "--json"])
 rc2 = main(["bench", {str(sample_bundle.out)!r}, "--variants", "tflite_int8", "onnx_fp32", "--runs", "5",
-            "--max-images", "50", "--out", {str(out)!r}])
+            "--max-images", "50", "--keras", {str(sample_model.out / "model.keras")!r}, "--out", {str(out)!r}])
 assert not [m for m in sys.modules if m.startswith("tensorflow")]
 raise SystemExit(rc1 or rc2)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     prediction = json.loads(proc.stdout[: proc.stdout.index("\n}") + 2])
     assert prediction["variant"] == "tflite_int8" and len(prediction["results"][0]["top"]) == 3
-    rows = json.loads(out.read_text())["variants"]
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["variants"]}
+    assert rows["tflite_int8"]["status"] == rows["onnx_fp32"]["status"] == "ok"
+    assert rows["keras_fp32"]["status"] == "failed" and "needs TensorFlow" in rows["keras_fp32"]["error"]
 
 
 def test_predict_cli_output_and_errors(sample_bundle, tmp_path):
