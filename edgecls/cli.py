@@ -178,7 +178,7 @@ def _cmd_pipeline(args) -> int:
 
     result = run_pipeline(data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
                           formats=tuple(args.formats or ("all",)), threads=args.threads, runs=args.runs, model=args.model,
-                          progress=_Progress("bench"))
+                          progress=_Progress("bench"), train_new=args.train)
     print("Export and validation (against the Keras model, on held-out images):")
     print(result.export_table)
     print("\nBenchmark of the validated variants:")
@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
     p.add_argument("--arch", default="resnet8")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--model", help="skip training: start from this trained model")
+    p.add_argument("--model", help="skip training: start from this trained model (default with no --data: the "
+                                   "shipped models/<arch> when there is one)")
+    p.add_argument("--train", action="store_true", help="train a new model even when a shipped one exists")
     p.add_argument("--formats", nargs="+", help="variants to export (default all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per variant")

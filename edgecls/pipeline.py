@@ -7,10 +7,22 @@ Every stage is the same public function a Python user calls; each writes its own
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("edgecls")
+
+# Trained CIFAR-10 models shipped in the repository (models/<arch>/: model.keras beside its bundle).
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def shipped_model(arch: str) -> Path | None:
+    """The shipped trained model for `arch` ($EDGECLS_MODELS/<arch> or the repository's
+    models/<arch>), or None when there is none (for example in an installed wheel)."""
+    root = Path(os.environ.get("EDGECLS_MODELS") or SHIPPED_MODELS)
+    path = root / arch
+    return path if (path / "model.keras").is_file() and (path / "preprocessing.json").is_file() else None
 
 
 @dataclass
@@ -26,7 +38,10 @@ class PipelineResult:
 
 def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arch: str = "resnet8", epochs: int = 15,
                  formats=("all",), threads: int = 1, runs: int = 100, model: str | Path | None = None,
-                 batch_size: int = 64, calibration_count: int | None = None, progress=None) -> PipelineResult:
+                 batch_size: int = 64, calibration_count: int | None = None, progress=None,
+                 train_new: bool = False) -> PipelineResult:
+    """With no `data` and no `model`, start from the shipped CIFAR-10 model of `arch` when there is
+    one (its first run shows a real model's accuracy in minutes); `train_new` trains one instead."""
     from ._io import atomic_write_json
     from .bench import BenchConfig, bench
     from .config import ExportConfig, TrainConfig
@@ -36,6 +51,8 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     from .training import train
 
     out = Path(out)
+    if model is None and data is None and not train_new:
+        model = shipped_model(arch)
     data = data or SAMPLE_NAME
     dataset = load_dataset(data)
     if calibration_count is None:
@@ -52,13 +69,16 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
         log.info("test accuracy %.4f (%s s)", metrics["test_accuracy"], metrics["wall_time_s"])
         model = out / "model"
     else:
-        log.info("[1/4] using the trained model %s", model)
+        log.info("[1/4] using the trained model %s (no training; --train trains a new one)", model)
     log.info("[2/4] optimizing, exporting and validating: %s", ", ".join(formats))
     exported = export(model, data=data, out=out / "bundle", dataset=dataset,
                       config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
                                           calibration_count=calibration_count))
     log.info("[3/4] benchmarking (%d thread(s), %d runs per variant)", threads, runs)
-    report_data = bench(out / "bundle", data=data, config=BenchConfig(threads=threads, runs=runs), progress=progress)
+    keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
+    report_data = bench(out / "bundle", data=data, progress=progress,
+                        config=BenchConfig(threads=threads, runs=runs,
+                                           keras=str(keras_file) if keras_file and keras_file.is_file() else None))
     atomic_write_json(out / "bench.json", report_data)
     log.info("[4/4] writing the report")
     report = Report([report_data])

@@ -204,5 +204,25 @@ def test_pipeline_end_to_end(tmp_path):
     # either way it is reported, and only validated variants are benchmarked.
     assert "tflite_int8" in proc.stdout.split("Benchmark")[0]
     bench = json.loads((tmp_path / "p" / "bench.json").read_text())
-    assert [v["name"] for v in bench["variants"]] == shipped
+    assert [v["name"] for v in bench["variants"] if v["name"] != "keras_fp32"] == shipped
+    assert {v["name"]: v for v in bench["variants"]}["keras_fp32"]["status"] == "ok"
     assert f"HTML report: {tmp_path / 'p' / 'report' / 'report.html'}" in proc.stdout
+
+
+def test_pipeline_default_starts_from_the_shipped_model(sample_model, tmp_path):
+    """With no --data the pipeline takes the shipped model of --arch (here a stand-in found through
+    $EDGECLS_MODELS) instead of training, and runs on the built-in sample."""
+    models = tmp_path / "models"
+    shutil.copytree(sample_model.out, models / "seed_cnn")
+    env = {"EDGECLS_MODELS": str(models)}
+    proc = run_cli("pipeline", "--out", tmp_path / "p", "--arch", "seed_cnn", "--formats", "tflite_fp32", "tflite_int8",
+                   "--runs", "5", timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"using the trained model {models / 'seed_cnn'}" in proc.stderr
+    assert not (tmp_path / "p" / "model").exists()  # nothing was trained
+    bench = json.loads((tmp_path / "p" / "bench.json").read_text())
+    assert bench["data"] == "cifar10-sample"
+    rows = {v["name"]: v for v in bench["variants"]}
+    assert set(rows) == {"tflite_fp32", "tflite_int8", "keras_fp32"}
+    # The stand-in's own test accuracy on the sample, reproduced by the exported fp32 model.
+    assert rows["tflite_fp32"]["accuracy"] == pytest.approx(sample_model.metrics["test_accuracy"], abs=0.005)
