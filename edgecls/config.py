@@ -63,8 +63,18 @@ class TrainConfig:
     def peak_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        # SGD: the usual 0.1 for batch 128, scaled linearly with the batch size.
-        return 1e-3 if self.recipe == "tutorial" else 0.1 * self.batch_size / 128
+        # SGD: the architecture's rate for batch 128 (0.1 for networks with BatchNorm), scaled
+        # linearly with the batch size.
+        if self.recipe == "tutorial":
+            return 1e-3
+        from .errors import ModelError
+        from .zoo import get_model_info
+
+        try:
+            base = get_model_info(self.arch).sgd_lr
+        except ModelError:
+            base = 0.1
+        return base * self.batch_size / 128
 
     def to_dict(self) -> dict:
         d = asdict(self)

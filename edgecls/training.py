@@ -27,7 +27,7 @@ from ._io import atomic_write_json, replace_dir
 from .config import TrainConfig
 from .data import Dataset, load_dataset, stratified_split
 from .distribute import select_placement
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ModelError
 from .hostinfo import host_info
 from .modelio import LABELS_FILE, MODEL_FILE, save_labels
 from .preprocess import SPEC_FILE, PreprocessingSpec
@@ -76,6 +76,25 @@ def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
         # Decay only convolution and dense kernels: shrinking BatchNorm scales or biases hurts.
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
     return optimizer
+
+
+def _NaNGuard(k):
+    """Stops training at the first NaN or infinite batch loss and remembers the epoch."""
+
+    class NaNGuard(k.callbacks.Callback):
+        epoch = None
+        _current = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._current = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                self.epoch = self._current
+                self.model.stop_training = True
+
+    return NaNGuard()
 
 
 class _EpochRecorder:
@@ -205,7 +224,8 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         )
     # Only the chief keeps the history; other workers record in memory.
     recorder = _EpochRecorder(staging / ("history.json" if placement.is_chief else f".history-{os.getpid()}.json"), len(train_index))
-    cbs = [k.callbacks.BackupAndRestore(str(staging / "backup"), save_freq="epoch", delete_checkpoint=False),
+    nan_guard = _NaNGuard(k)
+    cbs = [nan_guard, k.callbacks.BackupAndRestore(str(staging / "backup"), save_freq="epoch", delete_checkpoint=False),
            recorder.callback]
     if config.patience and val_ds is not None:
         cbs.append(k.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
@@ -217,6 +237,11 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     fit_start = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs, verbose=verbose)
     fit_time = time.perf_counter() - fit_start
+    if nan_guard.epoch is not None:
+        # The checkpoints hold NaN weights too: resuming from them cannot help.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelError(f"training diverged: the loss became NaN in epoch {nan_guard.epoch + 1} at a peak learning "
+                         f"rate of {config.peak_learning_rate:g}; start again with a lower --lr")
     test_loss, test_acc = model.evaluate(test_ds, verbose=0)
 
     if placement.mixed_precision:

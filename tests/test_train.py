@@ -132,3 +132,19 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, trained_tiny):
     (broken / "model.keras").write_bytes((trained_tiny.out / "model.keras").read_bytes()[:500])
     assert_one_line_error(run_cli("eval", broken, "--data", TINY_ZIP), "not a valid .keras file")
     assert_one_line_error(run_cli("eval", tmp_path / "nothing", "--data", TINY_ZIP), "no model at")
+
+
+def test_per_architecture_learning_rate():
+    """seed_cnn has no BatchNorm and gets a lower SGD rate than resnet8; --lr overrides both."""
+    assert TrainConfig(arch="resnet8").peak_learning_rate == pytest.approx(0.1)
+    assert TrainConfig(arch="seed_cnn").peak_learning_rate == pytest.approx(0.02)
+    assert TrainConfig(arch="seed_cnn", batch_size=256).peak_learning_rate == pytest.approx(0.04)
+    assert TrainConfig(arch="seed_cnn", learning_rate=0.3).peak_learning_rate == 0.3
+
+
+def test_diverging_run_stops_with_a_one_line_error(tmp_path):
+    out = tmp_path / "m"
+    proc = run_cli("train", "--data", TINY_ZIP, "--arch", "seed_cnn", "--epochs", "3", "--lr", "1e6", "--out", out,
+                   "--batch-size", "32", "--verbose", "0")
+    assert_one_line_error(proc, "training diverged", "lower --lr")
+    assert not out.exists() and not (tmp_path / "m.partial").exists()

@@ -16,16 +16,19 @@ class ModelInfo:
     reference: str
     default_input_shape: tuple[int, int, int] = (32, 32, 3)
     builder: Callable | None = None
+    # Peak SGD learning rate at batch 128 for the edgecls recipe. Networks with BatchNorm take 0.1;
+    # a plain CNN without it diverges there (its loss turns NaN) and needs less.
+    sgd_lr: float = 0.1
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, family: str, description: str, reference: str = ""):
+def register_model(name: str, family: str, description: str, reference: str = "", sgd_lr: float = 0.1):
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, family, description, reference, builder=fn)
+        _REGISTRY[name] = ModelInfo(name, family, description, reference, builder=fn, sgd_lr=sgd_lr)
         return fn
 
     return wrap
