@@ -1,0 +1,48 @@
+#!/bin/sh
+# Turn a model trained with `edgecls train` on full CIFAR-10 into the shipped bundle models/<name>/
+# and its measured benchmarks (docs/benchmarks/models/<name>/). Every number it writes comes from
+# the commands below, on the real held-out images:
+#
+#   tools/ship_model.sh NAME TRAINED_DIR [export options...]
+#   tools/ship_model.sh resnet8 runs/ship/resnet8 --prune-epochs 5 --qat-epochs 2
+#
+# 1. export (every variant, validated on the 10,000 JPEG test images) into models/NAME/,
+#    with model.keras and train.json from the training run beside the bundle;
+# 2. bench at 1 thread (models/NAME/report.json) and at 2 threads, Keras row included;
+# 3. bench on the 1,017 lossless test images of the python-pickle subset;
+# 4. edgecls report over the 1- and 2-thread runs (tables, HTML, PNG plots);
+# 5. the BENCHMARKS.md table (tools/model_table.py).
+set -eu
+[ $# -ge 2 ] || { echo "usage: $0 NAME TRAINED_DIR [export options...]" >&2; exit 2; }
+NAME=$1; TRAINED=$2; shift 2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+E=${EDGECLS:-.venv/bin/edgecls}
+PY=${PYTHON:-.venv/bin/python}
+DATA=${CIFAR10_JPEG:-../shared/datasets/cifar10-jpeg.zip}
+LOSSLESS=${CIFAR10_LOSSLESS:-../shared/datasets/cifar-10-batches-py-subset}
+RUNS=${RUNS:-300}
+OUT=models/$NAME
+DOCS=docs/benchmarks/models/$NAME
+STAGE=runs/ship/$NAME-bundle
+mkdir -p runs/ship "$DOCS"
+
+echo "[1/5] export $TRAINED -> $OUT"
+"$E" export "$TRAINED" --data "$DATA" --out "$STAGE" "$@"
+cp "$TRAINED/model.keras" "$TRAINED/train.json" "$STAGE/"
+rm -rf "$OUT.new" && cp -r "$STAGE" "$OUT.new" && rm -rf "$OUT" && mv "$OUT.new" "$OUT"
+
+echo "[2/5] bench at 1 and 2 threads on $DATA"
+"$E" bench "$OUT" --data "$DATA" --keras --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
+"$E" bench "$OUT" --data "$DATA" --keras --threads 2 --runs "$RUNS" --out "$DOCS/bench-2threads.json" > /dev/null
+cp "$OUT/report.json" "$DOCS/bench-1thread.json"
+
+echo "[3/5] accuracy on the lossless test images ($LOSSLESS)"
+"$E" bench "$OUT" --data "$LOSSLESS" --keras --threads 2 --runs 20 --out "$DOCS/bench-lossless.json" > /dev/null
+
+echo "[4/5] report"
+"$E" report "$DOCS/bench-1thread.json" "$DOCS/bench-2threads.json" --out "$DOCS/report" > /dev/null
+
+echo "[5/5] table"
+"$PY" tools/model_table.py "$DOCS" | tee "$DOCS/table.md"
+du -sh "$OUT"
