@@ -267,8 +267,26 @@ def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConf
     return {"name": variant, "status": "failed", "error": reason.removeprefix("edgecls: error: ")}
 
 
-def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | None = None, progress=None) -> dict:
-    """Benchmark the bundle's variants; returns the report dict (schema in the README)."""
+def load_prepared(folder: str | Path):
+    """Labelled images another machine prepared (images.npy uint8 N x H x W x 3, labels.npy, name.txt):
+    how a remote bench measures the very images the workstation measured."""
+    folder = Path(folder)
+    try:
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        name = (folder / "name.txt").read_text().strip()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: not a prepared data folder (images.npy, labels.npy, name.txt): {exc}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels) or not len(images):
+        raise DataError(f"{folder}: images.npy must be non-empty uint8 N x H x W x 3 with one label each")
+    return images, labels, name
+
+
+def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | None = None, progress=None,
+          prepared: str | Path | None = None) -> dict:
+    """Benchmark the bundle's variants; returns the report dict (schema in the README).
+
+    `prepared` replaces `data` with a folder from `load_prepared` (what a remote bench sends)."""
     import tempfile
 
     from .bundle import load_bundle
@@ -293,7 +311,12 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
     labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
     labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
-    labelled = _labelled_data(data, spec.input_size, labels, config.max_images)
+    if prepared is not None:
+        labelled = load_prepared(prepared)
+        if labelled[0].shape[1:3] != tuple(spec.input_size):
+            raise DataError(f"{prepared}: images are {labelled[0].shape[1:3]}, the model takes {tuple(spec.input_size)}")
+    else:
+        labelled = _labelled_data(data, spec.input_size, labels, config.max_images)
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,7 +361,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "bundle": bundle,
         "model": loaded.manifest.get("model", {}),
-        "data": data or "cifar10-sample",
+        "data": labelled[2] if prepared is not None else (data or "cifar10-sample"),
         "host": host,
         "settings": {"threads": config.threads, "warmup": config.warmup, "runs": config.runs, "batch": config.batch,
                      "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},

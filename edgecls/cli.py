@@ -156,7 +156,15 @@ def _cmd_bench(args) -> int:
 
     config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
                          batch=args.batch, max_images=args.max_images, keras=args.keras)
-    result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"))
+    if args.host:
+        from .remote import RemoteConfig, remote_bench
+
+        remote = RemoteConfig(host=args.host, python=args.remote_python, remote_dir=args.remote_dir,
+                              ssh_config=args.ssh_config)
+        result = remote_bench(args.bundle, remote, data=args.data, config=config, progress=True,
+                              log=lambda msg: print(f"edgecls: {msg}", file=sys.stderr, flush=True))
+    else:
+        result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"), prepared=args.prepared_data)
     atomic_write_json(args.out, result)
     print(Report([result]).markdown())
     print(f"wrote {args.out}")
@@ -287,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
                    help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
                         "model.keras, or the file given")
+    p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "
+                                  "and the images, benches there, brings the report back")
+    p.add_argument("--remote-python", default="python3", help="Python with edgecls[runtime] on the device (default python3)")
+    p.add_argument("--remote-dir", default=".cache/edgecls/remote", help="working folder on the device, relative to its home")
+    p.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
+    p.add_argument("--prepared-data", help=argparse.SUPPRESS)  # labelled .npy images sent by a remote bench
     p.add_argument("--out", required=True, help="report JSON file")
     p.set_defaults(func=_cmd_bench)
 
