@@ -1,0 +1,286 @@
+"""Run edgecls's runtime on an emulated Raspberry Pi and compare it with this machine.
+
+    sudo .venv/bin/python tools/arm64_check.py [--bundle models/resnet8 ...] [--cpu cortex-a72] [--images 200]
+
+What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for qemu-user):
+1. once, builds and caches a Debian 12 (bookworm) arm64 userland with Python 3.11 from Debian's
+   archive (debootstrap; qemu-user-static runs its arm64 programs) in ~/.cache/edgecls/arm64-bookworm
+   ($EDGECLS_ARM64_ROOT), and in it a virtualenv with only `edgecls[runtime]` installed from
+   aarch64 wheels (pip, the host's CA certificates trusted); later runs reuse both and reinstall
+   only edgecls itself from this checkout;
+2. emulates a Pi CPU (QEMU_CPU=cortex-a72, a Pi 4; cortex-a76 for a Pi 5): QEMU's default CPU has
+   SVE, which a Pi lacks and which changes int8 results; the userland sees a Pi-like /proc/cpuinfo
+   (a plain file) and no /proc or /sys of the host's (LiteRT and onnxruntime crash on those under
+   emulation);
+3. runs `edgecls predict` and `edgecls bench` in the userland on each bundle and on real held-out
+   images, and tools/arm64_outputs.py both there and here on the same images;
+4. compares: float outputs within 1e-5, int8 raw outputs within one quantization step, top-1
+   identical on every image. Writes the comparison and the emulated bench report (labelled
+   emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
+PACKAGES = "python3,python3-venv,python3-pip,ca-certificates"
+VENV = "/opt/edgecls-venv"
+BINFMT = "/proc/sys/fs/binfmt_misc"
+# The ELF header of an aarch64 executable, as Debian's qemu-user-static registers it; F: the
+# interpreter is opened now, so it also runs inside a chroot that does not contain it.
+QEMU_AARCH64 = (r":qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:"
+                r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:"
+                r"/usr/bin/qemu-aarch64-static:F")
+CPUINFO = {
+    # What a Raspberry Pi 4 (BCM2711, Cortex-A72) and a Pi 5 (BCM2712, Cortex-A76) show, four cores.
+    "cortex-a72": ("0xd08", "3", "fp asimd evtstrm crc32 cpuid", "Raspberry Pi 4 Model B Rev 1.4"),
+    "cortex-a76": ("0xd0b", "1", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+                   "Raspberry Pi 5 Model B Rev 1.0"),
+}
+FLOAT_TOL = 1e-5
+
+
+def log(msg: str) -> None:
+    print(f"arm64-check: {msg}", file=sys.stderr, flush=True)
+
+
+def userland_dir() -> Path:
+    return Path(os.environ.get("EDGECLS_ARM64_ROOT") or Path.home() / ".cache" / "edgecls" / f"arm64-{SUITE}")
+
+
+def impossible() -> str | None:
+    """Why emulation cannot run here, or None. Installs qemu-user-static and debootstrap from
+    Debian's archive and registers qemu for aarch64 when it can."""
+    if platform.system() != "Linux":
+        return "needs Linux (debootstrap, chroot, binfmt_misc)"
+    if platform.machine() == "aarch64":
+        return "this machine is already aarch64: run the tests natively"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap and chroot)"
+    missing = [tool for tool, path in (("debootstrap", "/usr/sbin/debootstrap"), ("qemu-user-static", "/usr/bin/qemu-aarch64-static"))
+               if not os.path.exists(path)]
+    if missing and shutil.which("apt-get"):
+        log(f"installing {' '.join(missing)} from Debian's archive")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        proc = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, env=env)
+    missing = [tool for tool, path in (("debootstrap", "/usr/sbin/debootstrap"), ("qemu-user-static", "/usr/bin/qemu-aarch64-static"))
+               if not os.path.exists(path)]
+    if missing:
+        return f"{', '.join(missing)} not installed and apt-get could not install it"
+    if not os.path.exists(f"{BINFMT}/register"):
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT], capture_output=True)
+    if not os.path.exists(f"{BINFMT}/register"):
+        return "binfmt_misc is not available (cannot mount it in this container)"
+    entry = Path(BINFMT) / "qemu-aarch64"
+    if not entry.exists():
+        try:
+            Path(BINFMT, "register").write_text(QEMU_AARCH64.encode().decode("unicode_escape"))
+        except OSError as exc:
+            return f"cannot register qemu-aarch64 with binfmt_misc: {exc}"
+    text = entry.read_text()
+    if "enabled" not in text or "F" not in text.split("flags:")[-1].splitlines()[0]:
+        return f"qemu-aarch64 is registered without the F flag or disabled ({entry}); re-register it with F"
+    return None
+
+
+def chroot(root: Path, cpu: str, *cmd: str, check: bool = True, capture: bool = True, timeout: int = 3600):
+    env = {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": cpu,
+           "EDGECLS_EMULATED": "1", "PIP_CERT": "/etc/ssl/certs/host-ca-certificates.crt",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_DEFAULT_TIMEOUT": "180", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(["chroot", str(root), *cmd], env=env, capture_output=capture, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip().splitlines()[-15:] if capture else []
+        raise SystemExit(f"arm64-check: failed in the userland: {' '.join(cmd)}\n" + "\n".join(err))
+    return proc
+
+
+def build_userland(root: Path) -> None:
+    if (root / ".edgecls-userland").exists():
+        return
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"building the Debian {SUITE} arm64 userland in {root} (once; several minutes under emulation)")
+    start = time.time()
+    proc = subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={PACKAGES}", SUITE,
+                           str(partial), MIRROR], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit("arm64-check: debootstrap failed: " + "\n".join(proc.stdout.strip().splitlines()[-10:]))
+    (partial / ".edgecls-userland").write_text(json.dumps({"suite": SUITE, "mirror": MIRROR, "packages": PACKAGES,
+                                                           "built_s": round(time.time() - start)}))
+    shutil.rmtree(root, ignore_errors=True)
+    partial.rename(root)
+    log(f"userland built in {time.time() - start:.0f} s")
+
+
+def prepare_userland(root: Path, cpu: str) -> None:
+    """The Pi-like view of the machine, and what pip needs to reach the package registry."""
+    for name in ("proc", "sys"):
+        path = root / name
+        if path.is_mount():
+            raise SystemExit(f"arm64-check: {path} is mounted; unmount it (the userland must not see the host's)")
+    part, rev, features, model = CPUINFO[cpu]
+    cores = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+                    f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: {rev}\n\n" for i in range(4))
+    (root / "proc" / "cpuinfo").write_text(cores + f"Hardware\t: BCM2835\nRevision\t: c03114\nModel\t\t: {model}\n")
+    shutil.rmtree(root / "sys", ignore_errors=True)
+    (root / "sys").mkdir(exist_ok=True)
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/host-ca-certificates.crt")
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+
+
+def install_edgecls(root: Path, cpu: str) -> dict:
+    """A venv with edgecls[runtime] only; edgecls itself reinstalled from this checkout every run."""
+    src = root / "opt" / "edgecls-src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "constraints.txt", "LICENSE"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "edgecls", src / "edgecls", ignore=shutil.ignore_patterns("__pycache__"))
+    stamp = root / "opt" / ".edgecls-venv-deps"
+    deps_key = (ROOT / "pyproject.toml").read_text() + (ROOT / "constraints.txt").read_text()
+    if not stamp.exists() or stamp.read_text() != deps_key:
+        log("installing edgecls[runtime] in the userland from aarch64 wheels (pip under emulation: minutes)")
+        shutil.rmtree(root / VENV.lstrip("/"), ignore_errors=True)
+        chroot(root, cpu, "/usr/bin/python3", "-m", "venv", VENV)
+        chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--only-binary=numpy,pillow,ai-edge-litert,onnxruntime",
+               "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]")
+        stamp.write_text(deps_key)
+    else:
+        chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
+               "/opt/edgecls-src")
+    frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.split()
+    heavy = [p for p in frozen if p.lower().startswith(("tensorflow", "tf-keras", "tf_keras", "keras", "tf2onnx"))]
+    if heavy:
+        raise SystemExit(f"arm64-check: the runtime-only install pulled in {heavy}")
+    python = chroot(root, cpu, f"{VENV}/bin/python", "-c", "import platform; print(platform.python_version(), platform.machine())")
+    return {"packages": frozen, "python": python.stdout.strip()}
+
+
+def compare(here: dict, there: dict) -> dict:
+    names = sorted({k.rsplit(".", 1)[0] for k in here.files})
+    out = {}
+    for name in names:
+        raw_a, raw_b = here[f"{name}.raw"], there[f"{name}.raw"]
+        p_a, p_b = here[f"{name}.probs"], there[f"{name}.probs"]
+        row = {"images": int(len(p_a)), "top1_identical": int((p_a.argmax(1) == p_b.argmax(1)).sum()),
+               "raw_dtype": str(raw_a.dtype), "max_prob_diff": float(np.abs(p_a - p_b).max())}
+        if raw_a.dtype.kind in "iu":
+            steps = np.abs(raw_a.astype(np.int32) - raw_b.astype(np.int32))
+            row.update(max_raw_step_diff=int(steps.max()), raw_equal_fraction=float((steps == 0).mean()))
+            row["ok"] = bool(row["max_raw_step_diff"] <= 1)
+        else:
+            row["max_raw_diff"] = float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max())
+            row["ok"] = bool(row["max_raw_diff"] <= FLOAT_TOL and row["max_prob_diff"] <= FLOAT_TOL)
+        row["ok"] = row["ok"] and row["top1_identical"] == row["images"]
+        out[name] = row
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", action="append", help="bundle(s) to check (default: every models/*/ bundle)")
+    parser.add_argument("--cpu", default="cortex-a72", choices=sorted(CPUINFO), help="Pi 4: cortex-a72; Pi 5: cortex-a76")
+    parser.add_argument("--images", type=int, default=200, help="held-out CIFAR-10 sample images to compare on")
+    parser.add_argument("--runs", type=int, default=20, help="timed calls per variant in the emulated bench")
+    parser.add_argument("--out", default="docs/benchmarks/arm64", help="where the comparison and reports go")
+    parser.add_argument("--check-only", action="store_true", help="exit 0 if emulation is possible here, 77 if not")
+    args = parser.parse_args(argv)
+
+    reason = impossible()
+    if args.check_only:
+        print(reason or "ok")
+        return 77 if reason else 0
+    if reason:
+        log(f"cannot emulate arm64 here: {reason}")
+        return 77
+    bundles = [Path(b) for b in (args.bundle or sorted(str(p.parent) for p in (ROOT / "models").glob("*/manifest.json")))]
+    if not bundles:
+        raise SystemExit("arm64-check: no bundle given and none in models/")
+    root = userland_dir()
+    started = time.time()
+    build_userland(root)
+    prepare_userland(root, args.cpu)
+    installed = install_edgecls(root, args.cpu)
+    log(f"userland ready: Python {installed['python']}, QEMU_CPU={args.cpu}")
+
+    from edgecls.data import load_dataset, sample_indices
+
+    test = load_dataset("cifar10-sample").test
+    keep = sample_indices(len(test), args.images, seed=1)
+    work = root / "opt" / "edgecls-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    np.save(work / "images.npy", test.images[keep])
+    shutil.copy(ROOT / "tools" / "arm64_outputs.py", work / "arm64_outputs.py")
+    from PIL import Image
+
+    image_files = []
+    for i in range(3):  # real image files for `edgecls predict`
+        Image.fromarray(test.images[keep[i]]).save(work / f"image{i}.png")
+        image_files.append(f"/opt/edgecls-work/image{i}.png")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"cpu": args.cpu, "userland": f"Debian {SUITE} arm64 (qemu-user-static, QEMU_CPU={args.cpu})",
+               "python": installed["python"], "runtime_packages": installed["packages"],
+               "images": int(len(keep)), "data": "cifar10-sample test (real held-out CIFAR-10 images)", "bundles": {}}
+    failed = False
+    for bundle in bundles:
+        name = bundle.resolve().name
+        dest = work / "bundles" / name
+        shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns("model.keras", "report*.json", "train.json"))
+        inner = f"/opt/edgecls-work/bundles/{name}"
+        log(f"{name}: predict, outputs and bench in the userland")
+        predict = chroot(root, args.cpu, f"{VENV}/bin/edgecls", "predict", inner, *image_files, "--json")
+        chroot(root, args.cpu, f"{VENV}/bin/python", "/opt/edgecls-work/arm64_outputs.py", inner,
+               "/opt/edgecls-work/images.npy", f"/opt/edgecls-work/{name}-arm64.npz")
+        report_inner = f"/opt/edgecls-work/{name}-bench.json"
+        chroot(root, args.cpu, f"{VENV}/bin/edgecls", "--quiet", "bench", inner, "--data", "cifar10-sample",
+               "--max-images", str(args.images), "--runs", str(args.runs), "--warmup", "3", "--out", report_inner)
+        host_npz = work / f"{name}-x86.npz"
+        subprocess.run([sys.executable, str(ROOT / "tools" / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
+                        str(host_npz)], check=True, capture_output=True)
+        rows = compare(np.load(host_npz), np.load(work / f"{name}-arm64.npz"))
+        report = json.loads((work / f"{name}-bench.json").read_text())
+        assert report["settings"]["emulated"], "the emulated bench must be labelled emulated"
+        shutil.copy(work / f"{name}-bench.json", out / f"{name}-bench-emulated-{args.cpu}.json")
+        summary["bundles"][name] = {"variants": rows, "predict": json.loads(predict.stdout[: predict.stdout.rindex("}") + 1]),
+                                    "bench_status": {v["name"]: v["status"] for v in report["variants"]}}
+        for variant, row in rows.items():
+            mark = "ok" if row["ok"] else "MISMATCH"
+            detail = (f"max raw step diff {row['max_raw_step_diff']}" if "max_raw_step_diff" in row
+                      else f"max diff {max(row['max_raw_diff'], row['max_prob_diff']):.2e}")
+            print(f"{name:16s} {variant:24s} top-1 identical {row['top1_identical']}/{row['images']}  {detail}  {mark}")
+            failed |= not row["ok"]
+        bad = [v for v, s in summary["bundles"][name]["bench_status"].items() if s != "ok"]
+        if bad:
+            print(f"{name}: emulated bench failed for {bad}")
+            failed = True
+    summary["wall_time_s"] = round(time.time() - started)
+    summary["ok"] = not failed
+    tmp = out / f"comparison-{args.cpu}.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / f"comparison-{args.cpu}.json")
+    print(f"{'PASS' if not failed else 'FAIL'}: wrote {out / f'comparison-{args.cpu}.json'} ({summary['wall_time_s']} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
