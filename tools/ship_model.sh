@@ -6,6 +6,9 @@
 #   tools/ship_model.sh NAME TRAINED_DIR [export options...]
 #   tools/ship_model.sh resnet8 runs/ship/resnet8 --prune-epochs 5 --qat-epochs 2
 #
+# STEPS=export or STEPS=bench runs only steps 1 or 2-5 (export while other work loads the machine;
+# bench when it is idle: latency measured on a busy machine is not worth shipping).
+#
 # 1. export (every variant, validated on the 10,000 JPEG test images) into models/NAME/,
 #    with model.keras and train.json from the training run beside the bundle;
 # 2. bench at 1 thread (models/NAME/report.json) and at 2 threads, Keras row included;
@@ -27,10 +30,14 @@ DOCS=docs/benchmarks/models/$NAME
 STAGE=runs/ship/$NAME-bundle
 mkdir -p runs/ship "$DOCS"
 
-echo "[1/5] export $TRAINED -> $OUT"
-"$E" export "$TRAINED" --data "$DATA" --out "$STAGE" "$@"
-cp "$TRAINED/model.keras" "$TRAINED/train.json" "$STAGE/"
-rm -rf "$OUT.new" && cp -r "$STAGE" "$OUT.new" && rm -rf "$OUT" && mv "$OUT.new" "$OUT"
+STEPS=${STEPS:-all}
+if [ "$STEPS" != bench ]; then
+    echo "[1/5] export $TRAINED -> $OUT"
+    "$E" export "$TRAINED" --data "$DATA" --out "$STAGE" "$@"
+    cp "$TRAINED/model.keras" "$TRAINED/train.json" "$STAGE/"
+    rm -rf "$OUT.new" && cp -r "$STAGE" "$OUT.new" && rm -rf "$OUT" && mv "$OUT.new" "$OUT"
+fi
+[ "$STEPS" != export ] || exit 0
 
 echo "[2/5] bench at 1 and 2 threads on $DATA"
 "$E" bench "$OUT" --data "$DATA" --keras --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
