@@ -60,6 +60,9 @@ class Bundle:
         rejected = {r["name"]: r.get("reason", "") for r in self.manifest.get("rejected", [])}
         if name in rejected:
             raise ModelError(f"variant {name!r} failed validation at export and was not shipped ({rejected[name]})")
+        omitted = {r["name"]: r.get("omitted_reason", "") for r in self.manifest.get("omitted", [])}
+        if name in omitted:
+            raise ModelError(f"variant {name!r} was validated but left out of this bundle ({omitted[name]})")
         raise ModelError(f"no variant {name!r} in {self.path}; available: {', '.join(self.names())}")
 
     def file_for(self, artifact: dict, verify: bool = True) -> Path:
@@ -75,6 +78,20 @@ class Bundle:
                     f"refusing to run a modified file: re-export or re-copy the bundle"
                 )
         return path
+
+
+def omit_artifact(path: str | Path, name: str, reason: str) -> None:
+    """Take a validated artifact out of a bundle, keeping its manifest entry (sizes, validation,
+    accuracy) under "omitted" with the reason: the record stays, the file goes."""
+    from ._io import atomic_write_json
+
+    bundle = load_bundle(path)
+    entry = bundle.artifact(name)
+    manifest = dict(bundle.manifest)
+    manifest["artifacts"] = [a for a in bundle.artifacts if a["name"] != name]
+    manifest["omitted"] = [*manifest.get("omitted", []), {**entry, "omitted_reason": reason}]
+    atomic_write_json(bundle.path / MANIFEST, manifest)
+    (bundle.path / entry["file"]).unlink(missing_ok=True)
 
 
 def load_bundle(path: str | Path) -> Bundle:

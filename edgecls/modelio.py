@@ -26,6 +26,17 @@ def save_labels(path: str | Path, labels) -> None:
     atomic_write_json(path, list(labels))
 
 
+def save_model_file(model, path: str | Path) -> None:
+    """Save a Keras model for inference: without optimizer state (which the native .keras format
+    keeps for a compiled model and which doubles the file; a resumed run has its own checkpoints)."""
+    if getattr(model, "optimizer", None) is not None:
+        k = keras()
+        plain = k.models.clone_model(model)
+        plain.set_weights(model.get_weights())
+        model = plain
+    model.save(path)
+
+
 def load_labels(path: str | Path) -> tuple[str, ...]:
     data = read_json(path, "labels file", ModelError)
     if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):

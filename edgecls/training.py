@@ -29,7 +29,7 @@ from .data import Dataset, load_dataset, stratified_split
 from .distribute import select_placement
 from .errors import ConfigError, DataError, ModelError
 from .hostinfo import host_info
-from .modelio import LABELS_FILE, MODEL_FILE, save_labels
+from .modelio import LABELS_FILE, MODEL_FILE, save_labels, save_model_file
 from .preprocess import SPEC_FILE, PreprocessingSpec
 from .zoo import create_model, get_model_info, model_stats
 
@@ -287,13 +287,14 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         import tempfile
 
         with tempfile.TemporaryDirectory() as scratch:
-            model.save(Path(scratch) / MODEL_FILE)
+            save_model_file(model, Path(scratch) / MODEL_FILE)
         return TrainResult(out, out / MODEL_FILE, metrics, model)
     final = staging / "final"
     if final.exists():
         shutil.rmtree(final)
     final.mkdir()
-    model.save(final / MODEL_FILE)
+    # The optimizer's state would double the file; a resumed run restores it from its checkpoints.
+    save_model_file(model, final / MODEL_FILE)
     save_labels(final / LABELS_FILE, dataset.class_names)
     spec.save(final / SPEC_FILE)
     atomic_write_json(final / TRAIN_FILE, metrics)

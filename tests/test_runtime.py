@@ -150,3 +150,22 @@ def test_one_runner_shared_by_threads_gives_the_sequential_answers(sample_bundle
             got = list(pool.map(runner.predict, chunks))
         for a, b in zip(expected, got):
             np.testing.assert_array_equal(a, b)
+
+
+def test_omitted_variant_keeps_its_record_but_not_its_file(sample_bundle, tmp_path):
+    import shutil
+
+    from edgecls.bundle import load_bundle, omit_artifact
+    from edgecls.errors import ModelError
+
+    copy = tmp_path / "b"
+    shutil.copytree(sample_bundle.out, copy)
+    before = load_bundle(copy).artifact("tflite_pruned_fp32")
+    omit_artifact(copy, "tflite_pruned_fp32", "left out to keep it small")
+    bundle = load_bundle(copy)
+    assert "tflite_pruned_fp32" not in bundle.names() and not (copy / before["file"]).exists()
+    record = bundle.manifest["omitted"][0]
+    assert record["validation"] == before["validation"] and record["omitted_reason"] == "left out to keep it small"
+    with pytest.raises(ModelError, match="left out of this bundle"):
+        runtime.load(copy, variant="tflite_pruned_fp32")
+    runtime.load(copy, variant="tflite_int8").predict(np.zeros((1, 32, 32, 3), np.uint8))

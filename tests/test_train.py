@@ -29,6 +29,12 @@ def test_train_writes_model_labels_spec_and_report(trained_tiny):
     assert report["device"].startswith("CPU") and report["strategy"] == "cpu"
     assert report["images_per_s"] > 0 and report["wall_time_s"] > 0
     assert report["model"]["params"] == 122_570
+    # Saved for inference: the weights once, without the optimizer's momentum (which doubles the file).
+    import zipfile
+
+    with zipfile.ZipFile(out / "model.keras") as zf:
+        weights = [i.file_size for i in zf.infolist() if i.filename.endswith(".h5")]
+    assert weights and weights[0] < 122_570 * 4 * 1.15
 
 
 def test_training_loss_falls_on_real_images(trained_tiny):

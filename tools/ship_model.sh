@@ -32,20 +32,36 @@ mkdir -p runs/ship "$DOCS"
 
 STEPS=${STEPS:-all}
 if [ "$STEPS" != bench ]; then
-    echo "[1/5] export $TRAINED -> $OUT"
-    "$E" export "$TRAINED" --data "$DATA" --out "$STAGE" "$@"
-    cp "$TRAINED/model.keras" "$TRAINED/train.json" "$STAGE/"
-    rm -rf "$OUT.new" && cp -r "$STAGE" "$OUT.new" && rm -rf "$OUT" && mv "$OUT.new" "$OUT"
+    if [ "$STEPS" != assemble ]; then
+        echo "[1/5] export $TRAINED -> $STAGE"
+        "$E" export "$TRAINED" --data "$DATA" --out "$STAGE" "$@"
+    fi
+    echo "[1/5] assemble $OUT"
+    rm -rf "$OUT.new" && cp -r "$STAGE" "$OUT.new" && cp "$TRAINED/train.json" "$OUT.new/"
+    # OMIT="variant ..." leaves validated variants out (manifest keeps their record under "omitted");
+    # KERAS=0 leaves model.keras out. Both only to keep a bundle under 3 MB.
+    for v in ${OMIT:-}; do
+        "$PY" -c "import sys; from edgecls.bundle import omit_artifact; omit_artifact(sys.argv[1], sys.argv[2], 'left out of the shipped bundle to keep it under 3 MB; re-export with tools/ship_model.sh to get it')" "$OUT.new" "$v"
+    done
+    if [ "${KERAS:-1}" = 1 ]; then  # loaded uncompiled, so saved without optimizer state
+        "$PY" -c "import sys; from edgecls.modelio import load_keras_model; load_keras_model(sys.argv[1]).save(sys.argv[2])" \
+            "$TRAINED/model.keras" "$OUT.new/model.keras"
+    fi
+    rm -rf "$OUT" && mv "$OUT.new" "$OUT"
+    du -sb "$OUT"
 fi
-[ "$STEPS" != export ] || exit 0
+[ "$STEPS" = all ] || [ "$STEPS" = bench ] || exit 0
+KFLAG=--keras
+[ -f "$OUT/model.keras" ] || KFLAG=
+[ -n "$KFLAG" ] || KFLAG="--keras $TRAINED/model.keras"
 
 echo "[2/5] bench at 1 and 2 threads on $DATA"
-"$E" bench "$OUT" --data "$DATA" --keras --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
-"$E" bench "$OUT" --data "$DATA" --keras --threads 2 --runs "$RUNS" --out "$DOCS/bench-2threads.json" > /dev/null
+"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
+"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 2 --runs "$RUNS" --out "$DOCS/bench-2threads.json" > /dev/null
 cp "$OUT/report.json" "$DOCS/bench-1thread.json"
 
 echo "[3/5] accuracy on the lossless test images ($LOSSLESS)"
-"$E" bench "$OUT" --data "$LOSSLESS" --keras --threads 2 --runs 20 --out "$DOCS/bench-lossless.json" > /dev/null
+"$E" bench "$OUT" --data "$LOSSLESS" $KFLAG --threads 2 --runs 20 --out "$DOCS/bench-lossless.json" > /dev/null
 
 echo "[4/5] report"
 "$E" report "$DOCS/bench-1thread.json" "$DOCS/bench-2threads.json" --out "$DOCS/report" > /dev/null
