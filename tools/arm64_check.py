@@ -175,9 +175,11 @@ def install_edgecls(root: Path, cpu: str) -> dict:
         shutil.rmtree(root / VENV.lstrip("/"), ignore_errors=True)
         chroot(root, cpu, "/usr/bin/python3", "-m", "venv", VENV)
         chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--only-binary=numpy,pillow,ai-edge-litert,onnxruntime",
-               "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]")
+               "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]", "wheel")
         stamp.write_text(deps_key)
     else:
+        if chroot(root, cpu, f"{VENV}/bin/python", "-c", "import wheel", check=False).returncode != 0:
+            chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "wheel")  # to build edgecls without isolation
         chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
                "/opt/edgecls-src")
     frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.split()
