@@ -1,5 +1,5 @@
 """The runtime on an emulated Raspberry Pi: a Debian 12 arm64 userland under qemu-user with only
-edgecls[runtime] installed runs `predict` and `bench` on the shipped bundles, and its outputs match
+edgecls[runtime] installed runs `predict` and `bench` on the shipped resnet8 bundle, and its outputs match
 this machine's on real held-out images (tools/arm64_check.py does the work; the first run builds and
 caches the userland, later runs reuse it)."""
 import json
@@ -15,10 +15,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.arm64]
 TOOL = ROOT / "tools" / "arm64_check.py"
 
 
-def test_emulated_pi_runs_the_shipped_bundles_like_this_machine(tmp_path):
-    bundles = sorted(p.parent for p in (ROOT / "models").glob("*/manifest.json"))
-    if not bundles:
-        pytest.skip("no shipped bundle in models/")
+def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
+    """Every variant of the shipped resnet8 bundle (emulation is slow: one bundle, 100 images)."""
+    bundles = [ROOT / "models" / "resnet8"]
     check = subprocess.run([sys.executable, str(TOOL), "--check-only"], capture_output=True, text=True, timeout=900)
     if check.returncode == 77:
         pytest.skip(f"arm64 emulation impossible here: {check.stdout.strip()}")
