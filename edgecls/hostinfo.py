@@ -6,14 +6,20 @@ import platform
 
 
 def cpu_model() -> str:
+    """The CPU's name (x86: "model name"); on a Raspberry Pi the board ("Model: Raspberry Pi 4 Model
+    B Rev 1.4"), which says more than its "Hardware: BCM2835" line."""
+    found = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-                    return value.strip()
+                if value.strip():
+                    found.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    for key in ("model name", "Model", "cpu model", "Hardware"):
+        if key in found:
+            return found[key]
     return platform.processor() or platform.machine() or "unknown"
 
 
