@@ -5,12 +5,12 @@ import os
 import platform
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's name (x86: "model name"); on a Raspberry Pi the board ("Model: Raspberry Pi 4 Model
     B Rev 1.4"), which says more than its "Hardware: BCM2835" line."""
     found = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 if value.strip():

@@ -41,3 +41,14 @@ def test_public_functions_are_functions_whatever_was_imported_first():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_cpu_model_of_a_raspberry_pi_is_its_board(tmp_path):
+    from edgecls.hostinfo import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\n"
+                    "Revision\t: c03114\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
+    assert cpu_model(str(info)) == "Raspberry Pi 4 Model B Rev 1.4"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
