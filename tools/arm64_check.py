@@ -182,7 +182,7 @@ def install_edgecls(root: Path, cpu: str) -> dict:
             chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "wheel")  # to build edgecls without isolation
         chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
                "/opt/edgecls-src")
-    frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.split()
+    frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.splitlines()
     heavy = [p for p in frozen if p.lower().startswith(("tensorflow", "tf-keras", "tf_keras", "keras", "tf2onnx"))]
     if heavy:
         raise SystemExit(f"arm64-check: the runtime-only install pulled in {heavy}")
