@@ -125,6 +125,38 @@ def _cifar_labels():
     return CIFAR10_CLASSES
 
 
+def _measure(row: dict, predict, one, images, data_files: dict | None, config: BenchConfig, labels, source: str,
+             predictions_out: str | None) -> None:
+    """Latency at batch 1, throughput at config.batch, peak memory, then accuracy on the labelled
+    images (when there are any), into `row`. `predict` maps uint8 images to probabilities."""
+    from .evaluation import summarize
+
+    row["latency_ms"] = time_calls(lambda: predict(one), warmup=config.warmup, runs=config.runs)
+    if images is not None:
+        batch = np.array(images[: config.batch])
+        if len(batch) < config.batch:
+            batch = np.resize(batch, (config.batch, *batch.shape[1:]))
+        predict(batch)  # warm-up at this batch size (a resize reallocates tensors)
+        reps = max(3, min(50, config.runs // 10))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            predict(batch)
+        row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
+    row["peak_rss_mb"] = _peak_rss_mb()  # runtime + model + one batch: what the device must hold
+    if images is not None:
+        y = np.load(data_files["labels"])
+        probs = np.concatenate([predict(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
+        pred = probs.argmax(1)
+        result = summarize(y, pred, labels or [str(i) for i in range(probs.shape[1])], data_files["name"], "test", source)
+        row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
+                   confusion=result.confusion, data=data_files["name"])
+        if predictions_out:
+            np.save(predictions_out, pred)
+    else:
+        row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
+    row["peak_rss_with_data_mb"] = _peak_rss_mb()
+
+
 def bench_variant(bundle: str, variant: str, data_files: dict | None, config: BenchConfig,
                   predictions_out: str | None = None) -> dict:
     """Measure one variant in this process (called in a child process by `bench`).
@@ -134,7 +166,6 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     model's own (plus one batch), not the data set's."""
     from . import runtime
     from .bundle import load_bundle
-    from .evaluation import summarize
 
     art = load_bundle(bundle).artifact(variant)
     row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
@@ -147,30 +178,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
         one = np.array(images[:1])
     else:
         one = np.zeros((1, *runner.preprocessing.input_size, 3), np.uint8)
-    row["latency_ms"] = time_calls(lambda: runner.predict(one), warmup=config.warmup, runs=config.runs)
-    if images is not None:
-        batch = np.array(images[: config.batch])
-        if len(batch) < config.batch:
-            batch = np.resize(batch, (config.batch, *batch.shape[1:]))
-        runner.predict(batch)  # warm-up at this batch size (a resize reallocates tensors)
-        reps = max(3, min(50, config.runs // 10))
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            runner.predict(batch)
-        row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
-    row["peak_rss_mb"] = _peak_rss_mb()  # runtime + model + one batch: what the device must hold
-    if images is not None:
-        y = np.load(data_files["labels"])
-        probs = np.concatenate([runner.predict(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
-        pred = probs.argmax(1)
-        result = summarize(y, pred, runner.labels or [str(i) for i in range(probs.shape[1])], data_files["name"], "test", bundle)
-        row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
-                   confusion=result.confusion, data=data_files["name"])
-        if predictions_out:
-            np.save(predictions_out, pred)
-    else:
-        row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
-    row["peak_rss_with_data_mb"] = _peak_rss_mb()
+    _measure(row, runner.predict, one, images, data_files, config, runner.labels, bundle, predictions_out)
     row["backend"] = runner.backend.package
     return row
 
@@ -186,7 +194,6 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     import gzip
 
     from .bundle import load_bundle
-    from .evaluation import summarize
     from .preprocess import PreprocessingSpec
 
     path = Path(model_path)
@@ -216,34 +223,11 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     def call(x):
         return np.asarray(model(spec.apply(x), training=False))
 
-    row["latency_ms"] = time_calls(lambda: call(one), warmup=config.warmup, runs=config.runs)
     row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
                                            warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
-    if images is not None:
-        batch = np.array(images[: config.batch])
-        if len(batch) < config.batch:
-            batch = np.resize(batch, (config.batch, *batch.shape[1:]))
-        call(batch)
-        reps = max(3, min(50, config.runs // 10))
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            call(batch)
-        row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
-    row["peak_rss_mb"] = _peak_rss_mb()
-    if images is not None:
-        y = np.load(data_files["labels"])
-        probs = np.concatenate([call(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
-        pred = probs.argmax(1)
-        labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
-        labels = json.loads(labels_path.read_text()) if labels_path.exists() else [str(i) for i in range(probs.shape[1])]
-        result = summarize(y, pred, labels, data_files["name"], "test", str(path))
-        row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
-                   confusion=result.confusion, data=data_files["name"])
-        if predictions_out:
-            np.save(predictions_out, pred)
-    else:
-        row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
-    row["peak_rss_with_data_mb"] = _peak_rss_mb()
+    labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
+    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    _measure(row, call, one, images, data_files, config, labels, str(path), predictions_out)
     row["backend"] = f"tensorflow {tf.__version__}"
     return row
 
