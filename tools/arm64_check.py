@@ -91,7 +91,7 @@ def impossible() -> str | None:
     entry = Path(BINFMT) / "qemu-aarch64"
     if not entry.exists():
         try:
-            Path(BINFMT, "register").write_text(QEMU_AARCH64.encode().decode("unicode_escape"))
+            Path(BINFMT, "register").write_text(QEMU_AARCH64)  # the kernel decodes the \x escapes itself
         except OSError as exc:
             return f"cannot register qemu-aarch64 with binfmt_misc: {exc}"
     text = entry.read_text()
