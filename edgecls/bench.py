@@ -191,15 +191,12 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     """Measure the Keras model the bundle was exported from, the way a TensorFlow user runs it:
     the bundle's preprocessing, then `model(x, training=False)` (the fast call; `model.predict`,
     which sets up a data pipeline on every call, is timed too, as `latency_predict_ms`)."""
-    import gzip
+    from .bundle import gzip_size, load_bundle
 
-    from .bundle import load_bundle
-    from .preprocess import PreprocessingSpec
-
-    path = Path(model_path)
-    raw = path.read_bytes() if path.is_file() else b""
+    path = Path(model_path)  # checked by `bench` before any child starts
+    raw = path.read_bytes()
     row = {"name": KERAS_ROW, "format": "keras", "precision": "fp32", "sparsity": None, "size_bytes": len(raw),
-           "size_gzip_bytes": len(gzip.compress(raw, 9)), "status": "ok", "error": ""}
+           "size_gzip_bytes": gzip_size(raw), "status": "ok", "error": ""}
     try:
         from ._deps import tensorflow
         from .modelio import load_keras_model
@@ -215,7 +212,7 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
         tf.config.threading.set_inter_op_parallelism_threads(1)
     model = load_keras_model(path)
     loaded = load_bundle(bundle)
-    spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
+    spec = loaded.preprocessing()
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
     images = np.load(data_files["images"], mmap_mode="r") if data_files else None
     one = np.array(images[:1]) if images is not None else np.zeros((1, *spec.input_size, 3), np.uint8)
@@ -225,9 +222,7 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
 
     row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
                                            warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
-    labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
-    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
-    _measure(row, call, one, images, data_files, config, labels, str(path), predictions_out)
+    _measure(row, call, one, images, data_files, config, loaded.labels(), str(path), predictions_out)
     row["backend"] = f"tensorflow {tf.__version__}"
     return row
 
@@ -279,22 +274,15 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     bundle = str(bundle)
     loaded = load_bundle(bundle)
     names = list(config.variants) or loaded.names()
-    known = set(loaded.names()) | {r["name"] for r in loaded.manifest.get("rejected", [])}
-    unknown = [n for n in names if n not in known]
     keras_path = None
     if config.keras:
         keras_path = Path(bundle) / "model.keras" if config.keras == "auto" else Path(config.keras)
         if not keras_path.is_file():
             raise ConfigError(f"no Keras model at {keras_path}; pass --keras PATH to the model the bundle was exported from")
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
+    loaded.check_variants(names)
     # The labelled data is read once, here (an unusable data set fails once, up front), and handed to
     # every child as .npy files.
-    from .preprocess import PreprocessingSpec
-
-    spec = PreprocessingSpec.load(Path(bundle) / loaded.manifest.get("preprocessing", "preprocessing.json"))
-    labels_path = Path(bundle) / loaded.manifest.get("labels", "labels.json")
-    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    spec, labels = loaded.preprocessing(), loaded.labels()
     if prepared is not None:
         labelled = load_prepared(prepared)
         if labelled[0].shape[1:3] != tuple(spec.input_size):

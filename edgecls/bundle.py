@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,34 @@ class Bundle:
 
     def names(self) -> list[str]:
         return [a["name"] for a in self.artifacts]
+
+    @property
+    def labels_file(self) -> str:
+        return self.manifest.get("labels", "labels.json")
+
+    @property
+    def preprocessing_file(self) -> str:
+        return self.manifest.get("preprocessing", "preprocessing.json")
+
+    def preprocessing(self):
+        """The bundle's PreprocessingSpec (numpy and Pillow only)."""
+        from .preprocess import PreprocessingSpec
+
+        return PreprocessingSpec.load(self.path / self.preprocessing_file)
+
+    def labels(self) -> list[str] | None:
+        path = self.path / self.labels_file
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def check_variants(self, names) -> None:
+        """ConfigError naming the variants the bundle has never heard of (a variant rejected at
+        export is known: it becomes a failed row with its reason)."""
+        from .errors import ConfigError
+
+        known = set(self.names()) | {r["name"] for r in self.manifest.get("rejected", [])}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(self.names())}")
 
     def artifact(self, name: str | None = None) -> dict:
         arts = self.artifacts

@@ -168,7 +168,6 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
     """Run `edgecls bench` for `bundle` on `remote.host`; returns the device's report, tagged."""
     from .bench import BenchConfig, _labelled_data
     from .bundle import load_bundle
-    from .preprocess import PreprocessingSpec
 
     config = config or BenchConfig()
     if config.keras:
@@ -176,13 +175,8 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
     say = log or (lambda msg: None)
     bundle = Path(bundle)
     loaded = load_bundle(bundle)
-    known = set(loaded.names())
-    unknown = [n for n in config.variants if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown variant(s) {unknown}; the bundle has: {', '.join(loaded.names())}")
-    spec = PreprocessingSpec.load(bundle / loaded.manifest.get("preprocessing", "preprocessing.json"))
-    labels_path = bundle / loaded.manifest.get("labels", "labels.json")
-    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    loaded.check_variants(config.variants)
+    spec, labels = loaded.preprocessing(), loaded.labels()
 
     ssh = SSH(remote)
     root = remote.remote_dir.rstrip("/")
@@ -194,7 +188,7 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
                           "install it there: pip install 'edgecls[runtime]' (see tools/pi_setup.sh)")
 
     # The bundle: manifest, labels, preprocessing and every artifact, minus what is already there.
-    names = ["manifest.json", loaded.manifest.get("labels", "labels.json"), loaded.manifest.get("preprocessing", "preprocessing.json")]
+    names = ["manifest.json", loaded.labels_file, loaded.preprocessing_file]
     names += [a["file"] for a in loaded.artifacts]
     have = probe["files"]
     upload = []

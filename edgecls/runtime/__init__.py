@@ -21,7 +21,7 @@ import numpy as np
 
 from ..bundle import Bundle, find_bundle_for, load_bundle
 from ..errors import ConfigError, DataError, ModelError
-from ..preprocess import SPEC_FILE, PreprocessingSpec, load_image
+from ..preprocess import PreprocessingSpec, load_image
 from .backends import ONNXBackend, TFLiteBackend, open_backend
 
 __all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend"]
@@ -167,13 +167,7 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
 
 def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
     file = bundle.file_for(artifact, verify=verify)
-    spec = PreprocessingSpec.load(bundle.path / bundle.manifest.get("preprocessing", SPEC_FILE))
-    labels_file = bundle.path / bundle.manifest.get("labels", "labels.json")
-    labels = None
-    if labels_file.exists():
-        import json
-
-        labels = json.loads(labels_file.read_text())
+    spec, labels = bundle.preprocessing(), bundle.labels()
     backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
     outputs = bundle.manifest.get("model", {}).get("output", "probabilities")
     return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs,
