@@ -71,8 +71,8 @@ def impossible() -> str | None:
         return "this machine is already aarch64: run the tests natively"
     if os.geteuid() != 0:
         return "needs root (debootstrap and chroot)"
-    missing = [tool for tool, path in (("debootstrap", "/usr/sbin/debootstrap"), ("qemu-user-static", "/usr/bin/qemu-aarch64-static"))
-               if not os.path.exists(path)]
+    tools = (("debootstrap", "/usr/sbin/debootstrap"), ("qemu-user-static", "/usr/bin/qemu-aarch64-static"))
+    missing = [tool for tool, path in tools if not os.path.exists(path)]
     if missing and shutil.which("apt-get"):
         log(f"installing {' '.join(missing)} from Debian's archive")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -80,8 +80,7 @@ def impossible() -> str | None:
         if proc.returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
             subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, env=env)
-    missing = [tool for tool, path in (("debootstrap", "/usr/sbin/debootstrap"), ("qemu-user-static", "/usr/bin/qemu-aarch64-static"))
-               if not os.path.exists(path)]
+    missing = [tool for tool, path in tools if not os.path.exists(path)]
     if missing:
         return f"{', '.join(missing)} not installed and apt-get could not install it"
     if not os.path.exists(f"{BINFMT}/register"):

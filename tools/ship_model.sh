@@ -51,9 +51,7 @@ if [ "$STEPS" != bench ]; then
     du -sb "$OUT"
 fi
 [ "$STEPS" = all ] || [ "$STEPS" = bench ] || exit 0
-KFLAG=--keras
-[ -f "$OUT/model.keras" ] || KFLAG=
-[ -n "$KFLAG" ] || KFLAG="--keras $TRAINED/model.keras"
+if [ -f "$OUT/model.keras" ]; then KFLAG=--keras; else KFLAG="--keras $TRAINED/model.keras"; fi
 
 echo "[2/5] bench at 1 and 2 threads on $DATA"
 "$E" bench "$OUT" --data "$DATA" $KFLAG --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
