@@ -45,7 +45,7 @@ def _cmd_train(args) -> int:
         recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, augment=not args.no_augment, val_fraction=args.val_fraction,
         patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
-        verbose=args.verbose,
+        init_from=args.init, verbose=args.verbose,
     )
     result = train(config)
     m = result.metrics
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--init", metavar="TRAINED_DIR", default=None,
+                   help="start from the weights of a finished 'edgecls train' run (same arch and classes) "
+                        "with a new learning-rate cycle; its preprocessing is kept")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
     p.set_defaults(func=_cmd_train)
 

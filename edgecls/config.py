@@ -37,6 +37,7 @@ class TrainConfig:
     image_size: int = 32
     seed: int = 0
     resume: bool = False
+    init_from: str | None = None
     verbose: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 

@@ -29,14 +29,14 @@ from .data import Dataset, load_dataset, stratified_split
 from .distribute import select_placement
 from .errors import ConfigError, DataError, ModelError
 from .hostinfo import host_info
-from .modelio import LABELS_FILE, MODEL_FILE, save_labels, save_model_file
+from .modelio import LABELS_FILE, MODEL_FILE, TrainedModel, load_trained, save_labels, save_model_file
 from .preprocess import SPEC_FILE, PreprocessingSpec
 from .zoo import create_model, get_model_info, model_stats
 
 log = logging.getLogger("edgecls")
 
 TRAIN_FILE = "train.json"
-_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment")
+_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "init_from")
 
 
 @dataclass
@@ -54,6 +54,28 @@ def preprocessing_for(config: TrainConfig, dataset: Dataset, train_index: np.nda
     # Standardize with the per-channel statistics of the training images actually used.
     pixels = dataset.train.images[train_index].reshape(-1, 3).astype(np.float64) / 255.0
     return PreprocessingSpec(input_size=size, scale=1 / 255.0, mean=tuple(pixels.mean(0)), std=tuple(pixels.std(0)))
+
+
+def _load_start(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """The finished run that `init_from` names, checked against this run's arch, classes and image size."""
+    path = Path(config.init_from)
+    if not (path / MODEL_FILE).is_file():
+        raise ConfigError(f"--init {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); pass the --out of a finished run")
+    start = load_trained(path)
+    before = {}
+    if (path / TRAIN_FILE).is_file():
+        try:
+            before = json.loads((path / TRAIN_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--init {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
+    if before.get("arch", config.arch) != config.arch:
+        raise ConfigError(f"--init {path}: that run trained {before['arch']!r}, not {config.arch!r}; pass --arch {before['arch']}")
+    if tuple(start.labels) != tuple(dataset.class_names):
+        raise ConfigError(f"--init {path}: its classes {list(start.labels)} differ from {dataset.source}'s {list(dataset.class_names)}")
+    if tuple(start.preprocessing.input_size) != tuple(dataset.image_size):
+        raise ConfigError(f"--init {path}: it takes {tuple(start.preprocessing.input_size)} images, not {tuple(dataset.image_size)}; "
+                          f"pass --image-size {start.preprocessing.input_size[0]}")
+    return start, before
 
 
 def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -189,7 +211,9 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     train_index, val_index = stratified_split(dataset.train.labels, config.val_fraction, config.seed)
     if len(train_index) < config.batch_size // 4 or len(train_index) < 2:
         raise DataError(f"{dataset.source}: only {len(train_index)} training images; at least {max(2, config.batch_size // 4)} are needed")
-    spec = preprocessing_for(config, dataset, train_index)
+    start, start_metrics = _load_start(config, dataset) if config.init_from else (None, {})
+    # A continued run keeps the preprocessing its weights were trained with.
+    spec = start.preprocessing if start else preprocessing_for(config, dataset, train_index)
     num_classes = dataset.num_classes
 
     k.utils.set_random_seed(config.seed)
@@ -217,6 +241,12 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     input_shape = (*spec.input_size, 3)
     with placement.strategy.scope():
         model = create_model(config.arch, input_shape=input_shape, num_classes=num_classes)
+        if start is not None:
+            try:
+                model.set_weights(start.model.get_weights())
+            except ValueError as e:
+                raise ConfigError(f"--init {config.init_from}: its weights do not fit {config.arch} ({str(e).splitlines()[0]})") from None
+            del start
         model.compile(
             optimizer=_make_optimizer(config, steps_per_epoch),
             loss=k.losses.CategoricalCrossentropy(label_smoothing=0.0 if config.recipe == "tutorial" else config.label_smoothing),
@@ -262,6 +292,15 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         "split": {"train": int(len(train_index)), "val": int(len(val_index)), "test": len(dataset.test)},
         "model": stats,
         "epochs_run": len(rows),
+        # Epochs behind the shipped weights, counting the runs this one continued (--init).
+        "total_epochs": len(rows) + int(start_metrics.get("total_epochs", start_metrics.get("epochs_run", 0)) or 0),
+        "init_from": {
+            "path": str(config.init_from),
+            "epochs": start_metrics.get("total_epochs", start_metrics.get("epochs_run")),
+            "test_accuracy": start_metrics.get("test_accuracy"),
+            "train_time_s": start_metrics.get("total_train_time_s", start_metrics.get("train_time_s")),
+            "config": start_metrics.get("config"),
+        } if config.init_from else None,
         "stopped_early": bool(rows) and len(rows) < config.epochs,
         "history": rows,
         "val_accuracy": rows[-1].get("val_accuracy") if rows else None,
@@ -272,6 +311,8 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         "wall_time_s": round(time.perf_counter() - started, 2),
         "fit_time_s_this_session": round(fit_time, 2),
         "train_time_s": round(sum(r["train_time_s"] for r in rows), 2),
+        "total_train_time_s": round(sum(r["train_time_s"] for r in rows)
+                                    + float(start_metrics.get("total_train_time_s", start_metrics.get("train_time_s", 0)) or 0), 2),
         "mean_epoch_time_s": round(float(np.mean([r["epoch_time_s"] for r in rows])), 2) if rows else None,
         "images_per_s": round(float(np.mean([r["images_per_s"] for r in rows])), 1) if rows else None,
         "device": placement.device,

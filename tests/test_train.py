@@ -154,3 +154,33 @@ def test_diverging_run_stops_with_a_one_line_error(tmp_path):
                    "--batch-size", "32", "--verbose", "0")
     assert_one_line_error(proc, "training diverged", "lower --lr")
     assert not out.exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_init_continues_from_a_finished_run(tmp_path, trained_tiny):
+    """--init starts from a finished run's weights and preprocessing, and counts its epochs.
+
+    At a learning rate of ~0 the continued weights are the starting ones (seed_cnn has no BatchNorm
+    statistics to move), which a fresh initialization would not be."""
+    from edgecls.modelio import load_trained
+
+    out = tmp_path / "c"
+    result = train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", epochs=1, batch_size=32, out=str(out), verbose=0,
+                               learning_rate=1e-12, weight_decay=0.0, init_from=str(trained_tiny.out)))
+    before, after = load_trained(trained_tiny.out), load_trained(out)
+    for a, b in zip(before.model.get_weights(), after.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert after.preprocessing == before.preprocessing
+    m = result.metrics
+    assert m["epochs_run"] == 1 and m["total_epochs"] == 4
+    assert m["init_from"]["path"] == str(trained_tiny.out) and m["init_from"]["epochs"] == 3
+    assert m["init_from"]["test_accuracy"] == pytest.approx(trained_tiny.metrics["test_accuracy"])
+    assert m["total_train_time_s"] > m["train_time_s"]
+
+
+def test_init_bad_inputs_are_one_line_errors(tmp_path, trained_tiny):
+    args = ("train", "--data", TINY_ZIP, "--epochs", "1", "--batch-size", "32", "--verbose", "0", "--out", tmp_path / "o")
+    assert_one_line_error(run_cli(*args, "--arch", "resnet8", "--init", trained_tiny.out), "trained 'seed_cnn'", "--arch seed_cnn")
+    assert_one_line_error(run_cli(*args, "--arch", "seed_cnn", "--init", tmp_path), "not a finished 'edgecls train' directory")
+    assert_one_line_error(run_cli(*args, "--arch", "seed_cnn", "--image-size", "24", "--init", trained_tiny.out),
+                          "takes (32, 32) images", "--image-size 32")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
