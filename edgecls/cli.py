@@ -81,6 +81,7 @@ def _export_config(args):
         structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
         prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
         calibration_seed=args.calibration_seed, float_io=getattr(args, "float_io", False),
+        int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
         onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
         nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None), seed=args.seed,
         verbose=args.verbose,
@@ -270,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--formats", nargs="+", help="variants or groups (all, tflite, onnx, int8, float); default all")
     p.add_argument("--float-io", action="store_true", help="int8 TFLite models take and return float32 instead of int8")
+    p.add_argument("--int8-weights", default="per-channel", choices=("per-channel", "per-tensor"),
+                   help="weight scales of int8 PTQ TFLite models: per-channel (default, accurate) or per-tensor "
+                        "(smaller file; check the accuracy it reports)")
+    p.add_argument("--strip-names", action="store_true",
+                   help="drop tensor names and signatures from TFLite files (smaller; the runtime does not need them)")
     p.add_argument("--onnx-int8", default="ort_qdq", choices=("ort_qdq", "tflite"),
                    help="ONNX int8 route: onnxruntime static QDQ (default) or tf2onnx from the int8 TFLite")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")

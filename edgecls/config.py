@@ -85,6 +85,9 @@ class TrainConfig:
 
 
 ONNX_INT8_METHODS = ("ort_qdq", "tflite")
+# Weight scales of int8 post-training quantization: one per output channel (default, accurate) or
+# one per tensor (smaller file: no per-channel scale and zero-point arrays).
+INT8_WEIGHT_SCALES = ("per-channel", "per-tensor")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class ExportConfig:
     calibration_count: int = 300
     calibration_seed: int = 0
     float_io: bool = False
+    int8_weights: str = "per-channel"
+    strip_names: bool = False
     onnx_opset: int = 17
     onnx_int8_method: str = "ort_qdq"
     nchw: bool = False
@@ -130,6 +135,8 @@ class ExportConfig:
              f"fine_tune_batch_size must be >= 1, got {self.fine_tune_batch_size!r}")
         need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,
              f"calibration_count must be at least {MIN_CALIBRATION} real training images, got {self.calibration_count!r}")
+        need(self.int8_weights in INT8_WEIGHT_SCALES,
+             f"int8_weights must be one of {', '.join(INT8_WEIGHT_SCALES)}, got {self.int8_weights!r}")
         need(self.onnx_int8_method in ONNX_INT8_METHODS,
              f"onnx_int8_method must be one of {', '.join(ONNX_INT8_METHODS)}, got {self.onnx_int8_method!r}")
         need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")

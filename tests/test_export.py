@@ -111,6 +111,39 @@ def test_float_io_nchw_and_the_tflite_onnx_route(sample_model, tmp_path):
     assert row["status"] == "ok" and "tf2onnx from the int8 TFLite" in row["description"]
 
 
+def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run(sample_model, sample_bundle, tmp_path):
+    """--int8-weights per-tensor drops the per-channel scale/zero-point arrays; --strip-names drops
+    tensor names and signatures. Both files validate, and the runtime reproduces their accuracy."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    result = export(sample_model.out, data="cifar10-sample", out=tmp_path / "small",
+                    formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8"), calibration_count=100, qat_epochs=1,
+                    fine_tune_batch_size=64, int8_weights="per-tensor", strip_names=True)
+    rows, before = _rows(result), _rows(sample_bundle)
+    assert all(r["status"] == "ok" for r in rows.values()), {n: r.get("reason") for n, r in rows.items()}
+    assert rows["tflite_int8"]["weight_scales"] == "per-tensor" and rows["tflite_qat_int8"]["weight_scales"] == "per-channel"
+    assert before["tflite_int8"]["weight_scales"] == "per-channel"
+    assert rows["tflite_fp32"]["size"]["bytes"] < before["tflite_fp32"]["size"]["bytes"]
+    # Per-tensor saves more than the names alone: the per-channel arrays are gone.
+    names_only = before["tflite_fp32"]["size"]["bytes"] - rows["tflite_fp32"]["size"]["bytes"]
+    assert before["tflite_int8"]["size"]["bytes"] - rows["tflite_int8"]["size"]["bytes"] > names_only
+    for name in ("tflite_fp32", "tflite_int8"):
+        data = (tmp_path / "small" / f"{name}.tflite").read_bytes()
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+        assert not model.signatureDefs and all(not t.name for t in model.subgraphs[0].tensors)
+        if name == "tflite_int8":
+            scales = [len(t.quantization.scale) for t in model.subgraphs[0].tensors
+                      if t.quantization is not None and t.quantization.scale is not None]
+            assert scales and max(scales) == 1
+        test = load_dataset("cifar10-sample").test
+        accuracy = float((runtime.load(tmp_path / "small", variant=name).predict(test.images).argmax(1) == test.labels).mean())
+        assert accuracy == pytest.approx(rows[name]["validation"]["accuracy"], abs=1e-9), name
+    assert result.manifest["config"]["int8_weights"] == "per-tensor" and result.manifest["config"]["strip_names"] is True
+    with pytest.raises(ConfigError, match="int8_weights must be one of"):
+        export(sample_model.out, data="cifar10-sample", out=tmp_path / "bad", int8_weights="per-row")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_format_names_and_groups():
     assert resolve_formats(["tflite_int8,onnx"]) == ["tflite_int8", "onnx_fp32", "onnx_int8"]
     assert resolve_formats(["all"]) == list(VARIANTS)

@@ -221,23 +221,35 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
     output_kind = "probabilities" if np.allclose(base_ref.sum(1), 1.0, atol=1e-3) and (base_ref >= 0).all() else "logits"
     rows = []
     onnx_fp32_bytes = None
+    # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
+    per_channel = config.int8_weights == "per-channel"
     for name in names:
         variant = VARIANTS[name]
         row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
                "description": variant.description}
         t0 = time.perf_counter()
+        suffix = ""
         try:
             keras_model = get_model(variant.source)
             if variant.input == "pixels":
                 from .tflite import with_pixel_input
 
                 data = tflite_convert(with_pixel_input(keras_model, spec), variant.precision, calibration_pixels,
-                                      uint8_input=True)
+                                      uint8_input=True, per_channel=per_channel)
                 suffix = ".tflite"
             elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
-                                      quantization_aware=variant.source in ("qat", "pruned_qat"))
+                                      quantization_aware=variant.source in ("qat", "pruned_qat"), per_channel=per_channel)
                 suffix = ".tflite"
+            if suffix == ".tflite":
+                if variant.precision == "int8":
+                    qat = variant.source in ("qat", "pruned_qat")
+                    row["weight_scales"] = "per-channel" if qat else config.int8_weights
+                if config.strip_names:
+                    from .tflite import strip_names
+
+                    data = strip_names(data)
+                    row["names_stripped"] = True
             else:
                 from . import onnx as onnx_export
 

@@ -68,6 +68,22 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
         raise ExportError(f"TFLite {precision} conversion failed: {first_line(exc)}") from None
 
 
+def strip_names(data: bytes) -> bytes:
+    """`data` without the strings the interpreter does not need: tensor and subgraph names, the model
+    description and the signature defs (TensorFlow's `flatbuffer_utils.strip_strings`, as used for
+    microcontrollers). Operators, weights and quantization parameters are untouched; the runtime
+    addresses tensors by index, so it runs the stripped file the same way."""
+    tensorflow()  # TF_USE_LEGACY_KERAS and logging set up before TF's own modules load
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+        flatbuffer_utils.strip_strings(model)
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    except Exception as exc:  # a flatbuffer the schema cannot read
+        raise ExportError(f"could not strip the TFLite file's names: {first_line(exc)}") from None
+
+
 def with_pixel_input(model, spec):
     """`model` preceded by its normalization, so it takes raw RGB pixels (0..255, as float).
 
