@@ -104,6 +104,7 @@ class ExportConfig:
     prune_epochs: int = 2
     prune_learning_rate: float = 0.01
     qat_epochs: int = 1
+    qat_learning_rate: float = 0.005
     fine_tune_batch_size: int = 128
     calibration_count: int = 300
     calibration_seed: int = 0
@@ -130,6 +131,7 @@ class ExportConfig:
              f"sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
         need(isinstance(self.prune_epochs, int) and self.prune_epochs >= 1, f"prune_epochs must be >= 1, got {self.prune_epochs!r}")
         need(self.prune_learning_rate > 0, f"prune_learning_rate must be positive, got {self.prune_learning_rate}")
+        need(self.qat_learning_rate > 0, f"qat_learning_rate must be positive, got {self.qat_learning_rate}")
         need(isinstance(self.qat_epochs, int) and self.qat_epochs >= 1, f"qat_epochs must be >= 1, got {self.qat_epochs!r}")
         need(isinstance(self.fine_tune_batch_size, int) and self.fine_tune_batch_size >= 1,
              f"fine_tune_batch_size must be >= 1, got {self.fine_tune_batch_size!r}")

@@ -157,10 +157,11 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
 
     out = tmp_path / "opt"
     proc = run_cli("optimize", sample_model.out, "--data", "cifar10-sample", "--out", out, "--variants", "pruned", "qat",
-                   "--sparsity", "0.6", "--prune-epochs", "1", "--batch-size", "64")
+                   "--sparsity", "0.6", "--prune-epochs", "1", "--batch-size", "64", "--qat-lr", "0.002")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "optimize.json").read_text())
     assert set(report["variants"]) == {"pruned", "qat"}
+    assert report["variants"]["qat"]["learning_rate"] == 0.002
     assert report["variants"]["pruned"]["kernel_sparsity"] == pytest.approx(0.6, abs=0.01)
     assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
     assert re.search(r"pruned +accuracy 0\.\d{4}  kernel sparsity 0\.600", proc.stdout)

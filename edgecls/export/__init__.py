@@ -196,12 +196,12 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                             skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
             elif kind == "qat":
                 log.info("quantization-aware training (%d epochs)", config.qat_epochs)
-                opt = quantize_aware(base, dataset, spec, epochs=config.qat_epochs, batch_size=config.fine_tune_batch_size,
+                opt = quantize_aware(base, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate, batch_size=config.fine_tune_batch_size,
                                      seed=config.seed, verbose=config.verbose)
             else:
                 pruned = get_model("pruned")
                 log.info("sparsity-preserving quantization-aware training (%d epochs)", config.qat_epochs)
-                opt = quantize_aware(pruned, dataset, spec, epochs=config.qat_epochs, batch_size=config.fine_tune_batch_size,
+                opt = quantize_aware(pruned, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate, batch_size=config.fine_tune_batch_size,
                                      preserve_sparsity=True, seed=config.seed, verbose=config.verbose)
         except _BuildError:
             raise

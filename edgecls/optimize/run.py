@@ -45,10 +45,10 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
                                 learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
                                 skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
     if "qat" in kinds:
-        built["qat"] = quantize_aware(source.model, dataset, spec, epochs=config.qat_epochs,
+        built["qat"] = quantize_aware(source.model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
                                       batch_size=config.fine_tune_batch_size, seed=config.seed, verbose=config.verbose)
     if "pruned_qat" in kinds:
-        built["pruned_qat"] = quantize_aware(built["pruned"].model, dataset, spec, epochs=config.qat_epochs,
+        built["pruned_qat"] = quantize_aware(built["pruned"].model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
                                              batch_size=config.fine_tune_batch_size, preserve_sparsity=True,
                                              seed=config.seed, verbose=config.verbose)
     staging = make_staging_dir(out)
