@@ -282,6 +282,10 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         model.set_weights(trained.get_weights())
 
     rows = recorder.rows()
+    train_s = sum(r["train_time_s"] for r in rows)
+    # What the run this one continued (--init) had behind it, its own predecessors included.
+    prior_epochs = start_metrics.get("total_epochs", start_metrics.get("epochs_run"))
+    prior_train_s = start_metrics.get("total_train_time_s", start_metrics.get("train_time_s"))
     stats = model_stats(model)
     best = max(rows, key=lambda r: r.get("val_accuracy", -1)) if rows and "val_accuracy" in rows[0] else None
     metrics = {
@@ -293,12 +297,12 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         "model": stats,
         "epochs_run": len(rows),
         # Epochs behind the shipped weights, counting the runs this one continued (--init).
-        "total_epochs": len(rows) + int(start_metrics.get("total_epochs", start_metrics.get("epochs_run", 0)) or 0),
+        "total_epochs": len(rows) + (prior_epochs or 0),
         "init_from": {
             "path": str(config.init_from),
-            "epochs": start_metrics.get("total_epochs", start_metrics.get("epochs_run")),
+            "epochs": prior_epochs,
             "test_accuracy": start_metrics.get("test_accuracy"),
-            "train_time_s": start_metrics.get("total_train_time_s", start_metrics.get("train_time_s")),
+            "train_time_s": prior_train_s,
             "config": start_metrics.get("config"),
         } if config.init_from else None,
         "stopped_early": bool(rows) and len(rows) < config.epochs,
@@ -310,9 +314,8 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         "test_loss": float(test_loss),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "fit_time_s_this_session": round(fit_time, 2),
-        "train_time_s": round(sum(r["train_time_s"] for r in rows), 2),
-        "total_train_time_s": round(sum(r["train_time_s"] for r in rows)
-                                    + float(start_metrics.get("total_train_time_s", start_metrics.get("train_time_s", 0)) or 0), 2),
+        "train_time_s": round(train_s, 2),
+        "total_train_time_s": round(train_s + (prior_train_s or 0), 2),
         "mean_epoch_time_s": round(float(np.mean([r["epoch_time_s"] for r in rows])), 2) if rows else None,
         "images_per_s": round(float(np.mean([r["images_per_s"] for r in rows])), 1) if rows else None,
         "device": placement.device,

@@ -17,8 +17,8 @@ What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for q
    images, and tools/arm64_outputs.py both there and here on the same images;
 4. compares: float outputs within 1e-5, TFLite int8 raw outputs within one quantization step,
    ONNX int8 outputs within 4 steps (onnxruntime's int8 kernels differ across the two
-   architectures), top-1 identical on every image. Writes the comparison and the emulated bench report (labelled
-   emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
+   architectures), top-1 identical on every image. Writes the comparison and the emulated bench
+   report (labelled emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
 """
 from __future__ import annotations
 

@@ -186,23 +186,16 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             return models[kind]
         if kind in build_errors:
             raise _BuildError(build_errors[kind])
-        from ..optimize import prune, quantize_aware
+        from ..optimize.run import build_variant
 
         try:
+            start = get_model("pruned") if kind == "pruned_qat" else base
             if kind == "pruned":
                 log.info("pruning to %.0f%% sparsity (%d fine-tuning epochs)", 100 * config.sparsity, config.prune_epochs)
-                opt = prune(base, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
-                            learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
-                            skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
-            elif kind == "qat":
-                log.info("quantization-aware training (%d epochs)", config.qat_epochs)
-                opt = quantize_aware(base, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate, batch_size=config.fine_tune_batch_size,
-                                     seed=config.seed, verbose=config.verbose)
             else:
-                pruned = get_model("pruned")
-                log.info("sparsity-preserving quantization-aware training (%d epochs)", config.qat_epochs)
-                opt = quantize_aware(pruned, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate, batch_size=config.fine_tune_batch_size,
-                                     preserve_sparsity=True, seed=config.seed, verbose=config.verbose)
+                log.info("%squantization-aware training (%d epochs)",
+                         "sparsity-preserving " if kind == "pruned_qat" else "", config.qat_epochs)
+            opt = build_variant(kind, start, dataset, spec, config)
         except _BuildError:
             raise
         except EdgeclsError as exc:
@@ -228,7 +221,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
                "description": variant.description}
         t0 = time.perf_counter()
-        suffix = ""
+        quantization_aware = variant.source in ("qat", "pruned_qat")
         try:
             keras_model = get_model(variant.source)
             if variant.input == "pixels":
@@ -239,12 +232,11 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                 suffix = ".tflite"
             elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
-                                      quantization_aware=variant.source in ("qat", "pruned_qat"), per_channel=per_channel)
+                                      quantization_aware=quantization_aware, per_channel=per_channel)
                 suffix = ".tflite"
-            if suffix == ".tflite":
+            if variant.format == "tflite":
                 if variant.precision == "int8":
-                    qat = variant.source in ("qat", "pruned_qat")
-                    row["weight_scales"] = "per-channel" if qat else config.int8_weights
+                    row["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
                 if config.strip_names:
                     from .tflite import strip_names
 

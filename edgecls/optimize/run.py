@@ -15,13 +15,27 @@ from .common import layer_sparsity
 KINDS = ("pruned", "qat", "pruned_qat")
 
 
+def build_variant(kind: str, model, dataset, spec, config: ExportConfig):
+    """One optimized model with `config`'s settings: "pruned" and "qat" start from the base model,
+    "pruned_qat" from the pruned one (sparsity-preserving QAT). Returns an `Optimized` record."""
+    from . import prune, quantize_aware
+
+    if kind == "pruned":
+        return prune(model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
+                     learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size,
+                     structured_2x4=config.structured_2x4, skip_layers=config.skip_layers, seed=config.seed,
+                     verbose=config.verbose)
+    return quantize_aware(model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
+                          batch_size=config.fine_tune_batch_size, preserve_sparsity=kind == "pruned_qat",
+                          seed=config.seed, verbose=config.verbose)
+
+
 def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config: ExportConfig | None = None,
              preprocessing=None, labels=None, safe_mode: bool = True) -> dict:
     """Build the requested optimized Keras models and write them to `out/<kind>/`."""
     from ..errors import ConfigError
     from ..evaluation import align_labels, predict_in_batches
     from ..source import load_source
-    from . import prune, quantize_aware
 
     config = config or ExportConfig()
     unknown = sorted(set(kinds) - set(KINDS))
@@ -41,16 +55,11 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     report = {"source": str(source.path), "base_accuracy": accuracy(source.model), "test_images": len(y), "variants": {}}
     built = {}
     if "pruned" in kinds or "pruned_qat" in kinds:
-        built["pruned"] = prune(source.model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
-                                learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size, structured_2x4=config.structured_2x4,
-                                skip_layers=config.skip_layers, seed=config.seed, verbose=config.verbose)
+        built["pruned"] = build_variant("pruned", source.model, dataset, spec, config)
     if "qat" in kinds:
-        built["qat"] = quantize_aware(source.model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
-                                      batch_size=config.fine_tune_batch_size, seed=config.seed, verbose=config.verbose)
+        built["qat"] = build_variant("qat", source.model, dataset, spec, config)
     if "pruned_qat" in kinds:
-        built["pruned_qat"] = quantize_aware(built["pruned"].model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
-                                             batch_size=config.fine_tune_batch_size, preserve_sparsity=True,
-                                             seed=config.seed, verbose=config.verbose)
+        built["pruned_qat"] = build_variant("pruned_qat", built["pruned"].model, dataset, spec, config)
     staging = make_staging_dir(out)
     try:
         for kind in kinds:
