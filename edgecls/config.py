@@ -105,6 +105,7 @@ class ExportConfig:
     prune_learning_rate: float = 0.01
     qat_epochs: int = 1
     qat_learning_rate: float = 0.005
+    qat_calibration: bool = True  # start QAT's activation ranges from the representative images
     fine_tune_batch_size: int = 128
     calibration_count: int = 300
     calibration_seed: int = 0

@@ -162,6 +162,7 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
     report = json.loads((out / "optimize.json").read_text())
     assert set(report["variants"]) == {"pruned", "qat"}
     assert report["variants"]["qat"]["learning_rate"] == 0.002
+    assert report["variants"]["qat"]["ranges_calibrated_on"] == 300  # the default representative set
     assert report["variants"]["pruned"]["kernel_sparsity"] == pytest.approx(0.6, abs=0.01)
     assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
     assert re.search(r"pruned +accuracy 0\.\d{4}  kernel sparsity 0\.600", proc.stdout)
@@ -170,3 +171,44 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
     row = result.rows[0]
     assert row["status"] == "ok" and row["sparsity"] == pytest.approx(0.6, abs=0.02)
     assert (out / "qat" / "model.h5").exists()
+
+
+def test_qat_activation_ranges_start_calibrated_on_real_images():
+    """tfmot starts every activation range at [-6, 6]; edgecls calibrates them on real training
+    images before the fine-tune, changing nothing else in the model."""
+    import numpy as np
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    from edgecls._deps import keras
+    from edgecls.data import calibration_subset
+    from edgecls.optimize.qat import calibrate_ranges
+    from edgecls.preprocess import PreprocessingSpec
+    from edgecls.zoo import create_model
+
+    model = create_model("resnet8")
+    spec = PreprocessingSpec(scale=1 / 255, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    x = spec.apply(calibration_subset(load_dataset("cifar10-sample"), 256, seed=0))
+    q = tfmot.quantization.keras.quantize_model(model)
+    ranges = {w.name.split(":")[0]: w for w in q.weights if w.name.endswith(("output_min:0", "output_max:0"))}
+    assert ranges and all(float(np.max(np.abs(w.numpy()))) == 6.0 for w in ranges.values())
+    others = {w.name: w.numpy().copy() for w in q.weights
+              if not w.name.split("/")[-1].split(":")[0].endswith(("_min", "_max")) and "optimizer_step" not in w.name}
+    original = quant_ops.MovingAvgQuantize
+
+    calibrate_ranges(q, x, batch_size=64)
+
+    assert quant_ops.MovingAvgQuantize is original
+    assert all(layer.trainable for layer in q.layers)
+    # ReLU outputs never go below zero, so their calibrated range starts at exactly 0 (tfmot: -6)...
+    assert float(ranges["quant_stem_relu/output_min"].numpy()) == 0.0
+    # ...and ends at the mean over the four batches of the batch maximum.
+    stem = keras().Model(model.input, model.get_layer("stem_relu").output)
+    expected = np.mean([stem(x[i:i + 64], training=False).numpy().max() for i in range(0, 256, 64)])
+    assert float(ranges["quant_stem_relu/output_max"].numpy()) == pytest.approx(expected, rel=0.05)
+    assert expected < 6 or expected > 6.5  # so the check above can tell calibrated from initial
+    # Weights and BatchNorm statistics are untouched (BatchNorm was frozen for the pass).
+    after = {w.name: w.numpy() for w in q.weights}
+    assert any("moving_mean" in name for name in others)
+    for name, value in others.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)

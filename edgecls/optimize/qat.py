@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from .._deps import tensorflow
-from ..data import Dataset
+from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
 from .common import Optimized, fine_tune, layer_sparsity
@@ -12,9 +14,12 @@ from .common import Optimized, fine_tune, layer_sparsity
 
 def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int = 1, batch_size: int = 128,
                    learning_rate: float = 0.005, preserve_sparsity: bool = False, seed: int = 0,
-                   verbose: int = 0) -> Optimized:
+                   calibration_count: int = 300, calibration_seed: int = 0, verbose: int = 0) -> Optimized:
     """Wrap `model` for 8-bit QAT and fine-tune it. With `preserve_sparsity` (for a pruned model)
-    tfmot's prune-preserving scheme keeps the zeros through quantization."""
+    tfmot's prune-preserving scheme keeps the zeros through quantization.
+
+    Before the fine-tune, the activation ranges are calibrated on `calibration_count` real training
+    images (see `calibrate_ranges`); 0 leaves tfmot's initial ranges of [-6, 6]."""
     if epochs < 1:
         raise ConfigError(f"QAT needs at least one fine-tuning epoch, got {epochs}")
     tensorflow()
@@ -33,10 +38,65 @@ def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int
             q_model = qk.quantize_model(model)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ModelError(_explain(exc)) from None
+    calibrated = 0
+    if calibration_count:
+        images = calibration_subset(dataset, min(calibration_count, len(dataset.train)), calibration_seed)
+        calibrate_ranges(q_model, spec.apply(images), batch_size)
+        calibrated = len(images)
     history = fine_tune(q_model, dataset, spec, epochs, batch_size, learning_rate, seed, verbose=verbose)
     details = {"epochs": epochs, "learning_rate": learning_rate, "preserve_sparsity": preserve_sparsity,
-               "history": history, **layer_sparsity(q_model)}
+               "ranges_calibrated_on": calibrated, "history": history, **layer_sparsity(q_model)}
     return Optimized(q_model, "pruned_qat" if preserve_sparsity else "qat", details)
+
+
+def calibrate_ranges(q_model, x: np.ndarray, batch_size: int = 128) -> None:
+    """Start every activation range of a tfmot QAT model at the mean, over batches of real
+    images, of the batch's min and max: the value its moving average converges to in training.
+
+    tfmot starts each activation range at [-6, 6] and moves it by an exponential moving average
+    with decay 0.999 per step, without bias correction. After a one-epoch fine-tune (~350 steps)
+    the ranges are still ~70% the initial ones: ReLU outputs keep a negative range they never use,
+    and outputs beyond 6 are clipped. On resnet8 that cost about a point of top-1 (BENCHMARKS.md).
+
+    This runs the model in training mode over `x` (already normalized) with the moving average's
+    decay set to (k - 1) / k at batch k, which makes each range the exact mean of the batch values.
+    BatchNormalization layers are frozen for the pass, so only the quantization ranges change
+    (and the weight ranges, which tfmot sets from the weights on every training step)."""
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    if len(x) == 0:
+        return
+    original = quant_ops.MovingAvgQuantize
+    state = {"decay": 0.0}
+
+    def mean_of_batches(*args, **kwargs):
+        kwargs["ema_decay"] = state["decay"]
+        return original(*args, **kwargs)
+
+    frozen = [layer for layer in _all_layers(q_model)
+              if type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") and layer.trainable]
+    quant_ops.MovingAvgQuantize = mean_of_batches
+    try:
+        for layer in frozen:
+            layer.trainable = False
+        for k, start in enumerate(range(0, len(x), batch_size), start=1):
+            state["decay"] = (k - 1) / k
+            q_model(x[start:start + batch_size], training=True)
+    finally:
+        quant_ops.MovingAvgQuantize = original
+        for layer in frozen:
+            layer.trainable = True
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        inner = getattr(layer, "layer", None)  # a tfmot wrapper
+        if inner is not None:
+            yield inner
+            yield from _all_layers(inner)
+        else:
+            yield from _all_layers(layer)
 
 
 def _explain(exc: Exception) -> str:

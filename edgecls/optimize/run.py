@@ -27,7 +27,8 @@ def build_variant(kind: str, model, dataset, spec, config: ExportConfig):
                      verbose=config.verbose)
     return quantize_aware(model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
                           batch_size=config.fine_tune_batch_size, preserve_sparsity=kind == "pruned_qat",
-                          seed=config.seed, verbose=config.verbose)
+                          seed=config.seed, calibration_count=config.calibration_count if config.qat_calibration else 0,
+                          calibration_seed=config.calibration_seed, verbose=config.verbose)
 
 
 def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config: ExportConfig | None = None,
