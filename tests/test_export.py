@@ -163,6 +163,8 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
     assert set(report["variants"]) == {"pruned", "qat"}
     assert report["variants"]["qat"]["learning_rate"] == 0.002
     assert report["variants"]["qat"]["ranges_calibrated_on"] == 300  # the default representative set
+    assert report["variants"]["qat"]["per_layer"]  # kernels only, not tfmot's quantization ranges
+    assert not [name for name in report["variants"]["qat"]["per_layer"] if name.endswith(("_min", "_max"))]
     assert report["variants"]["pruned"]["kernel_sparsity"] == pytest.approx(0.6, abs=0.01)
     assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
     assert re.search(r"pruned +accuracy 0\.\d{4}  kernel sparsity 0\.600", proc.stdout)

@@ -25,8 +25,8 @@ def kernel_layers(model):
             yield from kernel_layers(layer)
             continue
         for w in layer.weights:
-            name = w.name.split("/")[-1]
-            if name.startswith(("kernel", "depthwise_kernel", "pointwise_kernel")):
+            name = w.name.split("/")[-1].split(":")[0]
+            if name in ("kernel", "depthwise_kernel", "pointwise_kernel"):  # not tfmot's kernel_min/kernel_max
                 yield layer, w
 
 
