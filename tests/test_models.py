@@ -40,10 +40,11 @@ def test_shipped_bundle_is_complete_and_intact(name):
     assert all(v["status"] == "ok" and v["images"] == 10000 for v in rows.values())
 
 
-def test_shipped_report_matches_the_manifest():
-    """The bench report beside resnet8 measured the same files, and the same accuracy as the
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_report_matches_the_manifest(name):
+    """The bench report beside each bundle measured the same files, and the same accuracy as the
     export validation on the same 10,000 images (tools/check_model_targets.py checks the targets)."""
-    folder = MODELS / "resnet8"
+    folder = MODELS / name
     bundle = load_bundle(folder)
     rows = {v["name"]: v for v in json.loads((folder / "report.json").read_text())["variants"]}
     for art in bundle.artifacts:
