@@ -125,20 +125,6 @@ def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
     assert fp32._lut is None
 
 
-def test_pair_table_fill_equals_the_per_byte_table(sample_bundle):
-    """The byte-pair table (even sizes) and the per-byte table (odd sizes) write the same values:
-    table[channel * 256 + pixel] for every pixel."""
-    runner = runtime.load(sample_bundle.out, variant="tflite_int8")
-    assert runner._pair_lut is not None and runner._pair_lut.shape == (3 * 65536,)
-    rng = np.random.default_rng(0)
-    for shape in ((1, 32, 32, 3), (2, 32, 32, 3), (1, 3, 3, 3), (3, 5, 1, 3)):  # 3,072/6,144 bytes; 27/45 (odd)
-        images = rng.integers(0, 256, shape, dtype=np.uint8)
-        expected = runner._lut[np.arange(3) * 256 + images.astype(np.int64)]
-        buffer = np.zeros(shape, runner._lut.dtype)
-        runner._fill(images, buffer)
-        np.testing.assert_array_equal(buffer, expected, err_msg=str(shape))
-
-
 def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
     """tflite_int8_pixels normalizes inside its graph: uint8 pixels go into the interpreter as they
     are (input quantization scale 1, zero point 0), and it agrees with the normalized-input int8."""

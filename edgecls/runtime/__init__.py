@@ -14,7 +14,6 @@ runner (`load` again). onnxruntime sessions run concurrently.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -48,7 +47,6 @@ class Runner:
         self.artifact = artifact or {}
         self._identity = False
         self._lut = self._quantized_input_table()
-        self._pair_lut = self._pair_table()
         self._index_buffers: dict[tuple, np.ndarray] = {}
 
     def _quantized_input_table(self):
@@ -66,22 +64,6 @@ class Runner:
         # A uint8-input model whose input quantization is the identity takes the pixels as they are.
         self._identity = bool(table.dtype == np.uint8 and np.array_equal(table, np.tile(np.arange(256, dtype=np.uint8), 3)))
         return table
-
-    def _pair_table(self):
-        """The 3 x 256 table widened to byte pairs: the pixels of an RGB image, read as uint16,
-        are pairs of channels (R,G), (B,R), (G,B), repeating every three pairs. Three 65,536-entry
-        tables (384 KB) give both bytes of a pair in one lookup: half the lookups of `_lut`, with no
-        widening pass, so the fill takes about half the time (BENCHMARKS.md section 3)."""
-        if self._lut is None or self._identity or sys.byteorder != "little":
-            return None
-        lut = self._lut.view(np.uint8).astype(np.uint16)
-        v = np.arange(65536, dtype=np.uint32)
-        low, high = v & 255, v >> 8  # little-endian: the low byte is the first of the pair
-        tables = []
-        for k in range(3):
-            first, second = (2 * k) % 3, (2 * k + 1) % 3
-            tables.append(lut[first * 256 + low] | (lut[second * 256 + high] << 8))
-        return np.concatenate(tables)
 
     def _normalize(self, images: np.ndarray) -> np.ndarray:
         if self.input_kind == "pixels":
@@ -137,18 +119,7 @@ class Runner:
         if self._identity:
             np.copyto(buffer, images)
             return
-        # Called with the backend's lock held, so the cached buffers are not shared.
-        if self._pair_lut is not None and images.size % 2 == 0 and buffer.flags.c_contiguous:
-            pairs = np.ascontiguousarray(images).reshape(-1).view(np.uint16)
-            cached = self._index_buffers.get(pairs.size)
-            if cached is None:  # which of the three tables each pair reads
-                offsets = np.resize(np.array([0, 65536, 131072], np.uint32), pairs.size)
-                cached = self._index_buffers[pairs.size] = (offsets, np.empty(pairs.size, np.uint32))
-            offsets, index = cached
-            np.add(pairs, offsets, out=index)
-            np.take(self._pair_lut, index, out=buffer.reshape(-1).view(np.uint16), mode="wrap")
-            return
-        # The per-byte table (an odd number of bytes, or a big-endian machine). The offsets
+        # Called with the backend's lock held, so the cached buffers are not shared. The offsets
         # are a full-size array (not a broadcast (3,) vector, whose 3-element inner loops are slow)
         # and the indices uint16; mode="wrap" skips take's bounds-checking copy (all are valid).
         cached = self._index_buffers.get(images.shape)
