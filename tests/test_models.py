@@ -16,9 +16,11 @@ MODELS = ROOT / "models"
 SHIPPED = sorted(p.parent.name for p in MODELS.glob("*/manifest.json"))
 
 
-def test_resnet8_is_shipped():
-    """The README's main job starts from it."""
-    assert "resnet8" in SHIPPED
+def test_every_zoo_model_is_shipped():
+    """resnet8 above all: the README's main job starts from it."""
+    from edgecls.zoo import list_models
+
+    assert "resnet8" in SHIPPED and set(list_models()) <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
