@@ -214,3 +214,22 @@ def test_qat_activation_ranges_start_calibrated_on_real_images():
     assert any("moving_mean" in name for name in others)
     for name, value in others.items():
         np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_no_qat_calibration_flag_reaches_qat(monkeypatch):
+    """--no-qat-calibration turns the range calibration off; by default QAT calibrates on the
+    representative set (--calibration-count, --calibration-seed)."""
+    import edgecls.optimize
+    from edgecls.cli import _export_config, build_parser
+    from edgecls.optimize.run import build_variant
+
+    seen = []
+    monkeypatch.setattr(edgecls.optimize, "quantize_aware", lambda *a, **kw: seen.append(kw))
+    base = ["export", "m", "--data", "d", "--out", "o"]
+    for extra, count in (([], 300), (["--calibration-count", "120", "--calibration-seed", "3"], 120),
+                         (["--no-qat-calibration"], 0)):
+        config = _export_config(build_parser().parse_args(base + extra))
+        assert config.qat_calibration == (count != 0)
+        build_variant("qat", None, None, None, config)
+        assert seen[-1]["calibration_count"] == count
+    assert seen[1]["calibration_seed"] == 3
