@@ -229,11 +229,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
                 data = tflite_convert(with_pixel_input(keras_model, spec), variant.precision, calibration_pixels,
                                       uint8_input=True, per_channel=per_channel)
-                suffix = ".tflite"
             elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
                                       quantization_aware=quantization_aware, per_channel=per_channel)
-                suffix = ".tflite"
             if variant.format == "tflite":
                 if variant.precision == "int8":
                     row["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
@@ -257,13 +255,12 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                     float_io = tflite_convert(base, "int8", representative, int8_io=False)
                     data = onnx_export.convert_from_tflite(float_io, opset=config.onnx_opset)
                     row["description"] = "ONNX int8 via tf2onnx from the int8 TFLite model"
-                suffix = ".onnx"
         except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
             rows.append(row)
             log.warning("%s: %s", name, exc)
             continue
-        file = staging / f"{name}{suffix}"
+        file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
         file.write_bytes(data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
         try:
