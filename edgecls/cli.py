@@ -45,7 +45,7 @@ def _cmd_train(args) -> int:
         recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, augment=not args.no_augment, val_fraction=args.val_fraction,
         patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
-        init_from=args.init, verbose=args.verbose,
+        init_from=args.init, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_lr, verbose=args.verbose,
     )
     result = train(config)
     m = result.metrics
@@ -53,6 +53,9 @@ def _cmd_train(args) -> int:
         f"{config.arch}: test accuracy {m['test_accuracy']:.4f} after {m['epochs_run']} epochs "
         f"({m['mean_epoch_time_s']} s/epoch, {m['images_per_s']} images/s on {m['device']}); wrote {result.out}"
     )
+    if m.get("swa"):
+        print(f"  weight average of {len(m['swa']['averaged_epochs'])} epochs; the last epoch alone: "
+              f"{m['swa']['last_epoch_test_accuracy']:.4f}")
     return 0
 
 
@@ -256,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="TRAINED_DIR", default=None,
                    help="start from the weights of a finished 'edgecls train' run (same arch and classes) "
                         "with a new learning-rate cycle; its preprocessing is kept")
+    p.add_argument("--swa-epochs", type=int, default=0, metavar="N",
+                   help="stochastic weight averaging: train the last N epochs at a constant rate, average their "
+                        "weights, recompute BatchNorm statistics (default 0: off; early stopping is off with it)")
+    p.add_argument("--swa-lr", type=float, default=None, help="learning rate of the averaging epochs (default: half the peak --lr)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
     p.set_defaults(func=_cmd_train)
 

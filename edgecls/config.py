@@ -18,6 +18,10 @@ class TrainConfig:
     standardized with the training set's per-channel mean and std.
     recipe "tutorial": the Keras CIFAR-10 tutorial's plain recipe (Adam 1e-3, no augmentation, no
     label smoothing, pixels / 255), kept as a baseline to compare against.
+
+    swa_epochs > 0 ends an "edgecls" run with stochastic weight averaging: the cosine decay reaches
+    `swa_lr` that many epochs before the end, the rate then stays there, the weights at the end of
+    each of those epochs are averaged, and BatchNorm statistics are recomputed for the average.
     """
 
     data: str = "cifar10-sample"
@@ -38,6 +42,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     init_from: str | None = None
+    swa_epochs: int = 0
+    swa_learning_rate: float | None = None
     verbose: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -59,6 +65,12 @@ class TrainConfig:
         need(isinstance(self.image_size, int) and 8 <= self.image_size <= 1024, f"image_size must be an integer in 8..1024, got {self.image_size!r}")
         need(self.verbose in (None, 0, 1, 2), f"verbose must be 0, 1 or 2, got {self.verbose!r}")
         need(bool(str(self.out).strip()), "out must name a directory")
+        need(isinstance(self.swa_epochs, int) and 0 <= self.swa_epochs, f"swa_epochs must be an integer >= 0, got {self.swa_epochs!r}")
+        if self.swa_epochs:
+            need(self.recipe != "tutorial", "weight averaging (swa_epochs) belongs to the 'edgecls' recipe, not 'tutorial'")
+            need(2 <= self.swa_epochs < self.epochs,
+                 f"swa_epochs must be at least 2 and less than epochs ({self.epochs}) so some epochs come before the averaging; got {self.swa_epochs}")
+        need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
 
     @property
     def peak_learning_rate(self) -> float:
@@ -77,10 +89,18 @@ class TrainConfig:
             base = 0.1
         return base * self.batch_size / 128
 
+    @property
+    def swa_lr(self) -> float:
+        """The constant learning rate of the averaging epochs: half the peak unless given, as in the
+        SWA paper's CIFAR runs (0.05 after a peak of 0.1)."""
+        return self.swa_learning_rate if self.swa_learning_rate is not None else self.peak_learning_rate / 2
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("extra")
         d["peak_learning_rate"] = self.peak_learning_rate
+        if self.swa_epochs:
+            d["swa_lr"] = self.swa_lr
         return d
 
 

@@ -36,7 +36,10 @@ from .zoo import create_model, get_model_info, model_stats
 log = logging.getLogger("edgecls")
 
 TRAIN_FILE = "train.json"
-_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "init_from")
+_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "init_from",
+                "swa_epochs", "swa_learning_rate")
+# What a run.json written before a key existed meant by it.
+_RESUME_DEFAULTS = {"swa_epochs": 0, "swa_learning_rate": None}
 
 
 @dataclass
@@ -83,11 +86,14 @@ def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
     total = max(1, config.epochs * steps_per_epoch)
     if config.recipe == "tutorial":
         return k.optimizers.Adam(learning_rate=config.peak_learning_rate)
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    # With weight averaging the decay ends swa_epochs before the end, at the averaging rate, and
+    # stays there (CosineDecay holds its last value past decay_steps).
+    decay_end = total - config.swa_epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), decay_end - 1)
     schedule = k.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else config.peak_learning_rate,
-        decay_steps=total - warmup,
-        alpha=0.0,
+        decay_steps=decay_end - warmup,
+        alpha=config.swa_lr / config.peak_learning_rate if config.swa_epochs else 0.0,
         warmup_target=config.peak_learning_rate if warmup else None,
         warmup_steps=warmup,
     )
@@ -98,6 +104,31 @@ def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
         # Decay only convolution and dense kernels: shrinking BatchNorm scales or biases hurts.
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
     return optimizer
+
+
+def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, num_classes, test_ds, val_ds) -> dict:
+    """Replace the model's weights by their average over the last epochs and recompute BatchNorm
+    statistics on the (unaugmented) training images. Returns what was done and, for comparison,
+    the last epoch's own accuracy."""
+    from .data.pipeline import make_dataset
+    from .swa import recompute_batch_norm
+
+    if average.count < 2:
+        raise ModelError(f"weight averaging: only {average.count} epoch(s) were averaged; nothing to average")
+    info = {"epochs": config.swa_epochs, "lr": config.swa_lr, "averaged_epochs": [e + 1 for e in average.epochs]}
+    info["last_epoch_test_accuracy"] = float(model.evaluate(test_ds, verbose=0)[1])
+    if val_ds is not None:
+        info["last_epoch_val_accuracy"] = float(model.evaluate(val_ds, verbose=0)[1])
+    model.set_weights(average.weights(model.get_weights()))
+    plain = make_dataset(x_train, y_train, spec, config.batch_size, num_classes, cache=False)
+    start = time.perf_counter()
+    info["batch_norm_images"] = recompute_batch_norm(model, plain)
+    info["batch_norm_s"] = round(time.perf_counter() - start, 2)
+    if val_ds is not None:
+        info["val_accuracy"] = float(model.evaluate(val_ds, verbose=0)[1])
+    log.info("SWA: averaged %d epochs; BatchNorm statistics recomputed on %d training images",
+             average.count, info["batch_norm_images"])
+    return info
 
 
 def _NaNGuard(k):
@@ -174,7 +205,7 @@ def _check_resume(staging: Path, config: TrainConfig) -> None:
     if run_file.exists():
         before = json.loads(run_file.read_text())
         now = config.to_dict()
-        changed = [k for k in _RESUME_KEYS if before.get(k) != now.get(k)]
+        changed = [k for k in _RESUME_KEYS if before.get(k, _RESUME_DEFAULTS.get(k)) != now.get(k)]
         if changed:
             raise ConfigError(
                 f"cannot resume {staging}: {', '.join(f'{k} was {before.get(k)!r}, now {now.get(k)!r}' for k in changed)}; "
@@ -257,7 +288,20 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     nan_guard = _NaNGuard(k)
     cbs = [nan_guard, k.callbacks.BackupAndRestore(str(staging / "backup"), save_freq="epoch", delete_checkpoint=False),
            recorder.callback]
-    if config.patience and val_ds is not None:
+    average = None
+    if config.swa_epochs:
+        from .swa import STATE_FILE, WeightAverage
+
+        if placement.replicas > 1 or not placement.is_chief:
+            raise ConfigError("weight averaging (--swa-epochs) runs on one device only for now; drop --swa-epochs "
+                              "or train without a distribution strategy")
+        average = WeightAverage(staging / STATE_FILE, first_epoch=config.epochs - config.swa_epochs)
+        # Before BackupAndRestore: an epoch is averaged before its checkpoint is written, and a
+        # resumed run that repeats it does not count it twice.
+        cbs.insert(1, average.callback())
+        if config.patience and val_ds is not None:
+            log.info("weight averaging: early stopping is off (the average needs the last %d epochs)", config.swa_epochs)
+    elif config.patience and val_ds is not None:
         cbs.append(k.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                              restore_best_weights=True, verbose=1))
     cbs.extend(callbacks)
@@ -272,6 +316,9 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         shutil.rmtree(staging, ignore_errors=True)
         raise ModelError(f"training diverged: the loss became NaN in epoch {nan_guard.epoch + 1} at a peak learning "
                          f"rate of {config.peak_learning_rate:g}; start again with a lower --lr")
+    swa_info = None
+    if average is not None:
+        swa_info = _apply_average(model, average, config, x_train, y_train, spec, num_classes, test_ds, val_ds)
     test_loss, test_acc = model.evaluate(test_ds, verbose=0)
 
     if placement.mixed_precision:
@@ -306,8 +353,10 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
             "config": start_metrics.get("config"),
         } if config.init_from else None,
         "stopped_early": bool(rows) and len(rows) < config.epochs,
+        "swa": swa_info,
         "history": rows,
-        "val_accuracy": rows[-1].get("val_accuracy") if rows else None,
+        # Of the shipped weights: the average's when weights were averaged.
+        "val_accuracy": (swa_info or {}).get("val_accuracy", rows[-1].get("val_accuracy") if rows else None),
         "best_val_accuracy": best.get("val_accuracy") if best else None,
         "best_epoch": best.get("epoch") if best else None,
         "test_accuracy": float(test_acc),

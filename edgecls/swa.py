@@ -1,0 +1,110 @@
+"""Stochastic weight averaging (Izmailov et al., 2018, "Averaging Weights Leads to Wider Optima").
+
+The last `swa_epochs` epochs of a run are trained at a constant learning rate and the weights at
+the end of each of them are averaged. The average lies nearer the centre of the flat region that
+SGD keeps circling, and usually generalizes better than any single point on the way. BatchNorm
+statistics do not average (they belong to the weights that produced them), so they are recomputed
+for the averaged weights with one pass over the training images.
+
+The running average is saved in the run's staging folder after every epoch, so a resumed run
+(`--resume`) keeps it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ._deps import keras
+
+log = logging.getLogger("edgecls")
+
+STATE_FILE = "swa.npz"
+
+
+class WeightAverage:
+    """Running mean of a model's weights over the epochs `first_epoch`.. (0-based), saved to `path`."""
+
+    def __init__(self, path: Path, first_epoch: int):
+        self.path = Path(path)
+        self.first_epoch = first_epoch
+        self.count = 0
+        self.epochs: list[int] = []
+        self.mean: list[np.ndarray] | None = None
+        if self.path.exists():
+            with np.load(self.path) as state:
+                self.count = int(state["count"])
+                self.epochs = [int(e) for e in state["epochs"]]
+                self.mean = [state[f"w{i}"] for i in range(int(state["n"]))]
+
+    def update(self, epoch: int, weights: list[np.ndarray]) -> bool:
+        """Add the weights at the end of `epoch`; False (nothing done) before the averaging window
+        or for an epoch already counted (a resumed run repeating the epoch its checkpoint missed)."""
+        if epoch < self.first_epoch or epoch in self.epochs:
+            return False
+        self.count += 1
+        if self.mean is None:
+            self.mean = [np.array(w, dtype=np.float64) for w in weights]
+        else:
+            for m, w in zip(self.mean, weights):
+                m += (np.asarray(w, dtype=np.float64) - m) / self.count
+        self.epochs.append(epoch)
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        arrays = {f"w{i}": m for i, m in enumerate(self.mean)}
+        np.savez(tmp, count=self.count, epochs=np.array(self.epochs, dtype=np.int64), n=len(self.mean), **arrays)
+        tmp.replace(self.path)
+
+    def weights(self, like: list[np.ndarray]) -> list[np.ndarray]:
+        return [m.astype(w.dtype) for m, w in zip(self.mean, like)]
+
+    def callback(self):
+        k = keras()
+        average = self
+
+        class AverageWeights(k.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if average.update(epoch, self.model.get_weights()):
+                    log.info("SWA: averaged the weights of epoch %d (%d in the average)", epoch + 1, average.count)
+
+        return AverageWeights()
+
+
+def _batch_norms(model):
+    k = keras()
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, k.layers.BatchNormalization):
+            yield layer
+        yield from _batch_norms(layer)
+
+
+def recompute_batch_norm(model, batches) -> int:
+    """Set every BatchNorm layer's moving mean and variance to the average of its batch statistics
+    over `batches` (an iterable of input arrays or (inputs, labels) pairs), weighted by batch size.
+    Weights are not changed. Returns the number of images seen (0: no BatchNorm, nothing done)."""
+    layers = list(_batch_norms(model))
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            n = int(x.shape[0])
+            # moving = momentum * moving + (1 - momentum) * batch statistic: with this momentum the
+            # moving value is the exact size-weighted mean of the batch statistics so far.
+            for layer in layers:
+                layer.momentum = seen / (seen + n)
+            model(x, training=True)
+            seen += n
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.momentum = m
+    return seen
