@@ -83,7 +83,8 @@ def _export_config(args):
         formats=tuple(args.formats) if getattr(args, "formats", None) else ("all",), sparsity=args.sparsity,
         structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
         prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-        qat_calibration=not getattr(args, "no_qat_calibration", False), fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
+        qat_calibration=not getattr(args, "no_qat_calibration", False), distill=args.distill,
+        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
         calibration_seed=args.calibration_seed, float_io=getattr(args, "float_io", False),
         int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
         onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
@@ -219,6 +220,11 @@ def _add_model_options(p):
     p.add_argument("--no-qat-calibration", action="store_true",
                    help="start QAT from tfmot's initial activation ranges [-6, 6] instead of ranges calibrated on "
                         "the representative images (for comparison; costs about a point on resnet8)")
+    p.add_argument("--distill", action="store_true",
+                   help="pruning and QAT fine-tunes also learn the original model's softened outputs (knowledge "
+                        "distillation from the uncompressed model; slower per epoch, recovers more accuracy)")
+    p.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of distillation (default 4)")
     p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
     p.add_argument("--calibration-count", type=int, default=300, help="representative training images for int8")
     p.add_argument("--calibration-seed", type=int, default=0)

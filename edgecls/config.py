@@ -126,6 +126,9 @@ class ExportConfig:
     qat_epochs: int = 1
     qat_learning_rate: float = 0.005
     qat_calibration: bool = True  # start QAT's activation ranges from the representative images
+    distill: bool = False  # pruning and QAT fine-tunes also learn the float model's soft outputs
+    distill_alpha: float = 0.9
+    distill_temperature: float = 4.0
     fine_tune_batch_size: int = 128
     calibration_count: int = 300
     calibration_seed: int = 0
@@ -154,6 +157,8 @@ class ExportConfig:
         need(self.prune_learning_rate > 0, f"prune_learning_rate must be positive, got {self.prune_learning_rate}")
         need(self.qat_learning_rate > 0, f"qat_learning_rate must be positive, got {self.qat_learning_rate}")
         need(isinstance(self.qat_epochs, int) and self.qat_epochs >= 1, f"qat_epochs must be >= 1, got {self.qat_epochs!r}")
+        need(0.0 < self.distill_alpha <= 1.0, f"distill_alpha must be in (0, 1], got {self.distill_alpha}")
+        need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
         need(isinstance(self.fine_tune_batch_size, int) and self.fine_tune_batch_size >= 1,
              f"fine_tune_batch_size must be >= 1, got {self.fine_tune_batch_size!r}")
         need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,

@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from edgecls import runtime
@@ -241,3 +242,81 @@ def test_no_qat_calibration_flag_reaches_qat(monkeypatch):
         build_variant("qat", None, None, None, config)
         assert seen[-1]["calibration_count"] == count
     assert seen[1]["calibration_seed"] == 3
+
+
+def test_distillation_loss_is_tempered_kl_from_probabilities():
+    from edgecls.optimize.common import distillation_loss
+
+    rng = np.random.default_rng(0)
+    logits_t, logits_s = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    t, s = softmax(logits_t).astype(np.float32), softmax(logits_s).astype(np.float32)
+    for temp in (1.0, 4.0):
+        pt, ps = softmax(logits_t / temp), softmax(logits_s / temp)
+        expected = temp ** 2 * (pt * (np.log(pt) - np.log(ps))).sum(1)
+        np.testing.assert_allclose(distillation_loss(s, t, temp).numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(distillation_loss(t, t, 4.0).numpy(), 0.0, atol=1e-5)
+
+
+def test_distillation_pulls_the_student_to_the_teacher_not_the_labels(trained_tiny):
+    """With alpha = 1 only the teacher's outputs teach: trained on shuffled labels, a fresh student
+    still moves toward the teacher on held-out images (and away from it without distillation)."""
+    from dataclasses import replace
+
+    from edgecls._deps import keras
+    from edgecls.data import ImageSet
+    from edgecls.optimize.common import Distillation, distillation_loss, fine_tune
+    from edgecls.preprocess import PreprocessingSpec
+    from edgecls.zoo import create_model
+
+    from .conftest import TINY_ZIP
+
+    data = load_dataset(TINY_ZIP)
+    spec = PreprocessingSpec.load(trained_tiny.out / "preprocessing.json")
+    rng = np.random.default_rng(0)
+    shuffled = replace(data, train=ImageSet(data.train.images, rng.permutation(data.train.labels)))
+    teacher = trained_tiny.model
+    x = spec.apply(data.test.images)
+    soft = teacher.predict(x, verbose=0)
+
+    def gap(student):
+        return float(np.mean(distillation_loss(student.predict(x, verbose=0), soft, 1.0).numpy()))
+
+    results = {}
+    for distill in (True, False):
+        keras().utils.set_random_seed(1)
+        student = create_model("seed_cnn")
+        before = gap(student)
+        fine_tune(student, shuffled, spec, epochs=6, batch_size=32, learning_rate=0.05, val_fraction=0.0,
+                  distillation=Distillation(teacher, alpha=1.0, temperature=1.0) if distill else None)
+        results[distill] = (before, gap(student))
+    (before, after), (_, plain) = results[True], results[False]
+    assert after < 0.8 * before, results
+    assert after < plain, results
+
+
+def test_distill_flags_reach_every_fine_tune_with_the_base_model_as_teacher(monkeypatch):
+    import edgecls.optimize
+    from edgecls.cli import _export_config, build_parser
+    from edgecls.optimize.run import build_variant
+
+    seen = []
+    monkeypatch.setattr(edgecls.optimize, "quantize_aware", lambda *a, **kw: seen.append(kw))
+    monkeypatch.setattr(edgecls.optimize, "prune", lambda *a, **kw: seen.append(kw))
+    base = ["export", "m", "--data", "d", "--out", "o"]
+    config = _export_config(build_parser().parse_args(base))
+    assert not config.distill
+    build_variant("qat", "model", None, None, config)
+    assert seen[-1]["distillation"] is None
+    config = _export_config(build_parser().parse_args(base + ["--distill", "--distill-alpha", "0.5", "--distill-temperature", "2"]))
+    build_variant("pruned", "model", None, None, config)
+    d = seen[-1]["distillation"]
+    assert (d.teacher, d.alpha, d.temperature) == ("model", 0.5, 2.0)
+    build_variant("pruned_qat", "pruned model", None, None, config, teacher="base model")
+    assert seen[-1]["distillation"].teacher == "base model"
+    with pytest.raises(ConfigError, match="distill_alpha"):
+        _export_config(build_parser().parse_args(base + ["--distill-alpha", "0"]))

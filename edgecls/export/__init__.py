@@ -195,7 +195,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             else:
                 log.info("%squantization-aware training (%d epochs)",
                          "sparsity-preserving " if kind == "pruned_qat" else "", config.qat_epochs)
-            opt = build_variant(kind, start, dataset, spec, config)
+            opt = build_variant(kind, start, dataset, spec, config, teacher=base)
         except _BuildError:
             raise
         except EdgeclsError as exc:

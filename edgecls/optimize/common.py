@@ -11,6 +11,21 @@ from ..data import Dataset, stratified_split
 from ..preprocess import PreprocessingSpec
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Fine-tune against a teacher's softened outputs as well as the labels (Hinton et al., 2015):
+    loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T), where _T is the
+    softmax at temperature T. Here the teacher is the model being optimized, before pruning or
+    quantization, so the fine-tune pulls the compressed model back toward the function it had."""
+
+    teacher: object
+    alpha: float = 0.9
+    temperature: float = 4.0
+
+    def describe(self) -> dict:
+        return {"teacher": getattr(self.teacher, "name", "teacher"), "alpha": self.alpha, "temperature": self.temperature}
+
+
 @dataclass
 class Optimized:
     model: object  # tf_keras.Model, ready to convert
@@ -50,8 +65,10 @@ def layer_sparsity(model) -> dict:
 
 
 def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, batch_size: int, learning_rate: float,
-              seed: int = 0, callbacks=(), verbose: int = 0, val_fraction: float = 0.1) -> dict:
-    """A short fine-tune on the training split (augmented), SGD with cosine decay."""
+              seed: int = 0, callbacks=(), verbose: int = 0, val_fraction: float = 0.1,
+              distillation: Distillation | None = None) -> dict:
+    """A short fine-tune on the training split (augmented), SGD with cosine decay; against a
+    teacher's soft outputs too when `distillation` is given. The models output probabilities."""
     from ..data.pipeline import make_dataset
 
     k = keras()
@@ -64,10 +81,73 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
                               dataset.num_classes)
     steps = max(1, epochs * math.ceil(len(x) / batch_size))
     schedule = k.optimizers.schedules.CosineDecay(learning_rate, steps)
-    model.compile(
-        optimizer=k.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
-        loss=k.losses.CategoricalCrossentropy(label_smoothing=0.1),
-        metrics=[k.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
+    trainer = model if distillation is None else _distiller(model, distillation)
+    optimizer = k.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    if distillation is None:
+        trainer.compile(optimizer=optimizer, loss=k.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                        metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
+    else:
+        trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
+
+
+def distillation_loss(student_probs, teacher_probs, temperature: float):
+    """T^2 * KL(teacher_T || student_T) per example, from probability outputs (log p are logits up
+    to a constant, so softmax(log p / T) is the distribution at temperature T)."""
+    from .._deps import tensorflow
+
+    tf = tensorflow()
+    eps = 1e-7
+    t_log = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(teacher_probs, eps, 1.0)) / temperature)
+    s_log = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(student_probs, eps, 1.0)) / temperature)
+    return temperature ** 2 * tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1)
+
+
+def _distiller(student, distillation: Distillation):
+    """A Keras model that trains `student` (fit's callbacks reach its layers, pruning's included)
+    on the distillation loss; evaluation and predictions are the student's own."""
+    from .._deps import tensorflow
+
+    k, tf = keras(), tensorflow()
+    alpha, temperature = float(distillation.alpha), float(distillation.temperature)
+
+    def hard_loss(y, pred):
+        return tf.reduce_mean(k.losses.categorical_crossentropy(y, pred, label_smoothing=0.1))
+
+    class Distiller(k.Model):
+        def __init__(self):
+            super().__init__(name=f"{student.name}_distiller")
+            self.student = student
+            self.teacher = distillation.teacher
+            self.loss_tracker = k.metrics.Mean(name="loss")
+            self.accuracy = k.metrics.CategoricalAccuracy(name="accuracy")
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.accuracy]
+
+        def call(self, x, training=False):
+            return self.student(x, training=training)
+
+        def train_step(self, data):
+            x, y = data
+            soft = self.teacher(x, training=False)
+            with tf.GradientTape() as tape:
+                pred = self.student(x, training=True)
+                loss = ((1 - alpha) * hard_loss(y, pred) + alpha * tf.reduce_mean(distillation_loss(pred, soft, temperature))
+                        + tf.add_n([0.0, *self.student.losses]))
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.loss_tracker.update_state(loss)
+            self.accuracy.update_state(y, pred)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y = data
+            pred = self.student(x, training=False)
+            self.loss_tracker.update_state(hard_loss(y, pred))
+            self.accuracy.update_state(y, pred)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Distiller()

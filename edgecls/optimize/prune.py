@@ -7,7 +7,7 @@ from .._deps import keras, tensorflow
 from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
-from .common import Optimized, fine_tune, layer_sparsity
+from .common import Distillation, Optimized, fine_tune, layer_sparsity
 
 
 def _tfmot():
@@ -19,13 +19,15 @@ def _tfmot():
 
 def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.5, epochs: int = 2,
           batch_size: int = 128, learning_rate: float = 0.01, structured_2x4: bool = False,
-          skip_layers: tuple[str, ...] = (), seed: int = 0, verbose: int = 0) -> Optimized:
+          skip_layers: tuple[str, ...] = (), seed: int = 0, verbose: int = 0,
+          distillation: Distillation | None = None) -> Optimized:
     """Prune the kernels of every prunable layer to `sparsity` (a polynomial schedule from 0 over
     the first 70% of a short fine-tune), then strip the pruning wrappers.
 
     structured_2x4 prunes 2 of every 4 consecutive weights instead (50% sparsity, the pattern sparse
     tensor cores and some NPUs accelerate); layers whose shape does not allow it stay dense.
     `skip_layers` names layers to leave unpruned (the way out for a layer tfmot cannot prune).
+    `distillation` fine-tunes against a teacher's soft outputs too (usually the unpruned model).
     """
     if not 0.0 < sparsity < 1.0:
         raise ConfigError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
@@ -73,7 +75,7 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
         raise ModelError(f"pruning failed: {first_line(exc)}") from None
     _copy_weights(model, wrapped)
     history = fine_tune(wrapped, dataset, spec, epochs, batch_size, learning_rate, seed,
-                        callbacks=[sk.UpdatePruningStep()], verbose=verbose)
+                        callbacks=[sk.UpdatePruningStep()], verbose=verbose, distillation=distillation)
     stripped = sk.strip_pruning(wrapped)
     counts = layer_sparsity(stripped)
     details = {
@@ -81,6 +83,7 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
         "structure": "2:4" if structured_2x4 else "unstructured",
         "epochs": epochs,
         "learning_rate": learning_rate,
+        "distillation": distillation.describe() if distillation else None,
         "skipped_layers": sorted(set(skip_layers)),
         "dense_for_2x4": skipped_2x4,
         "history": history,

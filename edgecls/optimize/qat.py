@@ -9,17 +9,19 @@ from .._deps import tensorflow
 from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
-from .common import Optimized, fine_tune, layer_sparsity
+from .common import Distillation, Optimized, fine_tune, layer_sparsity
 
 
 def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int = 1, batch_size: int = 128,
                    learning_rate: float = 0.005, preserve_sparsity: bool = False, seed: int = 0,
-                   calibration_count: int = 300, calibration_seed: int = 0, verbose: int = 0) -> Optimized:
+                   calibration_count: int = 300, calibration_seed: int = 0, verbose: int = 0,
+                   distillation: Distillation | None = None) -> Optimized:
     """Wrap `model` for 8-bit QAT and fine-tune it. With `preserve_sparsity` (for a pruned model)
     tfmot's prune-preserving scheme keeps the zeros through quantization.
 
     Before the fine-tune, the activation ranges are calibrated on `calibration_count` real training
-    images (see `calibrate_ranges`); 0 leaves tfmot's initial ranges of [-6, 6]."""
+    images (see `calibrate_ranges`); 0 leaves tfmot's initial ranges of [-6, 6]. `distillation`
+    fine-tunes against a teacher's soft outputs too (usually the float model before any compression)."""
     if epochs < 1:
         raise ConfigError(f"QAT needs at least one fine-tuning epoch, got {epochs}")
     tensorflow()
@@ -43,8 +45,10 @@ def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int
         images = calibration_subset(dataset, min(calibration_count, len(dataset.train)), calibration_seed)
         calibrate_ranges(q_model, spec.apply(images), batch_size)
         calibrated = len(images)
-    history = fine_tune(q_model, dataset, spec, epochs, batch_size, learning_rate, seed, verbose=verbose)
+    history = fine_tune(q_model, dataset, spec, epochs, batch_size, learning_rate, seed, verbose=verbose,
+                        distillation=distillation)
     details = {"epochs": epochs, "learning_rate": learning_rate, "preserve_sparsity": preserve_sparsity,
+               "distillation": distillation.describe() if distillation else None,
                "ranges_calibrated_on": calibrated, "history": history, **layer_sparsity(q_model)}
     return Optimized(q_model, "pruned_qat" if preserve_sparsity else "qat", details)
 

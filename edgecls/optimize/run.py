@@ -15,20 +15,26 @@ from .common import layer_sparsity
 KINDS = ("pruned", "qat", "pruned_qat")
 
 
-def build_variant(kind: str, model, dataset, spec, config: ExportConfig):
+def build_variant(kind: str, model, dataset, spec, config: ExportConfig, teacher=None):
     """One optimized model with `config`'s settings: "pruned" and "qat" start from the base model,
-    "pruned_qat" from the pruned one (sparsity-preserving QAT). Returns an `Optimized` record."""
+    "pruned_qat" from the pruned one (sparsity-preserving QAT). With `config.distill` the fine-tune
+    distills from `teacher` (pass the base model; default `model`). Returns an `Optimized` record."""
     from . import prune, quantize_aware
+    from .common import Distillation
+
+    distillation = None
+    if config.distill:
+        distillation = Distillation(teacher if teacher is not None else model, config.distill_alpha, config.distill_temperature)
 
     if kind == "pruned":
         return prune(model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
                      learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size,
                      structured_2x4=config.structured_2x4, skip_layers=config.skip_layers, seed=config.seed,
-                     verbose=config.verbose)
+                     verbose=config.verbose, distillation=distillation)
     return quantize_aware(model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
                           batch_size=config.fine_tune_batch_size, preserve_sparsity=kind == "pruned_qat",
                           seed=config.seed, calibration_count=config.calibration_count if config.qat_calibration else 0,
-                          calibration_seed=config.calibration_seed, verbose=config.verbose)
+                          calibration_seed=config.calibration_seed, verbose=config.verbose, distillation=distillation)
 
 
 def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config: ExportConfig | None = None,
@@ -60,7 +66,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     if "qat" in kinds:
         built["qat"] = build_variant("qat", source.model, dataset, spec, config)
     if "pruned_qat" in kinds:
-        built["pruned_qat"] = build_variant("pruned_qat", built["pruned"].model, dataset, spec, config)
+        built["pruned_qat"] = build_variant("pruned_qat", built["pruned"].model, dataset, spec, config, teacher=source.model)
     staging = make_staging_dir(out)
     try:
         for kind in kinds:
