@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--prune-epochs", type=int, default=5)
     ap.add_argument("--prune-lr", type=float, default=0.01)
     ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--distill", action="store_true", help="pruning and QAT fine-tunes distill from the model (edgecls export --distill)")
     ap.add_argument("--calibration-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--calibration-counts", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--latency-runs", type=int, default=500)
@@ -77,7 +78,7 @@ def main():
 
     # 1. every variant
     config = ExportConfig(sparsity=args.sparsity, prune_epochs=args.prune_epochs, prune_learning_rate=args.prune_lr,
-                          qat_epochs=args.qat_epochs, verbose=2)
+                          qat_epochs=args.qat_epochs, distill=args.distill, verbose=2)
     result = export(args.model, dataset=dataset, out=out / "bundle", config=config)
     rows = {r["name"]: r for r in result.rows}
     ref_acc = result.manifest["reference"]["accuracy"]
