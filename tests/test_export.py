@@ -320,3 +320,42 @@ def test_distill_flags_reach_every_fine_tune_with_the_base_model_as_teacher(monk
     assert seen[-1]["distillation"].teacher == "base model"
     with pytest.raises(ConfigError, match="distill_alpha"):
         _export_config(build_parser().parse_args(base + ["--distill-alpha", "0"]))
+
+
+def test_fine_tune_of_a_logits_model_matches_its_softmax_twin(trained_tiny):
+    """Many users' models end in logits, not a softmax. Fine-tuned from the same weights on the same
+    batches, the logits twin must learn exactly what the softmax model learns (cross-entropy from
+    logits), not a loss computed as if its raw outputs were probabilities."""
+    from edgecls._deps import keras
+    from edgecls.optimize.common import Distillation, fine_tune, outputs_are_probabilities
+    from edgecls.preprocess import PreprocessingSpec
+
+    from .conftest import TINY_ZIP
+
+    k = keras()
+    data = load_dataset(TINY_ZIP)
+    spec = PreprocessingSpec.load(trained_tiny.out / "preprocessing.json")
+    x = spec.apply(data.test.images)
+    base = trained_tiny.model
+
+    def twins():
+        soft = k.models.clone_model(base)
+        soft.set_weights(base.get_weights())
+        logits = k.Model(soft.input, soft.get_layer("probs").input)
+        return soft, logits
+
+    soft, logits = twins()
+    assert outputs_are_probabilities(soft, x) and not outputs_are_probabilities(logits, x)
+    for distill in (False, True):
+        results = []
+        for which in (0, 1):
+            soft, logits = twins()
+            k.utils.set_random_seed(3)
+            fine_tune((soft, logits)[which], data, spec, epochs=2, batch_size=32, learning_rate=0.05, val_fraction=0.0,
+                      distillation=Distillation(base if which == 0 else k.Model(base.input, base.get_layer("probs").input))
+                      if distill else None)
+            results.append(soft.get_weights())
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(results[0], base.get_weights()))
+        assert moved > 1e-3
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, moved), err_msg=f"distill={distill}")

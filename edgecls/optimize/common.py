@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ class Distillation:
     teacher: object
     alpha: float = 0.9
     temperature: float = 4.0
+    teacher_logits: bool = False  # set by fine_tune from the teacher's outputs
 
     def describe(self) -> dict:
         return {"teacher": getattr(self.teacher, "name", "teacher"), "alpha": self.alpha, "temperature": self.temperature}
@@ -68,7 +69,8 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
               seed: int = 0, callbacks=(), verbose: int = 0, val_fraction: float = 0.1,
               distillation: Distillation | None = None) -> dict:
     """A short fine-tune on the training split (augmented), SGD with cosine decay; against a
-    teacher's soft outputs too when `distillation` is given. The models output probabilities."""
+    teacher's soft outputs too when `distillation` is given. Models may end in a softmax or in
+    logits (many users' models do): which, is read from their outputs on real training images."""
     from ..data.pipeline import make_dataset
 
     k = keras()
@@ -79,12 +81,16 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
     if len(val_index):
         val_ds = make_dataset(dataset.train.images[val_index], dataset.train.labels[val_index], spec, batch_size,
                               dataset.num_classes)
+    probe = spec.apply(x[:64])
+    from_logits = not outputs_are_probabilities(model, probe)
+    if distillation is not None:
+        distillation = replace(distillation, teacher_logits=not outputs_are_probabilities(distillation.teacher, probe))
     steps = max(1, epochs * math.ceil(len(x) / batch_size))
     schedule = k.optimizers.schedules.CosineDecay(learning_rate, steps)
-    trainer = model if distillation is None else _distiller(model, distillation)
+    trainer = model if distillation is None else _distiller(model, distillation, from_logits)
     optimizer = k.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
     if distillation is None:
-        trainer.compile(optimizer=optimizer, loss=k.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        trainer.compile(optimizer=optimizer, loss=k.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.1),
                         metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
     else:
         trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
@@ -92,28 +98,38 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
 
 
-def distillation_loss(student_probs, teacher_probs, temperature: float):
-    """T^2 * KL(teacher_T || student_T) per example, from probability outputs (log p are logits up
-    to a constant, so softmax(log p / T) is the distribution at temperature T)."""
+def outputs_are_probabilities(model, x) -> bool:
+    """Whether `model` ends in a softmax: its outputs on `x` are >= 0 and sum to 1."""
+    y = np.asarray(model(x, training=False), dtype=np.float64)
+    return bool((y >= 0).all() and np.allclose(y.sum(-1), 1.0, atol=1e-3))
+
+
+def distillation_loss(student, teacher, temperature: float, student_logits: bool = False, teacher_logits: bool = False):
+    """T^2 * KL(teacher_T || student_T) per example. Outputs are probabilities unless flagged as
+    logits (log p are logits up to a constant, so softmax(log p / T) is the distribution at T)."""
     from .._deps import tensorflow
 
     tf = tensorflow()
-    eps = 1e-7
-    t_log = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(teacher_probs, eps, 1.0)) / temperature)
-    s_log = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(student_probs, eps, 1.0)) / temperature)
+
+    def tempered(y, logits):
+        z = y if logits else tf.math.log(tf.clip_by_value(y, 1e-7, 1.0))
+        return tf.nn.log_softmax(z / temperature)
+
+    t_log, s_log = tempered(teacher, teacher_logits), tempered(student, student_logits)
     return temperature ** 2 * tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1)
 
 
-def _distiller(student, distillation: Distillation):
+def _distiller(student, distillation: Distillation, student_logits: bool = False):
     """A Keras model that trains `student` (fit's callbacks reach its layers, pruning's included)
     on the distillation loss; evaluation and predictions are the student's own."""
     from .._deps import tensorflow
 
     k, tf = keras(), tensorflow()
     alpha, temperature = float(distillation.alpha), float(distillation.temperature)
+    teacher_logits = distillation.teacher_logits
 
     def hard_loss(y, pred):
-        return tf.reduce_mean(k.losses.categorical_crossentropy(y, pred, label_smoothing=0.1))
+        return tf.reduce_mean(k.losses.categorical_crossentropy(y, pred, from_logits=student_logits, label_smoothing=0.1))
 
     class Distiller(k.Model):
         def __init__(self):
@@ -135,7 +151,7 @@ def _distiller(student, distillation: Distillation):
             soft = self.teacher(x, training=False)
             with tf.GradientTape() as tape:
                 pred = self.student(x, training=True)
-                loss = ((1 - alpha) * hard_loss(y, pred) + alpha * tf.reduce_mean(distillation_loss(pred, soft, temperature))
+                loss = ((1 - alpha) * hard_loss(y, pred) + alpha * tf.reduce_mean(distillation_loss(pred, soft, temperature, student_logits, teacher_logits))
                         + tf.add_n([0.0, *self.student.losses]))
             variables = self.student.trainable_variables
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
