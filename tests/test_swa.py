@@ -74,10 +74,22 @@ def _plain(model):
     return {w.name: v for w, v in zip(model.weights, model.get_weights()) if "moving_" not in w.name}
 
 
-def test_training_with_averaging_ships_the_average_and_resumes_with_it(tmp_path):
+def test_training_with_averaging_ships_the_average_and_resumes_with_it(tmp_path, monkeypatch):
+    import edgecls.swa
     from edgecls._deps import keras
+    from edgecls.preprocess import PreprocessingSpec
 
     k = keras()
+    # BatchNorm statistics must come from the stream training saw (augmented: padded crops with
+    # black borders), not from the plain images.
+    fed, original = [], edgecls.swa.recompute_batch_norm
+
+    def watched(model, batches):
+        batches = [tuple(np.asarray(t) for t in b) for b in batches]
+        fed.extend(b[0] for b in batches)
+        return original(model, batches)
+
+    monkeypatch.setattr(edgecls.swa, "recompute_batch_norm", watched)
     seen, rates = {}, {}
 
     class Watch(k.callbacks.Callback):
@@ -102,6 +114,11 @@ def test_training_with_averaging_ships_the_average_and_resumes_with_it(tmp_path)
     result = train(config, resume=True, callbacks=[Watch()])
 
     m = result.metrics
+    black = PreprocessingSpec.load(out / "preprocessing.json").apply(np.zeros((1, 1, 1, 3), np.uint8))[0, 0, 0]
+    x = np.concatenate(fed)
+    bordered = np.mean([np.allclose(img[0], black) or np.allclose(img[-1], black) or np.allclose(img[:, 0], black)
+                        or np.allclose(img[:, -1], black) for img in x])
+    assert len(x) == m["split"]["train"] and bordered > 0.5 and m["swa"]["batch_norm_augmented"]
     assert m["swa"]["averaged_epochs"] == [4, 5] and m["swa"]["lr"] == 0.03
     assert m["swa"]["batch_norm_images"] == m["split"]["train"]
     assert 0.0 <= m["swa"]["last_epoch_test_accuracy"] <= 1.0
