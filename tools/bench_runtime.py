@@ -7,8 +7,8 @@ Measures, single thread, same process, on the same preprocessed tensor of one he
   bare   LiteRT set_tensor + invoke + get_tensor on the already quantized tensor,
   runner edgecls.runtime's runner.predict(uint8 image) (preprocessing, quantization, dequantization),
   keras  the fp32 Keras model: model.predict(x) and model(x) (what leaving TensorFlow buys).
-Three rounds, each timing the two calls alternately; reports each round's p50 and the spread
-(max - min) / median.
+After --warmup-s seconds of untimed calls, three rounds, each timing the two calls alternately;
+reports each round's p50 and the spread (max - min) / median.
 """
 from __future__ import annotations
 
@@ -51,7 +51,19 @@ def interleaved(bare_call, runner_call, runs: int, warmup: int = 200) -> dict:
     return {"bare": latency_stats(bare_ms), "runner": latency_stats(runner_ms)}
 
 
-def measure_variant(bundle, variant, data, runs, rounds) -> dict:
+def settle(bare_call, runner_call, seconds: float) -> int:
+    """Run both calls alternately for `seconds` before anything is timed, so that the first round
+    does not pay for what the later ones find ready (CPU frequency ramp-up, caches, lazily
+    allocated buffers). Returns the number of pairs run."""
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        bare_call()
+        runner_call()
+        n += 1
+    return n
+
+
+def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0) -> dict:
     runner = runtime.load(bundle, variant=variant, threads=1)
     image = load_dataset(data, image_size=runner.preprocessing.input_size).test.images[:1]
     prepared = runner.backend.prepare(runner.preprocess(image))
@@ -72,6 +84,7 @@ def measure_variant(bundle, variant, data, runs, rounds) -> dict:
     scale, zero = out["quantization"]
     expected = (bare_call().astype(np.float32) - np.float32(zero)) * np.float32(scale) if scale else bare_call()
     np.testing.assert_array_equal(runner_call(), expected)
+    settled = settle(bare_call, runner_call, warmup_s)
     measured = [interleaved(bare_call, runner_call, runs) for _ in range(rounds)]
 
     def spread(key):
@@ -80,7 +93,7 @@ def measure_variant(bundle, variant, data, runs, rounds) -> dict:
 
     ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in measured]
     return {"variant": variant, "input": runner.input_kind, "input_dtype": runner.backend.input_dtype.name,
-            "interpreter": package, "rounds": measured, "bare": spread("bare"), "runner": spread("runner"),
+            "interpreter": package, "settle_s": warmup_s, "settle_pairs": settled, "rounds": measured, "bare": spread("bare"), "runner": spread("runner"),
             "runner_over_bare_p50": [round(x, 4) for x in ratios], "runner_over_bare_median": round(float(np.median(ratios)), 4)}
 
 
@@ -93,6 +106,8 @@ def main():
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--keras-runs", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup-s", type=float, default=3.0,
+                    help="seconds of untimed alternating calls before the first round (default 3)")
     ap.add_argument("--out", default="runs/bench-runtime")
     ap.add_argument("--cpu", type=int, default=1,
                     help="pin the process to this CPU (fewer migrations, steadier numbers); -1: no pinning")
@@ -100,7 +115,7 @@ def main():
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
-    variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds) for v in args.variants]
+    variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds, args.warmup_s) for v in args.variants]
     keras = None
     if args.keras:
         from edgecls._deps import tensorflow
@@ -144,7 +159,8 @@ def render(r) -> str:
              f"{r['runtime'].get('ai-edge-litert', '')}, 1 thread, pinned to CPU {r['pinned_cpu']}; {r['image']}", ""]
     for v in r["variants"]:
         n = len(v["rounds"])
-        lines += [f"{v['variant']} (input {v['input']}, {v['input_dtype']}):", "",
+        lines += [f"{v['variant']} (input {v['input']}, {v['input_dtype']}; {v.get('settle_s', 0):g} s of untimed calls "
+                  f"({v.get('settle_pairs', 0):,} pairs) before round 1):", "",
                   "| what | " + " | ".join(f"round {i + 1} p50 ms" for i in range(n)) + " | spread |", "|---|" + "---:|" * (n + 1)]
         for key, label in (("bare", "bare LiteRT set_tensor + invoke + get_tensor"), ("runner", "runner.predict(uint8 image)")):
             lines.append(f"| {label} | " + " | ".join(f"{p:.4f}" for p in v[key]["p50_per_round"]) + f" | {v[key]['spread']:.1%} |")
