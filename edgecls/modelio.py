@@ -26,6 +26,19 @@ def save_labels(path: str | Path, labels) -> None:
     atomic_write_json(path, list(labels))
 
 
+def all_layers(model):
+    """Every layer of a Keras model, depth first: nested models' layers and the layers inside
+    tfmot's pruning/quantization wrappers included."""
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        inner = getattr(layer, "layer", None)  # a tfmot wrapper
+        if inner is not None:
+            yield inner
+            yield from all_layers(inner)
+        else:
+            yield from all_layers(layer)
+
+
 def save_model_file(model, path: str | Path) -> None:
     """Save a Keras model for inference: without optimizer state (which the native .keras format
     keeps for a compiled model and which doubles the file; a resumed run has its own checkpoints)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._deps import keras
+from .modelio import all_layers
 
 log = logging.getLogger("edgecls")
 
@@ -74,19 +75,11 @@ class WeightAverage:
         return AverageWeights()
 
 
-def _batch_norms(model):
-    k = keras()
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, k.layers.BatchNormalization):
-            yield layer
-        yield from _batch_norms(layer)
-
-
 def recompute_batch_norm(model, batches) -> int:
     """Set every BatchNorm layer's moving mean and variance to the average of its batch statistics
     over `batches` (an iterable of input arrays or (inputs, labels) pairs), weighted by batch size.
     Weights are not changed. Returns the number of images seen (0: no BatchNorm, nothing done)."""
-    layers = list(_batch_norms(model))
+    layers = [layer for layer in all_layers(model) if isinstance(layer, keras().layers.BatchNormalization)]
     if not layers:
         return 0
     saved = [layer.momentum for layer in layers]

@@ -211,7 +211,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         return references[kind]
 
     base_ref = reference("base")
-    output_kind = "probabilities" if np.allclose(base_ref.sum(1), 1.0, atol=1e-3) and (base_ref >= 0).all() else "logits"
+    from ..optimize.common import are_probabilities
+
+    output_kind = "probabilities" if are_probabilities(base_ref) else "logits"
     rows = []
     onnx_fp32_bytes = None
     # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.

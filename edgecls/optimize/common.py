@@ -98,10 +98,15 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
 
 
-def outputs_are_probabilities(model, x) -> bool:
-    """Whether `model` ends in a softmax: its outputs on `x` are >= 0 and sum to 1."""
-    y = np.asarray(model(x, training=False), dtype=np.float64)
+def are_probabilities(y) -> bool:
+    """Whether model outputs `y` (N x classes) are probabilities (>= 0, rows summing to 1), not logits."""
+    y = np.asarray(y, dtype=np.float64)
     return bool((y >= 0).all() and np.allclose(y.sum(-1), 1.0, atol=1e-3))
+
+
+def outputs_are_probabilities(model, x) -> bool:
+    """Whether `model` ends in a softmax, judged from its outputs on `x`."""
+    return are_probabilities(model(x, training=False))
 
 
 def distillation_loss(student, teacher, temperature: float, student_logits: bool = False, teacher_logits: bool = False):

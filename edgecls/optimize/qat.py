@@ -8,6 +8,7 @@ import numpy as np
 from .._deps import tensorflow
 from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
+from ..modelio import all_layers
 from ..preprocess import PreprocessingSpec
 from .common import Distillation, Optimized, fine_tune, layer_sparsity
 
@@ -77,7 +78,7 @@ def calibrate_ranges(q_model, x: np.ndarray, batch_size: int = 128) -> None:
         kwargs["ema_decay"] = state["decay"]
         return original(*args, **kwargs)
 
-    frozen = [layer for layer in _all_layers(q_model)
+    frozen = [layer for layer in all_layers(q_model)
               if type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization") and layer.trainable]
     quant_ops.MovingAvgQuantize = mean_of_batches
     try:
@@ -90,17 +91,6 @@ def calibrate_ranges(q_model, x: np.ndarray, batch_size: int = 128) -> None:
         quant_ops.MovingAvgQuantize = original
         for layer in frozen:
             layer.trainable = True
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", ()):
-        yield layer
-        inner = getattr(layer, "layer", None)  # a tfmot wrapper
-        if inner is not None:
-            yield inner
-            yield from _all_layers(inner)
-        else:
-            yield from _all_layers(layer)
 
 
 def _explain(exc: Exception) -> str:
