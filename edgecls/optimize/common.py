@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,7 +21,6 @@ class Distillation:
     teacher: object
     alpha: float = 0.9
     temperature: float = 4.0
-    teacher_logits: bool = False  # set by fine_tune from the teacher's outputs
 
     def describe(self) -> dict:
         return {"teacher": getattr(self.teacher, "name", "teacher"), "alpha": self.alpha, "temperature": self.temperature}
@@ -83,16 +82,16 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
                               dataset.num_classes)
     probe = spec.apply(x[:64])
     from_logits = not outputs_are_probabilities(model, probe)
-    if distillation is not None:
-        distillation = replace(distillation, teacher_logits=not outputs_are_probabilities(distillation.teacher, probe))
+    hard_loss = k.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.1)
     steps = max(1, epochs * math.ceil(len(x) / batch_size))
     schedule = k.optimizers.schedules.CosineDecay(learning_rate, steps)
-    trainer = model if distillation is None else _distiller(model, distillation, from_logits)
     optimizer = k.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
     if distillation is None:
-        trainer.compile(optimizer=optimizer, loss=k.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.1),
-                        metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
+        trainer = model
+        trainer.compile(optimizer=optimizer, loss=hard_loss, metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
     else:
+        teacher_logits = not outputs_are_probabilities(distillation.teacher, probe)
+        trainer = _distiller(model, distillation, hard_loss, from_logits, teacher_logits)
         trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
@@ -124,17 +123,14 @@ def distillation_loss(student, teacher, temperature: float, student_logits: bool
     return temperature ** 2 * tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1)
 
 
-def _distiller(student, distillation: Distillation, student_logits: bool = False):
+def _distiller(student, distillation: Distillation, hard_loss, student_logits: bool, teacher_logits: bool):
     """A Keras model that trains `student` (fit's callbacks reach its layers, pruning's included)
-    on the distillation loss; evaluation and predictions are the student's own."""
+    on (1 - alpha) * `hard_loss` (the labels' loss) plus alpha times the distillation loss;
+    evaluation and predictions are the student's own."""
     from .._deps import tensorflow
 
     k, tf = keras(), tensorflow()
     alpha, temperature = float(distillation.alpha), float(distillation.temperature)
-    teacher_logits = distillation.teacher_logits
-
-    def hard_loss(y, pred):
-        return tf.reduce_mean(k.losses.categorical_crossentropy(y, pred, from_logits=student_logits, label_smoothing=0.1))
 
     class Distiller(k.Model):
         def __init__(self):
