@@ -121,3 +121,64 @@ class PreprocessingSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"preprocessing spec {path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class PixelInput:
+    """The input of a model that takes raw RGB pixels rather than normalized values (an export's
+    `*_pixels` variant): it takes `pixel + offset` as float (an int8 model quantizes exactly that),
+    with `pad` = (top, bottom, left, right) rows and columns of `pad_pixel` around each image.
+
+    A model whose normalization is folded into its first convolution needs the border that
+    convolution's 'same' padding used to add: a normalized 0, that is, each channel's mean pixel.
+    The image is padded here with that pixel, and the convolution no longer pads."""
+
+    offset: int = 0
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    pad_pixel: tuple[int, int, int] = (0, 0, 0)
+
+    def __post_init__(self):
+        pad = tuple(int(v) for v in self.pad)
+        pixel = tuple(int(v) for v in self.pad_pixel)
+        if len(pad) != 4 or min(pad) < 0:
+            raise ConfigError(f"pad must be 4 non-negative ints (top, bottom, left, right), got {self.pad!r}")
+        if len(pixel) != 3 or not all(0 <= v <= 255 for v in pixel):
+            raise ConfigError(f"pad_pixel must be 3 values in 0..255, got {self.pad_pixel!r}")
+        object.__setattr__(self, "pad", pad)
+        object.__setattr__(self, "pad_pixel", pixel)
+        object.__setattr__(self, "offset", int(self.offset))
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pad)
+
+    def frame(self, size: tuple[int, int]) -> np.ndarray:
+        """One padded image (uint8, 1 x H' x W' x 3) holding `pad_pixel` everywhere."""
+        top, bottom, left, right = self.pad
+        shape = (1, size[0] + top + bottom, size[1] + left + right, 3)
+        return np.broadcast_to(np.asarray(self.pad_pixel, np.uint8), shape).copy()
+
+    def inner(self, tensor: np.ndarray) -> np.ndarray:
+        """The view of a padded N x H' x W' x C tensor where the images go."""
+        top, bottom, left, right = self.pad
+        return tensor[:, top:tensor.shape[1] - bottom, left:tensor.shape[2] - right, :]
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x 3 -> the float32 tensor the model takes (padded, pixel + offset)."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        frame = np.repeat(self.frame(images.shape[1:3]), images.shape[0], axis=0)
+        self.inner(frame)[...] = images
+        return frame.astype(np.float32) + np.float32(self.offset)
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "pad": list(self.pad), "pad_pixel": list(self.pad_pixel)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PixelInput":
+        d = d or {}
+        unknown = sorted(set(d) - {"offset", "pad", "pad_pixel"})
+        if unknown:
+            raise ConfigError(f"unknown keys in pixel input: {unknown}; expected some of offset, pad, pad_pixel")
+        return cls(**d)

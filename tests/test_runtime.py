@@ -126,13 +126,19 @@ def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
 
 
 def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
-    """tflite_int8_pixels normalizes inside its graph: uint8 pixels go into the interpreter as they
-    are (input quantization scale 1, zero point 0), and it agrees with the normalized-input int8."""
+    """tflite_int8_pixels has the normalization folded into seed_cnn's first ('valid') convolution:
+    its int8 input is `pixel - 128` (scale 1), so the runner only flips each byte's top bit; its
+    output is float32. It agrees with the normalized-input int8 on real images."""
     test = load_dataset("cifar10-sample").test
     pixels = runtime.load(sample_bundle.out, variant="tflite_int8_pixels")
-    assert pixels.input_kind == "pixels" and pixels._identity
-    assert pixels.backend.input_dtype == np.uint8 and pixels.backend.input_quantization == (1.0, 0)
-    np.testing.assert_array_equal(pixels.preprocess(test.images[:2]), test.images[:2].astype(np.float32))
+    artifact = pixels.artifact
+    assert artifact["normalization"] == "folded into conv1" and artifact["pixel_input"]["pad"] == [0, 0, 0, 0]
+    assert pixels.input_kind == "pixels" and pixels._xor and pixels._frame is None
+    scale, zero = pixels.backend.input_quantization
+    assert pixels.backend.input_dtype == np.int8 and scale == 1.0 and zero == -128 - artifact["pixel_input"]["offset"]
+    assert pixels.backend.output_dtype == np.float32
+    np.testing.assert_array_equal(pixels.preprocess(test.images[:2]),
+                                  test.images[:2].astype(np.float32) + artifact["pixel_input"]["offset"])
     np.testing.assert_array_equal(pixels.predict(test.images[:9]), pixels.predict_tensor(pixels.preprocess(test.images[:9])))
     normalized = runtime.load(sample_bundle.out, variant="tflite_int8")
     agree = (pixels.predict(test.images).argmax(1) == normalized.predict(test.images).argmax(1)).mean()

@@ -7,7 +7,7 @@ Measures, single thread, same process, on the same preprocessed tensor of one he
   bare   LiteRT set_tensor + invoke + get_tensor on the already quantized tensor,
   runner edgecls.runtime's runner.predict(uint8 image) (preprocessing, quantization, dequantization),
   keras  the fp32 Keras model: model.predict(x) and model(x) (what leaving TensorFlow buys).
-After --warmup-s seconds of untimed calls, three rounds, each timing the two calls alternately;
+After --warmup-s seconds of untimed calls and a --probe-s host probe (is the CPU steady?), three rounds, each timing the two calls alternately;
 reports each round's p50 and the spread (max - min) / median.
 """
 from __future__ import annotations
@@ -63,7 +63,30 @@ def settle(bare_call, runner_call, seconds: float) -> int:
     return n
 
 
-def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0) -> dict:
+def host_probe(call, seconds: float, window: float = 0.1) -> dict:
+    """Is the CPU this process runs on steady? The same call, timed for `seconds` in windows of
+    `window` seconds: the spread of the windows' medians. On a quiet machine they agree within a
+    few percent; on a shared VM whose core's other hyperthread belongs to a busy neighbour they
+    switch between two levels (here 82.5 and ~130 us for the same invoke) that `top` does not show
+    as steal time, and no repeatability target can be checked."""
+    medians, clock = [], time.perf_counter
+    end = clock() + seconds
+    while clock() < end:
+        times, stop = [], clock() + window
+        while clock() < stop:
+            t0 = clock()
+            call()
+            times.append(clock() - t0)
+        medians.append(float(np.median(times)) * 1000)
+    m = np.array(medians)
+    fastest = float(m.min())
+    return {"seconds": seconds, "windows": len(m), "fastest_ms": round(fastest, 4), "median_ms": round(float(np.median(m)), 4),
+            "slowest_ms": round(float(m.max()), 4),
+            "share_within_5pct_of_fastest": round(float((m <= fastest * 1.05).mean()), 3),
+            "share_over_20pct_slower": round(float((m > fastest * 1.2).mean()), 3)}
+
+
+def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0, probe_s: float = 0.0) -> dict:
     runner = runtime.load(bundle, variant=variant, threads=1)
     image = load_dataset(data, image_size=runner.preprocessing.input_size).test.images[:1]
     prepared = runner.backend.prepare(runner.preprocess(image))
@@ -85,6 +108,7 @@ def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0) 
     expected = (bare_call().astype(np.float32) - np.float32(zero)) * np.float32(scale) if scale else bare_call()
     np.testing.assert_array_equal(runner_call(), expected)
     settled = settle(bare_call, runner_call, warmup_s)
+    probe = host_probe(bare_call, probe_s) if probe_s > 0 else None
     measured = [interleaved(bare_call, runner_call, runs) for _ in range(rounds)]
 
     def spread(key):
@@ -93,7 +117,7 @@ def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0) 
 
     ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in measured]
     return {"variant": variant, "input": runner.input_kind, "input_dtype": runner.backend.input_dtype.name,
-            "interpreter": package, "settle_s": warmup_s, "settle_pairs": settled, "rounds": measured, "bare": spread("bare"), "runner": spread("runner"),
+            "interpreter": package, "host_probe": probe, "settle_s": warmup_s, "settle_pairs": settled, "rounds": measured, "bare": spread("bare"), "runner": spread("runner"),
             "runner_over_bare_p50": [round(x, 4) for x in ratios], "runner_over_bare_median": round(float(np.median(ratios)), 4)}
 
 
@@ -108,6 +132,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup-s", type=float, default=3.0,
                     help="seconds of untimed alternating calls before the first round (default 3)")
+    ap.add_argument("--probe-s", type=float, default=10.0,
+                    help="seconds of bare calls in 0.1 s windows before the rounds, to show whether the host is "
+                         "steady enough for the repeatability target (default 10; 0: skip)")
     ap.add_argument("--out", default="runs/bench-runtime")
     ap.add_argument("--cpu", type=int, default=1,
                     help="pin the process to this CPU (fewer migrations, steadier numbers); -1: no pinning")
@@ -115,7 +142,7 @@ def main():
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
-    variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds, args.warmup_s) for v in args.variants]
+    variants = [measure_variant(args.bundle, v, args.data, args.runs, args.rounds, args.warmup_s, args.probe_s) for v in args.variants]
     keras = None
     if args.keras:
         from edgecls._deps import tensorflow
@@ -166,6 +193,14 @@ def render(r) -> str:
             lines.append(f"| {label} | " + " | ".join(f"{p:.4f}" for p in v[key]["p50_per_round"]) + f" | {v[key]['spread']:.1%} |")
         lines += ["", f"runner / bare (p50): {', '.join(f'{x:.3f}' for x in v['runner_over_bare_p50'])}; "
                       f"median {v['runner_over_bare_median']:.3f}", ""]
+        probe = v.get("host_probe")
+        if probe:
+            lines += [f"Host probe before the rounds ({probe['seconds']:g} s of bare calls, {probe['windows']} windows of "
+                      f"0.1 s): window p50 {probe['fastest_ms']:.4f}-{probe['slowest_ms']:.4f} ms, median "
+                      f"{probe['median_ms']:.4f}; {probe['share_within_5pct_of_fastest']:.0%} of windows within 5% of "
+                      f"the fastest, {probe['share_over_20pct_slower']:.0%} more than 20% slower"
+                      + (" (the host was not steady: repeatability cannot be judged from this run)."
+                         if probe["share_over_20pct_slower"] > 0.05 else "."), ""]
     if r["keras_fp32"]:
         k = r["keras_fp32"]
         lines += ["| Keras fp32 (TensorFlow, 1 intra-op thread) | p50 ms | p99 ms |", "|---|---:|---:|",

@@ -47,7 +47,8 @@ VARIANTS = {v.name: v for v in (
     Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)"),
     Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization"),
     Variant("tflite_int8_pixels", "tflite", "int8", "base",
-            "TFLite int8 PTQ taking uint8 pixels (normalization inside the model)", input="pixels"),
+            "TFLite int8 PTQ taking pixels (normalization folded into the first convolution, or in the graph)",
+            input="pixels"),
     Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training"),
     Variant("tflite_pruned_fp32", "tflite", "fp32", "pruned", "TFLite float32 of the pruned model"),
     Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model"),
@@ -170,10 +171,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
     started = time.perf_counter()
     spec = source.preprocessing
-    # Calibration and evaluation images as the model sees them (normalized), and as pixels (0..255
-    # floats) for the variants that take pixels.
-    representative, calibration_pixels = spec.apply(calibration), calibration.astype(np.float32)
-    eval_x, eval_pixels = spec.apply(eval_images), eval_images.astype(np.float32)
+    # Calibration and evaluation images as the model sees them (normalized); the variants that take
+    # pixels get theirs from their own input layout.
+    representative, eval_x = spec.apply(calibration), spec.apply(eval_images)
     base = source.model
     macs = model_stats(base)["macs"]
     models: dict[str, object] = {"base": base}
@@ -226,11 +226,18 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         quantization_aware = variant.source in ("qat", "pruned_qat")
         try:
             keras_model = get_model(variant.source)
+            pixels = None
             if variant.input == "pixels":
-                from .tflite import with_pixel_input
+                from .tflite import pixel_input
 
-                data = tflite_convert(with_pixel_input(keras_model, spec), variant.precision, calibration_pixels,
-                                      uint8_input=True, per_channel=per_channel)
+                pixels = pixel_input(keras_model, spec)
+                # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8
+                # pixels as they are (the runtime copies them). The output is float32: dequantizing
+                # ten values costs nothing in the graph and a numpy call (~5 us) outside it.
+                folded = pixels.how != "in the graph"
+                data = tflite_convert(pixels.model, variant.precision, pixels.layout.apply(calibration),
+                                      uint8_input=not folded, per_channel=per_channel, float_output=True)
+                row.update(normalization=pixels.how, pixel_input=pixels.layout.to_dict())
             elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
                                       quantization_aware=quantization_aware, per_channel=per_channel)
@@ -266,7 +273,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         file.write_bytes(data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
         try:
-            inputs = eval_pixels if variant.input == "pixels" else eval_x
+            inputs = pixels.layout.apply(eval_images) if pixels is not None else eval_x
             row.update(_describe_and_validate(file, variant, config, inputs, eval_y, reference(variant.source),
                                               base_ref, macs, keras_model, source))
             row["input"] = variant.input

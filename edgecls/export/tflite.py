@@ -8,23 +8,26 @@ from its learned ranges, without calibration.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from .._deps import tensorflow
 from ..errors import ConfigError, ExportError, first_line
+from ..preprocess import PixelInput
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def convert(model=None, precision: str = "fp32", representative: np.ndarray | None = None, int8_io: bool = True,
             quantization_aware: bool = False, saved_model_dir: str | None = None, per_channel: bool = True,
-            uint8_input: bool = False) -> bytes:
+            uint8_input: bool = False, float_output: bool = False) -> bytes:
     """Convert a tf_keras model (or a SavedModel directory) to a TFLite flatbuffer.
 
     `representative` holds normalized float32 NHWC calibration images (needed for int8 PTQ).
     `per_channel=False` quantizes each weight tensor with one scale (smaller file, usually less
-    accurate); per-channel is the default.
+    accurate); per-channel is the default. With int8 I/O, `uint8_input` makes the input uint8 and
+    `float_output` keeps a float32 output (the graph dequantizes it).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown TFLite precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -57,7 +60,7 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.uint8 if uint8_input else tf.int8
-            converter.inference_output_type = tf.int8
+            converter.inference_output_type = tf.float32 if float_output else tf.int8
     try:
         with warnings.catch_warnings():
             # "Statistics for quantized inputs were expected": int8 input ranges come from the
@@ -98,6 +101,140 @@ def with_pixel_input(model, spec):
     inputs = k.Input(shape=tuple(model.inputs[0].shape[1:]), name="pixels")
     x = k.layers.Rescaling(scale=scale.tolist(), offset=offset.tolist(), name="normalize")(inputs)
     return k.Model(inputs, model(x), name=f"{model.name}_pixels")
+
+
+@dataclass(frozen=True)
+class PixelModel:
+    """A model that takes pixels (`layout` says how: offset and padding); `how` says where the
+    normalization went ("folded into <layer>" or "in the graph")."""
+    model: object
+    layout: PixelInput
+    how: str
+
+
+def pixel_input(model, spec) -> PixelModel:
+    """`model` rebuilt to take raw RGB pixels, with the normalization costing nothing at run time
+    where the model allows it.
+
+    When the input feeds one plain Conv2D, the per-channel `(pixel * scale - mean) / std` is folded
+    into that convolution: kernel * scale / std, and the mean moves into its bias. The new model
+    takes `pixel - c`, c the mean pixel rounded to an integer: converted to int8 (input scale 1,
+    zero point c - 128), the quantized input is `pixel - 128` whatever c is, so the runtime flips
+    one bit per byte and the interpreter starts with the convolution.
+
+    A 'same' convolution padded the normalized image with zeros, that is, with each channel's
+    mean pixel; folded, its zeros would be pixel c in every channel instead, and the outer ring
+    of its output would move (up to a third of a typical activation on resnet8). So the folded
+    convolution becomes 'valid' and the model takes the image already padded with the per-channel
+    mean pixel (rounded: at most half a pixel off), which the runtime writes once per call as a
+    constant frame. Exact up to that rounding; the export's parity check measures the whole
+    artifact against the original model anyway.
+
+    Otherwise (another first layer, a shared input, unknown input size) the normalization runs
+    inside the graph as a Rescaling layer, exact but paid at every call (`with_pixel_input`)."""
+    conv = _single_conv_consumer(model)
+    size = tuple(model.inputs[0].shape[1:3])
+    if conv is None or None in size:
+        return PixelModel(with_pixel_input(model, spec), PixelInput(), "in the graph")
+    mean = np.asarray(spec.mean, np.float64)
+    std = np.asarray(spec.std, np.float64)
+    mean_pixel = mean / spec.scale
+    center = int(np.clip(np.round(mean_pixel.mean()), 0, 255))
+    kernel, *bias = [w.astype(np.float64) for w in conv.get_weights()]
+    # (p * s - m) / std = (p - c) * s / std + (c * s - m) / std: the constant term through the
+    # kernel is a per-output-channel bias (every tap now sees image or frame, never zeros).
+    shift = (center * spec.scale - mean) / std
+    new_bias = np.einsum("hwio,i->o", kernel, shift) + (bias[0] if bias else 0.0)
+    new_kernel = kernel * (spec.scale / std)[None, None, :, None]
+    cfg = conv.get_config()
+    pad = (0, 0, 0, 0)
+    if cfg["padding"] == "same":
+        pad = (*_same_padding(size[0], cfg["kernel_size"][0], cfg["strides"][0], cfg["dilation_rate"][0]),
+               *_same_padding(size[1], cfg["kernel_size"][1], cfg["strides"][1], cfg["dilation_rate"][1]))
+    padded_shape = [None, size[0] + pad[0] + pad[1], size[1] + pad[2] + pad[3], int(model.inputs[0].shape[3])]
+
+    config = model.get_config()
+    for layer in config["layers"]:
+        c = layer["config"]
+        if c.get("name") == conv.name:
+            c.update(use_bias=True, padding="valid", bias_initializer={"class_name": "Zeros", "config": {}})
+        if "batch_input_shape" in c and (layer["class_name"] == "InputLayer" or c.get("name") == conv.name):
+            c["batch_input_shape"] = padded_shape
+    try:
+        folded = model.__class__.from_config(config, custom_objects=_custom_objects(model))
+        for layer in folded.layers:
+            if layer.name == conv.name:
+                layer.set_weights([new_kernel.astype(np.float32), new_bias.astype(np.float32)])
+            elif layer.weights:
+                layer.set_weights(model.get_layer(layer.name).get_weights())
+    except Exception as exc:  # a model whose config does not rebuild: keep the exact in-graph form
+        import logging
+
+        logging.getLogger("edgecls").warning("normalization not folded into %s (%s); it runs in the graph",
+                                             conv.name, first_line(exc))
+        return PixelModel(with_pixel_input(model, spec), PixelInput(), "in the graph")
+    pad_pixel = tuple(int(v) for v in np.clip(np.round(mean_pixel), 0, 255))
+    return PixelModel(folded, PixelInput(offset=-center, pad=pad, pad_pixel=pad_pixel), f"folded into {conv.name}")
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding of one spatial dimension: (before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _custom_objects(model) -> dict:
+    return {type(layer).__name__: type(layer) for layer in model.layers}
+
+
+def _single_conv_consumer(model):
+    """The one plain Conv2D (channels-last, ungrouped, not wrapped) that alone reads the model's
+    input, or None."""
+    from .._deps import keras
+
+    k = keras()
+    if len(model.inputs) != 1 or not hasattr(model, "get_config"):
+        return None
+    try:
+        config = model.get_config()
+    except Exception:  # a subclassed model without a config
+        return None
+    layers = config.get("layers") or []
+    if model.__class__.__name__ == "Sequential":
+        candidates = [item for item in layers if item["class_name"] != "InputLayer"][:1]
+        if len(model.layers) < 2:
+            return None
+    else:
+        input_names = {str(v[0]) for v in config.get("input_layers", [])} if isinstance(config.get("input_layers", [[]])[0], list) \
+            else {str(config["input_layers"][0])}
+        candidates = [item for item in layers if _reads(item, input_names)]
+    if len(candidates) != 1:
+        return None
+    layer = model.get_layer(candidates[0]["config"]["name"])
+    if type(layer) is not k.layers.Conv2D:
+        return None
+    cfg = layer.get_config()
+    if cfg.get("data_format", "channels_last") != "channels_last" or cfg.get("groups", 1) != 1:
+        return None
+    if cfg.get("padding") not in ("same", "valid"):
+        return None
+    return layer
+
+
+def _reads(layer_config: dict, names: set[str]) -> bool:
+    """Whether a functional model's layer config takes any of `names` as input (tf_keras node
+    format: [[[name, node, tensor, kwargs], ...], ...])."""
+    def walk(obj):
+        if isinstance(obj, (list, tuple)):
+            if obj and isinstance(obj[0], str) and obj[0] in names:
+                return True
+            return any(walk(o) for o in obj)
+        if isinstance(obj, dict):
+            return any(walk(v) for v in obj.values())
+        return False
+
+    return walk(layer_config.get("inbound_nodes", []))
 
 
 def describe(path) -> tuple[list[dict], list[dict]]:

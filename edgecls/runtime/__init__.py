@@ -21,10 +21,12 @@ import numpy as np
 
 from ..bundle import Bundle, find_bundle_for, load_bundle
 from ..errors import ConfigError, DataError, ModelError
-from ..preprocess import PreprocessingSpec, load_image
+from ..preprocess import PixelInput, PreprocessingSpec, load_image
 from .backends import ONNXBackend, TFLiteBackend, open_backend
 
 __all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend"]
+
+_UINT8 = np.dtype(np.uint8)
 
 
 class Runner:
@@ -32,20 +34,31 @@ class Runner:
 
     def __init__(self, backend, preprocessing: PreprocessingSpec, labels: Sequence[str] | None = None,
                  name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities",
-                 input_kind: str = "normalized"):
+                 input_kind: str = "normalized", pixel_input: PixelInput | None = None):
         if outputs not in ("probabilities", "logits"):
             raise ConfigError(f"outputs must be 'probabilities' or 'logits', got {outputs!r}")
         if input_kind not in ("normalized", "pixels"):
             raise ConfigError(f"input_kind must be 'normalized' or 'pixels', got {input_kind!r}")
         self.outputs = outputs
-        # "pixels": the model normalizes inside its graph and takes raw RGB values.
+        # "pixels": the model takes raw RGB values (pixel + offset, maybe padded: `pixel_input`);
+        # its normalization is folded into its first convolution or runs inside its graph.
         self.input_kind = input_kind
+        self.pixel_input = pixel_input or PixelInput()
+        if input_kind != "pixels" and pixel_input is not None:
+            raise ConfigError("pixel_input applies to models that take pixels (input_kind='pixels')")
         self.backend = backend
         self.preprocessing = preprocessing
         self.labels = tuple(labels) if labels else None
         self.name = name or Path(backend.path).stem
         self.artifact = artifact or {}
-        self._identity = False
+        self._identity = self._xor = False
+        self._image_shape = (*preprocessing.input_size, 3)
+        self._frame = None
+        self._flips: dict[tuple, np.ndarray] = {}
+        # Where the images go in a padded input tensor (precomputed: slicing costs per call).
+        top, _, left, _ = self.pixel_input.pad
+        height, width = preprocessing.input_size
+        self._inner = (slice(None), slice(top, top + height), slice(left, left + width)) if self.pixel_input.padded else None
         self._lut = self._quantized_input_table()
         self._index_buffers: dict[tuple, np.ndarray] = {}
 
@@ -59,15 +72,31 @@ class Runner:
         if self.preprocessing.layout != "NHWC" or backend.input_shape[-1] != 3:
             return None
         values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
-        quantized = backend.prepare(self._normalize(values))  # 256 x 3
+        quantized = backend.prepare(self._normalize_values(values))  # 256 x 3
         table = np.ascontiguousarray(quantized.T).ravel()  # channel-major: index = channel * 256 + pixel
-        # A uint8-input model whose input quantization is the identity takes the pixels as they are.
-        self._identity = bool(table.dtype == np.uint8 and np.array_equal(table, np.tile(np.arange(256, dtype=np.uint8), 3)))
+        codes = np.tile(np.arange(256, dtype=np.uint8), 3)
+        # A model whose input quantization maps each pixel to itself takes the pixels as they are
+        # (uint8), or with the top bit flipped (int8 `pixel - 128`, a folded normalization).
+        self._identity = bool(table.dtype == np.uint8 and np.array_equal(table, codes))
+        self._xor = bool(table.dtype == np.int8 and np.array_equal(table.view(np.uint8), codes ^ 0x80))
+        if self.pixel_input.padded:
+            frame = self.pixel_input.frame(self.preprocessing.input_size)
+            self._frame = table[np.arange(3) * 256 + frame.astype(np.intp)]
+            if self._frame.shape[1:] != tuple(backend.input_shape[1:]):
+                raise ModelError(f"{self.name}: the model takes {tuple(backend.input_shape[1:3])} but its pixel input "
+                                 f"pads {self.preprocessing.input_size} images to {self._frame.shape[1:3]}")
         return table
+
+    def _normalize_values(self, values: np.ndarray) -> np.ndarray:
+        """Pixel values (any shape, last axis the channels) -> the model's float input values,
+        without any padding."""
+        if self.input_kind == "pixels":
+            return np.asarray(values, dtype=np.float32) + np.float32(self.pixel_input.offset)
+        return self.preprocessing.apply(values)
 
     def _normalize(self, images: np.ndarray) -> np.ndarray:
         if self.input_kind == "pixels":
-            return np.asarray(images, dtype=np.float32)
+            return self.pixel_input.apply(images)
         return self.preprocessing.apply(images)
 
     @property
@@ -75,9 +104,9 @@ class Runner:
         return self.backend.format
 
     def _to_array(self, images) -> np.ndarray:
+        if type(images) is np.ndarray and images.dtype is _UINT8 and images.shape[1:] == self._image_shape:
+            return images  # the common case, checked first and cheaply (dtype singletons, a stored tuple)
         size = self.preprocessing.input_size
-        if type(images) is np.ndarray and images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (*size, 3):
-            return images  # the common case, checked first and cheaply
         if isinstance(images, (str, Path)):
             images = [images]
         if isinstance(images, (list, tuple)):
@@ -116,6 +145,17 @@ class Runner:
         return self.predict_tensor(self._normalize(images))
 
     def _fill(self, images: np.ndarray, buffer: np.ndarray) -> None:
+        if self._frame is not None:  # the border a folded 'same' convolution used to add
+            np.copyto(buffer, self._frame)
+        inner = self._inner
+        if self._xor:
+            flip = self._flips.get(images.shape)
+            if flip is None:  # a full-size operand: a broadcast scalar takes numpy's slower loop
+                flip = self._flips[images.shape] = np.full(images.shape, 0x80, np.uint8)
+            np.bitwise_xor(images, flip, out=buffer.view(np.uint8)[inner])
+            return
+        if inner is not None:
+            buffer = buffer[inner]
         if self._identity:
             np.copyto(buffer, images)
             return
@@ -129,7 +169,10 @@ class Runner:
         offsets, index = cached
         index[...] = images  # widen to uint16, then a same-type add (no buffered mixed-type loop)
         np.add(index, offsets, out=index)
-        np.take(self._lut, index, out=buffer, mode="wrap")
+        if buffer.flags.c_contiguous:
+            np.take(self._lut, index, out=buffer, mode="wrap")
+        else:
+            buffer[...] = np.take(self._lut, index, mode="wrap")
 
     def predict_tensor(self, x: np.ndarray) -> np.ndarray:
         """Already normalized float32 NHWC input -> probabilities."""
@@ -170,5 +213,7 @@ def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
     spec, labels = bundle.preprocessing(), bundle.labels()
     backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
     outputs = bundle.manifest.get("model", {}).get("output", "probabilities")
+    input_kind = artifact.get("input", "normalized")
+    pixel_input = PixelInput.from_dict(artifact.get("pixel_input")) if input_kind == "pixels" else None
     return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs,
-                  input_kind=artifact.get("input", "normalized"))
+                  input_kind=input_kind, pixel_input=pixel_input)

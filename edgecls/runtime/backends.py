@@ -74,6 +74,7 @@ class TFLiteBackend:
         self._batch = self.input_shape[0]
         self._input_view = None  # interpreter.tensor() accessor, renewed when tensors are reallocated
         self._output_table = None
+        self._float_output = self.output_dtype == np.float32
         if self.output_dtype in (np.int8, np.uint8):
             # Dequantization of a byte is one of 256 values: precompute them (same arithmetic).
             scale, zero = self.output["quantization"]
@@ -106,6 +107,8 @@ class TFLiteBackend:
     def finish(self, y: np.ndarray) -> np.ndarray:
         if self._output_table is not None:
             return self._output_table[y.view(np.uint8)]
+        if self._float_output:  # get_tensor already returned a fresh float32 copy
+            return y
         return y.astype(np.float32, copy=False)
 
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
