@@ -149,7 +149,7 @@ def test_one_runner_shared_by_threads_gives_the_sequential_answers(sample_bundle
     from concurrent.futures import ThreadPoolExecutor
 
     test = load_dataset("cifar10-sample").test
-    for variant in ("tflite_int8", "onnx_int8"):
+    for variant in ("tflite_int8", "tflite_int8_pixels", "onnx_int8"):
         runner = runtime.load(sample_bundle.out, variant=variant)
         chunks = [test.images[i:i + 5] for i in range(0, 200, 5)]
         expected = [runner.predict(c) for c in chunks]

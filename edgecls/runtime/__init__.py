@@ -54,7 +54,7 @@ class Runner:
         self._identity = self._xor = False
         self._image_shape = (*preprocessing.input_size, 3)
         self._frame = None
-        self._flips: dict[tuple, np.ndarray] = {}
+        self._owned: dict[tuple, tuple] = {}
         # Where the images go in a padded input tensor (precomputed: slicing costs per call).
         top, _, left, _ = self.pixel_input.pad
         height, width = preprocessing.input_size
@@ -138,22 +138,41 @@ class Runner:
         """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
         probabilities."""
         images = self._to_array(images)
-        if self._lut is not None:
+        if self._xor:
+            raw = self.backend.run_own(images.shape[0], lambda: self._flipped(images))
+            if raw is not None:
+                return self._probabilities(self.backend.finish(raw))
+        elif self._lut is not None:
             raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
             if raw is not None:
                 return self._probabilities(self.backend.finish(raw))
         return self.predict_tensor(self._normalize(images))
 
+    def _flipped(self, images: np.ndarray) -> np.ndarray:
+        """The int8 input `pixel - 128` of a folded pixel-input model, in an array this runner owns
+        per batch size (called with the backend's lock held): the padded frame is written once, when
+        the array is made, and each call flips the top bit of the pixels into its inner view. The
+        views and the full-size 0x80 operand are kept too: slicing, and a broadcast scalar operand,
+        cost more per call than the flip itself."""
+        cached = self._owned.get(images.shape)
+        if cached is None:
+            if len(self._owned) >= 8:  # many batch sizes: keep memory bounded
+                self._owned.clear()
+            own = np.empty((images.shape[0], *self.backend.input_shape[1:]), np.int8)
+            if self._frame is not None:
+                own[...] = self._frame
+            inner = own.view(np.uint8)
+            if self._inner is not None:
+                inner = inner[self._inner]
+            cached = self._owned[images.shape] = (own, inner, np.full(images.shape, 0x80, np.uint8))
+        own, inner, flip = cached
+        np.bitwise_xor(images, flip, out=inner)
+        return own
+
     def _fill(self, images: np.ndarray, buffer: np.ndarray) -> None:
         if self._frame is not None:  # the border a folded 'same' convolution used to add
             np.copyto(buffer, self._frame)
         inner = self._inner
-        if self._xor:
-            flip = self._flips.get(images.shape)
-            if flip is None:  # a full-size operand: a broadcast scalar takes numpy's slower loop
-                flip = self._flips[images.shape] = np.full(images.shape, 0x80, np.uint8)
-            np.bitwise_xor(images, flip, out=buffer.view(np.uint8)[inner])
-            return
         if inner is not None:
             buffer = buffer[inner]
         if self._identity:
