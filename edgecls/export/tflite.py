@@ -126,8 +126,8 @@ def pixel_input(model, spec) -> PixelModel:
     mean pixel; folded, its zeros would be pixel c in every channel instead, and the outer ring
     of its output would move (up to a third of a typical activation on resnet8). So the folded
     convolution becomes 'valid' and the model takes the image already padded with the per-channel
-    mean pixel (rounded: at most half a pixel off), which the runtime writes once per call as a
-    constant frame. Exact up to that rounding; the export's parity check measures the whole
+    mean pixel (rounded: at most half a pixel off), a constant frame the runtime writes once into
+    the input array it keeps. Exact up to that rounding; the export's parity check measures the whole
     artifact against the original model anyway.
 
     Otherwise (another first layer, a shared input, unknown input size) the normalization runs
@@ -203,11 +203,11 @@ def _single_conv_consumer(model):
     layers = config.get("layers") or []
     if model.__class__.__name__ == "Sequential":
         candidates = [item for item in layers if item["class_name"] != "InputLayer"][:1]
-        if len(model.layers) < 2:
-            return None
     else:
-        input_names = {str(v[0]) for v in config.get("input_layers", [])} if isinstance(config.get("input_layers", [[]])[0], list) \
-            else {str(config["input_layers"][0])}
+        entries = config.get("input_layers") or []
+        if entries and not isinstance(entries[0], (list, tuple)):  # one input: [name, node, tensor]
+            entries = [entries]
+        input_names = {str(entry[0]) for entry in entries}
         candidates = [item for item in layers if _reads(item, input_names)]
     if len(candidates) != 1:
         return None
