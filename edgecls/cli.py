@@ -26,13 +26,15 @@ def _cmd_zoo(args) -> int:
     for name in list_models():
         info = get_model_info(name)
         stats = model_stats(create_model(name, input_shape=(args.image_size, args.image_size, 3), num_classes=args.classes))
-        rows.append({"name": name, "family": info.family, **stats, "description": info.description})
+        rows.append({"name": name, "family": info.family, **stats, "description": info.description,
+                     "teacher": info.teacher})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'name':<16}{'params':>10}{'MACs':>14}  family / description   (input {args.image_size}x{args.image_size}x3, {args.classes} classes)")
     for r in rows:
-        print(f"{r['name']:<16}{r['params']:>10,}{r['macs']:>14,}  {r['family']}: {r['description']}")
+        role = " [teacher, not an edge model]" if r["teacher"] else ""
+        print(f"{r['name']:<16}{r['params']:>10,}{r['macs']:>14,}  {r['family']}{role}: {r['description']}")
     return 0
 
 

@@ -70,6 +70,33 @@ def resnet8(input_shape=(32, 32, 3), num_classes=10):
 
 
 @register_model(
+    "resnet20",
+    family="ResNet",
+    description="CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, 16/32/64 filters; a teacher "
+                "to distill the small models from",
+    reference="https://arxiv.org/abs/1512.03385",
+    teacher=True,
+)
+def resnet20(input_shape=(32, 32, 3), num_classes=10):
+    k = keras()
+    layers = k.layers
+    inputs = k.Input(shape=input_shape, name="image")
+    x = _conv_bn_relu(inputs, 16, 3, 1, "stem")
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for block in range(1, 4):
+            strides = 2 if stage > 1 and block == 1 else 1
+            name = f"s{stage}b{block}"
+            y = _conv_bn_relu(x, filters, 3, strides, f"{name}a")
+            y = _conv_bn_relu(y, filters, 3, 1, f"{name}b", relu=False)
+            if strides != 1:  # projection shortcut (option B): 1x1 convolution and BatchNorm
+                x = _conv_bn_relu(x, filters, 1, strides, f"{name}_shortcut", relu=False)
+            x = layers.Add(name=f"{name}_add")([x, y])
+            x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return k.Model(inputs, _head(x, num_classes), name="resnet20")
+
+
+@register_model(
     "mobilenet_tiny",
     family="MobileNet (depthwise-separable)",
     description="MobileNetV1-style: Conv32 then 5 depthwise-separable blocks (64, 128/2, 128, 256/2, 256), ReLU6",

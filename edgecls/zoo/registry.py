@@ -19,16 +19,20 @@ class ModelInfo:
     # Peak SGD learning rate at batch 128 for the edgecls recipe. Networks with BatchNorm take 0.1;
     # a plain CNN without it diverges there (its loss turns NaN) and needs less.
     sgd_lr: float = 0.1
+    # A teacher: too large for the devices edgecls targets, trained to distill smaller models
+    # from; not shipped as a bundle.
+    teacher: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, family: str, description: str, reference: str = "", sgd_lr: float = 0.1):
+def register_model(name: str, family: str, description: str, reference: str = "", sgd_lr: float = 0.1,
+                   teacher: bool = False):
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, family, description, reference, builder=fn, sgd_lr=sgd_lr)
+        _REGISTRY[name] = ModelInfo(name, family, description, reference, builder=fn, sgd_lr=sgd_lr, teacher=teacher)
         return fn
 
     return wrap
