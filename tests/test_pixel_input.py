@@ -104,12 +104,13 @@ def test_normalization_stays_in_the_graph_where_it_cannot_be_folded(images):
                                    _outputs(model, SPEC, images), atol=2e-5)
 
 
-def _runner(model, spec, images, tmp_path):
+def _runner(model, spec, images, tmp_path, calibration=None):
     from edgecls.export.tflite import convert, pixel_input
     from edgecls.runtime import Runner, TFLiteBackend
 
     result = pixel_input(model, spec)
-    calibration = load_dataset("cifar10-sample").train.images[:200]
+    if calibration is None:
+        calibration = load_dataset("cifar10-sample").train.images[:200]
     folded = result.how != "in the graph"
     path = tmp_path / "m.tflite"
     path.write_bytes(convert(result.model, "int8", result.layout.apply(calibration), uint8_input=not folded,
@@ -135,6 +136,19 @@ def test_runner_writes_the_frame_and_flips_the_top_bit(images, tmp_path):
     # The int8 model answers like the float original on real images.
     agree = (runner.predict(images).argmax(1) == model.predict(SPEC.apply(images), verbose=0).argmax(1)).mean()
     assert agree >= 0.9
+
+
+def test_runner_pads_through_the_lookup_table_when_the_input_scale_is_not_one(images, tmp_path):
+    """Calibration images that never reach 0 or 255 give an input scale other than 1: no bit flip,
+    the general table lookup, written inside the frame."""
+    model = _model(_conv(padding="same", use_bias=False))
+    calibration = np.clip(load_dataset("cifar10-sample").train.images[:200], 20, 235)
+    runner, _ = _runner(model, SPEC, images, tmp_path, calibration=calibration)
+    assert not runner._xor and runner._lut is not None and runner._frame is not None
+    for n in (1, 4):
+        np.testing.assert_array_equal(runner.predict(images[:n]), runner.predict_tensor(runner.preprocess(images[:n])))
+    tensor = runner.backend.interpreter.get_tensor(runner.backend.input["index"])
+    np.testing.assert_array_equal(tensor[0, 0], np.broadcast_to(runner._frame[0, 0, 0], (34, 3)))
 
 
 def test_runner_copies_pixels_into_an_in_graph_model(images, tmp_path):
