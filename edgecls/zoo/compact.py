@@ -23,6 +23,23 @@ def _conv_bn_relu(x, filters, kernel, strides, name, relu=True):
     return x
 
 
+def _basic_block(x, filters, strides, name, shortcut_bn):
+    """A ResNet basic block: two 3x3 Conv-BN (ReLU between), added to the input (through a strided
+    1x1 projection when the block strides: with BatchNorm when `shortcut_bn`, a plain convolution
+    with bias otherwise), then ReLU."""
+    layers = keras().layers
+    y = _conv_bn_relu(x, filters, 3, strides, f"{name}a")
+    y = _conv_bn_relu(y, filters, 3, 1, f"{name}b", relu=False)
+    if strides != 1:
+        if shortcut_bn:
+            x = _conv_bn_relu(x, filters, 1, strides, f"{name}_shortcut", relu=False)
+        else:
+            x = layers.Conv2D(filters, 1, strides=strides, padding="same", kernel_initializer="he_normal",
+                              name=f"{name}_shortcut")(x)
+    x = layers.Add(name=f"{name}_add")([x, y])
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
 @register_model(
     "seed_cnn",
     family="plain CNN",
@@ -56,15 +73,8 @@ def resnet8(input_shape=(32, 32, 3), num_classes=10):
     inputs = k.Input(shape=input_shape, name="image")
     x = _conv_bn_relu(inputs, 16, 3, 1, "stem")
     for stage, filters in enumerate((16, 32, 64), start=1):
-        strides = 1 if stage == 1 else 2
-        y = _conv_bn_relu(x, filters, 3, strides, f"s{stage}a")
-        y = _conv_bn_relu(y, filters, 3, 1, f"s{stage}b", relu=False)
-        if stage > 1:
-            # MLPerf Tiny's projection shortcut: a strided 1x1 convolution without BatchNorm.
-            x = layers.Conv2D(filters, 1, strides=strides, padding="same", kernel_initializer="he_normal",
-                              name=f"s{stage}_shortcut")(x)
-        x = layers.Add(name=f"s{stage}_add")([x, y])
-        x = layers.ReLU(name=f"s{stage}_relu")(x)
+        # MLPerf Tiny's projection shortcut: a strided 1x1 convolution without BatchNorm.
+        x = _basic_block(x, filters, 1 if stage == 1 else 2, f"s{stage}", shortcut_bn=False)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return k.Model(inputs, _head(x, num_classes), name="resnet8")
 
@@ -84,14 +94,8 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10):
     x = _conv_bn_relu(inputs, 16, 3, 1, "stem")
     for stage, filters in enumerate((16, 32, 64), start=1):
         for block in range(1, 4):
-            strides = 2 if stage > 1 and block == 1 else 1
-            name = f"s{stage}b{block}"
-            y = _conv_bn_relu(x, filters, 3, strides, f"{name}a")
-            y = _conv_bn_relu(y, filters, 3, 1, f"{name}b", relu=False)
-            if strides != 1:  # projection shortcut (option B): 1x1 convolution and BatchNorm
-                x = _conv_bn_relu(x, filters, 1, strides, f"{name}_shortcut", relu=False)
-            x = layers.Add(name=f"{name}_add")([x, y])
-            x = layers.ReLU(name=f"{name}_relu")(x)
+            # Projection shortcut (option B) where the block strides: 1x1 convolution and BatchNorm.
+            x = _basic_block(x, filters, 2 if stage > 1 and block == 1 else 1, f"s{stage}b{block}", shortcut_bn=True)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return k.Model(inputs, _head(x, num_classes), name="resnet20")
 
