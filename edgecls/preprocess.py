@@ -158,10 +158,11 @@ class PixelInput:
         shape = (1, size[0] + top + bottom, size[1] + left + right, 3)
         return np.broadcast_to(np.asarray(self.pad_pixel, np.uint8), shape).copy()
 
-    def inner(self, tensor: np.ndarray) -> np.ndarray:
-        """The view of a padded N x H' x W' x C tensor where the images go."""
-        top, bottom, left, right = self.pad
-        return tensor[:, top:tensor.shape[1] - bottom, left:tensor.shape[2] - right, :]
+    def inner(self, size: tuple[int, int]) -> tuple[slice, slice, slice]:
+        """Where `size` (height, width) images go in the padded N x H' x W' x C tensor: index it
+        with this."""
+        top, _, left, _ = self.pad
+        return slice(None), slice(top, top + size[0]), slice(left, left + size[1])
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x H x W x 3 -> the float32 tensor the model takes (padded, pixel + offset)."""
@@ -169,7 +170,7 @@ class PixelInput:
         if images.ndim == 3:
             images = images[None]
         frame = np.repeat(self.frame(images.shape[1:3]), images.shape[0], axis=0)
-        self.inner(frame)[...] = images
+        frame[self.inner(images.shape[1:3])] = images
         return frame.astype(np.float32) + np.float32(self.offset)
 
     def to_dict(self) -> dict:

@@ -111,9 +111,8 @@ def _runner(model, spec, images, tmp_path, calibration=None):
     result = pixel_input(model, spec)
     if calibration is None:
         calibration = load_dataset("cifar10-sample").train.images[:200]
-    folded = result.how != "in the graph"
     path = tmp_path / "m.tflite"
-    path.write_bytes(convert(result.model, "int8", result.layout.apply(calibration), uint8_input=not folded,
+    path.write_bytes(convert(result.model, "int8", result.layout.apply(calibration), uint8_input=not result.folded,
                              float_output=True))
     return Runner(TFLiteBackend(path, threads=1), spec, input_kind="pixels", pixel_input=result.layout), result
 

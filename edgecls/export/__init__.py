@@ -234,9 +234,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                 # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8
                 # pixels as they are (the runtime copies them). The output is float32: dequantizing
                 # ten values costs nothing in the graph and a numpy call (~5 us) outside it.
-                folded = pixels.how != "in the graph"
                 data = tflite_convert(pixels.model, variant.precision, pixels.layout.apply(calibration),
-                                      uint8_input=not folded, per_channel=per_channel, float_output=True)
+                                      uint8_input=not pixels.folded, per_channel=per_channel, float_output=True)
                 row.update(normalization=pixels.how, pixel_input=pixels.layout.to_dict())
             elif variant.format == "tflite":
                 data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,

@@ -111,6 +111,13 @@ class PixelModel:
     layout: PixelInput
     how: str
 
+    @property
+    def folded(self) -> bool:
+        return self.how != IN_GRAPH
+
+
+IN_GRAPH = "in the graph"
+
 
 def pixel_input(model, spec) -> PixelModel:
     """`model` rebuilt to take raw RGB pixels, with the normalization costing nothing at run time
@@ -135,7 +142,7 @@ def pixel_input(model, spec) -> PixelModel:
     conv = _single_conv_consumer(model)
     size = tuple(model.inputs[0].shape[1:3])
     if conv is None or None in size:
-        return PixelModel(with_pixel_input(model, spec), PixelInput(), "in the graph")
+        return PixelModel(with_pixel_input(model, spec), PixelInput(), IN_GRAPH)
     mean = np.asarray(spec.mean, np.float64)
     std = np.asarray(spec.std, np.float64)
     mean_pixel = mean / spec.scale
@@ -172,7 +179,7 @@ def pixel_input(model, spec) -> PixelModel:
 
         logging.getLogger("edgecls").warning("normalization not folded into %s (%s); it runs in the graph",
                                              conv.name, first_line(exc))
-        return PixelModel(with_pixel_input(model, spec), PixelInput(), "in the graph")
+        return PixelModel(with_pixel_input(model, spec), PixelInput(), IN_GRAPH)
     pad_pixel = tuple(int(v) for v in np.clip(np.round(mean_pixel), 0, 255))
     return PixelModel(folded, PixelInput(offset=-center, pad=pad, pad_pixel=pad_pixel), f"folded into {conv.name}")
 

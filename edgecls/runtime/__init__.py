@@ -56,9 +56,7 @@ class Runner:
         self._frame = None
         self._owned: dict[tuple, tuple] = {}
         # Where the images go in a padded input tensor (precomputed: slicing costs per call).
-        top, _, left, _ = self.pixel_input.pad
-        height, width = preprocessing.input_size
-        self._inner = (slice(None), slice(top, top + height), slice(left, left + width)) if self.pixel_input.padded else None
+        self._inner = self.pixel_input.inner(preprocessing.input_size) if self.pixel_input.padded else None
         self._lut = self._quantized_input_table()
         self._index_buffers: dict[tuple, np.ndarray] = {}
 
