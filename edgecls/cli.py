@@ -47,7 +47,8 @@ def _cmd_train(args) -> int:
         recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, augment=not args.no_augment, val_fraction=args.val_fraction,
         patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
-        init_from=args.init, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_lr, verbose=args.verbose,
+        init_from=args.init, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_lr, teacher=args.teacher,
+        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, verbose=args.verbose,
     )
     result = train(config)
     m = result.metrics
@@ -55,6 +56,10 @@ def _cmd_train(args) -> int:
         f"{config.arch}: test accuracy {m['test_accuracy']:.4f} after {m['epochs_run']} epochs "
         f"({m['mean_epoch_time_s']} s/epoch, {m['images_per_s']} images/s on {m['device']}); wrote {result.out}"
     )
+    if m.get("distillation"):
+        d = m["distillation"]
+        print(f"  distilled from {d['teacher']} (test accuracy {d['teacher_test_accuracy']:.4f}), alpha {d['alpha']:g}, "
+              f"temperature {d['temperature']:g}")
     if m.get("swa"):
         print(f"  weight average of {len(m['swa']['averaged_epochs'])} epochs; the last epoch alone: "
               f"{m['swa']['last_epoch_test_accuracy']:.4f}")
@@ -271,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stochastic weight averaging: train the last N epochs at a constant rate, average their "
                         "weights, recompute BatchNorm statistics (default 0: off; early stopping is off with it)")
     p.add_argument("--swa-lr", type=float, default=None, help="learning rate of the averaging epochs (default: half the peak --lr)")
+    p.add_argument("--teacher", metavar="TRAINED_DIR", default=None,
+                   help="knowledge distillation: also learn the soft outputs of this finished 'edgecls train' run "
+                        "(same classes and image size; usually a larger model, e.g. resnet20); slower per epoch")
+    p.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the teacher's term in the loss (default 0.9)")
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of distillation (default 4)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
     p.set_defaults(func=_cmd_train)
 

@@ -22,6 +22,11 @@ class TrainConfig:
     swa_epochs > 0 ends an "edgecls" run with stochastic weight averaging: the cosine decay reaches
     `swa_lr` that many epochs before the end, the rate then stays there, the weights at the end of
     each of those epochs are averaged, and BatchNorm statistics are recomputed for the average.
+
+    teacher (a finished "edgecls train" directory with the same classes and image size) adds
+    knowledge distillation: the loss becomes (1 - distill_alpha) * the labels' loss + distill_alpha *
+    T^2 * KL(teacher_T || student_T) at temperature T = distill_temperature. The teacher sees each
+    augmented batch through its own preprocessing.
     """
 
     data: str = "cifar10-sample"
@@ -44,6 +49,9 @@ class TrainConfig:
     init_from: str | None = None
     swa_epochs: int = 0
     swa_learning_rate: float | None = None
+    teacher: str | None = None
+    distill_alpha: float = 0.9
+    distill_temperature: float = 4.0
     verbose: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -71,6 +79,11 @@ class TrainConfig:
             need(2 <= self.swa_epochs < self.epochs,
                  f"swa_epochs must be at least 2 and less than epochs ({self.epochs}) so some epochs come before the averaging; got {self.swa_epochs}")
         need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
+        need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
+        if self.teacher is not None:
+            need(bool(str(self.teacher).strip()), "teacher must name a finished 'edgecls train' directory")
+            need(self.recipe != "tutorial", "a teacher (distillation) belongs to the 'edgecls' recipe, not 'tutorial'")
 
     @property
     def peak_learning_rate(self) -> float:

@@ -63,13 +63,15 @@ class WeightAverage:
     def weights(self, like: list[np.ndarray]) -> list[np.ndarray]:
         return [m.astype(w.dtype) for m, w in zip(self.mean, like)]
 
-    def callback(self):
+    def callback(self, model=None):
+        """A Keras callback that averages `model`'s weights (default: the model being fit; pass the
+        student when fit runs a wrapper such as the distiller, which also holds the teacher)."""
         k = keras()
         average = self
 
         class AverageWeights(k.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                if average.update(epoch, self.model.get_weights()):
+                if average.update(epoch, (model if model is not None else self.model).get_weights()):
                     log.info("SWA: averaged the weights of epoch %d (%d in the average)", epoch + 1, average.count)
 
         return AverageWeights()

@@ -37,9 +37,9 @@ log = logging.getLogger("edgecls")
 
 TRAIN_FILE = "train.json"
 _RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "init_from",
-                "swa_epochs", "swa_learning_rate")
+                "swa_epochs", "swa_learning_rate", "teacher", "distill_alpha", "distill_temperature")
 # What a run.json written before a key existed meant by it.
-_RESUME_DEFAULTS = {"swa_epochs": 0, "swa_learning_rate": None}
+_RESUME_DEFAULTS = {"swa_epochs": 0, "swa_learning_rate": None, "teacher": None, "distill_alpha": 0.9, "distill_temperature": 4.0}
 
 
 @dataclass
@@ -79,6 +79,30 @@ def _load_start(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, di
         raise ConfigError(f"--init {path}: it takes {tuple(start.preprocessing.input_size)} images, not {tuple(dataset.image_size)}; "
                           f"pass --image-size {start.preprocessing.input_size[0]}")
     return start, before
+
+
+def _load_teacher(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """The finished run that `teacher` names, checked against this run's classes and image size."""
+    path = Path(config.teacher)
+    if not (path / MODEL_FILE).is_file():
+        raise ConfigError(f"--teacher {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); "
+                          f"pass the --out of a finished run")
+    teacher = load_trained(path)
+    about = {}
+    if (path / TRAIN_FILE).is_file():
+        try:
+            about = json.loads((path / TRAIN_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--teacher {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
+    if tuple(teacher.labels) != tuple(dataset.class_names):
+        raise ConfigError(f"--teacher {path}: its classes {list(teacher.labels)} differ from {dataset.source}'s "
+                          f"{list(dataset.class_names)}; a teacher must know the same classes in the same order")
+    if tuple(teacher.preprocessing.input_size) != tuple(dataset.image_size):
+        raise ConfigError(f"--teacher {path}: it takes {tuple(teacher.preprocessing.input_size)} images, not "
+                          f"{tuple(dataset.image_size)}; pass --image-size {teacher.preprocessing.input_size[0]}")
+    if teacher.preprocessing.layout != "NHWC":
+        raise ConfigError(f"--teacher {path}: its input layout is {teacher.preprocessing.layout}; a teacher must take NHWC images")
+    return teacher, about
 
 
 def _make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -137,6 +161,41 @@ def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, 
     log.info("SWA: averaged %d epochs; BatchNorm statistics recomputed on %d training images",
              average.count, info["batch_norm_images"])
     return info
+
+
+def _distiller_for(model, teacher: TrainedModel, teacher_metrics: dict, config: TrainConfig, spec: PreprocessingSpec,
+                   hard_loss, x_train, test_ds):
+    """The Keras model that trains `model` toward `teacher`'s soft outputs (and the labels), and
+    what train.json records about it. The teacher's own test accuracy is measured first, on the
+    same test images, so a weak teacher shows before hours of training."""
+    from .distill import Distillation, distiller, on_student_inputs, outputs_are_probabilities
+
+    k = keras()
+    # Rebuilt here, inside the distribution strategy's scope, so its variables live where the student's do.
+    rebuilt = k.models.clone_model(teacher.model)
+    rebuilt.set_weights(teacher.model.get_weights())
+    teacher_model = on_student_inputs(rebuilt, teacher.preprocessing, spec)
+    teacher_model.trainable = False
+    teacher_model.compile(loss=hard_loss, metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
+    teacher_accuracy = float(teacher_model.evaluate(test_ds, verbose=0)[1])
+    probe = spec.apply(x_train[:64])
+    info = {
+        "teacher": str(config.teacher),
+        "teacher_arch": teacher_metrics.get("arch"),
+        "teacher_params": int(teacher.model.count_params()),
+        "teacher_test_accuracy": teacher_accuracy,
+        "teacher_preprocessing_adapted": teacher_model is not rebuilt,
+        "alpha": config.distill_alpha,
+        "temperature": config.distill_temperature,
+    }
+    log.info("distilling from %s (%s, %d parameters, test accuracy %.4f here), alpha %g, temperature %g",
+             teacher.path, info["teacher_arch"] or "unknown arch", info["teacher_params"], teacher_accuracy,
+             config.distill_alpha, config.distill_temperature)
+    trainer = distiller(model, Distillation(teacher_model, config.distill_alpha, config.distill_temperature), hard_loss,
+                        student_logits=not outputs_are_probabilities(model, probe),
+                        teacher_logits=not outputs_are_probabilities(teacher_model, probe))
+    trainer(probe[:1])  # built before fit, so BackupAndRestore can restore the optimizer's state on --resume
+    return trainer, info
 
 
 def _NaNGuard(k):
@@ -251,6 +310,7 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     if len(train_index) < config.batch_size // 4 or len(train_index) < 2:
         raise DataError(f"{dataset.source}: only {len(train_index)} training images; at least {max(2, config.batch_size // 4)} are needed")
     start, start_metrics = _load_start(config, dataset) if config.init_from else (None, {})
+    teacher, teacher_metrics = _load_teacher(config, dataset) if config.teacher else (None, {})
     # A continued run keeps the preprocessing its weights were trained with.
     spec = start.preprocessing if start else preprocessing_for(config, dataset, train_index)
     num_classes = dataset.num_classes
@@ -286,11 +346,13 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
             except ValueError as e:
                 raise ConfigError(f"--init {config.init_from}: its weights do not fit {config.arch} ({str(e).splitlines()[0]})") from None
             del start
-        model.compile(
-            optimizer=_make_optimizer(config, steps_per_epoch),
-            loss=k.losses.CategoricalCrossentropy(label_smoothing=0.0 if config.recipe == "tutorial" else config.label_smoothing),
-            metrics=[k.metrics.CategoricalAccuracy(name="accuracy")],
-        )
+        hard_loss = k.losses.CategoricalCrossentropy(label_smoothing=0.0 if config.recipe == "tutorial" else config.label_smoothing)
+        optimizer = _make_optimizer(config, steps_per_epoch)
+        model.compile(optimizer=optimizer, loss=hard_loss, metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
+        trainer, distill_info = model, None
+        if teacher is not None:
+            trainer, distill_info = _distiller_for(model, teacher, teacher_metrics, config, spec, hard_loss, x_train, test_ds)
+            trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
     # Only the chief keeps the history; other workers record in memory.
     recorder = _EpochRecorder(staging / ("history.json" if placement.is_chief else f".history-{os.getpid()}.json"), len(train_index))
     nan_guard = _NaNGuard(k)
@@ -306,7 +368,7 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         average = WeightAverage(staging / STATE_FILE, first_epoch=config.epochs - config.swa_epochs)
         # Before BackupAndRestore: an epoch is averaged before its checkpoint is written, and a
         # resumed run that repeats it does not count it twice.
-        cbs.insert(1, average.callback())
+        cbs.insert(1, average.callback(model))
         if config.patience and val_ds is not None:
             log.info("weight averaging: early stopping is off (the average needs the last %d epochs)", config.swa_epochs)
     elif config.patience and val_ds is not None:
@@ -317,7 +379,7 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     log.info("training %s on %s (%d train / %d val / %d test images) on %s", config.arch, dataset.name,
              len(train_index), len(val_index), len(dataset.test), placement.device)
     fit_start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs, verbose=verbose)
+    trainer.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs, verbose=verbose)
     fit_time = time.perf_counter() - fit_start
     if nan_guard.epoch is not None:
         # The checkpoints hold NaN weights too: resuming from them cannot help.
@@ -362,6 +424,7 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         } if config.init_from else None,
         "stopped_early": bool(rows) and len(rows) < config.epochs,
         "swa": swa_info,
+        "distillation": distill_info,
         "history": rows,
         # Of the shipped weights: the average's when weights were averaged.
         "val_accuracy": (swa_info or {}).get("val_accuracy", rows[-1].get("val_accuracy") if rows else None),

@@ -8,22 +8,8 @@ import numpy as np
 
 from .._deps import keras
 from ..data import Dataset, stratified_split
+from ..distill import Distillation, distiller, outputs_are_probabilities
 from ..preprocess import PreprocessingSpec
-
-
-@dataclass(frozen=True)
-class Distillation:
-    """Fine-tune against a teacher's softened outputs as well as the labels (Hinton et al., 2015):
-    loss = (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T), where _T is the
-    softmax at temperature T. Here the teacher is the model being optimized, before pruning or
-    quantization, so the fine-tune pulls the compressed model back toward the function it had."""
-
-    teacher: object
-    alpha: float = 0.9
-    temperature: float = 4.0
-
-    def describe(self) -> dict:
-        return {"teacher": getattr(self.teacher, "name", "teacher"), "alpha": self.alpha, "temperature": self.temperature}
 
 
 @dataclass
@@ -91,80 +77,7 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
         trainer.compile(optimizer=optimizer, loss=hard_loss, metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
     else:
         teacher_logits = not outputs_are_probabilities(distillation.teacher, probe)
-        trainer = _distiller(model, distillation, hard_loss, from_logits, teacher_logits)
+        trainer = distiller(model, distillation, hard_loss, from_logits, teacher_logits)
         trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
-
-
-def are_probabilities(y) -> bool:
-    """Whether model outputs `y` (N x classes) are probabilities (>= 0, rows summing to 1), not logits."""
-    y = np.asarray(y, dtype=np.float64)
-    return bool((y >= 0).all() and np.allclose(y.sum(-1), 1.0, atol=1e-3))
-
-
-def outputs_are_probabilities(model, x) -> bool:
-    """Whether `model` ends in a softmax, judged from its outputs on `x`."""
-    return are_probabilities(model(x, training=False))
-
-
-def distillation_loss(student, teacher, temperature: float, student_logits: bool = False, teacher_logits: bool = False):
-    """T^2 * KL(teacher_T || student_T) per example. Outputs are probabilities unless flagged as
-    logits (log p are logits up to a constant, so softmax(log p / T) is the distribution at T)."""
-    from .._deps import tensorflow
-
-    tf = tensorflow()
-
-    def tempered(y, logits):
-        z = y if logits else tf.math.log(tf.clip_by_value(y, 1e-7, 1.0))
-        return tf.nn.log_softmax(z / temperature)
-
-    t_log, s_log = tempered(teacher, teacher_logits), tempered(student, student_logits)
-    return temperature ** 2 * tf.reduce_sum(tf.exp(t_log) * (t_log - s_log), axis=-1)
-
-
-def _distiller(student, distillation: Distillation, hard_loss, student_logits: bool, teacher_logits: bool):
-    """A Keras model that trains `student` (fit's callbacks reach its layers, pruning's included)
-    on (1 - alpha) * `hard_loss` (the labels' loss) plus alpha times the distillation loss;
-    evaluation and predictions are the student's own."""
-    from .._deps import tensorflow
-
-    k, tf = keras(), tensorflow()
-    alpha, temperature = float(distillation.alpha), float(distillation.temperature)
-
-    class Distiller(k.Model):
-        def __init__(self):
-            super().__init__(name=f"{student.name}_distiller")
-            self.student = student
-            self.teacher = distillation.teacher
-            self.loss_tracker = k.metrics.Mean(name="loss")
-            self.accuracy = k.metrics.CategoricalAccuracy(name="accuracy")
-
-        @property
-        def metrics(self):
-            return [self.loss_tracker, self.accuracy]
-
-        def call(self, x, training=False):
-            return self.student(x, training=training)
-
-        def train_step(self, data):
-            x, y = data
-            soft = self.teacher(x, training=False)
-            with tf.GradientTape() as tape:
-                pred = self.student(x, training=True)
-                loss = ((1 - alpha) * hard_loss(y, pred) + alpha * tf.reduce_mean(distillation_loss(pred, soft, temperature, student_logits, teacher_logits))
-                        + tf.add_n([0.0, *self.student.losses]))
-            variables = self.student.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            self.loss_tracker.update_state(loss)
-            self.accuracy.update_state(y, pred)
-            return {m.name: m.result() for m in self.metrics}
-
-        def test_step(self, data):
-            x, y = data
-            pred = self.student(x, training=False)
-            self.loss_tracker.update_state(hard_loss(y, pred))
-            self.accuracy.update_state(y, pred)
-            return {m.name: m.result() for m in self.metrics}
-
-    return Distiller()

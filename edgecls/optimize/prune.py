@@ -7,7 +7,8 @@ from .._deps import keras, tensorflow
 from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
-from .common import Distillation, Optimized, fine_tune, layer_sparsity
+from ..distill import Distillation
+from .common import Optimized, fine_tune, layer_sparsity
 
 
 def _tfmot():

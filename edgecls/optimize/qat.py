@@ -10,7 +10,8 @@ from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
 from ..modelio import all_layers
 from ..preprocess import PreprocessingSpec
-from .common import Distillation, Optimized, fine_tune, layer_sparsity
+from ..distill import Distillation
+from .common import Optimized, fine_tune, layer_sparsity
 
 
 def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int = 1, batch_size: int = 128,
