@@ -59,49 +59,40 @@ def preprocessing_for(config: TrainConfig, dataset: Dataset, train_index: np.nda
     return PreprocessingSpec(input_size=size, scale=1 / 255.0, mean=tuple(pixels.mean(0)), std=tuple(pixels.std(0)))
 
 
-def _load_start(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
-    """The finished run that `init_from` names, checked against this run's arch, classes and image size."""
-    path = Path(config.init_from)
+def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """A finished 'edgecls train' run named on the command line by `flag` (--init, --teacher) and
+    its train.json, checked against this run's classes and image size."""
     if not (path / MODEL_FILE).is_file():
-        raise ConfigError(f"--init {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); pass the --out of a finished run")
-    start = load_trained(path)
-    before = {}
-    if (path / TRAIN_FILE).is_file():
-        try:
-            before = json.loads((path / TRAIN_FILE).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--init {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
-    if before.get("arch", config.arch) != config.arch:
-        raise ConfigError(f"--init {path}: that run trained {before['arch']!r}, not {config.arch!r}; pass --arch {before['arch']}")
-    if tuple(start.labels) != tuple(dataset.class_names):
-        raise ConfigError(f"--init {path}: its classes {list(start.labels)} differ from {dataset.source}'s {list(dataset.class_names)}")
-    if tuple(start.preprocessing.input_size) != tuple(dataset.image_size):
-        raise ConfigError(f"--init {path}: it takes {tuple(start.preprocessing.input_size)} images, not {tuple(dataset.image_size)}; "
-                          f"pass --image-size {start.preprocessing.input_size[0]}")
-    return start, before
-
-
-def _load_teacher(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
-    """The finished run that `teacher` names, checked against this run's classes and image size."""
-    path = Path(config.teacher)
-    if not (path / MODEL_FILE).is_file():
-        raise ConfigError(f"--teacher {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); "
-                          f"pass the --out of a finished run")
-    teacher = load_trained(path)
+        raise ConfigError(f"{flag} {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); pass the --out of a finished run")
+    run = load_trained(path)
     about = {}
     if (path / TRAIN_FILE).is_file():
         try:
             about = json.loads((path / TRAIN_FILE).read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--teacher {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
-    if tuple(teacher.labels) != tuple(dataset.class_names):
-        raise ConfigError(f"--teacher {path}: its classes {list(teacher.labels)} differ from {dataset.source}'s "
-                          f"{list(dataset.class_names)}; a teacher must know the same classes in the same order")
-    if tuple(teacher.preprocessing.input_size) != tuple(dataset.image_size):
-        raise ConfigError(f"--teacher {path}: it takes {tuple(teacher.preprocessing.input_size)} images, not "
-                          f"{tuple(dataset.image_size)}; pass --image-size {teacher.preprocessing.input_size[0]}")
+            raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
+    if tuple(run.labels) != tuple(dataset.class_names):
+        raise ConfigError(f"{flag} {path}: its classes {list(run.labels)} differ from {dataset.source}'s "
+                          f"{list(dataset.class_names)}; it must know the same classes in the same order")
+    if tuple(run.preprocessing.input_size) != tuple(dataset.image_size):
+        raise ConfigError(f"{flag} {path}: it takes {tuple(run.preprocessing.input_size)} images, not "
+                          f"{tuple(dataset.image_size)}; pass --image-size {run.preprocessing.input_size[0]}")
+    return run, about
+
+
+def _load_start(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """The finished run that `init_from` names, checked against this run's arch, classes and image size."""
+    start, before = _finished_run(Path(config.init_from), "--init", dataset)
+    if before.get("arch", config.arch) != config.arch:
+        raise ConfigError(f"--init {config.init_from}: that run trained {before['arch']!r}, not {config.arch!r}; pass --arch {before['arch']}")
+    return start, before
+
+
+def _load_teacher(config: TrainConfig, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """The finished run that `teacher` names, checked against this run's classes and image size."""
+    teacher, about = _finished_run(Path(config.teacher), "--teacher", dataset)
     if teacher.preprocessing.layout != "NHWC":
-        raise ConfigError(f"--teacher {path}: its input layout is {teacher.preprocessing.layout}; a teacher must take NHWC images")
+        raise ConfigError(f"--teacher {config.teacher}: its input layout is {teacher.preprocessing.layout}; a teacher must take NHWC images")
     return teacher, about
 
 
