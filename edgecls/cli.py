@@ -88,7 +88,7 @@ def _export_config(args):
 
     return ExportConfig(
         formats=tuple(args.formats) if getattr(args, "formats", None) else ("all",), sparsity=args.sparsity,
-        structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
+        sparsity_allocation=args.sparsity_allocation, structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
         prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
         qat_calibration=not getattr(args, "no_qat_calibration", False), distill=args.distill,
         distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
@@ -218,6 +218,10 @@ def _add_model_options(p):
     p.add_argument("--labels", help="JSON list of class names (default: class indices)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
     p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
+    p.add_argument("--sparsity-allocation", choices=("uniform", "lamp"), default="uniform",
+                   help="'uniform' (default): every pruned layer to --sparsity; 'lamp': per-layer sparsities from "
+                        "layer-adaptive magnitude scores of the trained weights (large layers lose more, small ones "
+                        "less), the pruned layers together at --sparsity")
     p.add_argument("--structured-2x4", action="store_true", help="2:4 structured sparsity instead of unstructured")
     p.add_argument("--skip-layers", nargs="+", help="layers to leave unpruned")
     p.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs while pruning")

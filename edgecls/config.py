@@ -118,6 +118,8 @@ class TrainConfig:
 
 
 ONNX_INT8_METHODS = ("ort_qdq", "tflite")
+# How pruning spreads the target sparsity over the layers (edgecls.optimize.prune.ALLOCATIONS).
+SPARSITY_ALLOCATIONS = ("uniform", "lamp")
 # Weight scales of int8 post-training quantization: one per output channel (default, accurate) or
 # one per tensor (smaller file: no per-channel scale and zero-point arrays).
 INT8_WEIGHT_SCALES = ("per-channel", "per-tensor")
@@ -132,6 +134,7 @@ class ExportConfig:
 
     formats: tuple[str, ...] = ("all",)
     sparsity: float = 0.5
+    sparsity_allocation: str = "uniform"  # or "lamp": per-layer sparsities from LAMP scores (edgecls.optimize.prune)
     structured_2x4: bool = False
     skip_layers: tuple[str, ...] = ()
     prune_epochs: int = 2
@@ -166,6 +169,10 @@ class ExportConfig:
         need(self.formats, "formats must name at least one variant")
         need(isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0,
              f"sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
+        need(self.sparsity_allocation in SPARSITY_ALLOCATIONS,
+             f"sparsity_allocation must be one of {', '.join(SPARSITY_ALLOCATIONS)}, got {self.sparsity_allocation!r}")
+        need(not (self.structured_2x4 and self.sparsity_allocation != "uniform"),
+             "2:4 structured sparsity is 50% in every layer; drop --sparsity-allocation or --structured-2x4")
         need(isinstance(self.prune_epochs, int) and self.prune_epochs >= 1, f"prune_epochs must be >= 1, got {self.prune_epochs!r}")
         need(self.prune_learning_rate > 0, f"prune_learning_rate must be positive, got {self.prune_learning_rate}")
         need(self.qat_learning_rate > 0, f"qat_learning_rate must be positive, got {self.qat_learning_rate}")

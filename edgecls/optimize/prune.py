@@ -3,12 +3,47 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._deps import keras, tensorflow
 from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
 from ..distill import Distillation
-from .common import Optimized, fine_tune, layer_sparsity
+from .common import Optimized, fine_tune, kernel_layers, layer_sparsity
+
+ALLOCATIONS = ("uniform", "lamp")
+
+
+def lamp_scores(kernel) -> np.ndarray:
+    """Layer-adaptive magnitude scores (Lee et al., ICLR 2021, "Layer-adaptive Sparsity for the
+    Magnitude-based Pruning"), in ascending order: each weight's square over the sum of the squares
+    of the weights at least as large in its tensor. Scale-free, so layers compare with each other
+    whatever their weight scales (BatchNorm makes them arbitrary), and the largest weight of a
+    tensor scores 1, so no layer is ever pruned away."""
+    v = np.sort(np.square(np.asarray(kernel, np.float64)).ravel())
+    tail = np.cumsum(v[::-1])[::-1]
+    return v / np.maximum(tail, np.finfo(np.float64).tiny)
+
+
+def lamp_allocation(model, sparsity: float, skip_layers=()) -> dict[str, float]:
+    """Per-layer sparsities that prune `sparsity` of all the kernel weights of the prunable layers
+    not in `skip_layers` together: the weights with the lowest LAMP scores across those layers.
+    Layer name -> fraction of its kernel weights (a layer with several kernels: all of them)."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for layer, w in kernel_layers(model):
+        if layer.name not in skip_layers:
+            groups.setdefault(layer.name, []).append(lamp_scores(w.numpy()))
+    if not groups:
+        return {}
+    every = np.sort(np.concatenate([sc for scores in groups.values() for sc in scores]))
+    count = int(round(sparsity * every.size))
+    if count == 0:
+        return {name: 0.0 for name in groups}
+    threshold = every[count - 1]
+    # Ties at the threshold (rare with float weights) may prune a few more than `count`.
+    return {name: float(sum(int((sc <= threshold).sum()) for sc in scores) / sum(sc.size for sc in scores))
+            for name, scores in groups.items()}
 
 
 def _tfmot():
@@ -21,7 +56,7 @@ def _tfmot():
 def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.5, epochs: int = 2,
           batch_size: int = 128, learning_rate: float = 0.01, structured_2x4: bool = False,
           skip_layers: tuple[str, ...] = (), seed: int = 0, verbose: int = 0,
-          distillation: Distillation | None = None) -> Optimized:
+          distillation: Distillation | None = None, allocation: str = "uniform") -> Optimized:
     """Prune the kernels of every prunable layer to `sparsity` (a polynomial schedule from 0 over
     the first 70% of a short fine-tune), then strip the pruning wrappers.
 
@@ -29,11 +64,21 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
     tensor cores and some NPUs accelerate); layers whose shape does not allow it stay dense.
     `skip_layers` names layers to leave unpruned (the way out for a layer tfmot cannot prune).
     `distillation` fine-tunes against a teacher's soft outputs too (usually the unpruned model).
+
+    `allocation` says how `sparsity` is spread over the layers: "uniform" prunes every layer to
+    `sparsity`; "lamp" gives each layer the sparsity that global pruning by LAMP score would
+    (`lamp_allocation`, from the trained weights): large layers lose more, small ones (the first
+    convolution, 1x1 shortcuts, the classifier) less, and the pruned layers together reach `sparsity`.
+    Each layer then follows the same polynomial schedule to its own final sparsity.
     """
     if not 0.0 < sparsity < 1.0:
         raise ConfigError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
     if epochs < 1:
         raise ConfigError(f"pruning needs at least one fine-tuning epoch, got {epochs}")
+    if allocation not in ALLOCATIONS:
+        raise ConfigError(f"sparsity allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if structured_2x4 and allocation != "uniform":
+        raise ConfigError("2:4 structured sparsity is 50% in every layer; drop --sparsity-allocation or --structured-2x4")
     tfmot = _tfmot()
     k = keras()
     sk = tfmot.sparsity.keras
@@ -42,8 +87,13 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
     if unknown:
         raise ConfigError(f"--skip-layers names layers the model does not have: {unknown}")
     steps = max(1, epochs * math.ceil(len(dataset.train) * 0.9 / batch_size))
-    schedule = sk.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+
+    def schedule_to(final):
+        return sk.PolynomialDecay(initial_sparsity=0.0, final_sparsity=final, begin_step=0,
                                   end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 50))
+
+    schedule = schedule_to(sparsity)
+    targets = lamp_allocation(model, sparsity, skip_layers) if allocation == "lamp" else None
     from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
 
     registry = prune_registry.PruneRegistry
@@ -60,6 +110,10 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
                 f"--skip-layers {layer.name}"
             )
         kwargs = {"pruning_schedule": schedule}
+        if targets is not None:
+            if targets.get(layer.name, 0.0) <= 0.0:
+                return fresh
+            kwargs = {"pruning_schedule": schedule_to(targets[layer.name])}
         if structured_2x4:
             kernel = next((w for w in layer.weights if "kernel" in w.name), None)
             # m-by-n sparsity runs along the input-channel axis, which needs a multiple of 4.
@@ -82,6 +136,8 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
     details = {
         "target_sparsity": 0.5 if structured_2x4 else sparsity,
         "structure": "2:4" if structured_2x4 else "unstructured",
+        "allocation": allocation,
+        "target_per_layer": {name: round(v, 4) for name, v in targets.items()} if targets is not None else None,
         "epochs": epochs,
         "learning_rate": learning_rate,
         "distillation": distillation.describe() if distillation else None,

@@ -30,7 +30,7 @@ def build_variant(kind: str, model, dataset, spec, config: ExportConfig, teacher
         return prune(model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
                      learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size,
                      structured_2x4=config.structured_2x4, skip_layers=config.skip_layers, seed=config.seed,
-                     verbose=config.verbose, distillation=distillation)
+                     verbose=config.verbose, distillation=distillation, allocation=config.sparsity_allocation)
     return quantize_aware(model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
                           batch_size=config.fine_tune_batch_size, preserve_sparsity=kind == "pruned_qat",
                           seed=config.seed, calibration_count=config.calibration_count if config.qat_calibration else 0,
