@@ -243,8 +243,15 @@ def _add_model_options(p):
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line too (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"edgecls: error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgecls", description="Small image classifiers from training to edge devices.")
+    parser = _Parser(prog="edgecls", description="Small image classifiers from training to edge devices.")
     parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -33,6 +33,17 @@ def test_version_and_help():
     assert proc.stdout.strip().startswith("edgecls 0.")
 
 
+def test_command_line_mistakes_are_one_line_errors():
+    from .conftest import assert_one_line_error, run_cli
+
+    line = assert_one_line_error(run_cli("export", "m.keras", "--out", "o", "--sparsity-allocation", "global"),
+                                 "invalid choice: 'global'", "see 'edgecls export --help'")
+    assert "usage:" not in line
+    assert_one_line_error(run_cli("bench"), "the following arguments are required: bundle")
+    assert_one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'", "see 'edgecls --help'")
+    assert_one_line_error(run_cli("train", "--epochs", "ten"), "invalid int value: 'ten'")
+
+
 def test_public_functions_are_functions_whatever_was_imported_first():
     proc = _run(
         "import edgecls.training, edgecls.evaluation, edgecls.export\n"
