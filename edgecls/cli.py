@@ -218,7 +218,9 @@ def _add_model_options(p):
     p.add_argument("--labels", help="JSON list of class names (default: class indices)")
     p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
     p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
-    p.add_argument("--sparsity-allocation", choices=("uniform", "lamp"), default="uniform",
+    from .config import SPARSITY_ALLOCATIONS
+
+    p.add_argument("--sparsity-allocation", choices=SPARSITY_ALLOCATIONS, default="uniform",
                    help="'uniform' (default): every pruned layer to --sparsity; 'lamp': per-layer sparsities from "
                         "layer-adaptive magnitude scores of the trained weights (large layers lose more, small ones "
                         "less), the pruned layers together at --sparsity")

@@ -118,7 +118,7 @@ class TrainConfig:
 
 
 ONNX_INT8_METHODS = ("ort_qdq", "tflite")
-# How pruning spreads the target sparsity over the layers (edgecls.optimize.prune.ALLOCATIONS).
+# How pruning spreads the target sparsity over the layers (edgecls.optimize.prune).
 SPARSITY_ALLOCATIONS = ("uniform", "lamp")
 # Weight scales of int8 post-training quantization: one per output channel (default, accurate) or
 # one per tensor (smaller file: no per-channel scale and zero-point arrays).

@@ -10,9 +10,8 @@ from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
 from ..distill import Distillation
+from ..config import SPARSITY_ALLOCATIONS
 from .common import Optimized, fine_tune, kernel_layers, layer_sparsity
-
-ALLOCATIONS = ("uniform", "lamp")
 
 
 def lamp_scores(kernel) -> np.ndarray:
@@ -75,8 +74,8 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
         raise ConfigError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
     if epochs < 1:
         raise ConfigError(f"pruning needs at least one fine-tuning epoch, got {epochs}")
-    if allocation not in ALLOCATIONS:
-        raise ConfigError(f"sparsity allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if allocation not in SPARSITY_ALLOCATIONS:
+        raise ConfigError(f"sparsity allocation must be one of {', '.join(SPARSITY_ALLOCATIONS)}, got {allocation!r}")
     if structured_2x4 and allocation != "uniform":
         raise ConfigError("2:4 structured sparsity is 50% in every layer; drop --sparsity-allocation or --structured-2x4")
     tfmot = _tfmot()
