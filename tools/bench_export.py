@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", default="runs/bench-export")
     ap.add_argument("--sparsity", type=float, default=0.75)
+    ap.add_argument("--sparsity-allocation", default="uniform", help="uniform or lamp (edgecls export --sparsity-allocation)")
+    ap.add_argument("--skip-layers", nargs="+", default=(), help="layers left unpruned (edgecls export --skip-layers)")
     ap.add_argument("--prune-epochs", type=int, default=5)
     ap.add_argument("--prune-lr", type=float, default=0.01)
     ap.add_argument("--qat-epochs", type=int, default=2)
@@ -77,8 +79,9 @@ def main():
     x, y = spec.apply(dataset.test.images), dataset.test.labels
 
     # 1. every variant
-    config = ExportConfig(sparsity=args.sparsity, prune_epochs=args.prune_epochs, prune_learning_rate=args.prune_lr,
-                          qat_epochs=args.qat_epochs, distill=args.distill, verbose=2)
+    config = ExportConfig(sparsity=args.sparsity, sparsity_allocation=args.sparsity_allocation,
+                          skip_layers=tuple(args.skip_layers), prune_epochs=args.prune_epochs,
+                          prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, distill=args.distill, verbose=2)
     result = export(args.model, dataset=dataset, out=out / "bundle", config=config)
     rows = {r["name"]: r for r in result.rows}
     ref_acc = result.manifest["reference"]["accuracy"]
