@@ -191,7 +191,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         try:
             start = get_model("pruned") if kind == "pruned_qat" else base
             if kind == "pruned":
-                log.info("pruning to %.0f%% sparsity (%d fine-tuning epochs)", 100 * config.sparsity, config.prune_epochs)
+                log.info("pruning to %.0f%% sparsity, %s across layers (%d fine-tuning epochs)", 100 * config.sparsity,
+                         "by LAMP score" if config.sparsity_allocation == "lamp" else "uniform", config.prune_epochs)
             else:
                 log.info("%squantization-aware training (%d epochs)",
                          "sparsity-preserving " if kind == "pruned_qat" else "", config.qat_epochs)
