@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="knowledge distillation: also learn the soft outputs of this finished 'edgecls train' run "
                         "(same classes and image size; usually a larger model, e.g. resnet20); slower per epoch")
     p.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the teacher's term in the loss (default 0.9)")
-    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of distillation (default 4)")
+    p.add_argument("--distill-temperature", type=float, default=None,
+                   help="softmax temperature of distillation (default: 1 for a teacher trained with label smoothing, "
+                        "as edgecls's recipe trains, else 4)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
     p.set_defaults(func=_cmd_train)
 

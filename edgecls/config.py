@@ -26,7 +26,11 @@ class TrainConfig:
     teacher (a finished "edgecls train" directory with the same classes and image size) adds
     knowledge distillation: the loss becomes (1 - distill_alpha) * the labels' loss + distill_alpha *
     T^2 * KL(teacher_T || student_T) at temperature T = distill_temperature. The teacher sees each
-    augmented batch through its own preprocessing.
+    augmented batch through its own preprocessing. distill_temperature None (the default) chooses T
+    from the teacher's own training: 1 for a teacher trained with label smoothing (as this recipe
+    trains), 4 otherwise. Label smoothing flattens the teacher's non-target probabilities and a high
+    T flattens them further, so little of what sets the classes apart reaches the student
+    (Chandrasegaran et al., ICML 2022: distil LS-trained teachers at a low temperature).
     """
 
     data: str = "cifar10-sample"
@@ -51,7 +55,7 @@ class TrainConfig:
     swa_learning_rate: float | None = None
     teacher: str | None = None
     distill_alpha: float = 0.9
-    distill_temperature: float = 4.0
+    distill_temperature: float | None = None
     verbose: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -80,7 +84,8 @@ class TrainConfig:
                  f"swa_epochs must be at least 2 and less than epochs ({self.epochs}) so some epochs come before the averaging; got {self.swa_epochs}")
         need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
         need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
-        need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
+        need(self.distill_temperature is None or self.distill_temperature > 0,
+             f"distill_temperature must be positive, got {self.distill_temperature}")
         if self.teacher is not None:
             need(bool(str(self.teacher).strip()), "teacher must name a finished 'edgecls train' directory")
             need(self.recipe != "tutorial", "a teacher (distillation) belongs to the 'edgecls' recipe, not 'tutorial'")

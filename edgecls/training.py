@@ -40,6 +40,8 @@ _RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", 
                 "swa_epochs", "swa_learning_rate", "teacher", "distill_alpha", "distill_temperature")
 # What a run.json written before a key existed meant by it.
 _RESUME_DEFAULTS = {"swa_epochs": 0, "swa_learning_rate": None, "teacher": None, "distill_alpha": 0.9, "distill_temperature": 4.0}
+# Temperatures when TrainConfig.distill_temperature is None: low for a teacher trained with label smoothing.
+AUTO_TEMPERATURE_SMOOTHED, AUTO_TEMPERATURE = 1.0, 4.0
 
 
 @dataclass
@@ -154,6 +156,22 @@ def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, 
     return info
 
 
+def distill_temperature_for(config: TrainConfig, teacher_metrics: dict) -> tuple[float, str]:
+    """The distillation temperature and why: the one given, or (None) one chosen from how the teacher
+    was trained. A teacher trained with label smoothing puts nearly equal probability on every wrong
+    class; a high temperature flattens that further and the student learns little beyond the label
+    (Chandrasegaran et al., ICML 2022), so such a teacher is distilled at T = 1, any other at T = 4."""
+    if config.distill_temperature is not None:
+        return float(config.distill_temperature), "given"
+    trained = teacher_metrics.get("config") or {}
+    smoothing = 0.0 if trained.get("recipe") == "tutorial" else trained.get("label_smoothing")
+    if smoothing is None:
+        return AUTO_TEMPERATURE, "default: the teacher's train.json does not say whether it used label smoothing"
+    if smoothing > 0:
+        return AUTO_TEMPERATURE_SMOOTHED, f"default for a teacher trained with label smoothing {smoothing:g}"
+    return AUTO_TEMPERATURE, "default for a teacher trained without label smoothing"
+
+
 def _distiller_for(model, teacher: TrainedModel, teacher_metrics: dict, config: TrainConfig, spec: PreprocessingSpec,
                    hard_loss, x_train, test_ds):
     """The Keras model that trains `model` toward `teacher`'s soft outputs (and the labels), and
@@ -170,6 +188,7 @@ def _distiller_for(model, teacher: TrainedModel, teacher_metrics: dict, config: 
     teacher_model.compile(loss=hard_loss, metrics=[k.metrics.CategoricalAccuracy(name="accuracy")])
     teacher_accuracy = float(teacher_model.evaluate(test_ds, verbose=0)[1])
     probe = spec.apply(x_train[:64])
+    temperature, why = distill_temperature_for(config, teacher_metrics)
     info = {
         "teacher": str(config.teacher),
         "teacher_arch": teacher_metrics.get("arch"),
@@ -177,12 +196,13 @@ def _distiller_for(model, teacher: TrainedModel, teacher_metrics: dict, config: 
         "teacher_test_accuracy": teacher_accuracy,
         "teacher_preprocessing_adapted": teacher_model is not rebuilt,
         "alpha": config.distill_alpha,
-        "temperature": config.distill_temperature,
+        "temperature": temperature,
+        "temperature_from": why,
     }
-    log.info("distilling from %s (%s, %d parameters, test accuracy %.4f here), alpha %g, temperature %g",
+    log.info("distilling from %s (%s, %d parameters, test accuracy %.4f here), alpha %g, temperature %g (%s)",
              teacher.path, info["teacher_arch"] or "unknown arch", info["teacher_params"], teacher_accuracy,
-             config.distill_alpha, config.distill_temperature)
-    trainer = distiller(model, Distillation(teacher_model, config.distill_alpha, config.distill_temperature), hard_loss,
+             config.distill_alpha, temperature, why)
+    trainer = distiller(model, Distillation(teacher_model, config.distill_alpha, temperature), hard_loss,
                         student_logits=not outputs_are_probabilities(model, probe),
                         teacher_logits=not outputs_are_probabilities(teacher_model, probe))
     trainer(probe[:1])  # built before fit, so BackupAndRestore can restore the optimizer's state on --resume
@@ -263,7 +283,10 @@ def _check_resume(staging: Path, config: TrainConfig) -> None:
     if run_file.exists():
         before = json.loads(run_file.read_text())
         now = config.to_dict()
-        changed = [k for k in _RESUME_KEYS if before.get(k, _RESUME_DEFAULTS.get(k)) != now.get(k)]
+        # Without a teacher, before or now, the distillation settings mean nothing.
+        distilled = before.get("teacher") is not None or now.get("teacher") is not None
+        changed = [k for k in _RESUME_KEYS if (distilled or not k.startswith("distill_"))
+                   and before.get(k, _RESUME_DEFAULTS.get(k)) != now.get(k)]
         if changed:
             raise ConfigError(
                 f"cannot resume {staging}: {', '.join(f'{k} was {before.get(k)!r}, now {now.get(k)!r}' for k in changed)}; "

@@ -63,6 +63,7 @@ def test_the_teacher_teaches(tmp_path, constant_teacher):
 
     d = taught.metrics["distillation"]
     assert d["teacher"] == str(constant_teacher) and d["alpha"] == 1.0 and d["temperature"] == 1.0
+    assert d["temperature_from"] == "given"
     assert d["teacher_preprocessing_adapted"] is True
     # The teacher's accuracy is measured on the same test images: its one class's share of them.
     assert d["teacher_test_accuracy"] == pytest.approx((labels == FAVOURITE).mean())
@@ -96,6 +97,35 @@ def test_averaging_with_a_teacher_averages_the_student(tmp_path, constant_teache
                                out=str(tmp_path / "s"), teacher=str(constant_teacher)))
     assert result.metrics["swa"]["averaged_epochs"] == [2, 3]
     assert result.metrics["model"]["params"] == 122_570 and result.metrics["distillation"]["alpha"] == 0.9
+
+
+@pytest.mark.parametrize("trained, temperature, why", [
+    ({"config": {"recipe": "edgecls", "label_smoothing": 0.1}}, 1.0, "label smoothing 0.1"),
+    ({"config": {"recipe": "edgecls", "label_smoothing": 0.0}}, 4.0, "without label smoothing"),
+    ({"config": {"recipe": "tutorial", "label_smoothing": 0.1}}, 4.0, "without label smoothing"),  # tutorial: no smoothing
+    ({}, 4.0, "does not say"),
+])
+def test_temperature_follows_how_the_teacher_was_trained(trained, temperature, why):
+    """Default (None): T = 1 for a teacher trained with label smoothing, 4 otherwise; a given T wins."""
+    from edgecls.training import distill_temperature_for
+
+    t, reason = distill_temperature_for(TrainConfig(teacher="t"), trained)
+    assert t == temperature and why in reason
+    assert distill_temperature_for(TrainConfig(teacher="t", distill_temperature=2.5), trained) == (2.5, "given")
+
+
+def test_resume_without_a_teacher_ignores_distillation_settings(tmp_path):
+    """A run started before the distillation options existed (its run.json lacks them) resumes
+    with today's defaults: without a teacher, they mean nothing."""
+    from edgecls.training import _check_resume
+
+    staging = tmp_path / "o.partial"
+    staging.mkdir()
+    before = TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "o")).to_dict()
+    for key in ("teacher", "distill_alpha", "distill_temperature"):
+        del before[key]
+    (staging / "run.json").write_text(json.dumps(before))
+    _check_resume(staging, TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "o"), resume=True))
 
 
 def test_resume_refuses_another_teacher(tmp_path, constant_teacher):
