@@ -44,7 +44,7 @@ if [ "$STEPS" != bench ]; then
         "$PY" -c "import sys; from edgecls.bundle import omit_artifact; omit_artifact(sys.argv[1], sys.argv[2], 'left out of the shipped bundle to keep it under 3 MB; re-export with tools/ship_model.sh to get it')" "$OUT.new" "$v"
     done
     if [ "${KERAS:-1}" = 1 ]; then  # loaded uncompiled, so saved without optimizer state
-        "$PY" -c "import sys; from edgecls.modelio import load_keras_model; load_keras_model(sys.argv[1]).save(sys.argv[2])" \
+        "$PY" -c "import sys; from edgecls.modelio import load_keras_model, save_model_file; save_model_file(load_keras_model(sys.argv[1]), sys.argv[2])" \
             "$TRAINED/model.keras" "$OUT.new/model.keras"
     fi
     rm -rf "$OUT" && mv "$OUT.new" "$OUT"
