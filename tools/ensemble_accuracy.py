@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
 from edgecls.data import load_dataset  # noqa: E402
 from edgecls.evaluation import predict_in_batches  # noqa: E402
