@@ -1,13 +1,14 @@
 """Saving and loading a trained model directory: model.keras, labels.json, preprocessing.json."""
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._deps import keras
-from ._io import atomic_write_json, read_json
+from ._io import atomic_path, atomic_write_json, read_json
 from .errors import ModelError, first_line
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
@@ -51,20 +52,16 @@ def save_model_file(model, path: str | Path) -> None:
         plain.set_weights(model.get_weights())
         model = plain
     path = Path(path)
-    saved = path.with_name(f".{path.stem}.saving-{os.getpid()}{path.suffix}")  # Keras wants the suffix
-    packed = saved.with_name(saved.name + ".zip")
-    try:
+    with tempfile.TemporaryDirectory(prefix="edgecls-save-") as scratch:
+        saved = Path(scratch) / path.name  # Keras picks the format from the suffix
         model.save(saved)
-        if zipfile.is_zipfile(saved):
-            with zipfile.ZipFile(saved) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
-                for member in src.infolist():
-                    dst.writestr(member.filename, src.read(member))
-            os.replace(packed, path)
-        else:
-            os.replace(saved, path)
-    finally:
-        for leftover in (saved, packed):
-            leftover.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            if zipfile.is_zipfile(saved):
+                with zipfile.ZipFile(saved) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+                    for member in src.infolist():
+                        dst.writestr(member.filename, src.read(member))
+            else:
+                shutil.copyfile(saved, tmp)
 
 
 def load_labels(path: str | Path) -> tuple[str, ...]:
