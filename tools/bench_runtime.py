@@ -9,12 +9,18 @@ Measures, single thread, same process, on the same preprocessed tensor of one he
   keras  the fp32 Keras model: model.predict(x) and model(x) (what leaving TensorFlow buys).
 After --warmup-s seconds of untimed calls and a --probe-s host probe (is the CPU steady?), three rounds, each timing the two calls alternately;
 reports each round's p50 and the spread (max - min) / median.
+
+With --processes N it runs all of that in N fresh processes, one after the other (a process is
+what a user's run is: its own interpreter, allocations and cache state), and writes
+summary.json/summary.md beside them: per variant, each process's p50 (the median of its rounds),
+the spread across the processes, and the targets judged over all of them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -138,7 +144,15 @@ def main():
     ap.add_argument("--out", default="runs/bench-runtime")
     ap.add_argument("--cpu", type=int, default=1,
                     help="pin the process to this CPU (fewer migrations, steadier numbers); -1: no pinning")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the whole measurement in this many fresh processes, one after the other, and "
+                         "summarize the spread across them (default 1)")
     args = ap.parse_args()
+    if args.processes < 1:
+        ap.error("--processes must be at least 1")
+    if args.processes > 1:
+        return run_processes(args)
+    host = host_info()  # before pinning, which would make it count one core
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
 
@@ -168,7 +182,7 @@ def main():
         ]
     report = {
         "command": " ".join(["python", *sys.argv]), "bundle": args.bundle, "image": f"first test image of {args.data}",
-        "host": host_info(), "runtime": runtime_versions(), "threads": 1, "pinned_cpu": args.cpu,
+        "host": host, "runtime": runtime_versions(), "threads": 1, "pinned_cpu": args.cpu,
         "variants": variants, "keras_fp32": keras,
         "targets": targets, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -178,6 +192,91 @@ def main():
     md = render(report)
     (outdir / "results.md").write_text(md)
     print(md)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def run_processes(args) -> None:
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    child_argv = _without_option(_without_option(sys.argv[1:], "--processes"), "--out")
+    reports = []
+    for i in range(1, args.processes + 1):
+        child_out = outdir / f"process-{i}"
+        print(f"process {i}/{args.processes} -> {child_out}", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv, "--out", str(child_out)],
+                       check=True, stdout=subprocess.DEVNULL)
+        reports.append(json.loads((child_out / "results.json").read_text()))
+    summary = summarize(reports)
+    summary["command"] = " ".join(["python", *sys.argv])
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = render_summary(summary)
+    (outdir / "summary.md").write_text(md)
+    print(md)
+
+
+def summarize(reports: list[dict]) -> dict:
+    """Targets over several processes' results: runner / bare in every process, and each series'
+    p50 (a process's median of its rounds) repeating across processes within 5%."""
+    def spread(values):
+        return round((max(values) - min(values)) / float(np.median(values)), 4)
+
+    variants, targets = [], []
+    for name in [v["variant"] for v in reports[0]["variants"]]:
+        per = [next(v for v in r["variants"] if v["variant"] == name) for r in reports]
+        bare = [round(float(np.median(v["bare"]["p50_per_round"])), 4) for v in per]
+        runner = [round(float(np.median(v["runner"]["p50_per_round"])), 4) for v in per]
+        ratios = [v["runner_over_bare_median"] for v in per]
+        steady = [v["host_probe"]["share_over_20pct_slower"] <= 0.05 for v in per if v.get("host_probe")]
+        variants.append({"variant": name, "bare_p50_per_process": bare, "runner_p50_per_process": runner,
+                         "bare_spread": spread(bare), "runner_spread": spread(runner),
+                         "runner_over_bare_per_process": ratios,
+                         "within_process_spreads": [[v["bare"]["spread"], v["runner"]["spread"]] for v in per],
+                         "host_steady_per_process": steady})
+        targets += [
+            {"target": f"{name}: runner.predict / bare invoke, every process", "value": max(ratios), "rule": "<= 1.10",
+             "pass": max(ratios) <= 1.10},
+            {"target": f"{name}: p50 spread across processes (bare)", "value": spread(bare), "rule": "<= 0.05",
+             "pass": spread(bare) <= 0.05},
+            {"target": f"{name}: p50 spread across processes (runner)", "value": spread(runner), "rule": "<= 0.05",
+             "pass": spread(runner) <= 0.05},
+        ]
+    first = reports[0]
+    return {"processes": len(reports), "host": first["host"], "runtime": first["runtime"], "pinned_cpu": first["pinned_cpu"],
+            "image": first["image"], "variants": variants, "targets": targets,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def render_summary(s: dict) -> str:
+    lines = [f"Command: `{s['command']}`", "",
+             f"Machine: {s['host']['cpu']}, {s['host']['cores']} cores, {s['host']['os']}; ai-edge-litert "
+             f"{s['runtime'].get('ai-edge-litert', '')}, 1 thread, pinned to CPU {s['pinned_cpu']}; {s['image']}; "
+             f"{s['processes']} processes one after the other (p50 of a process: the median of its rounds)", "",
+             "| variant | bare p50 ms per process | spread | runner p50 ms per process | spread | runner / bare per process | host steady |",
+             "|---|---|---:|---|---:|---|---|"]
+    for v in s["variants"]:
+        steady = v["host_steady_per_process"]
+        lines.append(f"| {v['variant']} | {', '.join(f'{x:.4f}' for x in v['bare_p50_per_process'])} | {v['bare_spread']:.1%} "
+                     f"| {', '.join(f'{x:.4f}' for x in v['runner_p50_per_process'])} | {v['runner_spread']:.1%} "
+                     f"| {', '.join(f'{x:.3f}' for x in v['runner_over_bare_per_process'])} "
+                     f"| {sum(steady)} of {len(steady)} |")
+    lines += ["", "Host steady: the process's probe found at most 5% of its 0.1 s windows more than 20% slower than "
+                  "the fastest; only steady processes speak to repeatability.", "",
+              "| target | value | rule | result |", "|---|---:|---|---|"]
+    for t in s["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['rule']} | {'PASS' if t['pass'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(r) -> str:
