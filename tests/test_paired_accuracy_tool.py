@@ -1,0 +1,47 @@
+"""tools/paired_accuracy.py: the paired (McNemar) comparison of two models on the same images."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, TINY_ZIP
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("paired_accuracy", ROOT / "tools" / "paired_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_tail(tool):
+    assert tool.mcnemar_exact(0, 5) == pytest.approx(2 / 32)        # 5 discordant, all one way
+    assert tool.mcnemar_exact(1, 4) == pytest.approx(2 * 6 / 32)    # P(X <= 1) = 6/32, doubled
+    assert tool.mcnemar_exact(3, 3) == 1.0 and tool.mcnemar_exact(0, 0) == 1.0
+    assert tool.mcnemar_exact(180, 235) == tool.mcnemar_exact(235, 180) == pytest.approx(0.00795, abs=5e-5)
+
+
+def test_paired_counts_only_the_images_where_correctness_differs(tool):
+    a = np.array([1, 1, 0, 0, 1], bool)
+    b = np.array([1, 0, 1, 1, 1], bool)
+    r = tool.paired(a, b)
+    assert (r["images"], r["only_a_right"], r["only_b_right"]) == (5, 1, 2)
+    assert (r["top1_a"], r["top1_b"]) == (0.6, 0.8)
+
+
+def test_a_model_against_itself_on_real_images(tool, tmp_path, capsys):
+    out = tmp_path / "paired.json"
+    bundle = str(ROOT / "models" / "resnet8")
+    assert tool.main([bundle, bundle, "--variant", "tflite_int8", "--data", str(TINY_ZIP), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 100 and r["only_a_right"] == r["only_b_right"] == 0 and r["mcnemar_p"] == 1.0
+    assert r["top1_a"] == r["top1_b"] > 0.5
+
+
+def test_an_unknown_variant_is_a_one_line_error(tool, capsys):
+    bundle = str(ROOT / "models" / "resnet8")
+    assert tool.main([bundle, bundle, "--variant", "nope", "--data", str(TINY_ZIP)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("paired_accuracy: error: no variant 'nope'")

@@ -1,0 +1,86 @@
+"""Is model B really more accurate than model A on the same images? A paired comparison.
+
+    python tools/paired_accuracy.py models/resnet8 runs/kd-int8 --variant tflite_int8 \
+        --data ../shared/datasets/cifar10-jpeg.zip
+
+Both models run (through edgecls.runtime, no TensorFlow) on every test image of --data. Two top-1
+figures on one test set are not independent samples: most images are right (or wrong) for both, and
+only the images where the models disagree about correctness say which is better. This counts them
+(only A right, only B right) and gives the exact two-sided McNemar p-value: the chance of a split at
+least this uneven if either model were equally likely to be the one that is right.
+A and B are bundle directories (with --variant, or --variant-a/--variant-b) or model files inside bundles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: binomial(n = only_a + only_b, 1/2) tail at min(only_a, only_b)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    return {"images": int(correct_a.size), "top1_a": round(float(correct_a.mean()), 6), "top1_b": round(float(correct_b.mean()), 6),
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
+def predictions(path: str, variant: str | None, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    from edgecls import runtime
+
+    runner = runtime.load(path, variant=variant, threads=None)
+    return np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--variant", help="the variant of both bundles (e.g. tflite_int8)")
+    ap.add_argument("--variant-a")
+    ap.add_argument("--variant-b")
+    ap.add_argument("--data", default="cifar10-sample", help="labelled data; its test split is used")
+    ap.add_argument("--out", help="write the result as JSON here")
+    args = ap.parse_args(argv)
+
+    from edgecls.data import load_dataset
+    from edgecls.errors import EdgeclsError
+
+    try:
+        from edgecls import runtime
+
+        size = runtime.load(args.a, variant=args.variant_a or args.variant).preprocessing.input_size
+        test = load_dataset(args.data, image_size=size).test
+        labels = np.asarray(test.labels)
+        pred_a = predictions(args.a, args.variant_a or args.variant, test.images)
+        pred_b = predictions(args.b, args.variant_b or args.variant, test.images)
+    except EdgeclsError as e:
+        print(f"paired_accuracy: error: {e}", file=sys.stderr)
+        return 2
+    result = {"a": args.a, "b": args.b, "variant_a": args.variant_a or args.variant, "variant_b": args.variant_b or args.variant,
+              "data": args.data, **paired(pred_a == labels, pred_b == labels)}
+    print(f"A {result['a']} ({result['variant_a']}): top-1 {100 * result['top1_a']:.2f}%\n"
+          f"B {result['b']} ({result['variant_b']}): top-1 {100 * result['top1_b']:.2f}%\n"
+          f"on {result['images']:,} test images of {args.data}: only A right on {result['only_a_right']}, only B right on "
+          f"{result['only_b_right']}; exact McNemar two-sided p = {result['mcnemar_p']:.3g}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
