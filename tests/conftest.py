@@ -20,6 +20,16 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+def load_tool(name: str):
+    """A script of tools/ imported as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, env=None, timeout=300, cwd=None):
     """Run `python -m edgecls.cli ...` in a subprocess; return the CompletedProcess."""
     full_env = dict(os.environ)

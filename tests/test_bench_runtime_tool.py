@@ -1,23 +1,19 @@
 """tools/bench_runtime.py: the issue's runtime targets over several processes. Timing values are
 never asserted (they belong to the benchmark); what is checked is the bookkeeping around them."""
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_tool
 
 TOOL = ROOT / "tools" / "bench_runtime.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("bench_runtime", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_runtime")
 
 
 def _report(bare_rounds, runner_rounds, ratio, slow_share):

@@ -1,19 +1,15 @@
 """tools/paired_accuracy.py: the paired (McNemar) comparison of two models on the same images."""
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from .conftest import ROOT, TINY_ZIP
+from .conftest import ROOT, TINY_ZIP, load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("paired_accuracy", ROOT / "tools" / "paired_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("paired_accuracy")
 
 
 def test_mcnemar_exact_is_the_two_sided_binomial_tail(tool):
