@@ -92,6 +92,11 @@ def host_probe(call, seconds: float, window: float = 0.1) -> dict:
             "share_over_20pct_slower": round(float((m > fastest * 1.2).mean()), 3)}
 
 
+def relative_spread(values) -> float:
+    """(max - min) / median: how far a series' p50s are from repeating."""
+    return round((max(values) - min(values)) / float(np.median(values)), 4)
+
+
 def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0, probe_s: float = 0.0) -> dict:
     runner = runtime.load(bundle, variant=variant, threads=1)
     image = load_dataset(data, image_size=runner.preprocessing.input_size).test.images[:1]
@@ -119,7 +124,7 @@ def measure_variant(bundle, variant, data, runs, rounds, warmup_s: float = 0.0, 
 
     def spread(key):
         p50 = [r[key]["p50"] for r in measured]
-        return {"p50_per_round": p50, "spread": round((max(p50) - min(p50)) / float(np.median(p50)), 4)}
+        return {"p50_per_round": p50, "spread": relative_spread(p50)}
 
     ratios = [r["runner"]["p50"] / r["bare"]["p50"] for r in measured]
     return {"variant": variant, "input": runner.input_kind, "input_dtype": runner.backend.input_dtype.name,
@@ -229,9 +234,6 @@ def run_processes(args) -> None:
 def summarize(reports: list[dict]) -> dict:
     """Targets over several processes' results: runner / bare in every process, and each series'
     p50 (a process's median of its rounds) repeating across processes within 5%."""
-    def spread(values):
-        return round((max(values) - min(values)) / float(np.median(values)), 4)
-
     variants, targets = [], []
     for name in [v["variant"] for v in reports[0]["variants"]]:
         per = [next(v for v in r["variants"] if v["variant"] == name) for r in reports]
@@ -239,18 +241,19 @@ def summarize(reports: list[dict]) -> dict:
         runner = [round(float(np.median(v["runner"]["p50_per_round"])), 4) for v in per]
         ratios = [v["runner_over_bare_median"] for v in per]
         steady = [v["host_probe"]["share_over_20pct_slower"] <= 0.05 for v in per if v.get("host_probe")]
+        bare_spread, runner_spread = relative_spread(bare), relative_spread(runner)
         variants.append({"variant": name, "bare_p50_per_process": bare, "runner_p50_per_process": runner,
-                         "bare_spread": spread(bare), "runner_spread": spread(runner),
+                         "bare_spread": bare_spread, "runner_spread": runner_spread,
                          "runner_over_bare_per_process": ratios,
                          "within_process_spreads": [[v["bare"]["spread"], v["runner"]["spread"]] for v in per],
                          "host_steady_per_process": steady})
         targets += [
             {"target": f"{name}: runner.predict / bare invoke, every process", "value": max(ratios), "rule": "<= 1.10",
              "pass": max(ratios) <= 1.10},
-            {"target": f"{name}: p50 spread across processes (bare)", "value": spread(bare), "rule": "<= 0.05",
-             "pass": spread(bare) <= 0.05},
-            {"target": f"{name}: p50 spread across processes (runner)", "value": spread(runner), "rule": "<= 0.05",
-             "pass": spread(runner) <= 0.05},
+            {"target": f"{name}: p50 spread across processes (bare)", "value": bare_spread, "rule": "<= 0.05",
+             "pass": bare_spread <= 0.05},
+            {"target": f"{name}: p50 spread across processes (runner)", "value": runner_spread, "rule": "<= 0.05",
+             "pass": runner_spread <= 0.05},
         ]
     first = reports[0]
     return {"processes": len(reports), "host": first["host"], "runtime": first["runtime"], "pinned_cpu": first["pinned_cpu"],

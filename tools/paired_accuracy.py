@@ -39,10 +39,7 @@ def paired(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
 
 
-def predictions(path: str, variant: str | None, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    from edgecls import runtime
-
-    runner = runtime.load(path, variant=variant, threads=None)
+def predictions(runner, images: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
@@ -60,18 +57,18 @@ def main(argv=None) -> int:
     from edgecls.data import load_dataset
     from edgecls.errors import EdgeclsError
 
+    variant_a, variant_b = args.variant_a or args.variant, args.variant_b or args.variant
     try:
         from edgecls import runtime
 
-        size = runtime.load(args.a, variant=args.variant_a or args.variant).preprocessing.input_size
-        test = load_dataset(args.data, image_size=size).test
+        runner_a, runner_b = runtime.load(args.a, variant=variant_a), runtime.load(args.b, variant=variant_b)
+        test = load_dataset(args.data, image_size=runner_a.preprocessing.input_size).test
         labels = np.asarray(test.labels)
-        pred_a = predictions(args.a, args.variant_a or args.variant, test.images)
-        pred_b = predictions(args.b, args.variant_b or args.variant, test.images)
+        pred_a, pred_b = predictions(runner_a, test.images), predictions(runner_b, test.images)
     except EdgeclsError as e:
         print(f"paired_accuracy: error: {e}", file=sys.stderr)
         return 2
-    result = {"a": args.a, "b": args.b, "variant_a": args.variant_a or args.variant, "variant_b": args.variant_b or args.variant,
+    result = {"a": args.a, "b": args.b, "variant_a": variant_a, "variant_b": variant_b,
               "data": args.data, **paired(pred_a == labels, pred_b == labels)}
     print(f"A {result['a']} ({result['variant_a']}): top-1 {100 * result['top1_a']:.2f}%\n"
           f"B {result['b']} ({result['variant_b']}): top-1 {100 * result['top1_b']:.2f}%\n"
