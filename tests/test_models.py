@@ -34,7 +34,7 @@ def test_shipped_bundle_is_complete_and_intact(name):
         assert art["status"] == "ok" and art["validation"]["status"] == "ok" and art["validation"]["images"] == 10000, art["name"]
     for part in ("model.keras", "labels.json", "preprocessing.json", "train.json", "report.json"):
         assert (folder / part).is_file(), part
-    assert sum(p.stat().st_size for p in folder.iterdir()) < 3 * 1024 * 1024
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 3_000_000  # "under 3 MB", decimal
     train = json.loads((folder / "train.json").read_text())
     assert train["arch"] == name and train["dataset"]["train_images"] == 50000 and train["split"]["test"] == 10000
     report = json.loads((folder / "report.json").read_text())
