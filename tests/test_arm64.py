@@ -27,7 +27,7 @@ def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
         args += ["--bundle", str(bundle)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=5400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "comparison-cortex-a72.json").read_text())
+    summary = json.loads((tmp_path / "resnet8-comparison-cortex-a72.json").read_text())
     assert summary["ok"] and summary["python"].endswith("aarch64") and summary["python"].startswith("3.11")
     assert not [p for p in summary["runtime_packages"] if p.lower().startswith(("tensorflow", "keras", "tf-keras"))]
     for name, result in summary["bundles"].items():

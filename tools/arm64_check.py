@@ -17,8 +17,8 @@ What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for q
    images, and tools/arm64_outputs.py both there and here on the same images;
 4. compares: float outputs within 1e-5, TFLite int8 raw outputs within one quantization step,
    ONNX int8 outputs within 4 steps (onnxruntime's int8 kernels differ across the two
-   architectures), top-1 identical on every image. Writes the comparison and the emulated bench
-   report (labelled emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
+   architectures), top-1 identical on every image. Writes the comparison (<bundle>-comparison-<cpu>.json)
+   and each emulated bench report (labelled emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
 """
 from __future__ import annotations
 
@@ -316,10 +316,12 @@ def main(argv=None) -> int:
             failed = True
     summary["wall_time_s"] = round(time.time() - started)
     summary["ok"] = not failed
-    tmp = out / f"comparison-{args.cpu}.json.tmp"
+    # named after the bundles, so checks of different bundles into one folder do not overwrite each other
+    final = out / f"{'+'.join(summary['bundles'])}-comparison-{args.cpu}.json"
+    tmp = final.with_name(final.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / f"comparison-{args.cpu}.json")
-    print(f"{'PASS' if not failed else 'FAIL'}: wrote {out / f'comparison-{args.cpu}.json'} ({summary['wall_time_s']} s)")
+    tmp.replace(final)
+    print(f"{'PASS' if not failed else 'FAIL'}: wrote {final} ({summary['wall_time_s']} s)")
     return 1 if failed else 0
 
 
