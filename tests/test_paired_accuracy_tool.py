@@ -41,3 +41,18 @@ def test_an_unknown_variant_is_a_one_line_error(tool, capsys):
     assert tool.main([bundle, bundle, "--variant", "nope", "--data", str(TINY_ZIP)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("paired_accuracy: error: no variant 'nope'")
+
+
+def test_labels_are_matched_by_class_name(tool, tmp_path):
+    """A folder of two classes, 'ship' and 'truck' (dataset indices 0 and 1), is scored in the
+    model's own class order (8 and 9), as `edgecls bench` scores it: compared index to index, a
+    CIFAR-10 model would be right on none of these images."""
+    import zipfile
+
+    with zipfile.ZipFile(TINY_ZIP) as z:
+        z.extractall(tmp_path, [n for n in z.namelist() if n.split("/")[2] in ("ship", "truck")])
+    out = tmp_path / "paired.json"
+    bundle = str(ROOT / "models" / "resnet8")
+    assert tool.main([bundle, bundle, "--variant", "tflite_int8", "--data", str(tmp_path / "cifar10-tiny"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 20 and r["top1_a"] == r["top1_b"] > 0.5

@@ -316,11 +316,11 @@ def main(argv=None) -> int:
             failed = True
     summary["wall_time_s"] = round(time.time() - started)
     summary["ok"] = not failed
+    from edgecls._io import atomic_write_json
+
     # named after the bundles, so checks of different bundles into one folder do not overwrite each other
     final = out / f"{'+'.join(summary['bundles'])}-comparison-{args.cpu}.json"
-    tmp = final.with_name(final.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(final)
+    atomic_write_json(final, summary)
     print(f"{'PASS' if not failed else 'FAIL'}: wrote {final} ({summary['wall_time_s']} s)")
     return 1 if failed else 0
 

@@ -13,7 +13,6 @@ A and B are bundle directories (with --variant, or --variant-a/--variant-b) or m
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -39,8 +38,15 @@ def paired(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
 
 
-def predictions(runner, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    return np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+def correct(runner, dataset, batch: int = 500) -> np.ndarray:
+    """Per test image: is the runner's top-1 the label? Labels are mapped onto the model's own class
+    order (edgecls.evaluation.align_labels), as `edgecls bench` and `edgecls eval` do."""
+    from edgecls.evaluation import align_labels
+
+    images = dataset.test.images
+    y = align_labels(dataset, runner.labels or [str(i) for i in range(dataset.num_classes)])[dataset.test.labels]
+    pred = np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return pred == y
 
 
 def main(argv=None) -> int:
@@ -54,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
 
+    from edgecls._io import atomic_write_json
     from edgecls.data import load_dataset
     from edgecls.errors import EdgeclsError
 
@@ -62,20 +69,21 @@ def main(argv=None) -> int:
         from edgecls import runtime
 
         runner_a, runner_b = runtime.load(args.a, variant=variant_a), runtime.load(args.b, variant=variant_b)
-        test = load_dataset(args.data, image_size=runner_a.preprocessing.input_size).test
-        labels = np.asarray(test.labels)
-        pred_a, pred_b = predictions(runner_a, test.images), predictions(runner_b, test.images)
+        size_a, size_b = runner_a.preprocessing.input_size, runner_b.preprocessing.input_size
+        data_a = load_dataset(args.data, image_size=size_a)
+        data_b = data_a if size_b == size_a else load_dataset(args.data, image_size=size_b)  # same images, same order
+        correct_a, correct_b = correct(runner_a, data_a), correct(runner_b, data_b)
     except EdgeclsError as e:
         print(f"paired_accuracy: error: {e}", file=sys.stderr)
         return 2
     result = {"a": args.a, "b": args.b, "variant_a": variant_a, "variant_b": variant_b,
-              "data": args.data, **paired(pred_a == labels, pred_b == labels)}
+              "data": args.data, **paired(correct_a, correct_b)}
     print(f"A {result['a']} ({result['variant_a']}): top-1 {100 * result['top1_a']:.2f}%\n"
           f"B {result['b']} ({result['variant_b']}): top-1 {100 * result['top1_b']:.2f}%\n"
           f"on {result['images']:,} test images of {args.data}: only A right on {result['only_a_right']}, only B right on "
           f"{result['only_b_right']}; exact McNemar two-sided p = {result['mcnemar_p']:.3g}")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return 0
 
 
