@@ -197,3 +197,47 @@ def test_interrupted_distillation_resumes_where_it_stopped(tmp_path, constant_te
     assert start.step == 3  # 180 training images in batches of 64: one epoch
     assert [r["epoch"] for r in result.metrics["history"]] == [1, 2, 3]
     assert result.metrics["distillation"]["teacher"] == str(constant_teacher)
+
+
+def test_ensemble_teacher_is_the_mean_of_its_members_and_teaches(tmp_path, trained_tiny):
+    """tools/ensemble_teacher.py: a directory `--teacher` takes whose model averages its members'
+    probabilities (a logits member gets a softmax first); a student of two constant teachers that
+    agree on one class learns that class."""
+    import subprocess
+    import sys
+
+    from edgecls.distill import save_ensemble_teacher
+    from edgecls.modelio import load_trained
+
+    from .conftest import ROOT
+
+    labels = json.loads((trained_tiny.out / "labels.json").read_text())
+    spec = PreprocessingSpec(scale=1 / 255)
+    a = _save_teacher(tmp_path / "a", labels, spec, favourite=FAVOURITE, margin=5.0)
+    b = _save_teacher(tmp_path / "b", labels, spec, favourite=FAVOURITE, margin=2.0)
+    (a / "train.json").write_text(json.dumps({"arch": "constant", "config": {"label_smoothing": 0.1}}))
+    record = save_ensemble_teacher([a, b], tmp_path / "ens")
+    assert record["arch"] == "ensemble(constant, ?)" and record["ensemble_of"] == [str(a), str(b)]
+    assert record["config"]["label_smoothing"] == 0.0  # only if every member trained with it
+    x = np.random.default_rng(0).uniform(0, 1, (4, *spec.input_size, 3)).astype(np.float32)
+    mean = sum(load_trained(m).model.predict(x, verbose=0) for m in (a, b)) / 2
+    np.testing.assert_allclose(load_trained(tmp_path / "ens").model.predict(x, verbose=0), mean, atol=1e-6)
+    # a trained seed_cnn (logits or probabilities, whichever it ends in) joins with the same preprocessing
+    with pytest.raises(ConfigError, match="preprocessing differs"):
+        save_ensemble_teacher([a, trained_tiny.out], tmp_path / "mixed")
+    with pytest.raises(ConfigError, match="at least two"):
+        save_ensemble_teacher([a], tmp_path / "one")
+    with pytest.raises(ConfigError, match="exists"):
+        save_ensemble_teacher([a, b], tmp_path / "ens")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ens"]  # nothing half-written
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ensemble_teacher.py"), str(a), str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "e2")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a finished" in proc.stderr
+
+    kw = dict(data=str(TINY_ZIP), arch="seed_cnn", epochs=6, batch_size=32, learning_rate=0.05, verbose=0)
+    taught = train(TrainConfig(out=str(tmp_path / "taught"), teacher=str(tmp_path / "ens"), distill_alpha=1.0,
+                               distill_temperature=1.0, **kw))
+    assert taught.metrics["distillation"]["teacher_arch"] == "ensemble(constant, ?)"
+    predicted, _ = _predicted(taught)
+    assert (predicted == FAVOURITE).mean() > 0.9
