@@ -14,7 +14,8 @@ class TrainConfig:
     """Training stage options.
 
     recipe "edgecls": SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight
-    decay (not on BatchNorm or biases), label smoothing, padded-crop + flip augmentation, inputs
+    decay (not on BatchNorm or biases), label smoothing, padded-crop + flip augmentation (plus cutout of a
+    `cutout` x `cutout` square when cutout > 0), inputs
     standardized with the training set's per-channel mean and std.
     recipe "tutorial": the Keras CIFAR-10 tutorial's plain recipe (Adam 1e-3, no augmentation, no
     label smoothing, pixels / 255), kept as a baseline to compare against.
@@ -45,6 +46,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 2.0
     augment: bool = True
+    cutout: int = 0
     val_fraction: float = 0.1
     patience: int = 15
     image_size: int = 32
@@ -83,6 +85,10 @@ class TrainConfig:
             need(2 <= self.swa_epochs < self.epochs,
                  f"swa_epochs must be at least 2 and less than epochs ({self.epochs}) so some epochs come before the averaging; got {self.swa_epochs}")
         need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
+        need(isinstance(self.cutout, int) and 0 <= self.cutout < self.image_size,
+             f"cutout must be an integer from 0 (off) to less than image_size ({self.image_size}), got {self.cutout!r}")
+        if self.cutout:
+            need(self.augment and self.recipe != "tutorial", "cutout is augmentation: it needs augment on and the 'edgecls' recipe")
         need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         need(self.distill_temperature is None or self.distill_temperature > 0,
              f"distill_temperature must be positive, got {self.distill_temperature}")

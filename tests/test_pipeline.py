@@ -1,4 +1,6 @@
 """tf.data pipelines: normalization identical to the runtime's numpy path, seeded augmentation."""
+import json
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,59 @@ def test_eval_pipeline_is_not_shuffled_or_augmented(tiny):
     spec = PreprocessingSpec(scale=1.0)
     x, _ = _first_batch(make_dataset(tiny.test.images, tiny.test.labels, spec, 100, 10))
     np.testing.assert_array_equal(x.astype(np.uint8), tiny.test.images)
+
+
+def test_cutout_blanks_one_clipped_square_with_the_mean_pixel(tiny):
+    """Same seed with and without cutout: the same crops and flips, and each image differs only
+    inside one square of at most 8 x 8 pixels (clipped at the edges), filled with the mean pixel,
+    which normalizes to exactly 0."""
+    spec = PreprocessingSpec(scale=1.0, mean=(100.0, 120.0, 140.0), std=(1.0, 1.0, 1.0))
+    make = lambda cutout: make_dataset(tiny.train.images, tiny.train.labels, spec, 200, 10, training=True,  # noqa: E731
+                                       seed=3, one_hot=False, cutout=cutout)
+    plain, _ = _first_batch(make(0))
+    cut, _ = _first_batch(make(8))
+    again, _ = _first_batch(make(8))
+    np.testing.assert_array_equal(cut, again)  # seeded
+    changed = (cut != plain).any(-1)
+    sides = []
+    for img, mask in zip(cut, changed):
+        rows, cols = np.nonzero(mask)
+        assert len(rows), "every image gets a square"
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert h <= 8 and w <= 8
+        assert (img[mask] == 0).all()  # the mean pixel, normalized
+        sides.append((h, w))
+    assert (8, 8) in sides and any(h < 8 or w < 8 for h, w in sides)  # whole squares, and clipped ones
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(cutout=32), "cutout must be an integer from 0"),
+    (dict(cutout=-1), "cutout must be an integer from 0"),
+    (dict(cutout=8, augment=False), "cutout is augmentation"),
+    (dict(cutout=8, recipe="tutorial"), "cutout is augmentation"),
+])
+def test_invalid_cutout_fails_when_built(kw, message):
+    from edgecls import TrainConfig
+    from edgecls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(out="o", **kw)
+
+
+def test_training_with_cutout_records_it_and_resume_refuses_a_change(tmp_path):
+    from edgecls import TrainConfig, train
+    from edgecls.errors import ConfigError
+
+    from .conftest import run_cli
+
+    out = tmp_path / "o"
+    proc = run_cli("train", "--data", TINY_ZIP, "--arch", "seed_cnn", "--epochs", "1", "--batch-size", "64",
+                   "--verbose", "0", "--cutout", "8", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "train.json").read_text())["config"]["cutout"] == 8
+    staging = tmp_path / "p.partial"
+    staging.mkdir()
+    (staging / "run.json").write_text(json.dumps(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"),
+                                                             cutout=8).to_dict()))
+    with pytest.raises(ConfigError, match="cutout was 8, now 0"):
+        train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"), resume=True))

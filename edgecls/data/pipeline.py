@@ -2,7 +2,7 @@
 
 Normalization follows the model's PreprocessingSpec (the same arithmetic as
 `PreprocessingSpec.apply`, which the runtime uses). Augmentation (random crop after padding,
-horizontal flip) is for training only and is deterministic for a given seed: every random draw is a
+horizontal flip, optionally cutout) is for training only and is deterministic for a given seed: every random draw is a
 stateless op keyed by the seed and the element's position in the shuffled stream.
 """
 from __future__ import annotations
@@ -33,12 +33,16 @@ def make_dataset(
     seed: int = 0,
     one_hot: bool = True,
     cache: bool = True,
+    cutout: int = 0,
 ):
     """Return a batched, prefetched tf.data.Dataset of (normalized images, labels).
 
     `training` shuffles (reshuffled each epoch, reproducibly for the seed) and, with `augment`,
     applies padded random crops and horizontal flips. Evaluation data is neither shuffled nor
-    augmented. Labels are one-hot when `one_hot` (needed for label smoothing).
+    augmented. Labels are one-hot when `one_hot` (needed for label smoothing). `cutout` > 0 (with
+    `augment`) also fills one `cutout` x `cutout` square per training image, centred anywhere in
+    the image and clipped at its edges, with the dataset's mean pixel (0 after normalization;
+    DeVries & Taylor 2017, "Improved Regularization of CNNs with Cutout").
     """
     tf = tensorflow()
     height, width = images.shape[1:3]
@@ -51,6 +55,9 @@ def make_dataset(
             # One (2,)-shaped int64 seed per element from a seeded random stream: stateless ops
             # keyed by it give the same augmentation for the same seed, whatever the threading.
             seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+            # the raw pixel that normalizes to 0: the mean
+            mean = np.broadcast_to(np.asarray(spec.mean, np.float64), (images.shape[-1],))
+            fill = np.clip(np.round(mean / spec.scale), 0, 255).astype(images.dtype)
             ds = tf.data.Dataset.zip((ds, seeds))
 
             def _augment(pair, element_seed):
@@ -59,6 +66,8 @@ def make_dataset(
                 image = tf.image.stateless_random_crop(image, (height, width, 3), seed=element_seed)
                 flip_seed = tf.random.experimental.stateless_fold_in(element_seed, 1)
                 image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+                if cutout:
+                    image = _cutout(tf, image, cutout, fill, tf.random.experimental.stateless_fold_in(element_seed, 2))
                 return image, label
 
             ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -76,3 +85,16 @@ def make_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _cutout(tf, image, size: int, fill, seed):
+    """`image` (H, W, C) with a size x size square centred at a random pixel (clipped at the
+    edges) set to `fill` (one value per channel)."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    centre = tf.random.stateless_uniform((2,), seed=seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+    cy, cx = centre[0] % height, centre[1] % width
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = ((rows >= cy - size // 2) & (rows < cy - size // 2 + size)
+              & (cols >= cx - size // 2) & (cols < cx - size // 2 + size))
+    return tf.where(inside[:, :, None], tf.constant(fill, image.dtype)[None, None, :], image)
