@@ -122,19 +122,16 @@ def save_ensemble_teacher(members, out) -> dict:
     """Write an 'edgecls train'-shaped directory whose model is the mean of the probabilities of
     `members` (finished 'edgecls train' directories with the same classes and preprocessing), for
     `edgecls train --teacher OUT`: an ensemble is a better teacher than any of its members
-    (Hinton et al., 2015, section 3). Members ending in logits get a softmax first. The model is
-    written to a temporary file and renamed; train.json records the members and, for the
-    temperature default, label smoothing only if every member trained with it. Returns that record."""
-    import json
-    import os
+    (Hinton et al., 2015, section 3). Members ending in logits get a softmax first. The directory
+    is written beside `out` and renamed; train.json records the members and, for the temperature
+    default, label smoothing only if every member trained with it. Returns that record."""
     import shutil
-    import tempfile
     from pathlib import Path
 
-    from ._io import atomic_write_json
+    from ._io import atomic_write_json, make_staging_dir, replace_dir
     from .errors import ConfigError
-    from .modelio import MODEL_FILE, load_trained, save_labels, save_model_file
-    from .training import TRAIN_FILE
+    from .modelio import MODEL_FILE, save_labels, save_model_file
+    from .training import TRAIN_FILE, read_finished_run, require_finished_run
 
     members = [Path(m) for m in members]
     out = Path(out)
@@ -142,10 +139,9 @@ def save_ensemble_teacher(members, out) -> dict:
         raise ConfigError("an ensemble teacher needs at least two finished 'edgecls train' directories")
     if out.exists():
         raise ConfigError(f"{out} exists; pass a new output directory")
-    for m in members:
-        if not (m / MODEL_FILE).is_file():
-            raise ConfigError(f"{m}: not a finished 'edgecls train' directory (no {MODEL_FILE})")
-    runs = [load_trained(m) for m in members]
+    for m in members:  # every member before loading any (loading starts TensorFlow)
+        require_finished_run(m, "ensemble member")
+    runs, about = zip(*(read_finished_run(m, "ensemble member") for m in members))
     first = runs[0]
     for m, run in zip(members[1:], runs[1:]):
         if tuple(run.labels) != tuple(first.labels):
@@ -164,29 +160,19 @@ def save_ensemble_teacher(members, out) -> dict:
             y = k.layers.Softmax(name=f"softmax_{i}")(y)
         outputs.append(y)
     model = k.Model(inputs, k.layers.Average(name="mean_probability")(outputs), name="ensemble_teacher")
-    about = []
-    for m in members:
-        try:
-            about.append(json.loads((m / TRAIN_FILE).read_text()))
-        except (OSError, ValueError):
-            about.append({})
     smoothing = [float((a.get("config") or {}).get("label_smoothing") or 0.0) for a in about]
     record = {"arch": "ensemble(" + ", ".join(str(a.get("arch", "?")) for a in about) + ")",
               "ensemble_of": [str(m) for m in members],
               "member_test_accuracy": [a.get("test_accuracy") for a in about],
               "config": {"label_smoothing": min(smoothing)}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    staging = make_staging_dir(out)
     try:
-        save_model_file(model, tmp / MODEL_FILE)
-        save_labels(tmp / "labels.json", first.labels)
-        first.preprocessing.save(tmp / "preprocessing.json")
-        atomic_write_json(tmp / TRAIN_FILE, record)
-        tmp.rename(out)
+        save_model_file(model, staging / MODEL_FILE)
+        save_labels(staging / "labels.json", first.labels)
+        first.preprocessing.save(staging / "preprocessing.json")
+        atomic_write_json(staging / TRAIN_FILE, record)
+        replace_dir(staging, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return record

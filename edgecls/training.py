@@ -61,11 +61,17 @@ def preprocessing_for(config: TrainConfig, dataset: Dataset, train_index: np.nda
     return PreprocessingSpec(input_size=size, scale=1 / 255.0, mean=tuple(pixels.mean(0)), std=tuple(pixels.std(0)))
 
 
-def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel, dict]:
-    """A finished 'edgecls train' run named on the command line by `flag` (--init, --teacher) and
-    its train.json, checked against this run's classes and image size."""
-    if not (path / MODEL_FILE).is_file():
+def require_finished_run(path: Path, flag: str) -> None:
+    """Raise a one-line ConfigError unless `path` (named by `flag`) holds a finished run's model."""
+    if not (Path(path) / MODEL_FILE).is_file():
         raise ConfigError(f"{flag} {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); pass the --out of a finished run")
+
+
+def read_finished_run(path: Path, flag: str) -> tuple[TrainedModel, dict]:
+    """A finished 'edgecls train' run named by `flag` (--init, --teacher, ...) and its train.json
+    ({} when it has none)."""
+    path = Path(path)
+    require_finished_run(path, flag)
     run = load_trained(path)
     about = {}
     if (path / TRAIN_FILE).is_file():
@@ -73,6 +79,13 @@ def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel
             about = json.loads((path / TRAIN_FILE).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
+    return run, about
+
+
+def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel, dict]:
+    """A finished 'edgecls train' run named on the command line by `flag` (--init, --teacher) and
+    its train.json, checked against this run's classes and image size."""
+    run, about = read_finished_run(path, flag)
     if tuple(run.labels) != tuple(dataset.class_names):
         raise ConfigError(f"{flag} {path}: its classes {list(run.labels)} differ from {dataset.source}'s "
                           f"{list(dataset.class_names)}; it must know the same classes in the same order")
