@@ -55,9 +55,9 @@ def make_dataset(
             # One (2,)-shaped int64 seed per element from a seeded random stream: stateless ops
             # keyed by it give the same augmentation for the same seed, whatever the threading.
             seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-            # the raw pixel that normalizes to 0: the mean
-            mean = np.broadcast_to(np.asarray(spec.mean, np.float64), (images.shape[-1],))
-            fill = np.clip(np.round(mean / spec.scale), 0, 255).astype(images.dtype)
+            if cutout:  # filled with the raw pixel that normalizes to 0: the mean
+                mean = np.broadcast_to(np.asarray(spec.mean, np.float64), (images.shape[-1],))
+                fill = np.clip(np.round(mean / spec.scale), 0, 255).astype(images.dtype)
             ds = tf.data.Dataset.zip((ds, seeds))
 
             def _augment(pair, element_seed):
@@ -67,7 +67,7 @@ def make_dataset(
                 flip_seed = tf.random.experimental.stateless_fold_in(element_seed, 1)
                 image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
                 if cutout:
-                    image = _cutout(tf, image, cutout, fill, tf.random.experimental.stateless_fold_in(element_seed, 2))
+                    image = _cutout(tf, image, height, width, cutout, fill, tf.random.experimental.stateless_fold_in(element_seed, 2))
                 return image, label
 
             ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -87,10 +87,9 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _cutout(tf, image, size: int, fill, seed):
-    """`image` (H, W, C) with a size x size square centred at a random pixel (clipped at the
-    edges) set to `fill` (one value per channel)."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
+def _cutout(tf, image, height: int, width: int, size: int, fill, seed):
+    """`image` (height, width, C) with a size x size square centred at a random pixel (clipped at
+    the edges) set to `fill` (one value per channel)."""
     centre = tf.random.stateless_uniform((2,), seed=seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
     cy, cx = centre[0] % height, centre[1] % width
     rows = tf.range(height)[:, None]
