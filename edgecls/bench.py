@@ -111,7 +111,7 @@ def _labelled_data(data: str | None, input_size, labels, max_images):
     if data is None and labels and set(labels) != set(_cifar_labels()):
         return None  # the built-in sample only fits CIFAR-10 classifiers
     dataset = load_dataset(source, image_size=input_size)
-    mapping = align_labels(dataset, labels or [str(i) for i in range(dataset.num_classes)])
+    mapping = align_labels(dataset, labels)
     keep = sample_indices(len(dataset.test), max_images)
     images, y = dataset.test.images[keep], mapping[dataset.test.labels[keep]]
     if len(images) == 0:

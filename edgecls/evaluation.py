@@ -70,7 +70,9 @@ def summarize(labels, predictions, class_names, data: str, split: str, model: st
 
 def align_labels(dataset: Dataset, model_labels) -> np.ndarray:
     """Map the dataset's label indices onto the model's class order: by class name, or by position
-    for a model whose labels are bare class indices ("0", "1", ...) with as many classes."""
+    for a model whose labels are bare class indices ("0", "1", ...) with as many classes. A model
+    without labels (None or empty, e.g. a bare .tflite file) is taken to have bare index labels."""
+    model_labels = list(model_labels or [str(i) for i in range(dataset.num_classes)])
     model_index = {n: i for i, n in enumerate(model_labels)}
     missing = [n for n in dataset.class_names if n not in model_index]
     if not missing:

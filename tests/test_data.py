@@ -193,3 +193,18 @@ def test_decode_cache_is_used_and_invalidated(tmp_path, tiny_dir):
     Image.open(tiny_dir / "train" / "dog" / "0000.jpg").save(extra)
     second = load_dataset(tiny_dir)
     assert len(second.train) == len(first.train) + 1
+
+
+def test_align_labels_maps_by_name_by_index_or_refuses():
+    from edgecls.data import Dataset, ImageSet
+    from edgecls.evaluation import align_labels
+
+    empty = ImageSet(np.zeros((0, 4, 4, 3), np.uint8), np.zeros(0, np.int64))
+    dataset = Dataset("d", "d", ("cat", "dog", "frog"), empty, empty)
+    assert align_labels(dataset, ["frog", "cat", "dog", "ship"]).tolist() == [1, 2, 0]  # by name, model order
+    for bare in (["0", "1", "2"], [], None):  # index labels, or none at all (a bare .tflite): by position
+        assert align_labels(dataset, bare).tolist() == [0, 1, 2]
+    with pytest.raises(DataError, match=r"classes the model does not know: \['frog'\]"):
+        align_labels(dataset, ["cat", "dog", "ship"])
+    with pytest.raises(DataError, match="does not know"):
+        align_labels(dataset, ["0", "1"])  # index labels, but too few classes

@@ -44,7 +44,7 @@ def correct(runner, dataset, batch: int = 500) -> np.ndarray:
     from edgecls.evaluation import align_labels
 
     images = dataset.test.images
-    y = align_labels(dataset, runner.labels or [str(i) for i in range(dataset.num_classes)])[dataset.test.labels]
+    y = align_labels(dataset, runner.labels)[dataset.test.labels]
     pred = np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
     return pred == y
 
