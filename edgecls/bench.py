@@ -61,8 +61,14 @@ class BenchConfig:
     # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
     # shows what leaving TensorFlow buys. Its row is named "keras_fp32".
     keras: str | None = None
+    # Test-time augmentation (edgecls.runtime.TTA_MODES): "flip" averages each image with its mirror
+    # image, in every row, the Keras one too: latency, throughput and accuracy then include it.
+    tta: str | None = None
 
     def __post_init__(self):
+        from .runtime import check_tta
+
+        check_tta(self.tta)
         for name in ("warmup", "runs", "batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "warmup" else 1):
@@ -171,7 +177,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
            "size_bytes": art["size"]["bytes"], "size_gzip_bytes": art["size"]["gzip_bytes"], "status": "ok", "error": ""}
     start = time.perf_counter()
-    runner = runtime.load(bundle, variant=variant, threads=config.threads)
+    runner = runtime.load(bundle, variant=variant, threads=config.threads, tta=config.tta)
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
     images = np.load(data_files["images"], mmap_mode="r") if data_files else None
     if images is not None:
@@ -217,8 +223,13 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     images = np.load(data_files["images"], mmap_mode="r") if data_files else None
     one = np.array(images[:1]) if images is not None else np.zeros((1, *spec.input_size, 3), np.uint8)
 
-    def call(x):
+    def once(x):
         return np.asarray(model(spec.apply(x), training=False))
+
+    def call(x):  # as the runtime's Runner does, with the same test-time augmentation
+        if config.tta == "flip":
+            return (once(x) + once(np.ascontiguousarray(x[:, :, ::-1]))) * np.float32(0.5)
+        return once(x)
 
     row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
                                            warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
@@ -336,7 +347,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
         "data": labelled[2] if prepared is not None else (data or "cifar10-sample"),
         "host": host,
         "settings": {"threads": config.threads, "warmup": config.warmup, "runs": config.runs, "batch": config.batch,
-                     "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
+                     "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "tta": config.tta, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
         "variants": rows,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }

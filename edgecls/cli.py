@@ -128,7 +128,7 @@ def _cmd_optimize(args) -> int:
 def _cmd_predict(args) -> int:
     from . import runtime
 
-    runner = runtime.load(args.bundle, variant=args.variant, threads=args.threads)
+    runner = runtime.load(args.bundle, variant=args.variant, threads=args.threads, tta=args.tta)
     probs = runner.predict(list(args.images))
     labels = runner.labels or [str(i) for i in range(probs.shape[1])]
     k = max(1, min(args.top_k, probs.shape[1]))
@@ -168,7 +168,7 @@ def _cmd_bench(args) -> int:
     from .report import Report
 
     config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
-                         batch=args.batch, max_images=args.max_images, keras=args.keras)
+                         batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta)
     if args.host:
         from .remote import RemoteConfig, remote_bench
 
@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation: 'flip' averages each image with its "
+                                                   "mirror image (twice the inference)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="latency, throughput, memory, accuracy and size of a bundle's variants")
@@ -351,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
                    help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
                         "model.keras, or the file given")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation in every row: 'flip' averages each image "
+                                                   "with its mirror image (twice the inference per image)")
     p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "
                                   "and the images, benches there, brings the report back")
     p.add_argument("--remote-python", default="python3", help="Python with edgecls[runtime] on the device (default python3)")

@@ -226,6 +226,8 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
             "--batch", str(config.batch)]
     if config.variants:
         args += ["--variants", *config.variants]
+    if config.tta:
+        args += ["--tta", config.tta]
     if rdata:
         args += ["--prepared-data", rdata]
     say(f"{remote.host}: running the bench (edgecls {probe['edgecls']}, Python {probe['python']}, {probe['machine']})")

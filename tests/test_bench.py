@@ -84,6 +84,29 @@ def test_keras_row_beside_the_variants(sample_bundle, sample_model, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_bench_with_flip_tta(sample_bundle, sample_model, tmp_path):
+    """--tta flip runs every row, the Keras one too, on each image and its mirror image: the accuracy is
+    the flip-averaged runtime's, the settings and the device label say so."""
+    from edgecls.report import device_label
+
+    out = tmp_path / "r.json"
+    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "tflite_int8", "--keras",
+                   sample_model.out / "model.keras", "--tta", "flip", "--runs", "5", "--warmup", "1",
+                   "--max-images", "150", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["tta"] == "flip" and device_label(report["host"], report["settings"]).endswith("flip TTA")
+    rows = {v["name"]: v for v in report["variants"]}
+    test = load_dataset("cifar10-sample").test
+    keep = sample_indices(len(test), 150)
+    for name in ("tflite_fp32", "tflite_int8"):
+        probs = runtime.load(sample_bundle.out, variant=name, tta="flip").predict(test.images[keep])
+        assert rows[name]["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels[keep]).mean()), abs=1e-6)
+    assert rows["keras_fp32"]["status"] == "ok" and rows["keras_fp32"]["agreement"] >= 0.97
+    assert_one_line_error(run_cli("bench", sample_bundle.out, "--tta", "rotate", "--out", tmp_path / "x.json"), "--tta")
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_failed_variant_becomes_a_row(sample_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(sample_bundle.out, copy)

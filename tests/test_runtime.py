@@ -176,3 +176,23 @@ def test_omitted_variant_keeps_its_record_but_not_its_file(sample_bundle, tmp_pa
     with pytest.raises(ModelError, match="left out of this bundle"):
         runtime.load(copy, variant="tflite_pruned_fp32")
     runtime.load(copy, variant="tflite_int8").predict(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_flip_tta_averages_each_image_with_its_mirror_image(sample_bundle):
+    """tta="flip" is the mean of the probabilities for the images and their left-right mirrors, on
+    every input path (float, int8 lookup table, folded pixel input, ONNX) and for image files."""
+    test = load_dataset("cifar10-sample").test
+    images = test.images[:9]
+    for variant in ("tflite_fp32", "tflite_int8", "tflite_int8_pixels", "onnx_int8"):
+        plain = runtime.load(sample_bundle.out, variant=variant)
+        tta = runtime.load(sample_bundle.out, variant=variant, tta="flip")
+        assert plain.tta is None and tta.tta == "flip"
+        expected = (plain.predict(images) + plain.predict(images[:, :, ::-1].copy())) / 2
+        np.testing.assert_allclose(tta.predict(images), expected, rtol=1e-6, atol=1e-7, err_msg=variant)
+        assert not np.allclose(tta.predict(images), plain.predict(images)), variant  # the mirror images count
+    with zipfile.ZipFile(TINY_ZIP) as zf:
+        data = zf.read("cifar10-tiny/test/ship/0003.jpg")
+    image = load_image(data, (32, 32))[None]
+    np.testing.assert_allclose(tta.predict([data]), tta.predict(image), rtol=1e-6)
+    with pytest.raises(ConfigError, match="unknown test-time augmentation 'rotate'"):
+        runtime.load(sample_bundle.out, variant="tflite_int8", tta="rotate")

@@ -27,12 +27,14 @@ COLUMNS = [
 
 
 def device_label(host: dict, settings: dict | None = None) -> str:
-    """A device is a machine at a thread count: the same machine at 1 and 2 threads compares like
-    two devices."""
+    """A device is a machine at a thread count (and test-time augmentation): the same machine at 1
+    and 2 threads compares like two devices."""
     label = f"{host.get('hostname', '?')} ({host.get('arch', '?')}, {host.get('cpu', '?')})"
     threads = (settings or {}).get("threads")
     if threads:
         label += f", {threads} thread{'s' if threads != 1 else ''}"
+    if settings and settings.get("tta"):  # another accuracy and cost: compare it like another device
+        label += f", {settings['tta']} TTA"
     if settings and settings.get("emulated"):
         label += " [emulated]"
     return label

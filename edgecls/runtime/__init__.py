@@ -8,6 +8,10 @@
 inside a bundle uses that bundle's manifest and preprocessing; a lone file needs `preprocessing`
 (a PreprocessingSpec) and optionally `labels`.
 
+Test-time augmentation: `load(..., tta="flip")` gives a runner whose `predict` averages the
+probabilities for each image and its mirror image (left-right): twice the inference per image, for
+the accuracy BENCHMARKS.md measures. The model file is unchanged.
+
 Threads: a runner may be shared by several threads. TFLite interpreters are not re-entrant, so a
 runner serializes its TFLite calls with a lock; for parallel throughput give each thread its own
 runner (`load` again). onnxruntime sessions run concurrently.
@@ -24,9 +28,17 @@ from ..errors import ConfigError, DataError, ModelError
 from ..preprocess import PixelInput, PreprocessingSpec, load_image
 from .backends import ONNXBackend, TFLiteBackend, open_backend
 
-__all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend"]
+__all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta"]
 
 _UINT8 = np.dtype(np.uint8)
+TTA_MODES = ("flip",)
+
+
+def check_tta(tta) -> str | None:
+    """None (one pass per image) or a test-time augmentation in TTA_MODES; anything else is a ConfigError."""
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)} (or none)")
+    return tta
 
 
 class Runner:
@@ -34,7 +46,8 @@ class Runner:
 
     def __init__(self, backend, preprocessing: PreprocessingSpec, labels: Sequence[str] | None = None,
                  name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities",
-                 input_kind: str = "normalized", pixel_input: PixelInput | None = None):
+                 input_kind: str = "normalized", pixel_input: PixelInput | None = None, tta: str | None = None):
+        self.tta = check_tta(tta)
         if outputs not in ("probabilities", "logits"):
             raise ConfigError(f"outputs must be 'probabilities' or 'logits', got {outputs!r}")
         if input_kind not in ("normalized", "pixels"):
@@ -134,8 +147,16 @@ class Runner:
 
     def predict(self, images) -> np.ndarray:
         """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
-        probabilities."""
+        probabilities; with tta="flip", the mean of the probabilities for the images and their
+        left-right mirror images."""
         images = self._to_array(images)
+        if self.tta == "flip":
+            probs = self._predict_array(images)
+            probs = probs + self._predict_array(np.ascontiguousarray(images[:, :, ::-1]))
+            return probs * np.float32(0.5)
+        return self._predict_array(images)
+
+    def _predict_array(self, images: np.ndarray) -> np.ndarray:
         if self._xor:
             raw = self.backend.run_own(images.shape[0], lambda: self._flipped(images))
             if raw is not None:
@@ -204,28 +225,29 @@ class Runner:
 
 def load(path: str | Path, variant: str | None = None, threads: int | None = None,
          preprocessing: PreprocessingSpec | None = None, labels: Sequence[str] | None = None,
-         verify: bool = True) -> Runner:
+         verify: bool = True, tta: str | None = None) -> Runner:
     """Load a bundle variant or a single model file. See the module docstring."""
     path = Path(path)
+    check_tta(tta)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     if path.is_dir():
         bundle = load_bundle(path)
         artifact = bundle.artifact(variant)
-        return _from_bundle(bundle, artifact, threads, verify)
+        return _from_bundle(bundle, artifact, threads, verify, tta)
     if not path.exists():
         raise ModelError(f"model not found: {path}")
     found = find_bundle_for(path)
     if found is not None and preprocessing is None:
         bundle, artifact = found
-        return _from_bundle(bundle, artifact, threads, verify)
+        return _from_bundle(bundle, artifact, threads, verify, tta)
     if preprocessing is None:
         raise ConfigError(f"{path} is not inside a bundle: pass its preprocessing (a PreprocessingSpec)")
     backend = open_backend(path, threads)
-    return Runner(backend, preprocessing, labels)
+    return Runner(backend, preprocessing, labels, tta=tta)
 
 
-def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
+def _from_bundle(bundle: Bundle, artifact: dict, threads, verify, tta=None) -> Runner:
     file = bundle.file_for(artifact, verify=verify)
     spec, labels = bundle.preprocessing(), bundle.labels()
     backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
@@ -233,4 +255,4 @@ def _from_bundle(bundle: Bundle, artifact: dict, threads, verify) -> Runner:
     input_kind = artifact.get("input", "normalized")
     pixel_input = PixelInput.from_dict(artifact.get("pixel_input")) if input_kind == "pixels" else None
     return Runner(backend, spec, labels, name=artifact["name"], artifact=artifact, outputs=outputs,
-                  input_kind=input_kind, pixel_input=pixel_input)
+                  input_kind=input_kind, pixel_input=pixel_input, tta=tta)
