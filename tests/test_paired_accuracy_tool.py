@@ -56,3 +56,19 @@ def test_labels_are_matched_by_class_name(tool, tmp_path):
     assert tool.main([bundle, bundle, "--variant", "tflite_int8", "--data", str(tmp_path / "cifar10-tiny"), "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["images"] == 20 and r["top1_a"] == r["top1_b"] > 0.5
+
+
+def test_flip_tta_on_one_side_is_that_runner_on_each_image_and_its_mirror(tool, tmp_path):
+    from edgecls import runtime
+    from edgecls.data import load_dataset
+
+    out = tmp_path / "paired.json"
+    bundle = str(ROOT / "models" / "resnet8")
+    assert tool.main([bundle, bundle, "--variant", "tflite_int8", "--tta-b", "flip", "--data", str(TINY_ZIP), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["tta_a"], r["tta_b"]) == (None, "flip")
+    test = load_dataset(str(TINY_ZIP)).test
+    probs = runtime.load(bundle, variant="tflite_int8", tta="flip").predict(test.images)
+    correct_b = probs.argmax(1) == test.labels  # the fixture's classes are CIFAR-10's, in its order
+    assert r["top1_b"] == pytest.approx(float(correct_b.mean()), abs=1e-6)
+    assert r["top1_a"] - r["only_a_right"] / 100 + r["only_b_right"] / 100 == pytest.approx(r["top1_b"], abs=1e-9)

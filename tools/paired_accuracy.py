@@ -9,6 +9,11 @@ only the images where the models disagree about correctness say which is better.
 (only A right, only B right) and gives the exact two-sided McNemar p-value: the chance of a split at
 least this uneven if either model were equally likely to be the one that is right.
 A and B are bundle directories (with --variant, or --variant-a/--variant-b) or model files inside bundles.
+--tta-a/--tta-b flip run that side with test-time augmentation (edgecls.runtime: each image averaged
+with its mirror image), e.g. a model against itself with and without it:
+
+    python tools/paired_accuracy.py models/resnet8 models/resnet8 --variant tflite_int8 --tta-b flip \
+        --data ../shared/datasets/cifar10-jpeg.zip
 """
 from __future__ import annotations
 
@@ -56,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", help="the variant of both bundles (e.g. tflite_int8)")
     ap.add_argument("--variant-a")
     ap.add_argument("--variant-b")
+    ap.add_argument("--tta-a", choices=["flip"], help="test-time augmentation for A")
+    ap.add_argument("--tta-b", choices=["flip"], help="test-time augmentation for B")
     ap.add_argument("--data", default="cifar10-sample", help="labelled data; its test split is used")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
@@ -68,7 +75,8 @@ def main(argv=None) -> int:
     try:
         from edgecls import runtime
 
-        runner_a, runner_b = runtime.load(args.a, variant=variant_a), runtime.load(args.b, variant=variant_b)
+        runner_a, runner_b = (runtime.load(args.a, variant=variant_a, tta=args.tta_a),
+                              runtime.load(args.b, variant=variant_b, tta=args.tta_b))
         size_a, size_b = runner_a.preprocessing.input_size, runner_b.preprocessing.input_size
         data_a = load_dataset(args.data, image_size=size_a)
         data_b = data_a if size_b == size_a else load_dataset(args.data, image_size=size_b)  # same images, same order
@@ -77,9 +85,10 @@ def main(argv=None) -> int:
         print(f"paired_accuracy: error: {e}", file=sys.stderr)
         return 2
     result = {"a": args.a, "b": args.b, "variant_a": variant_a, "variant_b": variant_b,
-              "data": args.data, **paired(correct_a, correct_b)}
-    print(f"A {result['a']} ({result['variant_a']}): top-1 {100 * result['top1_a']:.2f}%\n"
-          f"B {result['b']} ({result['variant_b']}): top-1 {100 * result['top1_b']:.2f}%\n"
+              "tta_a": args.tta_a, "tta_b": args.tta_b, "data": args.data, **paired(correct_a, correct_b)}
+    tta_a, tta_b = (f", {t} TTA" if t else "" for t in (args.tta_a, args.tta_b))
+    print(f"A {result['a']} ({result['variant_a']}{tta_a}): top-1 {100 * result['top1_a']:.2f}%\n"
+          f"B {result['b']} ({result['variant_b']}{tta_b}): top-1 {100 * result['top1_b']:.2f}%\n"
           f"on {result['images']:,} test images of {args.data}: only A right on {result['only_a_right']}, only B right on "
           f"{result['only_b_right']}; exact McNemar two-sided p = {result['mcnemar_p']:.3g}")
     if args.out:
