@@ -54,7 +54,7 @@ CPUINFO = {
 }
 FLOAT_TOL = 1e-5
 # onnxruntime's int8 (QDQ) kernels are not bit-exact between x86 and arm64: the resnet8 bundles'
-# onnx_int8 came out 0, 3 and 4 output steps apart (the 100-, 185- and 345-epoch models; at most 2%
+# onnx_int8 came out 0, 3, 4 and 3 output steps apart (the 100-, 185-, 345- and 445-epoch models; at most 2%
 # of outputs, top-1 identical on every image; this x86 host has VNNI, so it is not the u8s8
 # saturation of AVX2-only CPUs; BENCHMARKS.md section 6). LiteRT's XNNPACK int8 kernels stay within one step.
 ORT_INT8_STEPS = 4
