@@ -253,6 +253,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runtime import TTA_MODES
+
     parser = _Parser(prog="edgecls", description="Small image classifiers from training to edge devices.")
     parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -337,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--tta", choices=["flip"], help="test-time augmentation: 'flip' averages each image with its "
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: 'flip' averages each image with its "
                                                    "mirror image (twice the inference)")
     p.set_defaults(func=_cmd_predict)
 
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
                    help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
                         "model.keras, or the file given")
-    p.add_argument("--tta", choices=["flip"], help="test-time augmentation in every row: 'flip' averages each image "
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation in every row: 'flip' averages each image "
                                                    "with its mirror image (twice the inference per image)")
     p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "
                                   "and the images, benches there, brings the report back")

@@ -55,14 +55,16 @@ def correct(runner, dataset, batch: int = 500) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+    from edgecls.runtime import TTA_MODES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--variant", help="the variant of both bundles (e.g. tflite_int8)")
     ap.add_argument("--variant-a")
     ap.add_argument("--variant-b")
-    ap.add_argument("--tta-a", choices=["flip"], help="test-time augmentation for A")
-    ap.add_argument("--tta-b", choices=["flip"], help="test-time augmentation for B")
+    ap.add_argument("--tta-a", choices=TTA_MODES, help="test-time augmentation for A")
+    ap.add_argument("--tta-b", choices=TTA_MODES, help="test-time augmentation for B")
     ap.add_argument("--data", default="cifar10-sample", help="labelled data; its test split is used")
     ap.add_argument("--out", help="write the result as JSON here")
     args = ap.parse_args(argv)
