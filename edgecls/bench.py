@@ -198,6 +198,7 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     the bundle's preprocessing, then `model(x, training=False)` (the fast call; `model.predict`,
     which sets up a data pipeline on every call, is timed too, as `latency_predict_ms`)."""
     from .bundle import gzip_size, load_bundle
+    from .runtime import with_tta
 
     path = Path(model_path)  # checked by `bench` before any child starts
     raw = path.read_bytes()
@@ -226,10 +227,8 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     def once(x):
         return np.asarray(model(spec.apply(x), training=False))
 
-    def call(x):  # as the runtime's Runner does, with the same test-time augmentation
-        if config.tta == "flip":
-            return (once(x) + once(np.ascontiguousarray(x[:, :, ::-1]))) * np.float32(0.5)
-        return once(x)
+    def call(x):  # with the runtime Runner's test-time augmentation
+        return with_tta(once, x, config.tta)
 
     row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
                                            warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))

@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..preprocess import PixelInput, PreprocessingSpec, load_image
 from .backends import ONNXBackend, TFLiteBackend, open_backend
 
-__all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta"]
+__all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta", "with_tta"]
 
 _UINT8 = np.dtype(np.uint8)
 TTA_MODES = ("flip",)
@@ -39,6 +39,15 @@ def check_tta(tta) -> str | None:
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)} (or none)")
     return tta
+
+
+def with_tta(predict, images: np.ndarray, tta: str | None) -> np.ndarray:
+    """`predict(images)` (uint8 N x H x W x 3 -> N x classes probabilities) under test-time
+    augmentation `tta`: for "flip", the mean of the probabilities for the images and their
+    left-right mirror images. The Runner and bench's Keras row both use it."""
+    if tta == "flip":
+        return (predict(images) + predict(np.ascontiguousarray(images[:, :, ::-1]))) * np.float32(0.5)
+    return predict(images)
 
 
 class Runner:
@@ -149,12 +158,7 @@ class Runner:
         """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
         probabilities; with tta="flip", the mean of the probabilities for the images and their
         left-right mirror images."""
-        images = self._to_array(images)
-        if self.tta == "flip":
-            probs = self._predict_array(images)
-            probs = probs + self._predict_array(np.ascontiguousarray(images[:, :, ::-1]))
-            return probs * np.float32(0.5)
-        return self._predict_array(images)
+        return with_tta(self._predict_array, self._to_array(images), self.tta)
 
     def _predict_array(self, images: np.ndarray) -> np.ndarray:
         if self._xor:
