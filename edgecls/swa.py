@@ -103,3 +103,27 @@ def recompute_batch_norm(model, batches) -> int:
         for layer, m in zip(layers, saved):
             layer.momentum = m
     return seen
+
+
+def mean_weights(models) -> list[np.ndarray]:
+    """The element-wise mean of the weights of `models` (the same architecture: e.g. the ends of
+    successive learning-rate cycles of one run, Garipov et al. 2018, "fast geometric ensembling"),
+    in `get_weights()` order. BatchNorm moving statistics are averaged too; recompute them with
+    `recompute_batch_norm` before trusting the result. Raises ConfigError naming the first model
+    whose weights do not line up with the first one's."""
+    from .errors import ConfigError
+
+    models = list(models)
+    if len(models) < 2:
+        raise ConfigError("averaging weights needs at least two models")
+    first = models[0].get_weights()
+    total = [np.array(w, dtype=np.float64) for w in first]
+    for i, model in enumerate(models[1:], start=1):
+        weights = model.get_weights()
+        shapes = [tuple(np.shape(w)) for w in weights]
+        if shapes != [tuple(np.shape(w)) for w in first]:
+            raise ConfigError(f"model {i + 1} ({getattr(model, 'name', '?')}) does not have the first model's "
+                              f"weight shapes; average only runs of the same architecture and classes")
+        for t, w in zip(total, weights):
+            t += w
+    return [(t / len(models)).astype(np.asarray(w).dtype) for t, w in zip(total, first)]

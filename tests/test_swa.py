@@ -5,7 +5,7 @@ import pytest
 
 from edgecls import TrainConfig, train
 from edgecls.errors import ConfigError
-from edgecls.swa import STATE_FILE, WeightAverage, recompute_batch_norm
+from edgecls.swa import STATE_FILE, WeightAverage, mean_weights, recompute_batch_norm
 
 from .conftest import TINY_ZIP, assert_one_line_error, run_cli
 
@@ -39,6 +39,26 @@ def _bn_model(k):
     x = k.layers.BatchNormalization(name="bn2", momentum=0.9)(x)
     x = k.layers.GlobalAveragePooling2D()(x)
     return k.Model(inp, k.layers.Dense(10)(x))
+
+
+def test_mean_weights_is_the_element_wise_mean_and_refuses_other_architectures():
+    from edgecls._deps import keras
+
+    k = keras()
+    a, b, c = _bn_model(k), _bn_model(k), _bn_model(k)
+    rng = np.random.default_rng(0)
+    for m in (a, b, c):
+        m.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in m.get_weights()])
+    mean = mean_weights([a, b, c])
+    for got, wa, wb, wc in zip(mean, a.get_weights(), b.get_weights(), c.get_weights()):
+        assert got.dtype == wa.dtype
+        np.testing.assert_allclose(got, (wa.astype(np.float64) + wb + wc) / 3, rtol=1e-6, atol=1e-6)
+    inp = k.Input((32, 32, 3))
+    other = k.Model(inp, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(4, 3)(inp))))
+    with pytest.raises(ConfigError, match="model 2 .*same architecture"):
+        mean_weights([a, other])
+    with pytest.raises(ConfigError, match="at least two"):
+        mean_weights([a])
 
 
 def test_batch_norm_statistics_are_the_size_weighted_mean_of_the_batch_statistics():

@@ -7,6 +7,11 @@ weights). Writes nothing unless --save is given.
 
 --plain feeds the unaugmented training images instead of the augmented stream (padded crops and
 flips, as in training): the comparison that showed why the pass must see augmented images.
+
+Given several runs of the same architecture (e.g. the ends of successive `--init` cycles), it
+averages their weights first and recomputes the statistics of the average:
+
+    python tools/recompute_bn.py runs/ship/resnet8_cut runs/ship/resnet8_c6 --data ../shared/datasets/cifar10-jpeg.zip
 """
 from __future__ import annotations
 
@@ -22,20 +27,32 @@ import numpy as np  # noqa: E402
 from edgecls.data import load_dataset  # noqa: E402
 from edgecls.data.pipeline import make_dataset  # noqa: E402
 from edgecls.modelio import load_trained, save_model_file  # noqa: E402
-from edgecls.swa import recompute_batch_norm  # noqa: E402
+from edgecls.errors import EdgeclsError  # noqa: E402
+from edgecls.swa import mean_weights, recompute_batch_norm  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="an 'edgecls train' directory")
+    ap.add_argument("model", nargs="+", help="an 'edgecls train' directory; several: average their weights first")
     ap.add_argument("--data", required=True)
     ap.add_argument("--plain", action="store_true", help="unaugmented training images (for comparison)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--save", help="write the model with the recomputed statistics to this .keras file")
     args = ap.parse_args()
 
-    trained = load_trained(args.model)
+    try:
+        runs = [load_trained(m) for m in args.model]
+        for m, run in zip(args.model[1:], runs[1:]):
+            if run.preprocessing != runs[0].preprocessing or tuple(run.labels) != tuple(runs[0].labels):
+                raise EdgeclsError(f"{m}: its classes or preprocessing differ from {args.model[0]}'s")
+        if len(runs) > 1:
+            runs[0].model.set_weights(mean_weights([r.model for r in runs]))
+    except EdgeclsError as e:
+        print(f"recompute_bn: error: {e}", file=sys.stderr)
+        return 2
+    trained = runs[0]
     model, spec = trained.model, trained.preprocessing
+    name = args.model[0] if len(runs) == 1 else "mean of " + " + ".join(args.model)
     data = load_dataset(args.data, image_size=spec.input_size)
     x, y = spec.apply(data.test.images), data.test.labels
 
@@ -47,7 +64,7 @@ def main():
                           augment=not args.plain, seed=args.seed, cache=False)
     seen = recompute_batch_norm(model, stream)
     after = top1()
-    print(f"{args.model}: test top-1 {before:.4f} with its own BatchNorm statistics, {after:.4f} after one pass "
+    print(f"{name}: test top-1 {before:.4f} with its own BatchNorm statistics, {after:.4f} after one pass "
           f"over {seen} {'plain' if args.plain else 'augmented'} training images ({len(y)} test images of {args.data})")
     if args.save:
         save_model_file(model, args.save)
