@@ -130,7 +130,7 @@ def save_ensemble_teacher(members, out) -> dict:
 
     from ._io import atomic_write_json, make_staging_dir, replace_dir
     from .errors import ConfigError
-    from .modelio import MODEL_FILE, save_labels, save_model_file
+    from .modelio import MODEL_FILE, require_same_classes_and_inputs, save_labels, save_model_file
     from .training import TRAIN_FILE, read_finished_run, require_finished_run
 
     members = [Path(m) for m in members]
@@ -143,11 +143,7 @@ def save_ensemble_teacher(members, out) -> dict:
         require_finished_run(m, "ensemble member")
     runs, about = zip(*(read_finished_run(m, "ensemble member") for m in members))
     first = runs[0]
-    for m, run in zip(members[1:], runs[1:]):
-        if tuple(run.labels) != tuple(first.labels):
-            raise ConfigError(f"{m}: its classes differ from {members[0]}'s; ensemble members must know the same classes in the same order")
-        if run.preprocessing != first.preprocessing:
-            raise ConfigError(f"{m}: its preprocessing differs from {members[0]}'s; ensemble members must take the same inputs")
+    require_same_classes_and_inputs(members, runs, "ensemble members")
     k = keras()
     inputs = k.Input(tuple(first.model.input_shape[1:]), name="image")
     probe = np.zeros((2, *first.model.input_shape[1:]), np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._deps import keras
 from ._io import atomic_path, atomic_write_json, read_json
-from .errors import ModelError, first_line
+from .errors import ConfigError, ModelError, first_line
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
 MODEL_FILE = "model.keras"
@@ -22,6 +22,16 @@ class TrainedModel:
     labels: tuple[str, ...]
     preprocessing: PreprocessingSpec
     path: Path
+
+
+def require_same_classes_and_inputs(names, runs, what: str) -> None:
+    """Raise ConfigError naming the first of `runs` (TrainedModel, named by `names`) whose classes or
+    preprocessing differ from the first one's; `what` says what they are ("ensemble members")."""
+    for name, run in zip(names[1:], runs[1:]):
+        if tuple(run.labels) != tuple(runs[0].labels):
+            raise ConfigError(f"{name}: its classes differ from {names[0]}'s; {what} must know the same classes in the same order")
+        if run.preprocessing != runs[0].preprocessing:
+            raise ConfigError(f"{name}: its preprocessing differs from {names[0]}'s; {what} must take the same inputs")
 
 
 def save_labels(path: str | Path, labels) -> None:

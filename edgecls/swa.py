@@ -117,11 +117,11 @@ def mean_weights(models) -> list[np.ndarray]:
     if len(models) < 2:
         raise ConfigError("averaging weights needs at least two models")
     first = models[0].get_weights()
+    first_shapes = [np.shape(w) for w in first]
     total = [np.array(w, dtype=np.float64) for w in first]
     for i, model in enumerate(models[1:], start=1):
         weights = model.get_weights()
-        shapes = [tuple(np.shape(w)) for w in weights]
-        if shapes != [tuple(np.shape(w)) for w in first]:
+        if [np.shape(w) for w in weights] != first_shapes:
             raise ConfigError(f"model {i + 1} ({getattr(model, 'name', '?')}) does not have the first model's "
                               f"weight shapes; average only runs of the same architecture and classes")
         for t, w in zip(total, weights):

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from edgecls.data import load_dataset  # noqa: E402
 from edgecls.data.pipeline import make_dataset  # noqa: E402
-from edgecls.modelio import load_trained, save_model_file  # noqa: E402
+from edgecls.modelio import load_trained, require_same_classes_and_inputs, save_model_file  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
 from edgecls.swa import mean_weights, recompute_batch_norm  # noqa: E402
 
@@ -42,9 +42,7 @@ def main():
 
     try:
         runs = [load_trained(m) for m in args.model]
-        for m, run in zip(args.model[1:], runs[1:]):
-            if run.preprocessing != runs[0].preprocessing or tuple(run.labels) != tuple(runs[0].labels):
-                raise EdgeclsError(f"{m}: its classes or preprocessing differ from {args.model[0]}'s")
+        require_same_classes_and_inputs(args.model, runs, "runs averaged together")
         if len(runs) > 1:
             runs[0].model.set_weights(mean_weights([r.model for r in runs]))
     except EdgeclsError as e:
