@@ -249,3 +249,16 @@ def test_pipeline_default_starts_from_the_shipped_model(sample_model, tmp_path):
     assert set(rows) == {"tflite_fp32", "tflite_int8", "keras_fp32"}
     # The stand-in's own test accuracy on the sample, reproduced by the exported fp32 model.
     assert rows["tflite_fp32"]["accuracy"] == pytest.approx(sample_model.metrics["test_accuracy"], abs=0.005)
+
+
+@pytest.mark.parametrize("latencies, scale", [
+    ([0.05, 0.15, 5.8], "log"),          # a Keras row beside the runtime's variants
+    ([0.05, 0.15, 0.3], "linear"),
+    ([0.05, None, 0.0, 1.2], "log"),     # unmeasured and zero latencies are ignored
+    ([None, 3.0], "linear"),
+    ([], "linear"),
+])
+def test_latency_axis_is_logarithmic_only_when_latencies_span_more_than_20x(latencies, scale):
+    from edgecls.report import latency_scale
+
+    assert latency_scale(latencies) == scale

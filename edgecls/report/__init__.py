@@ -197,7 +197,9 @@ class Report:
             fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
             ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
                     label=f"Pareto front: {device[:60]}")
-        ax.set_xlabel("batch-1 latency p50 (ms)")
+        scale = latency_scale(r.get("p50") for r in ok)
+        ax.set_xscale(scale)
+        ax.set_xlabel("batch-1 latency p50 (ms)" + (", log scale" if scale == "log" else ""))
         ax.set_ylabel("top-1 accuracy")
         ax.set_title("Accuracy against latency")
         ax.legend(fontsize=7)
@@ -247,10 +249,14 @@ class Report:
             width = 0.8 / len(self.devices)
             for i, device in enumerate(self.devices):
                 by = {r["name"]: r.get("p50") for r in ok if r["device"] == device}
-                ax.bar([x + i * width for x in range(len(names))], [by.get(n) or 0 for n in names], width=width, label=device[:50])
+                # A variant a device did not measure is a gap, not a zero.
+                ax.bar([x + i * width for x in range(len(names))], [by.get(n) or float("nan") for n in names],
+                       width=width, label=device[:50])
             ax.set_xticks([x + width * (len(self.devices) - 1) / 2 for x in range(len(names))])
             ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-            ax.set_ylabel("p50 ms (batch 1)")
+            scale = latency_scale(r.get("p50") for r in ok)
+            ax.set_yscale(scale)
+            ax.set_ylabel("p50 ms (batch 1)" + (", log scale" if scale == "log" else ""))
             ax.set_title("Latency per device")
             ax.legend(fontsize=7)
             fig.tight_layout()
@@ -305,6 +311,15 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
         atomic_write_text(out / "report.html", self.html(plots))
         written += [out / "report.md", out / "report.csv", out / "report.json", out / "report.html"]
         return written
+
+
+def latency_scale(latencies, spread: float = 20.0) -> str:
+    """"log" when the measured latencies span more than `spread` times (a Keras row beside the
+    runtime's variants is 20-100x slower and would flatten every other bar), else "linear"."""
+    values = [v for v in latencies if isinstance(v, (int, float)) and v > 0]
+    if len(values) < 2:
+        return "linear"
+    return "log" if max(values) / min(values) > spread else "linear"
 
 
 def _png(fig, plt) -> bytes:
