@@ -192,7 +192,9 @@ class Report:
                 continue
             front = set(self.pareto(device))
             ax.scatter([r["p50"] for r in pts], [r["accuracy"] for r in pts], marker="os^D"[i % 4], label=device[:60])
-            for r in pts:
+            # Names on the first device's points only: a variant scores the same on every device,
+            # so its other points sit level with the named one, and doubled names overlap.
+            for r in pts if i == 0 else ():
                 ax.annotate(r["name"], (r["p50"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
             ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
