@@ -64,14 +64,19 @@ class BenchConfig:
     # Test-time augmentation (edgecls.runtime.TTA_MODES): "flip" averages each image with its mirror
     # image, in every row, the Keras one too: latency, throughput and accuracy then include it.
     tta: str | None = None
+    # Each variant is measured in `repeats` fresh processes, the variants taking turns (round-robin),
+    # so slow drift of a shared host lands on every variant alike. Accuracy is measured in the first
+    # round only; latency and throughput are the median round's, and every round's p50 and
+    # throughput are kept (row "repeats") so the spread between processes is on record.
+    repeats: int = 1
 
     def __post_init__(self):
         from .runtime import check_tta
 
         check_tta(self.tta)
-        for name in ("warmup", "runs", "batch"):
+        for name in ("warmup", "runs", "batch", "repeats"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "warmup" else 1):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
                 raise ConfigError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
@@ -132,9 +137,10 @@ def _cifar_labels():
 
 
 def _measure(row: dict, predict, one, images, data_files: dict | None, config: BenchConfig, labels, source: str,
-             predictions_out: str | None) -> None:
+             predictions_out: str | None, accuracy: bool = True) -> None:
     """Latency at batch 1, throughput at config.batch, peak memory, then accuracy on the labelled
-    images (when there are any), into `row`. `predict` maps uint8 images to probabilities."""
+    images (when there are any and `accuracy`), into `row`. `predict` maps uint8 images to
+    probabilities."""
     from .evaluation import summarize
 
     row["latency_ms"] = time_calls(lambda: predict(one), warmup=config.warmup, runs=config.runs)
@@ -149,6 +155,8 @@ def _measure(row: dict, predict, one, images, data_files: dict | None, config: B
             predict(batch)
         row["throughput_ips"] = round(reps * config.batch / (time.perf_counter() - t0), 1)
     row["peak_rss_mb"] = _peak_rss_mb()  # runtime + model + one batch: what the device must hold
+    if images is not None and not accuracy:
+        return  # a timing-only round of a repeated bench: the first round measured the accuracy
     if images is not None:
         y = np.load(data_files["labels"])
         probs = np.concatenate([predict(np.array(images[i:i + 256])) for i in range(0, len(images), 256)])
@@ -164,7 +172,7 @@ def _measure(row: dict, predict, one, images, data_files: dict | None, config: B
 
 
 def bench_variant(bundle: str, variant: str, data_files: dict | None, config: BenchConfig,
-                  predictions_out: str | None = None) -> dict:
+                  predictions_out: str | None = None, accuracy: bool = True) -> dict:
     """Measure one variant in this process (called in a child process by `bench`).
 
     `data_files` names .npy files of the labelled images and labels the parent prepared; they are
@@ -184,7 +192,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
         one = np.array(images[:1])
     else:
         one = np.zeros((1, *runner.preprocessing.input_size, 3), np.uint8)
-    _measure(row, runner.predict, one, images, data_files, config, runner.labels, bundle, predictions_out)
+    _measure(row, runner.predict, one, images, data_files, config, runner.labels, bundle, predictions_out, accuracy)
     row["backend"] = runner.backend.package
     return row
 
@@ -193,7 +201,7 @@ KERAS_ROW = "keras_fp32"
 
 
 def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: BenchConfig,
-                predictions_out: str | None = None) -> dict:
+                predictions_out: str | None = None, accuracy: bool = True) -> dict:
     """Measure the Keras model the bundle was exported from, the way a TensorFlow user runs it:
     the bundle's preprocessing, then `model(x, training=False)` (the fast call; `model.predict`,
     which sets up a data pipeline on every call, is timed too, as `latency_predict_ms`)."""
@@ -232,13 +240,15 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
 
     row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
                                            warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
-    _measure(row, call, one, images, data_files, config, loaded.labels(), str(path), predictions_out)
+    _measure(row, call, one, images, data_files, config, loaded.labels(), str(path), predictions_out, accuracy)
     row["backend"] = f"tensorflow {tf.__version__}"
     return row
 
 
-def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConfig, pred_file: str) -> dict:
-    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file})
+def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConfig, pred_file: str,
+           accuracy: bool = True) -> dict:
+    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file,
+                          "accuracy": accuracy})
     env = dict(os.environ)
     # Each child measures with exactly the requested threads; BLAS pools must not add their own.
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
@@ -271,6 +281,34 @@ def load_prepared(folder: str | Path):
     return images, labels, name
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One row from a variant's rounds (BenchConfig.repeats): the first round's row (accuracy, sizes,
+    memory) with the latency of the round whose batch-1 p50 is the median (the lower middle for an
+    even count), the median throughput and load time, and every round's figures under "repeats".
+    A round that failed after a good first round makes the row failed: an unstable variant is not
+    reported as measured."""
+    first = dict(rounds[0])
+    if len(rounds) == 1 or first.get("status") != "ok":
+        return first
+    bad = next((r for r in rounds[1:] if r.get("status") != "ok"), None)
+    if bad is not None:
+        return {**first, "status": "failed", "error": f"failed in a later round: {bad.get('error')}"}
+
+    def median(values):
+        return sorted(values)[(len(values) - 1) // 2]
+
+    p50s = [r["latency_ms"]["p50"] for r in rounds]
+    middle = rounds[p50s.index(median(p50s))]
+    first["latency_ms"] = middle["latency_ms"]
+    through = [r.get("throughput_ips") for r in rounds]
+    if all(t is not None for t in through):
+        first["throughput_ips"] = median(through)
+    first["load_ms"] = median([r["load_ms"] for r in rounds])
+    first["repeats"] = {"rounds": len(rounds), "p50_ms": p50s, "throughput_ips": through,
+                        "load_ms": [r["load_ms"] for r in rounds]}
+    return first
+
+
 def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | None = None, progress=None,
           prepared: str | Path | None = None) -> dict:
     """Benchmark the bundle's variants; returns the report dict (schema in the README).
@@ -299,7 +337,6 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
             raise DataError(f"{prepared}: images are {labelled[0].shape[1:3]}, the model takes {tuple(spec.input_size)}")
     else:
         labelled = _labelled_data(data, spec.input_size, labels, config.max_images)
-    rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_files = None
@@ -315,17 +352,21 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
             names = [KERAS_ROW] + names
             config = BenchConfig(**{**asdict(config), "keras": str(keras_path)})
         preds = {}
-        for i, name in enumerate(order):
-            if progress:
-                progress(i, len(order), name)
-            pred_file = os.path.join(tmp, f"{name}.npy")
-            row = _child(bundle, name, data_files, config, pred_file)
-            if os.path.exists(pred_file):
-                preds[name] = np.load(pred_file)
-            if name in names:
-                rows.append(row)
+        rounds: dict[str, list[dict]] = {name: [] for name in order}
+        steps = len(order) * config.repeats
+        for r in range(config.repeats):
+            for i, name in enumerate(order):
+                if progress:
+                    progress(r * len(order) + i, steps, name if config.repeats == 1 else f"{name} (round {r + 1}/{config.repeats})")
+                if r and rounds[name][0].get("status") != "ok":
+                    continue  # it failed in the first round: the same error again tells nothing new
+                pred_file = os.path.join(tmp, f"{name}.npy")
+                rounds[name].append(_child(bundle, name, data_files, config, pred_file, accuracy=r == 0))
+                if r == 0 and os.path.exists(pred_file):
+                    preds[name] = np.load(pred_file)
         if progress:
-            progress(len(order), len(order), "")
+            progress(steps, steps, "")
+        rows = [combine_rounds(rounds[name]) for name in order if name in names]
     for row in rows:
         ref = preds.get(reference)
         mine = preds.get(row["name"])
@@ -346,7 +387,8 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
         "data": labelled[2] if prepared is not None else (data or "cifar10-sample"),
         "host": host,
         "settings": {"threads": config.threads, "warmup": config.warmup, "runs": config.runs, "batch": config.batch,
-                     "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "tta": config.tta, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
+                     "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "tta": config.tta,
+                     "repeats": config.repeats, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
         "variants": rows,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
@@ -357,11 +399,11 @@ def _main(argv) -> int:
     try:
         if payload["variant"] == KERAS_ROW:
             row = bench_keras(payload["bundle"], payload["config"]["keras"], payload["data"],
-                              BenchConfig(**payload["config"]), payload["pred"])
+                              BenchConfig(**payload["config"]), payload["pred"], payload.get("accuracy", True))
             print(json.dumps(row))
             return 0
         row = bench_variant(payload["bundle"], payload["variant"], payload["data"], BenchConfig(**payload["config"]),
-                            payload["pred"])
+                            payload["pred"], payload.get("accuracy", True))
     except EdgeclsError as exc:
         print(f"edgecls: error: {exc}", file=sys.stderr)
         return 2

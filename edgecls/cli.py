@@ -168,7 +168,8 @@ def _cmd_bench(args) -> int:
     from .report import Report
 
     config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
-                         batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta)
+                         batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta,
+                         repeats=args.repeats)
     if args.host:
         from .remote import RemoteConfig, remote_bench
 
@@ -351,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per variant")
     p.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="measure each variant in N fresh processes, the variants taking turns; report the median "
+                        "round's latency and every round's p50 (default 1)")
     p.add_argument("--max-images", type=int, help="use at most this many labelled images")
     p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
                    help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "

@@ -262,3 +262,58 @@ def test_latency_axis_is_logarithmic_only_when_latencies_span_more_than_20x(late
     from edgecls.report import latency_scale
 
     assert latency_scale(latencies) == scale
+
+
+def test_repeated_bench_takes_turns_and_keeps_every_round(bench_report, sample_bundle, tmp_path):
+    """--repeats 3: each variant measured in three processes, the variants taking turns; the row's
+    accuracy and agreement are the single-round bench's (same images), its latency is the median
+    round's, every round's p50 is kept, and the table shows the range."""
+    single = {v["name"]: v for v in bench_report[0]["variants"]}
+    out = tmp_path / "r.json"
+    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "tflite_int8", "--repeats", "3",
+                   "--runs", "10", "--warmup", "2", "--batch", "16", "--max-images", "300", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["repeats"] == 3
+    # Round-robin: fp32, int8, fp32, int8, ... in the progress lines.
+    turns = [line.split()[-3] for line in proc.stderr.splitlines() if "(round " in line]
+    assert turns == ["tflite_fp32", "tflite_int8"] * 3
+    for row in report["variants"]:
+        rounds = row["repeats"]
+        assert rounds["rounds"] == 3 and len(rounds["p50_ms"]) == len(rounds["throughput_ips"]) == 3
+        assert row["latency_ms"]["p50"] == sorted(rounds["p50_ms"])[1]
+        assert row["throughput_ips"] == sorted(rounds["throughput_ips"])[1]
+        assert row["accuracy"] == single[row["name"]]["accuracy"] and row["agreement"] == single[row["name"]]["agreement"]
+    assert "| p50 range ms |" in proc.stdout and "in each of 3 processes per variant" in proc.stdout
+    low, high = min(report["variants"][1]["repeats"]["p50_ms"]), max(report["variants"][1]["repeats"]["p50_ms"])
+    assert f"| {low:.3f}-{high:.3f} |" in proc.stdout
+    assert run_cli("report", out, "--out", tmp_path / "rep").returncode == 0
+    assert "p50 range ms" in (tmp_path / "rep" / "report.md").read_text()
+    assert "p50_range" in (tmp_path / "rep" / "report.csv").read_text().splitlines()[0]
+    # A single-round report has no range column.
+    from edgecls.report import Report
+
+    assert "p50_range" not in Report([bench_report[0]]).csv() and "p50 range" not in Report([bench_report[0]]).markdown()
+
+
+def test_a_round_that_fails_after_the_first_fails_the_row():
+    from edgecls.bench import combine_rounds
+
+    ok = {"name": "v", "status": "ok", "error": "", "latency_ms": {"p50": 0.2}, "throughput_ips": 10.0, "load_ms": 5.0,
+          "accuracy": 0.8}
+    rounds = [ok, {**ok, "latency_ms": {"p50": 0.1}, "throughput_ips": 30.0, "load_ms": 1.0},
+              {**ok, "latency_ms": {"p50": 0.3}, "throughput_ips": 20.0, "load_ms": 9.0}]
+    row = combine_rounds(rounds)
+    assert row["latency_ms"] == {"p50": 0.2} and row["throughput_ips"] == 20.0 and row["load_ms"] == 5.0
+    assert row["repeats"]["p50_ms"] == [0.2, 0.1, 0.3] and row["accuracy"] == 0.8
+    assert combine_rounds([ok]) == ok and "repeats" not in combine_rounds([ok])
+    failed = combine_rounds([ok, {"name": "v", "status": "failed", "error": "the backend crashed (signal 11)"}])
+    assert failed["status"] == "failed" and failed["error"] == "failed in a later round: the backend crashed (signal 11)"
+
+
+@pytest.mark.parametrize("repeats", ["0", "-1", "x"])
+def test_bad_repeats_is_a_one_line_error(sample_bundle, tmp_path, repeats):
+    proc = run_cli("bench", sample_bundle.out, "--repeats", repeats, "--out", tmp_path / "r.json")
+    assert proc.returncode != 0 and not (tmp_path / "r.json").exists()
+    if repeats != "x":  # argparse's own usage error for a non-integer
+        assert_one_line_error(proc, "repeats must be a positive integer")

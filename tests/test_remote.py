@@ -126,10 +126,13 @@ def test_remote_bench_copies_only_what_changed_and_measures_the_same_images(samp
         assert row["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels[keep]).mean()), abs=1e-6)
     assert "edgecls-test: bench [" in proc.stderr
 
-    # Second run: nothing to send. Then a damaged copy on the device is replaced, and only it.
-    proc = _remote_bench(bundle, sshd, out, "--variants", "tflite_int8")
+    # Second run, in two rounds on the device (--repeats): nothing to send. Then a damaged copy on
+    # the device is replaced, and only it.
+    proc = _remote_bench(bundle, sshd, out, "--variants", "tflite_int8", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(out.read_text())["remote"]["sent_files"] == []
+    second = json.loads(out.read_text())
+    assert second["remote"]["sent_files"] == [] and second["settings"]["repeats"] == 2
+    assert second["variants"][0]["repeats"]["rounds"] == 2
     assert "sending 0 of" in proc.stderr
     damaged = device_bundle / "tflite_int8.tflite"
     damaged.write_bytes(damaged.read_bytes()[:-10])

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 COLUMNS = [
     ("device", "device"), ("name", "variant"), ("format", "format"), ("precision", "precision"), ("sparsity", "sparsity"),
     ("size_bytes", "bytes"), ("size_gzip_bytes", "gzip bytes"), ("accuracy", "top-1"), ("agreement", "agreement"),
-    ("p50", "p50 ms"), ("p99", "p99 ms"), ("throughput_ips", "images/s"), ("peak_rss_mb", "peak MB"),
+    ("p50", "p50 ms"), ("p50_range", "p50 range ms"), ("p99", "p99 ms"), ("throughput_ips", "images/s"), ("peak_rss_mb", "peak MB"),
     ("load_ms", "load ms"), ("status", "status"),
 ]
 
@@ -74,9 +74,19 @@ class Report:
             label = device_label(r["host"], r.get("settings"))
             for v in r["variants"]:
                 lat = v.get("latency_ms") or {}
+                p50s = (v.get("repeats") or {}).get("p50_ms")
                 rows.append({**v, "device": label, "p50": lat.get("p50"), "p99": lat.get("p99"), "mean": lat.get("mean"),
+                             "p50_range": (min(p50s), max(p50s)) if p50s else None,
                              "threads": r.get("settings", {}).get("threads")})
         return rows
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """The table's columns: the device only when there are several, the p50 range only when
+        some report measured its variants in several processes (`edgecls bench --repeats`)."""
+        multi = len(self.devices) > 1
+        repeated = any(v.get("repeats") for r in self.reports for v in r["variants"])
+        return [c for c in COLUMNS if (multi or c[0] != "device") and (repeated or c[0] != "p50_range")]
 
     # -- tables -----------------------------------------------------------------------------------
 
@@ -92,19 +102,23 @@ class Report:
             return f"{value:.2f}"
         if key in ("p50", "p99", "load_ms"):
             return f"{value:.3f}"
+        if key == "p50_range":
+            return f"{value[0]:.3f}-{value[1]:.3f}"
         if key in ("throughput_ips", "peak_rss_mb"):
             return f"{value:,.1f}"
         return str(value)
 
     def markdown(self) -> str:
         multi = len(self.devices) > 1
-        cols = [c for c in COLUMNS if multi or c[0] != "device"]
+        cols = self.columns
         lines = []
         if not multi:
             r = self.reports[0]
             s = r.get("settings", {})
+            rounds = s.get("repeats") or 1
             lines.append(f"Device: {self.devices[0]}; {r['host'].get('cores')} cores; batch-1 latency of "
-                         f"runner.predict over {s.get('runs')} runs after {s.get('warmup')} warm-up; "
+                         f"runner.predict over {s.get('runs')} runs after {s.get('warmup')} warm-up"
+                         + (f" in each of {rounds} processes per variant (p50 of the median one)" if rounds > 1 else "") + "; "
                          f"throughput at batch {s.get('batch')}; data {r.get('data')}")
             lines.append("")
         lines.append("| " + " | ".join(h for _, h in cols) + " |")
@@ -158,11 +172,12 @@ class Report:
 
     def csv(self) -> str:
         buf = io.StringIO()
-        keys = [k for k, _ in COLUMNS] + ["mean", "threads", "error"]
+        shown = {k for k, _ in self.columns} | {"device"}
+        keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error"]
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: row.get(k) for k in keys})
+            writer.writerow({k: self._fmt(k, row.get(k)) if k == "p50_range" else row.get(k) for k in keys})
         return buf.getvalue()
 
     def to_json(self) -> dict:
@@ -270,7 +285,7 @@ class Report:
     def html(self, plots: dict[str, bytes] | None = None) -> str:
         plots = self.plots() if plots is None else plots
         multi = len(self.devices) > 1
-        cols = [c for c in COLUMNS if multi or c[0] != "device"]
+        cols = self.columns
         head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
         body = []
         front = set(self.pareto())
