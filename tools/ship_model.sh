@@ -11,7 +11,8 @@
 #
 # 1. export (every variant, validated on the 10,000 JPEG test images) into models/NAME/,
 #    with model.keras and train.json from the training run beside the bundle;
-# 2. bench at 1 thread (models/NAME/report.json) and at 2 threads, Keras row included;
+# 2. bench at 1 thread (models/NAME/report.json) and at 2 threads, Keras row included, each variant
+#    in REPEATS processes (default 5) taking turns, so one slow process does not rank the variants;
 # 3. bench on the 1,017 lossless test images of the python-pickle subset;
 # 4. edgecls report over the 1- and 2-thread runs (tables, HTML, PNG plots);
 # 5. the BENCHMARKS.md table (tools/model_table.py).
@@ -25,6 +26,7 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=${CIFAR10_JPEG:-../shared/datasets/cifar10-jpeg.zip}
 LOSSLESS=${CIFAR10_LOSSLESS:-../shared/datasets/cifar-10-batches-py-subset}
 RUNS=${RUNS:-300}
+REPEATS=${REPEATS:-5}
 OUT=models/$NAME
 DOCS=docs/benchmarks/models/$NAME
 STAGE=runs/ship/$NAME-bundle
@@ -54,8 +56,8 @@ fi
 if [ -f "$OUT/model.keras" ]; then KFLAG=--keras; else KFLAG="--keras $TRAINED/model.keras"; fi
 
 echo "[2/5] bench at 1 and 2 threads on $DATA"
-"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 1 --runs "$RUNS" --out "$OUT/report.json" > /dev/null
-"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 2 --runs "$RUNS" --out "$DOCS/bench-2threads.json" > /dev/null
+"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 1 --runs "$RUNS" --repeats "$REPEATS" --out "$OUT/report.json" > /dev/null
+"$E" bench "$OUT" --data "$DATA" $KFLAG --threads 2 --runs "$RUNS" --repeats "$REPEATS" --out "$DOCS/bench-2threads.json" > /dev/null
 cp "$OUT/report.json" "$DOCS/bench-1thread.json"
 
 echo "[3/5] accuracy on the lossless test images ($LOSSLESS)"
