@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from statistics import median_low
 
 import numpy as np
 
@@ -238,8 +239,9 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     def call(x):  # with the runtime Runner's test-time augmentation
         return with_tta(once, x, config.tta)
 
-    row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
-                                           warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
+    if accuracy:  # a timing-only round's row keeps only the figures combine_rounds takes from it
+        row["latency_predict_ms"] = time_calls(lambda: model.predict(spec.apply(one), verbose=0),
+                                               warmup=min(config.warmup, 5), runs=max(1, min(config.runs, 30)))
     _measure(row, call, one, images, data_files, config, loaded.labels(), str(path), predictions_out, accuracy)
     row["backend"] = f"tensorflow {tf.__version__}"
     return row
@@ -293,17 +295,13 @@ def combine_rounds(rounds: list[dict]) -> dict:
     bad = next((r for r in rounds[1:] if r.get("status") != "ok"), None)
     if bad is not None:
         return {**first, "status": "failed", "error": f"failed in a later round: {bad.get('error')}"}
-
-    def median(values):
-        return sorted(values)[(len(values) - 1) // 2]
-
     p50s = [r["latency_ms"]["p50"] for r in rounds]
-    middle = rounds[p50s.index(median(p50s))]
+    middle = rounds[p50s.index(median_low(p50s))]
     first["latency_ms"] = middle["latency_ms"]
     through = [r.get("throughput_ips") for r in rounds]
     if all(t is not None for t in through):
-        first["throughput_ips"] = median(through)
-    first["load_ms"] = median([r["load_ms"] for r in rounds])
+        first["throughput_ips"] = median_low(through)
+    first["load_ms"] = median_low([r["load_ms"] for r in rounds])
     first["repeats"] = {"rounds": len(rounds), "p50_ms": p50s, "throughput_ips": through,
                         "load_ms": [r["load_ms"] for r in rounds]}
     return first

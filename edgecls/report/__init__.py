@@ -199,6 +199,7 @@ class Report:
         ok = [r for r in self.rows if r.get("status") == "ok"]
         if not ok:
             return out
+        scale = latency_scale(r.get("p50") for r in ok)  # one latency axis for both latency plots
         # Accuracy against latency, Pareto front marked, one marker style per device.
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, device in enumerate(self.devices):
@@ -214,7 +215,6 @@ class Report:
             fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
             ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
                     label=f"Pareto front: {device[:60]}")
-        scale = latency_scale(r.get("p50") for r in ok)
         ax.set_xscale(scale)
         ax.set_xlabel("batch-1 latency p50 (ms)" + (", log scale" if scale == "log" else ""))
         ax.set_ylabel("top-1 accuracy")
@@ -271,7 +271,6 @@ class Report:
                        width=width, label=device[:50])
             ax.set_xticks([x + width * (len(self.devices) - 1) / 2 for x in range(len(names))])
             ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-            scale = latency_scale(r.get("p50") for r in ok)
             ax.set_yscale(scale)
             ax.set_ylabel("p50 ms (batch 1)" + (", log scale" if scale == "log" else ""))
             ax.set_title("Latency per device")
