@@ -45,7 +45,7 @@ def _cmd_train(args) -> int:
     config = TrainConfig(
         data=args.data, arch=args.arch, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, augment=not args.no_augment, cutout=args.cutout, val_fraction=args.val_fraction,
+        label_smoothing=args.label_smoothing, augment=not args.no_augment, cutout=args.cutout, cutmix=args.cutmix, val_fraction=args.val_fraction,
         patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
         init_from=args.init, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_lr, teacher=args.teacher,
         distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, verbose=args.verbose,
@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
     p.add_argument("--cutout", type=int, default=0, metavar="N",
                    help="also blank one random N x N square of each training image (cutout; 0: off, the default)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="P",
+                   help="CutMix: with probability P per batch, paste a random box from another image of the batch "
+                        "into each image and mix the labels by its area (0: off, the default; the paper's CIFAR "
+                        "setting is 0.5)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
     p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--image-size", type=int, default=32)

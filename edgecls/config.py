@@ -15,7 +15,8 @@ class TrainConfig:
 
     recipe "edgecls": SGD with Nesterov momentum, linear warm-up then cosine decay, decoupled weight
     decay (not on BatchNorm or biases), label smoothing, padded-crop + flip augmentation (plus cutout of a
-    `cutout` x `cutout` square when cutout > 0), inputs
+    `cutout` x `cutout` square when cutout > 0, and CutMix of a batch with probability `cutmix` when
+    cutmix > 0), inputs
     standardized with the training set's per-channel mean and std.
     recipe "tutorial": the Keras CIFAR-10 tutorial's plain recipe (Adam 1e-3, no augmentation, no
     label smoothing, pixels / 255), kept as a baseline to compare against.
@@ -47,6 +48,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     augment: bool = True
     cutout: int = 0
+    cutmix: float = 0.0
     val_fraction: float = 0.1
     patience: int = 15
     image_size: int = 32
@@ -89,6 +91,10 @@ class TrainConfig:
              f"cutout must be an integer from 0 (off) to less than image_size ({self.image_size}), got {self.cutout!r}")
         if self.cutout:
             need(self.augment and self.recipe != "tutorial", "cutout is augmentation: it needs augment on and the 'edgecls' recipe")
+        need(isinstance(self.cutmix, (int, float)) and not isinstance(self.cutmix, bool) and 0 <= self.cutmix <= 1,
+             f"cutmix is the probability that a batch is mixed, from 0 (off) to 1, got {self.cutmix!r}")
+        if self.cutmix:
+            need(self.augment and self.recipe != "tutorial", "cutmix is augmentation: it needs augment on and the 'edgecls' recipe")
         need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         need(self.distill_temperature is None or self.distill_temperature > 0,
              f"distill_temperature must be positive, got {self.distill_temperature}")

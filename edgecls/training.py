@@ -36,10 +36,10 @@ from .zoo import create_model, get_model_info, model_stats
 log = logging.getLogger("edgecls")
 
 TRAIN_FILE = "train.json"
-_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "cutout", "init_from",
+_RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "cutout", "cutmix", "init_from",
                 "swa_epochs", "swa_learning_rate", "teacher", "distill_alpha", "distill_temperature")
 # What a run.json written before a key existed meant by it.
-_RESUME_DEFAULTS = {"cutout": 0, "swa_epochs": 0, "swa_learning_rate": None, "teacher": None, "distill_alpha": 0.9, "distill_temperature": 4.0}
+_RESUME_DEFAULTS = {"cutout": 0, "cutmix": 0.0, "swa_epochs": 0, "swa_learning_rate": None, "teacher": None, "distill_alpha": 0.9, "distill_temperature": 4.0}
 # Temperatures when TrainConfig.distill_temperature is None: low for a teacher trained with label smoothing.
 AUTO_TEMPERATURE_SMOOTHED, AUTO_TEMPERATURE = 1.0, 4.0
 
@@ -157,7 +157,7 @@ def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, 
         info["last_epoch_val_accuracy"] = float(model.evaluate(val_ds, verbose=0)[1])
     model.set_weights(average.weights(model.get_weights()))
     stream = make_dataset(x_train, y_train, spec, config.batch_size, num_classes, training=True, augment=augment,
-                          seed=config.seed + 1, cache=False, cutout=config.cutout)
+                          seed=config.seed + 1, cache=False, cutout=config.cutout, cutmix=config.cutmix)
     start = time.perf_counter()
     info["batch_norm_images"] = recompute_batch_norm(model, stream)
     info["batch_norm_augmented"] = augment
@@ -353,7 +353,7 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     augment = config.augment and config.recipe != "tutorial"
     x_train, y_train = dataset.train.images[train_index], dataset.train.labels[train_index]
     train_ds = make_dataset(x_train, y_train, spec, config.batch_size, num_classes, training=True,
-                            augment=augment, seed=config.seed, cutout=config.cutout)
+                            augment=augment, seed=config.seed, cutout=config.cutout, cutmix=config.cutmix)
     val_ds = None
     if len(val_index):
         val_ds = make_dataset(dataset.train.images[val_index], dataset.train.labels[val_index], spec,

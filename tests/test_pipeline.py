@@ -113,3 +113,94 @@ def test_training_with_cutout_records_it_and_resume_refuses_a_change(tmp_path):
                                                              cutout=8).to_dict()))
     with pytest.raises(ConfigError, match="cutout was 8, now 0"):
         train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"), resume=True))
+
+
+def _cutmix_batches(tiny, prob, seed=5, batches=6):
+    """The same seeded stream with and without CutMix: (plain, mixed) images and labels of `batches` batches."""
+    spec = PreprocessingSpec(scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixel values, to trace them
+    make = lambda p: make_dataset(tiny.train.images, tiny.train.labels, spec, 32, 10, training=True,  # noqa: E731
+                                  seed=seed, cutmix=p)
+    plain = [(x.numpy(), y.numpy()) for x, y in make(0.0).take(batches)]
+    mixed = [(x.numpy(), y.numpy()) for x, y in make(prob).take(batches)]
+    return plain, mixed
+
+
+def test_cutmix_pastes_one_box_from_a_partner_and_mixes_labels_by_its_area(tiny):
+    """Each mixed image equals its unmixed self outside one box (the same box for the whole batch)
+    and another image of the same batch inside it; its label is the two one-hot labels weighted by
+    the box's share of the image."""
+    plain, mixed = _cutmix_batches(tiny, 1.0)
+    areas = []
+    for (px, py), (mx, my) in zip(plain, mixed):
+        changed = (px != mx).any(-1).any(0)  # (H, W): pixels that differ in any image of the batch
+        rows, cols = np.nonzero(changed)
+        assert len(rows), "probability 1 mixes every batch"
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        box = np.zeros((32, 32), bool)
+        box[top:bottom, left:right] = True
+        share = box.mean()
+        areas.append(share)
+        for i in range(len(px)):
+            np.testing.assert_array_equal(mx[i][~box], px[i][~box])
+            inside = mx[i][box]
+            partners = [j for j in range(len(px)) if np.array_equal(px[j][box], inside)]
+            assert partners, "the box holds another image's pixels from the same batch"
+            expected = [(1 - share) * py[i] + share * py[j] for j in partners]
+            assert any(np.allclose(my[i], e, atol=1e-6) for e in expected)
+        np.testing.assert_allclose(my.sum(1), 1.0, atol=1e-6)
+    assert len(set(np.round(areas, 4))) > 1  # the box size is drawn per batch
+
+
+def test_cutmix_probability_and_seed(tiny):
+    plain, none = _cutmix_batches(tiny, 0.0)
+    for (px, py), (nx, ny) in zip(plain, none):
+        np.testing.assert_array_equal(px, nx)
+        np.testing.assert_array_equal(py, ny)
+    plain, half = _cutmix_batches(tiny, 0.5, batches=12)
+    touched = [not np.array_equal(px, hx) for (px, _), (hx, _) in zip(plain, half)]
+    assert any(touched) and not all(touched)  # some batches mixed, some not
+    _, again = _cutmix_batches(tiny, 0.5, batches=12)
+    for (hx, hy), (ax, ay) in zip(half, again):
+        np.testing.assert_array_equal(hx, ax)
+        np.testing.assert_array_equal(hy, ay)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(cutmix=1.5), "cutmix is the probability"),
+    (dict(cutmix=-0.1), "cutmix is the probability"),
+    (dict(cutmix=True), "cutmix is the probability"),
+    (dict(cutmix=0.5, augment=False), "cutmix is augmentation"),
+    (dict(cutmix=0.5, recipe="tutorial"), "cutmix is augmentation"),
+])
+def test_invalid_cutmix_fails_when_built(kw, message):
+    from edgecls import TrainConfig
+    from edgecls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(out="o", **kw)
+
+
+def test_training_with_cutmix_and_a_teacher_records_it_and_resume_refuses_a_change(tmp_path):
+    from edgecls import TrainConfig, train
+    from edgecls.errors import ConfigError
+
+    from .conftest import run_cli
+
+    teacher = tmp_path / "t"
+    proc = run_cli("train", "--data", TINY_ZIP, "--arch", "seed_cnn", "--epochs", "1", "--batch-size", "64",
+                   "--verbose", "0", "--out", teacher)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "o"
+    proc = run_cli("train", "--data", TINY_ZIP, "--arch", "seed_cnn", "--epochs", "1", "--batch-size", "64",
+                   "--verbose", "0", "--cutmix", "0.5", "--teacher", teacher, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "train.json").read_text())
+    assert record["config"]["cutmix"] == 0.5 and record["distillation"] is not None
+    proc = run_cli("train", "--data", TINY_ZIP, "--cutmix", "2", "--out", tmp_path / "bad")
+    assert proc.returncode != 0 and "cutmix is the probability" in proc.stderr and "Traceback" not in proc.stderr
+    staging = tmp_path / "p.partial"
+    staging.mkdir()
+    (staging / "run.json").write_text(json.dumps(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"),
+                                                             cutmix=0.5).to_dict()))
+    with pytest.raises(ConfigError, match="cutmix was 0.5, now 0.0"):
+        train(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"), resume=True))
