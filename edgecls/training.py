@@ -72,14 +72,19 @@ def read_finished_run(path: Path, flag: str) -> tuple[TrainedModel, dict]:
     ({} when it has none)."""
     path = Path(path)
     require_finished_run(path, flag)
-    run = load_trained(path)
-    about = {}
-    if (path / TRAIN_FILE).is_file():
-        try:
-            about = json.loads((path / TRAIN_FILE).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
-    return run, about
+    return load_trained(path), read_run_record(path, flag)
+
+
+def read_run_record(path: Path, flag: str) -> dict:
+    """The train.json of the run directory `path` (named by `flag`); {} when it has none (a bare
+    model file, or a run from before train.json). An unreadable one is a one-line ConfigError."""
+    record = Path(path) / TRAIN_FILE
+    if not record.is_file():
+        return {}
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
 
 
 def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel, dict]:

@@ -78,4 +78,4 @@ def test_an_unreadable_train_json_is_a_one_line_error(tool, run_dir, capsys):
     (run_dir / "train.json").write_text("{not json")
     assert tool.main([str(run_dir), "--data", str(TINY_ZIP)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("recompute_bn: error: cannot read") and "train.json" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"recompute_bn: error: model {run_dir}: cannot read train.json (")

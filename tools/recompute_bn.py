@@ -18,7 +18,6 @@ averages their weights first and recomputes the statistics of the average:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,18 +31,7 @@ from edgecls.data.pipeline import make_dataset  # noqa: E402
 from edgecls.modelio import load_trained, require_same_classes_and_inputs, save_model_file  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
 from edgecls.swa import mean_weights, recompute_batch_norm  # noqa: E402
-from edgecls.training import TRAIN_FILE  # noqa: E402
-
-
-def run_record(path: str) -> dict:
-    """The train.json of a run directory ({} for a bare model file or a run without one)."""
-    record = Path(path) / TRAIN_FILE
-    if not record.is_file():
-        return {}
-    try:
-        return json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise EdgeclsError(f"cannot read {record} ({e}); pass a directory written by 'edgecls train'") from None
+from edgecls.training import read_run_record  # noqa: E402
 
 
 def training_augmentation(about: dict) -> dict:
@@ -71,7 +59,7 @@ def main(argv=None):
 
     try:
         runs = [load_trained(m) for m in args.model]
-        augmentation = training_augmentation(run_record(args.model[0]))
+        augmentation = training_augmentation(read_run_record(args.model[0], "model"))
         require_same_classes_and_inputs(args.model, runs, "runs averaged together")
         if len(runs) > 1:
             runs[0].model.set_weights(mean_weights([r.model for r in runs]))
@@ -79,6 +67,10 @@ def main(argv=None):
     except EdgeclsError as e:
         print(f"recompute_bn: error: {e}", file=sys.stderr)
         return 2
+    if args.plain:
+        augmentation = {"cutout": 0, "cutmix": 0.0}
+    else:  # the run's own, unless overridden
+        augmentation.update({k: getattr(args, k) for k in augmentation if getattr(args, k) is not None})
     trained = runs[0]
     model, spec = trained.model, trained.preprocessing
     name = args.model[0] if len(runs) == 1 else "mean of " + " + ".join(args.model)
@@ -88,11 +80,6 @@ def main(argv=None):
         return float((model.predict(x, batch_size=500, verbose=0).argmax(1) == y).mean())
 
     before = top1()
-    for key in augmentation:
-        if getattr(args, key) is not None:
-            augmentation[key] = getattr(args, key)
-    if args.plain:
-        augmentation = {"cutout": 0, "cutmix": 0.0}
     stream = make_dataset(data.train.images, data.train.labels, spec, 128, data.num_classes, training=True,
                           augment=not args.plain, seed=args.seed, cache=False, **augmentation)
     seen = recompute_batch_norm(model, stream)
