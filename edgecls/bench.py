@@ -1,5 +1,7 @@
 """Benchmark of a bundle's variants: load time, batch-1 latency, throughput, peak memory, accuracy,
-agreement with the fp32 reference, size. numpy + the runtime only: no TensorFlow.
+agreement with the fp32 reference, size. numpy + the runtime only: no TensorFlow. With labelled data,
+each variant's accuracy and agreement are set beside the figures of its validation at export
+(edgecls.crosscheck): a variant this machine computes worse gets a `warning` with the likely cause.
 
 Each variant runs in its own child process, so its peak resident memory is its own (a process's
 peak never goes down) and a variant that crashes its backend becomes a failed row instead of ending
@@ -10,19 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from statistics import median_low
 
 import numpy as np
 
 from .errors import ConfigError, DataError, EdgeclsError
-from .hostinfo import host_info
+from .hostinfo import host_info, runtime_versions
 
 REPORT_SCHEMA = 1
 
@@ -83,16 +84,6 @@ class BenchConfig:
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"max_images must be positive, got {self.max_images!r}")
-
-
-def runtime_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "Pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _peak_rss_mb() -> float:
@@ -256,7 +247,10 @@ def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConf
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
     if variant == KERAS_ROW:
         env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run([sys.executable, "-m", "edgecls.bench", payload], capture_output=True, text=True, env=env)
+    # Under a user-mode CPU emulator (tools/cpu_class_check.py runs x86 under `qemu-x86_64 -cpu
+    # Haswell`) a child started plainly would run natively: EDGECLS_EMULATOR names the prefix.
+    prefix = shlex.split(os.environ.get("EDGECLS_EMULATOR", ""))
+    proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls.bench", payload], capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
@@ -376,6 +370,9 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
             row.setdefault(key, None)
     host = host_info()
     host["runtime"] = runtime_versions()
+    from .crosscheck import check_rows
+
+    check_rows(rows, loaded.manifest, host)  # a variant that departs from its validation at export gets a warning
     return {
         "schema": REPORT_SCHEMA,
         "kind": "edgecls-bench",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .config import ONNX_INT8_SCHEMES, ExportConfig
 from .errors import EdgeclsError
 
 log = logging.getLogger("edgecls")
@@ -95,6 +96,7 @@ def _export_config(args):
         calibration_seed=args.calibration_seed, float_io=getattr(args, "float_io", False),
         int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
         onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
+        onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
         nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None), seed=args.seed,
         verbose=args.verbose,
     )
@@ -332,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop tensor names and signatures from TFLite files (smaller; the runtime does not need them)")
     p.add_argument("--onnx-int8", default="ort_qdq", choices=("ort_qdq", "tflite"),
                    help="ONNX int8 route: onnxruntime static QDQ (default) or tf2onnx from the int8 TFLite")
+    p.add_argument("--onnx-int8-scheme", default=ExportConfig.onnx_int8_scheme, choices=ONNX_INT8_SCHEMES,
+                   help="ONNX QDQ types: u8s8_rr (default: uint8 activations, 7-bit weights, the same outputs on "
+                        "every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 (exact only on x86 with VNNI "
+                        "and on arm64)")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")

@@ -135,6 +135,8 @@ class TrainConfig:
 
 
 ONNX_INT8_METHODS = ("ort_qdq", "tflite")
+# onnxruntime QDQ schemes (edgecls.export.onnx.INT8_SCHEMES says what each one is).
+ONNX_INT8_SCHEMES = ("u8s8_rr", "u8u8", "s8s8")
 # How pruning spreads the target sparsity over the layers (edgecls.optimize.prune).
 SPARSITY_ALLOCATIONS = ("uniform", "lamp")
 # Weight scales of int8 post-training quantization: one per output channel (default, accurate) or
@@ -170,6 +172,7 @@ class ExportConfig:
     strip_names: bool = False
     onnx_opset: int = 17
     onnx_int8_method: str = "ort_qdq"
+    onnx_int8_scheme: str = "u8s8_rr"  # edgecls.export.onnx.INT8_SCHEMES
     nchw: bool = False
     max_eval_images: int | None = None
     seed: int = 0
@@ -204,6 +207,8 @@ class ExportConfig:
              f"int8_weights must be one of {', '.join(INT8_WEIGHT_SCALES)}, got {self.int8_weights!r}")
         need(self.onnx_int8_method in ONNX_INT8_METHODS,
              f"onnx_int8_method must be one of {', '.join(ONNX_INT8_METHODS)}, got {self.onnx_int8_method!r}")
+        need(self.onnx_int8_scheme in ONNX_INT8_SCHEMES,
+             f"onnx_int8_scheme must be one of {', '.join(ONNX_INT8_SCHEMES)}, got {self.onnx_int8_scheme!r}")
         need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
         need(self.max_eval_images is None or (isinstance(self.max_eval_images, int) and self.max_eval_images >= 1),
              f"max_eval_images must be a positive integer, got {self.max_eval_images!r}")

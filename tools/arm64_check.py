@@ -15,9 +15,10 @@ What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for q
    int8 kernels than a Pi does, whose outputs differ from XNNPACK's by several steps);
 3. runs `edgecls predict` and `edgecls bench` in the userland on each bundle and on real held-out
    images, and tools/arm64_outputs.py both there and here on the same images;
-4. compares: float outputs within 1e-5, TFLite int8 raw outputs within one quantization step,
-   ONNX int8 outputs within 4 steps (onnxruntime's int8 kernels differ across the two
-   architectures), top-1 identical on every image. Writes the comparison (<bundle>-comparison-<cpu>.json)
+4. compares (tools/cpu_compare.py): float outputs within 1e-5, TFLite int8 raw outputs within one
+   quantization step, ONNX int8 outputs within 4 steps (onnxruntime's int8 kernels differ across
+   the two architectures), top-1 identical on every image, and every int8 variant's top-1
+   agreement with its fp32 model at least 98% on both machines. Writes the comparison (<bundle>-comparison-<cpu>.json)
    and each emulated bench report (labelled emulated: its latency is not a Pi's) to --out; exits 1 on any mismatch.
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+from cpu_compare import MIN_AGREEMENT, class_figures, compare  # noqa: E402
+
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 PACKAGES = "python3,python3-venv,python3-pip,ca-certificates"
 VENV = "/opt/edgecls-venv"
@@ -52,12 +56,6 @@ CPUINFO = {
     "cortex-a76": ("0xd0b", "1", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
                    "Raspberry Pi 5 Model B Rev 1.0"),
 }
-FLOAT_TOL = 1e-5
-# onnxruntime's int8 (QDQ) kernels are not bit-exact between x86 and arm64: the resnet8 bundles'
-# onnx_int8 came out 0, 3, 4 and 3 output steps apart (the 100-, 185-, 345- and 445-epoch models; at most 2%
-# of outputs, top-1 identical on every image; this x86 host has VNNI, so it is not the u8s8
-# saturation of AVX2-only CPUs; BENCHMARKS.md section 6). LiteRT's XNNPACK int8 kernels stay within one step.
-ORT_INT8_STEPS = 4
 
 
 def log(msg: str) -> None:
@@ -195,44 +193,6 @@ def install_edgecls(root: Path, cpu: str) -> dict:
     return {"packages": frozen, "python": python.stdout.strip()}
 
 
-def _level_step(values: np.ndarray) -> float:
-    """The quantization step of a dequantized output (its values are multiples of the scale)."""
-    levels = np.unique(values.astype(np.float64))
-    gaps = np.diff(levels)
-    return float(gaps[gaps > 1e-9].min()) if (gaps > 1e-9).any() else 0.0
-
-
-def compare(here: dict, there: dict, precisions: dict) -> dict:
-    """Per variant: float models within FLOAT_TOL; TFLite int8 models within one quantization step
-    of their raw output, ONNX int8 (dequantized output) within ORT_INT8_STEPS; top-1 identical on
-    every image."""
-    names = sorted({k.rsplit(".", 1)[0] for k in here.files})
-    out = {}
-    for name in names:
-        raw_a, raw_b = here[f"{name}.raw"], there[f"{name}.raw"]
-        p_a, p_b = here[f"{name}.probs"], there[f"{name}.probs"]
-        row = {"precision": precisions.get(name), "images": int(len(p_a)),
-               "top1_identical": int((p_a.argmax(1) == p_b.argmax(1)).sum()),
-               "raw_dtype": str(raw_a.dtype), "max_prob_diff": float(np.abs(p_a - p_b).max())}
-        if raw_a.dtype.kind in "iu":
-            steps = np.abs(raw_a.astype(np.int32) - raw_b.astype(np.int32))
-            row.update(max_raw_step_diff=int(steps.max()), raw_equal_fraction=float((steps == 0).mean()))
-            row["ok"] = bool(row["max_raw_step_diff"] <= 1)
-        elif precisions.get(name) == "int8":  # quantized inside, dequantized output (ONNX QDQ)
-            step = _level_step(raw_a)
-            diff = np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64))
-            row.update(max_raw_diff=float(diff.max()), output_step=step,
-                       max_raw_step_diff=int(np.round(diff.max() / step)) if step else None,
-                       raw_equal_fraction=float((diff == 0).mean()))
-            row["ok"] = bool(step and diff.max() <= step * (ORT_INT8_STEPS + 0.001))
-        else:
-            row["max_raw_diff"] = float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max())
-            row["ok"] = bool(row["max_raw_diff"] <= FLOAT_TOL and row["max_prob_diff"] <= FLOAT_TOL)
-        row["ok"] = row["ok"] and row["top1_identical"] == row["images"]
-        out[name] = row
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", action="append", help="bundle(s) to check (default: every models/*/ bundle)")
@@ -298,8 +258,17 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(ROOT / "tools" / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
                         str(host_npz)], check=True, capture_output=True)
         manifest = json.loads((bundle / "manifest.json").read_text())
-        rows = compare(np.load(host_npz), np.load(work / f"{name}-arm64.npz"),
-                       {a["name"]: a["precision"] for a in manifest["artifacts"]})
+        host_out, arm_out = np.load(host_npz), np.load(work / f"{name}-arm64.npz")
+        rows = compare(host_out, arm_out, {a["name"]: a["precision"] for a in manifest["artifacts"]})
+        figures = {"host": class_figures(host_out, test.labels[keep], manifest),
+                   "arm64": class_figures(arm_out, test.labels[keep], manifest)}
+        for variant, row in rows.items():
+            for where, per_variant in figures.items():
+                row[f"{where}_accuracy"] = per_variant[variant]["accuracy"]
+                if "agreement_with_fp32" in per_variant[variant]:
+                    row["fp32"] = per_variant[variant]["fp32"]
+                    row[f"{where}_agreement_with_fp32"] = per_variant[variant]["agreement_with_fp32"]
+                    row["ok"] = row["ok"] and per_variant[variant]["agreement_with_fp32"] >= MIN_AGREEMENT
         report = json.loads((work / f"{name}-bench.json").read_text())
         assert report["settings"]["emulated"], "the emulated bench must be labelled emulated"
         shutil.copy(work / f"{name}-bench.json", out / f"{name}-bench-emulated-{args.cpu}.json")
@@ -309,6 +278,9 @@ def main(argv=None) -> int:
             mark = "ok" if row["ok"] else "MISMATCH"
             detail = (f"max output step diff {row['max_raw_step_diff']} (equal {100 * row['raw_equal_fraction']:.1f}%)"
                       if "max_raw_step_diff" in row else f"max diff {max(row['max_raw_diff'], row['max_prob_diff']):.2e}")
+            if "fp32" in row:
+                detail += (f"  agreement with {row['fp32']}: here {100 * row['host_agreement_with_fp32']:.1f}%, "
+                           f"arm64 {100 * row['arm64_agreement_with_fp32']:.1f}%")
             print(f"{name:16s} {variant:24s} top-1 identical {row['top1_identical']}/{row['images']}  {detail}  {mark}")
             failed |= not row["ok"]
         bad = [v for v, s in summary["bundles"][name]["bench_status"].items() if s != "ok"]

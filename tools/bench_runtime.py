@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from edgecls import runtime  # noqa: E402
-from edgecls.bench import latency_stats, runtime_versions, time_calls  # noqa: E402
+from edgecls.bench import latency_stats, time_calls  # noqa: E402
+from edgecls.hostinfo import runtime_versions  # noqa: E402
 from edgecls.data import load_dataset  # noqa: E402
 from edgecls.hostinfo import host_info  # noqa: E402
 from edgecls.runtime.backends import tflite_interpreter_class  # noqa: E402

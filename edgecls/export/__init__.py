@@ -217,6 +217,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
     output_kind = "probabilities" if are_probabilities(base_ref) else "logits"
     rows = []
     onnx_fp32_bytes = None
+    from ..hostinfo import validation_host
+
+    validated_on = validation_host()
     # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
     per_channel = config.int8_weights == "per-channel"
     for name in names:
@@ -257,13 +260,18 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                 if variant.precision == "fp32":
                     data = onnx_fp32_bytes
                 elif config.onnx_int8_method == "ort_qdq":
-                    data = onnx_export.quantize_qdq(onnx_fp32_bytes, representative, nchw=config.nchw)
+                    data = onnx_export.quantize_qdq(onnx_fp32_bytes, representative, nchw=config.nchw,
+                                                    scheme=config.onnx_int8_scheme)
+                    row["int8_scheme"] = config.onnx_int8_scheme
+                    row["description"] = f"{variant.description}; {onnx_export.INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"
                 else:
                     if config.nchw:
                         raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
                     float_io = tflite_convert(base, "int8", representative, int8_io=False)
                     data = onnx_export.convert_from_tflite(float_io, opset=config.onnx_opset)
-                    row["description"] = "ONNX int8 via tf2onnx from the int8 TFLite model"
+                    row["description"] = ("ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
+                                          "exact only on x86 with VNNI and on arm64)")
+                    row["int8_scheme"] = "s8s8"
         except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
             rows.append(row)
@@ -276,6 +284,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             inputs = pixels.layout.apply(eval_images) if pixels is not None else eval_x
             row.update(_describe_and_validate(file, variant, config, inputs, eval_y, reference(variant.source),
                                               base_ref, macs, keras_model, source))
+            row["validation"]["host"] = validated_on
             row["input"] = variant.input
         except EdgeclsError as exc:
             row.update(status="failed", reason=f"validation could not run: {exc}")

@@ -1,9 +1,9 @@
 """ONNX conversion. Converters return bytes and leave writing to the caller.
 
 fp32 goes through tf2onnx with an explicit input signature (needed with TF >= 2.16). int8 has two
-routes: onnxruntime static quantization to QDQ (signed int8 activations and per-channel int8
-weights, calibrated on the same representative training images as TFLite), or tf2onnx from the
-int8 TFLite model (float I/O variant). `edgecls export` uses ort_qdq by default; see README.
+routes: onnxruntime static quantization to QDQ (calibrated on the same representative training
+images as TFLite, in one of INT8_SCHEMES), or tf2onnx from the int8 TFLite model (float I/O
+variant, signed int8 activations). `edgecls export` uses ort_qdq by default; see README.
 """
 from __future__ import annotations
 
@@ -14,10 +14,29 @@ from pathlib import Path
 import numpy as np
 
 from .._deps import tensorflow
+from ..config import ExportConfig
 from ..errors import ConfigError, DependencyError, ExportError, first_line
 
 DEFAULT_OPSET = 17
 INT8_METHODS = ("ort_qdq", "tflite")
+# onnxruntime QDQ schemes: (activation type, weight type, reduce_range). On x86 CPUs without VNNI
+# (AVX2, AVX-512 without VNNI) onnxruntime multiplies uint8 activations by int8 weights with
+# VPMADDUBSW, whose 16-bit pair sums saturate once weights use all 8 bits (255 * 127 * 2 > 32767):
+# "s8s8" and a full-range "u8s8" lose points there and are exact only on VNNI and arm64. Weights
+# of 7 bits (reduce_range) keep every pair sum in range (255 * 64 * 2 < 32767), so "u8s8_rr"
+# gives the same outputs on every CPU class at int8 speed; "u8u8" is exact everywhere too but runs
+# no faster than fp32 on x86. README "int8 on every CPU" has the measurements.
+INT8_SCHEMES = {
+    "u8s8_rr": ("QUInt8", "QInt8", True),
+    "u8u8": ("QUInt8", "QUInt8", False),
+    "s8s8": ("QInt8", "QInt8", False),
+}
+INT8_SCHEME_TEXT = {
+    "u8s8_rr": "uint8 activations, 7-bit int8 weights: the same outputs on every CPU",
+    "u8u8": "uint8 activations and weights: the same outputs on every CPU, fp32 speed on x86",
+    "s8s8": "int8 activations and weights: exact only on x86 with VNNI and on arm64",
+}
+DEFAULT_INT8_SCHEME = ExportConfig.onnx_int8_scheme
 INPUT_NAME = "input"
 
 
@@ -73,11 +92,15 @@ def convert_from_tflite(tflite_bytes: bytes, opset: int = DEFAULT_OPSET) -> byte
     return proto.SerializeToString()
 
 
-def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = False, per_channel: bool = True) -> bytes:
-    """onnxruntime static quantization (QDQ, signed int8 activations and weights) calibrated on
+def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = False, per_channel: bool = True,
+                 scheme: str = DEFAULT_INT8_SCHEME) -> bytes:
+    """onnxruntime static quantization to QDQ in `scheme` (INT8_SCHEMES) calibrated on
     `representative` (normalized float32 NHWC training images)."""
     if representative is None or len(representative) == 0:
         raise ConfigError("ONNX int8 quantization needs representative images (none given)")
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"unknown ONNX int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
+    activations, weights, reduce_range = INT8_SCHEMES[scheme]
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -98,8 +121,8 @@ def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = Fal
         Path(src).write_bytes(fp32_bytes)
         try:
             quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, per_channel=per_channel)
+            quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=getattr(QuantType, activations),
+                            weight_type=getattr(QuantType, weights), per_channel=per_channel, reduce_range=reduce_range)
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         return Path(dst).read_bytes()

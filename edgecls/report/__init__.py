@@ -108,6 +108,20 @@ class Report:
             return f"{value:,.1f}"
         return str(value)
 
+    @staticmethod
+    def _status(row) -> str:
+        """The status cell: the error of a failed row, the warning of a row that departs from its
+        validation at export (edgecls.crosscheck)."""
+        if row.get("status") != "ok" and row.get("error"):
+            return f"{row['status']}: {row['error']}"
+        if row.get("warning"):
+            return f"warning: {row['warning']}"
+        return str(row.get("status") or "-")
+
+    def warnings(self) -> list[str]:
+        return [f"{r['name']}" + (f" on {r['device']}" if len(self.devices) > 1 else "") + f": {r['warning']}"
+                for r in self.rows if r.get("warning")]
+
     def markdown(self) -> str:
         multi = len(self.devices) > 1
         cols = self.columns
@@ -125,9 +139,12 @@ class Report:
         lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
         for row in self.rows:
             cells = [self._fmt(k, row.get(k)) for k, _ in cols]
-            if row.get("status") != "ok" and row.get("error"):
-                cells[-1] = f"{row['status']}: {row['error']}"
+            cells[-1] = self._status(row)
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        warnings = self.warnings()
+        if warnings:
+            lines += ["", "Warnings (a variant measured here departs from its validation at export):"]
+            lines += [f"- {w}" for w in warnings]
         front = self.pareto()
         if front:
             lines += ["", "Pareto front (no other variant is both faster and more accurate): " + ", ".join(front)]
@@ -160,7 +177,8 @@ class Report:
 
     def pareto(self, device: str | None = None) -> list[str]:
         device = device or self.devices[0]
-        pts = [r for r in self.rows if r["device"] == device and r.get("status") == "ok"
+        # A variant that departs from its validation is not offered as a choice on this device.
+        pts = [r for r in self.rows if r["device"] == device and r.get("status") == "ok" and not r.get("warning")
                and r.get("p50") is not None and r.get("accuracy") is not None]
         pts.sort(key=lambda r: (r["p50"], -r["accuracy"]))
         front, best = [], -1.0
@@ -173,7 +191,7 @@ class Report:
     def csv(self) -> str:
         buf = io.StringIO()
         shown = {k for k, _ in self.columns} | {"device"}
-        keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error"]
+        keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error", "warning"]
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         for row in self.rows:
@@ -290,9 +308,9 @@ class Report:
         front = set(self.pareto())
         for row in self.rows:
             cells = [self._fmt(k, row.get(k)) for k, _ in cols]
-            if row.get("status") != "ok" and row.get("error"):
-                cells[-1] = f"{row['status']}: {row['error']}"
+            cells[-1] = self._status(row)
             cls = ' class="front"' if row["name"] in front and row["device"] == self.devices[0] else ""
+            cls = ' class="warning"' if row.get("warning") else cls
             body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
         imgs = "".join(
             f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
@@ -301,14 +319,16 @@ class Report:
                         f"{r['host'].get('cores')} cores, Python {html.escape(str(r['host'].get('python')))}, threads "
                         f"{r.get('settings', {}).get('threads')}, data {html.escape(str(r.get('data')))}</li>" for r in self.reports)
         comparison = f"<pre>{html.escape(self.device_comparison_markdown())}</pre>" if multi else ""
+        warned = ("<h2>Warnings</h2><p>A variant measured here departs from its validation at export:</p><ul>"
+                  + "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings()) + "</ul>") if self.warnings() else ""
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgecls report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(-n+3){{text-align:left}}tr.front{{background:#eef7ee}}
+th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(-n+3){{text-align:left}}tr.front{{background:#eef7ee}}tr.warning{{background:#fdecea}}
 figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>edgecls report</h1><ul>{hosts}</ul>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(self.pareto()))}.</p>
+{warned}<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(self.pareto()))}.</p>
 {comparison}{imgs}</body></html>
 """
 

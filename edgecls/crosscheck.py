@@ -1,0 +1,97 @@
+"""Does a device reproduce the bundle? A bench's accuracy and agreement, set beside the figures its
+manifest recorded when each artifact was validated at export.
+
+int8 kernels differ between CPU classes (x86 with or without VNNI, arm64), and for some int8 schemes
+so do their results: an artifact validated on one machine can be worse on another. `check_rows`
+marks a benched variant that departs from its validation by more than sampling explains with a
+`warning` (what differs, and the likely cause). Standard library only: it runs on the device.
+"""
+from __future__ import annotations
+
+import math
+
+from .hostinfo import has_vnni
+
+# Departures smaller than this (points) are not flagged, whatever the sample size: the bench's
+# images are usually not the export's, and a point or so between image sets is ordinary.
+MIN_POINTS = 2.0
+# ...nor departures within this many standard errors of the bench's own sample.
+SIGMAS = 3.0
+README_SECTION = "README 'int8 on every CPU'"
+
+
+def _agreement_tolerance(expected: float, images: int) -> float:
+    """Points of agreement a sample of `images` may lose by chance from a true rate `expected`."""
+    p = min(max(expected, 0.0), 1.0)
+    return max(MIN_POINTS, SIGMAS * 100 * math.sqrt(max(p * (1 - p), 1.0 / images) / images))
+
+
+def _delta_tolerance(disagreement: float, images: int) -> float:
+    """Points a paired accuracy difference may move by chance: the difference is decided on the
+    images where the two models disagree."""
+    return max(MIN_POINTS, SIGMAS * 100 * math.sqrt(max(disagreement, 1.0 / images) / images))
+
+
+def likely_cause(artifact: dict, host: dict) -> str:
+    """Why this machine may compute the artifact differently from the machine that validated it."""
+    at = (artifact.get("validation") or {}).get("host") or {}
+    here_flags, there_flags = host.get("cpu_flags") or [], at.get("cpu_flags") or []
+    onnx_int8 = artifact.get("format") == "onnx" and artifact.get("precision") == "int8"
+    x86 = host.get("arch") in ("x86_64", "AMD64")
+    if onnx_int8 and x86 and not has_vnni(here_flags) and artifact.get("int8_scheme", "s8s8") in ("s8s8", "u8s8"):
+        validated = f" (validated on {at.get('cpu')}, {at.get('int8_class')})" if at else ""
+        return (f"this CPU lacks VNNI{validated}: onnxruntime's 16-bit sums saturate with this file's full-range "
+                f"int8 weights; re-export with --onnx-int8-scheme u8s8_rr ({README_SECTION})")
+    if not at:
+        return "the bundle does not record where it was validated (exported by an older edgecls)"
+    if at.get("int8_class") and at.get("int8_class") != host.get("int8_class"):
+        return f"validated on {at.get('cpu')} ({at['int8_class']}); this CPU is {host.get('int8_class')} ({README_SECTION})"
+    if there_flags and here_flags != there_flags and at.get("arch") == host.get("arch"):
+        return f"validated on {at.get('cpu')} with {', '.join(there_flags)}; this CPU has {', '.join(here_flags) or 'none of them'}"
+    ours, theirs = (host.get("runtime") or {}), (at.get("runtime") or {})
+    changed = [f"{pkg} {ours.get(pkg)} here vs {theirs[pkg]} at export" for pkg in ("onnxruntime", "ai-edge-litert")
+               if theirs.get(pkg) and ours.get(pkg) and ours[pkg] != theirs[pkg]]
+    if changed:
+        return "; ".join(changed)
+    return "same CPU class and runtime as at export: check that the data matches the model's (labels, preprocessing)"
+
+
+def departure(row: dict, artifact: dict, reference_row: dict | None, host: dict) -> str | None:
+    """The warning for one benched variant, or None when it reproduces its validation."""
+    validation = artifact.get("validation") or {}
+    images = row.get("images") or 0
+    if row.get("status") != "ok" or row.get("accuracy") is None or not images or not validation:
+        return None
+    problems = []
+    agreement = row.get("agreement")
+    # The bench's agreement is with the bundle's fp32 file (tflite_fp32 or onnx_fp32: the Keras base
+    # model converted), the manifest's with the variant's own Keras reference: the same thing only
+    # for variants made from the base model.
+    comparable = artifact.get("source") == "base" and row.get("agreement_reference") not in (None, row.get("name"))
+    expected = validation.get("agreement")
+    if comparable and agreement is not None and expected is not None:
+        if 100 * (expected - agreement) > _agreement_tolerance(expected, images):
+            problems.append(f"agreement {100 * agreement:.1f}% here vs {100 * expected:.1f}% at export")
+    delta_there = validation.get("accuracy_delta_vs_fp32_points")
+    if reference_row is not None and reference_row is not row and reference_row.get("accuracy") is not None \
+            and delta_there is not None and not problems:
+        delta_here = 100 * (row["accuracy"] - reference_row["accuracy"])
+        disagreement = 1 - agreement if agreement is not None else 1 - (expected or 0.0)
+        if delta_there - delta_here > _delta_tolerance(disagreement, images):
+            problems.append(f"accuracy {delta_here:+.1f} points from fp32 here vs {delta_there:+.1f} at export")
+    if not problems:
+        return None
+    return f"{'; '.join(problems)} ({images} images): {likely_cause(artifact, host)}"
+
+
+def check_rows(rows: list[dict], manifest: dict, host: dict) -> None:
+    """Add `warning` to each row (of a bench report) whose variant departs from its manifest's figures."""
+    artifacts = {a.get("name"): a for a in manifest.get("artifacts", []) if isinstance(a, dict)}
+    by_name = {r.get("name"): r for r in rows}
+    for row in rows:
+        artifact = artifacts.get(row.get("name"))
+        if artifact is None:
+            continue
+        warning = departure(row, artifact, by_name.get(row.get("agreement_reference")), host)
+        if warning:
+            row["warning"] = warning

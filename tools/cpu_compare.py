@@ -1,0 +1,78 @@
+"""Compare a bundle's outputs on two machines (or CPU classes) on the same images: the part of
+tools/arm64_check.py and tools/cpu_class_check.py that judges the results. numpy only."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_TOL = 1e-5
+# onnxruntime's int8 (QDQ) kernels are not bit-exact between x86 and arm64: the resnet8 bundles'
+# onnx_int8 came out 0, 3, 4 and 3 output steps apart (the 100-, 185-, 345- and 445-epoch models; at most 2%
+# of outputs, top-1 identical on every image; this x86 host has VNNI, so it is not the u8s8
+# saturation of AVX2-only CPUs; BENCHMARKS.md section 6). LiteRT's XNNPACK int8 kernels stay within one step.
+ORT_INT8_STEPS = 4
+MIN_AGREEMENT = 0.98  # an int8 variant's top-1 agreement with the fp32 model it was made from, on every class
+
+
+def _level_step(values: np.ndarray) -> float:
+    """The quantization step of a dequantized output (its values are multiples of the scale)."""
+    levels = np.unique(values.astype(np.float64))
+    gaps = np.diff(levels)
+    return float(gaps[gaps > 1e-9].min()) if (gaps > 1e-9).any() else 0.0
+
+
+def compare(here, there, precisions: dict, ort_int8_steps: int = ORT_INT8_STEPS) -> dict:
+    """Per variant: float models within FLOAT_TOL; TFLite int8 models within one quantization step
+    of their raw output, ONNX int8 (dequantized output) within `ort_int8_steps`; top-1 identical on
+    every image."""
+    names = sorted({k.rsplit(".", 1)[0] for k in here.files})
+    out = {}
+    for name in names:
+        raw_a, raw_b = here[f"{name}.raw"], there[f"{name}.raw"]
+        p_a, p_b = here[f"{name}.probs"], there[f"{name}.probs"]
+        row = {"precision": precisions.get(name), "images": int(len(p_a)),
+               "top1_identical": int((p_a.argmax(1) == p_b.argmax(1)).sum()),
+               "raw_dtype": str(raw_a.dtype), "max_prob_diff": float(np.abs(p_a - p_b).max())}
+        if raw_a.dtype.kind in "iu":
+            steps = np.abs(raw_a.astype(np.int32) - raw_b.astype(np.int32))
+            row.update(max_raw_step_diff=int(steps.max()), raw_equal_fraction=float((steps == 0).mean()))
+            row["ok"] = bool(row["max_raw_step_diff"] <= 1)
+        elif precisions.get(name) == "int8":  # quantized inside, dequantized output (ONNX QDQ)
+            step = _level_step(raw_a)
+            diff = np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64))
+            row.update(max_raw_diff=float(diff.max()), output_step=step,
+                       max_raw_step_diff=int(np.round(diff.max() / step)) if step else None,
+                       raw_equal_fraction=float((diff == 0).mean()))
+            row["ok"] = bool(step and diff.max() <= step * (ort_int8_steps + 0.001))
+        else:
+            row["max_raw_diff"] = float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max())
+            row["ok"] = bool(row["max_raw_diff"] <= FLOAT_TOL and row["max_prob_diff"] <= FLOAT_TOL)
+        row["ok"] = row["ok"] and row["top1_identical"] == row["images"]
+        out[name] = row
+    return out
+
+
+
+
+def fp32_counterpart(artifact: dict, artifacts: dict) -> str | None:
+    """The fp32 file an int8 variant is judged against: the same format's fp32 of the same source
+    model when the bundle has one (a pruned int8 against the pruned fp32), else of the base model."""
+    same = [a for a in artifacts.values() if a["format"] == artifact["format"] and a["precision"] == "fp32"]
+    for source in (artifact.get("source"), "base"):
+        found = next((a["name"] for a in same if a.get("source") == source), None)
+        if found:
+            return found
+    return None
+
+
+def class_figures(outputs, labels: np.ndarray, manifest: dict) -> dict:
+    """Per variant on one machine: top-1 accuracy and, for int8 variants, top-1 agreement with their fp32."""
+    artifacts = {a["name"]: a for a in manifest["artifacts"]}
+    rows = {}
+    for name, art in artifacts.items():
+        pred = outputs[f"{name}.probs"].argmax(1)
+        row = {"accuracy": float((pred == labels).mean())}
+        ref = fp32_counterpart(art, artifacts) if art["precision"] == "int8" else None
+        if ref:
+            row.update(fp32=ref, agreement_with_fp32=float((pred == outputs[f"{ref}.probs"].argmax(1)).mean()))
+        rows[name] = row
+    return rows
