@@ -123,6 +123,35 @@ def omit_artifact(path: str | Path, name: str, reason: str) -> None:
     (bundle.path / entry["file"]).unlink(missing_ok=True)
 
 
+def replace_artifacts(path: str | Path, staged: str | Path, names) -> list[dict]:
+    """Put the artifacts `names` of the bundle `staged` (exported from the same model on the same
+    data) in place of the bundle's own: their files, and their manifest entries where the old ones
+    stood; the rest of the bundle is untouched. Refuses a staged bundle whose reference (the Keras
+    model's accuracy on the same images) differs. Returns the new entries."""
+    from ._io import atomic_write_json
+
+    bundle, new = load_bundle(path), load_bundle(staged)
+    ref_old, ref_new = bundle.manifest.get("reference", {}), new.manifest.get("reference", {})
+    if ref_old != ref_new:
+        raise ModelError(f"{staged} was not exported from {path}'s model on its data (reference {ref_new} vs {ref_old})")
+    entries = {name: new.artifact(name) for name in names}
+    for name, entry in entries.items():
+        data = new.file_for(entry).read_bytes()
+        tmp = bundle.path / f".{entry['file']}.tmp"
+        tmp.write_bytes(data)
+        entry["exported"] = {"created": new.manifest.get("created"), "edgecls_version": new.manifest.get("edgecls_version"),
+                             "config": new.manifest.get("config"), "tools": new.manifest.get("tools")}
+        old = next((a for a in bundle.artifacts if a["name"] == name), None)
+        if old is not None and old["file"] != entry["file"]:
+            (bundle.path / old["file"]).unlink(missing_ok=True)
+        tmp.replace(bundle.path / entry["file"])
+    manifest = dict(bundle.manifest)
+    arts = [entries.pop(a["name"], a) for a in bundle.artifacts]
+    manifest["artifacts"] = arts + list(entries.values())
+    atomic_write_json(bundle.path / MANIFEST, manifest)
+    return [a for a in arts if a["name"] in names] + list(entries.values())
+
+
 def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     manifest_path = path / MANIFEST
