@@ -10,7 +10,10 @@ FLOAT_TOL = 1e-5
 # of outputs, top-1 identical on every image; this x86 host has VNNI, so it is not the u8s8
 # saturation of AVX2-only CPUs; BENCHMARKS.md section 6). LiteRT's XNNPACK int8 kernels stay within one step.
 ORT_INT8_STEPS = 4
-MIN_AGREEMENT = 0.98  # an int8 variant's top-1 agreement with the fp32 model it was made from, on every class
+# The least top-1 agreement an int8 variant should keep with the fp32 model it was made from, on
+# every CPU class. Judged with --min-agreement on enough images (the sample's 1,000 test images):
+# on 100 images one disagreement is a point.
+MIN_AGREEMENT = 0.98
 
 
 def _level_step(values: np.ndarray) -> float:
@@ -54,25 +57,55 @@ def compare(here, there, precisions: dict, ort_int8_steps: int = ORT_INT8_STEPS)
 
 
 def fp32_counterpart(artifact: dict, artifacts: dict) -> str | None:
-    """The fp32 file an int8 variant is judged against: the same format's fp32 of the same source
-    model when the bundle has one (a pruned int8 against the pruned fp32), else of the base model."""
-    same = [a for a in artifacts.values() if a["format"] == artifact["format"] and a["precision"] == "fp32"]
-    for source in (artifact.get("source"), "base"):
-        found = next((a["name"] for a in same if a.get("source") == source), None)
-        if found:
-            return found
-    return None
+    """The fp32 file of the same format made from the same Keras model as an int8 variant (a pruned
+    int8's pruned fp32), or None: QAT models have no fp32 file in a bundle."""
+    return next((a["name"] for a in artifacts.values() if a["format"] == artifact["format"] and a["precision"] == "fp32"
+                 and a.get("source") == artifact.get("source")), None)
 
 
 def class_figures(outputs, labels: np.ndarray, manifest: dict) -> dict:
-    """Per variant on one machine: top-1 accuracy and, for int8 variants, top-1 agreement with their fp32."""
+    """Per variant on one machine: top-1 accuracy and, for an int8 variant, top-1 agreement with its
+    fp32 file when the bundle has one; without one (QAT, or a pruned fp32 left out of the bundle) the
+    agreement with its own Keras model measured at export (manifest), which carries over to this
+    machine when its top-1 answers are identical to the exporting machine's."""
     artifacts = {a["name"]: a for a in manifest["artifacts"]}
     rows = {}
     for name, art in artifacts.items():
         pred = outputs[f"{name}.probs"].argmax(1)
         row = {"accuracy": float((pred == labels).mean())}
-        ref = fp32_counterpart(art, artifacts) if art["precision"] == "int8" else None
-        if ref:
-            row.update(fp32=ref, agreement_with_fp32=float((pred == outputs[f"{ref}.probs"].argmax(1)).mean()))
+        if art["precision"] == "int8":
+            ref = fp32_counterpart(art, artifacts)
+            if ref:
+                row.update(fp32=ref, agreement_with_fp32=float((pred == outputs[f"{ref}.probs"].argmax(1)).mean()))
+            else:
+                row.update(fp32=f"keras {art.get('source')} (at export)",
+                           export_agreement=(art.get("validation") or {}).get("agreement"))
         rows[name] = row
     return rows
+
+
+def judge(rows: dict, figures: dict, min_agreement: float | None = None) -> None:
+    """Merge each machine's class_figures ({machine: {variant: figures}}) into compare()'s rows, with
+    a one-line summary of each int8 variant's agreement ("agreement"); with `min_agreement`, an int8
+    variant also needs that much agreement with its fp32 on every machine (or, without an fp32
+    file, at export)."""
+    floor = -1.0 if min_agreement is None else min_agreement
+    for variant, row in rows.items():
+        parts = []
+        for where, per_variant in figures.items():
+            mine = per_variant[variant]
+            row[f"{where}_accuracy"] = mine["accuracy"]
+            if "agreement_with_fp32" in mine:
+                row["fp32"] = mine["fp32"]
+                row[f"{where}_agreement_with_fp32"] = mine["agreement_with_fp32"]
+                parts.append(f"{where} {100 * mine['agreement_with_fp32']:.1f}%")
+                if mine["agreement_with_fp32"] < floor:
+                    row["ok"] = False
+            elif "export_agreement" in mine:
+                row["fp32"], row["export_agreement"] = mine["fp32"], mine["export_agreement"]
+                if (mine["export_agreement"] or 0.0) < floor:
+                    row["ok"] = False
+        if "export_agreement" in row:
+            row["agreement"] = f"agreement with {row['fp32']} {100 * (row['export_agreement'] or 0):.1f}%"
+        elif parts:
+            row["agreement"] = f"agreement with {row['fp32']}: {', '.join(dict.fromkeys(parts))}"
