@@ -12,18 +12,41 @@ import math
 
 from .hostinfo import has_vnni
 
-# Departures smaller than this (points) are not flagged, whatever the sample size: the bench's
-# images are usually not the export's, and a point or so between image sets is ordinary.
+# Departures smaller than this (points) are never flagged: the bench's images are usually not the
+# export's, and a point or so between image sets is ordinary.
 MIN_POINTS = 2.0
-# ...nor departures within this many standard errors of the bench's own sample.
-SIGMAS = 3.0
+# The rate of disagreement with fp32 a bench may see is taken as this many times the rate at export
+# (another image set: the built-in sample against a JPEG test set, say) before it counts as a departure...
+RATE_SLACK = 2.0
+# ...and even then only when so many disagreements would happen by chance less often than this.
+FALSE_ALARM = 1e-3
+# An accuracy change from fp32 (paired, on the bench's images) is flagged beyond this many standard errors.
+SIGMAS = 4.0
 README_SECTION = "README 'int8 on every CPU'"
 
 
-def _agreement_tolerance(expected: float, images: int) -> float:
-    """Points of agreement a sample of `images` may lose by chance from a true rate `expected`."""
-    p = min(max(expected, 0.0), 1.0)
-    return max(MIN_POINTS, SIGMAS * 100 * math.sqrt(max(p * (1 - p), 1.0 / images) / images))
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def agreement_departs(expected: float, observed: float, images: int) -> bool:
+    """Is `observed` agreement on `images` images too low for an artifact that agreed `expected` at export?"""
+    if 100 * (expected - observed) <= MIN_POINTS:
+        return False
+    rate = min(1.0, RATE_SLACK * max(1.0 - expected, 0.5 / images))
+    disagreements = round((1.0 - observed) * images)
+    return binomial_tail(disagreements, images, rate) < FALSE_ALARM
 
 
 def _delta_tolerance(disagreement: float, images: int) -> float:
@@ -70,7 +93,7 @@ def departure(row: dict, artifact: dict, reference_row: dict | None, host: dict)
     comparable = artifact.get("source") == "base" and row.get("agreement_reference") not in (None, row.get("name"))
     expected = validation.get("agreement")
     if comparable and agreement is not None and expected is not None:
-        if 100 * (expected - agreement) > _agreement_tolerance(expected, images):
+        if agreement_departs(expected, agreement, images):
             problems.append(f"agreement {100 * agreement:.1f}% here vs {100 * expected:.1f}% at export")
     delta_there = validation.get("accuracy_delta_vs_fp32_points")
     if reference_row is not None and reference_row is not row and reference_row.get("accuracy") is not None \
