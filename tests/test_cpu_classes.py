@@ -262,3 +262,42 @@ def test_shipped_bundles_give_the_same_answers_on_an_emulated_avx2_cpu(tmp_path)
                 assert row["emulated_agreement_with_fp32"] == row["host_agreement_with_fp32"] > 0.95, (name, variant)
         assert result["bench_host"] == "x86 AVX2 without VNNI"
         assert all(v["status"] == "ok" and not v["warning"] for v in result["bench_under_emulation"].values()), name
+
+
+# -- re-exporting some variants of a shipped bundle ---------------------------------------------
+
+def test_replace_artifacts_swaps_a_variant_in_place_and_refuses_another_models(tmp_path):
+    import shutil
+
+    from edgecls import runtime
+    from edgecls.bundle import load_bundle, replace_artifacts
+    from edgecls.errors import ModelError
+
+    bundle, staged = tmp_path / "bundle", tmp_path / "staged"
+    shutil.copytree(S8S8, bundle)
+    shutil.copytree(S8S8, staged)
+    shipped = json.loads((SEED / "manifest.json").read_text())
+    new = next(a for a in shipped["artifacts"] if a["name"] == "onnx_int8")
+    manifest = json.loads((staged / "manifest.json").read_text())
+    manifest["artifacts"] = [new if a["name"] == "onnx_int8" else a for a in manifest["artifacts"]]
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(SEED / "onnx_int8.onnx", staged / "onnx_int8.onnx")
+
+    other = tmp_path / "other"
+    shutil.copytree(staged, other)
+    wrong = json.loads((other / "manifest.json").read_text())
+    wrong["reference"]["accuracy"] = 0.5
+    (other / "manifest.json").write_text(json.dumps(wrong))
+    before = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(ModelError, match="was not exported from"):
+        replace_artifacts(bundle, other, ["onnx_int8"])
+    assert (bundle / "manifest.json").read_bytes() == before
+
+    entries = replace_artifacts(bundle, staged, ["onnx_int8"])
+    assert [e["name"] for e in entries] == ["onnx_int8"] and entries[0]["int8_scheme"] == "u8s8_rr"
+    loaded = load_bundle(bundle)
+    assert loaded.names() == ["onnx_fp32", "onnx_int8"]
+    assert loaded.artifact("onnx_int8")["sha256"] == new["sha256"] and "exported" in loaded.artifact("onnx_int8")
+    assert loaded.artifact("onnx_fp32") == load_bundle(S8S8).artifact("onnx_fp32")
+    assert (bundle / "onnx_int8.onnx").read_bytes() == (SEED / "onnx_int8.onnx").read_bytes()
+    assert runtime.load(bundle, variant="onnx_int8").name == "onnx_int8"  # the sha256 checks out
