@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "mirror image (twice the inference)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("bench", help="latency, throughput, memory, accuracy and size of a bundle's variants")
+    p = sub.add_parser("bench", help="latency, throughput, memory, accuracy and size of a bundle's variants; "
+                                     "warns where a variant departs from its validation at export")
     p.add_argument("bundle")
     p.add_argument("--data", help="labelled data for accuracy (default: the built-in CIFAR-10 sample for CIFAR-10 models)")
     p.add_argument("--variants", nargs="+", help="variants to run (default: all validated)")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
-from cpu_compare import MIN_AGREEMENT, class_figures, compare, judge  # noqa: E402
+from cpu_compare import MIN_AGREEMENT, class_figures, compare, emulation_gate, judge  # noqa: E402
 
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 PACKAGES = "python3,python3-venv,python3-pip,ca-certificates"
@@ -206,13 +206,9 @@ def main(argv=None) -> int:
     parser.add_argument("--check-only", action="store_true", help="exit 0 if emulation is possible here, 77 if not")
     args = parser.parse_args(argv)
 
-    reason = impossible()
-    if args.check_only:
-        print(reason or "ok")
-        return 77 if reason else 0
-    if reason:
-        log(f"cannot emulate arm64 here: {reason}")
-        return 77
+    gate = emulation_gate(impossible(), args.check_only, "arm64")
+    if gate is not None:
+        return gate
     bundles = [Path(b) for b in (args.bundle or sorted(str(p.parent) for p in (ROOT / "models").glob("*/manifest.json")))]
     if not bundles:
         raise SystemExit("arm64-check: no bundle given and none in models/")

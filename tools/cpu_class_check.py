@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
-from cpu_compare import MIN_AGREEMENT, class_figures, compare, judge  # noqa: E402
+from cpu_compare import MIN_AGREEMENT, class_figures, compare, emulation_gate, judge  # noqa: E402
 
 QEMU = "/usr/bin/qemu-x86_64-static"
 # What the emulated CPU reports about itself. qemu-user shows programs the host's /proc/cpuinfo,
@@ -142,13 +142,9 @@ def main(argv=None) -> int:
                         help="instead, run pytest with these arguments on the emulated CPU class (last option)")
     args = parser.parse_args(argv)
 
-    reason = impossible()
-    if args.check_only:
-        print(reason or "ok")
-        return 77 if reason else 0
-    if reason:
-        log(f"cannot emulate x86 CPU classes here: {reason}")
-        return 77
+    gate = emulation_gate(impossible(), args.check_only, "x86 CPU classes")
+    if gate is not None:
+        return gate
     if args.pytest is not None:
         return run_pytest(args.cpu, args.pytest)
 

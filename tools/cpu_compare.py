@@ -2,6 +2,8 @@
 tools/arm64_check.py and tools/cpu_class_check.py that judges the results. numpy only."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 FLOAT_TOL = 1e-5
@@ -109,3 +111,15 @@ def judge(rows: dict, figures: dict, min_agreement: float | None = None) -> None
             row["agreement"] = f"agreement with {row['fp32']} {100 * (row['export_agreement'] or 0):.1f}%"
         elif parts:
             row["agreement"] = f"agreement with {row['fp32']}: {', '.join(dict.fromkeys(parts))}"
+
+
+def emulation_gate(reason: str | None, check_only: bool, what: str) -> int | None:
+    """The exit status for --check-only (0: emulation possible, 77: not, the reason on stdout), or
+    77 with the reason on stderr when emulation is impossible; None to go on."""
+    if check_only:
+        print(reason or "ok")
+        return 77 if reason else 0
+    if reason:
+        print(f"cannot emulate {what} here: {reason}", file=sys.stderr)
+        return 77
+    return None
