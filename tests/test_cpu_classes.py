@@ -242,12 +242,12 @@ def test_bench_under_an_emulated_avx2_cpu_warns_about_a_file_validated_with_vnni
 @pytest.mark.cpuclass
 def test_shipped_bundles_give_the_same_answers_on_an_emulated_avx2_cpu(tmp_path):
     """Every shipped bundle's int8 variants and their fp32 references, here and under qemu -cpu
-    Haswell, on 300 held-out images: top-1 identical, outputs within a step (so the agreement with
+    Haswell, on 200 held-out images: top-1 identical, outputs within a step (so the agreement with
     fp32 is the same on both), and a bench there with no warning. (The 98% agreement bar is judged on
-    1,000 images by the command in BENCHMARKS.md: on 300 one image is a third of a point.)"""
+    1,000 images by the command in BENCHMARKS.md section 7: on 200 one image is half a point.)"""
     _emulation_or_skip()
-    variants = ["tflite_fp32", "tflite_int8", "tflite_int8_pixels", "tflite_qat_int8", "onnx_fp32", "onnx_int8"]
-    args = [sys.executable, str(TOOL), "--images", "300", "--out", str(tmp_path), "--variants", *variants]
+    variants = ["tflite_fp32", "tflite_int8", "tflite_qat_int8", "onnx_fp32", "onnx_int8"]
+    args = [sys.executable, str(TOOL), "--images", "200", "--out", str(tmp_path), "--variants", *variants]
     for name in ("seed_cnn", "resnet8", "mobilenet_tiny"):
         args += ["--bundle", str(ROOT / "models" / name)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=3000, cwd=ROOT)
@@ -257,7 +257,7 @@ def test_shipped_bundles_give_the_same_answers_on_an_emulated_avx2_cpu(tmp_path)
     for name, result in summary["bundles"].items():
         assert set(result["variants"]) == set(variants), name
         for variant, row in result["variants"].items():
-            assert row["top1_identical"] == row["images"] == 300, (name, variant)
+            assert row["top1_identical"] == row["images"] == 200, (name, variant)
             if "host_agreement_with_fp32" in row:
                 assert row["emulated_agreement_with_fp32"] == row["host_agreement_with_fp32"] > 0.95, (name, variant)
         assert result["bench_host"] == "x86 AVX2 without VNNI"
