@@ -16,6 +16,10 @@ ORT_INT8_STEPS = 4
 # every CPU class. Judged with --min-agreement on enough images (the sample's 1,000 test images):
 # on 100 images one disagreement is a point.
 MIN_AGREEMENT = 0.98
+# Dynamic-range models quantize their activations at run time, so their float outputs carry the
+# int8 kernels' rounding: x86 and arm64 differ by more than float noise (mobilenet_tiny: up to
+# 2.6e-3 in a probability on 1,000 images, top-1 identical), x86 with and without VNNI by nothing.
+DYNAMIC_TOL = 1e-2
 
 
 def _level_step(values: np.ndarray) -> float:
@@ -26,7 +30,8 @@ def _level_step(values: np.ndarray) -> float:
 
 
 def compare(here, there, precisions: dict, ort_int8_steps: int = ORT_INT8_STEPS) -> dict:
-    """Per variant: float models within FLOAT_TOL; TFLite int8 models within one quantization step
+    """Per variant: float models within FLOAT_TOL (dynamic-range ones within DYNAMIC_TOL); TFLite
+    int8 models within one quantization step
     of their raw output, ONNX int8 (dequantized output) within `ort_int8_steps`; top-1 identical on
     every image."""
     names = sorted({k.rsplit(".", 1)[0] for k in here.files})
@@ -50,7 +55,8 @@ def compare(here, there, precisions: dict, ort_int8_steps: int = ORT_INT8_STEPS)
             row["ok"] = bool(step and diff.max() <= step * (ort_int8_steps + 0.001))
         else:
             row["max_raw_diff"] = float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max())
-            row["ok"] = bool(row["max_raw_diff"] <= FLOAT_TOL and row["max_prob_diff"] <= FLOAT_TOL)
+            tol = DYNAMIC_TOL if precisions.get(name) == "dynamic" else FLOAT_TOL
+            row["ok"] = bool(row["max_raw_diff"] <= tol and row["max_prob_diff"] <= tol)
         row["ok"] = row["ok"] and row["top1_identical"] == row["images"]
         out[name] = row
     return out
