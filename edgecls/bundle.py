@@ -149,7 +149,7 @@ def replace_artifacts(path: str | Path, staged: str | Path, names) -> list[dict]
     arts = [entries.pop(a["name"], a) for a in bundle.artifacts]
     manifest["artifacts"] = arts + list(entries.values())
     atomic_write_json(bundle.path / MANIFEST, manifest)
-    return [a for a in arts if a["name"] in names] + list(entries.values())
+    return [a for a in manifest["artifacts"] if a["name"] in names]
 
 
 def load_bundle(path: str | Path) -> Bundle:

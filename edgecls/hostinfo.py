@@ -17,18 +17,25 @@ def _cpuinfo_path(cpuinfo: str | None) -> str:
     return cpuinfo or os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo"
 
 
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """The INT8_FLAGS this CPU has, from the first processor's "flags" (x86) or "Features" (arm64) line."""
+def _cpuinfo_fields(cpuinfo: str | None) -> dict:
+    """Each key of the cpuinfo file with its first non-empty value (the first processor's, on x86)."""
+    found = {}
     try:
         with open(_cpuinfo_path(cpuinfo), encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    have = set(value.split())
-                    return [flag for flag in INT8_FLAGS if flag in have]
+                if value.strip():
+                    found.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return []
+    return found
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The INT8_FLAGS this CPU has, from the first processor's "flags" (x86) or "Features" (arm64) line."""
+    found = _cpuinfo_fields(cpuinfo)
+    have = set((found.get("flags") or found.get("Features") or "").split())
+    return [flag for flag in INT8_FLAGS if flag in have]
 
 
 def has_vnni(flags) -> bool:
@@ -51,15 +58,7 @@ def int8_class(arch: str, flags) -> str:
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's name (x86: "model name"); on a Raspberry Pi the board ("Model: Raspberry Pi 4 Model
     B Rev 1.4"), which says more than its "Hardware: BCM2835" line."""
-    found = {}
-    try:
-        with open(_cpuinfo_path(cpuinfo), encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if value.strip():
-                    found.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    found = _cpuinfo_fields(cpuinfo)
     for key in ("model name", "Model", "cpu model", "Hardware"):
         if key in found:
             return found[key]
