@@ -84,44 +84,45 @@ def load_labels(path: str | Path) -> tuple[str, ...]:
 def load_keras_model(path: str | Path, safe_mode: bool = True):
     """Load a Keras model file without its training configuration.
 
-    safe_mode refuses Lambda layers (they carry arbitrary Python code) unless turned off.
+    In safe mode (the default) the file is refused before Keras opens it when it holds a Lambda
+    layer or any class that is not a Keras built-in (see edgecls.safety).
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a valid .keras file (corrupt or truncated); re-export the model")
-    if path.suffix in (".h5", ".hdf5") and safe_mode:
-        # Legacy HDF5 files keep Lambda layers as marshalled bytecode and Keras ignores safe_mode
-        # for them, so the check happens here, before Keras sees the file.
-        refuse_h5_lambda(path)
+    if safe_mode:
+        from .safety import check_model_file
+
+        check_model_file(path)
     k = keras()
     try:
         return k.models.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise ModelError(
-                f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)"
-            ) from None
-        raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
-    except Exception as exc:  # h5py / zip / deserialization errors of a damaged file
-        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {first_line(exc)}); the file may be corrupt") from None
+    except Exception as exc:  # h5py / zip / deserialization errors of a damaged or foreign file
+        raise load_error(path, exc) from None
 
 
-def refuse_h5_lambda(path: Path) -> None:
+def load_error(path: Path, exc: BaseException) -> ModelError:
+    """The one-line ModelError for a model Keras could not load (after safe mode let it through,
+    or with safe mode off)."""
+    from .safety import describe, first_problem, model_configs
+
+    text = str(exc)
     try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ModelError(f"{path} is not a readable HDF5 model (corrupt or truncated): {first_line(exc)}") from None
-    if config is None:
-        raise ModelError(f"{path} holds weights only (no model_config); save the whole model")
-    if isinstance(config, bytes):
-        config = config.decode()
-    if '"class_name": "Lambda"' in config:
-        raise ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)")
+        problem = first_problem(model_configs(Path(path)))
+    except ModelError:
+        problem = None
+    if problem and "Lambda" not in problem[1]:
+        where, why = problem
+        return ModelError(f"{path}: {describe(where)}{why}, and this Python does not define it, so Keras cannot build "
+                          f"the model: convert it from the Python that defines it (import that code, then call "
+                          f"edgecls.export), or save it as a SavedModel with model.export()")
+    if "safe_mode" in text or "Lambda" in text:
+        return ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)")
+    if isinstance(exc, ValueError):
+        return ModelError(f"cannot load {path}: {first_line(exc)}")
+    return ModelError(f"cannot load {path} ({exc.__class__.__name__}: {first_line(exc)}); the file may be corrupt")
 
 
 def load_trained(path: str | Path, safe_mode: bool = True) -> TrainedModel:

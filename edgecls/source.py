@@ -5,7 +5,8 @@ tfmot can prune and quantize it); a Keras 2 `.keras` or `.h5` file; a SavedModel
 A user's model needs its preprocessing (`(pixel * scale - mean) / std`; the input size is read
 from the model) and optionally its labels (default: class indices).
 
-Keras files load in safe mode: a Lambda layer carries arbitrary Python code and is refused unless
+Models load in safe mode (edgecls.safety): a model holding a Lambda layer, a class that is not a
+Keras built-in, or (SavedModel) a graph that calls Python is refused before it is opened, unless
 `safe_mode=False`.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from ._deps import keras, tensorflow
 from .errors import ModelError, first_line
-from .modelio import LABELS_FILE, MODEL_FILE, load_keras_model, load_labels
+from .modelio import LABELS_FILE, MODEL_FILE, load_error, load_keras_model, load_labels
 from .preprocess import SPEC_FILE, PreprocessingSpec
 
 log = logging.getLogger("edgecls")
@@ -45,13 +46,17 @@ def load_source(path: str | Path, preprocessing: PreprocessingSpec | dict | None
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model not found: {path}")
+    if safe_mode:
+        from .safety import check_model_file
+
+        check_model_file(path)  # every container, before Keras or TensorFlow opens it
     if path.is_dir() and (path / MODEL_FILE).exists():
         kind = "edgecls"
         model = load_keras_model(path / MODEL_FILE, safe_mode=safe_mode)
         folder = path
     elif path.is_dir() and (path / "saved_model.pb").exists():
         kind = "savedmodel"
-        model = _load_saved_model(path)
+        model = _load_saved_model(path, safe_mode)
         folder = None
     elif path.is_dir():
         raise ModelError(f"{path}: neither an edgecls model directory (model.keras) nor a SavedModel (saved_model.pb)")
@@ -126,14 +131,14 @@ def _resolve_labels(labels, folder, classes) -> tuple[str, ...]:
     return labels
 
 
-def _load_saved_model(path: Path):
+def _load_saved_model(path: Path, safe_mode: bool = True):
     """A SavedModel: as a tf_keras model if Keras 2 wrote it, else its serving signature wrapped in a
     tf_keras model (convertible, not prunable)."""
     tf = tensorflow()
     k = keras()
     if (path / "keras_metadata.pb").exists():
         try:
-            return k.models.load_model(path, compile=False)
+            return k.models.load_model(path, compile=False, safe_mode=safe_mode)
         except Exception as exc:
             log.info("SavedModel %s did not load as Keras (%s); using its serving signature", path, first_line(exc))
     try:
@@ -178,12 +183,8 @@ def _bridge_keras3(path: Path, safe_mode: bool):
         raise ModelError(f"{path} was saved by Keras 3, which is not installed; pip install keras>=3") from None
     try:
         k3_model = keras3.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise ModelError(f"{path} holds a Lambda layer (arbitrary code); refused in safe mode. Load it only if you trust it (--unsafe)") from None
-        raise ModelError(f"cannot load {path}: {first_line(exc)}") from None
     except Exception as exc:
-        raise ModelError(f"cannot load {path} ({exc.__class__.__name__}: {first_line(exc)}); the file may be corrupt") from None
+        raise load_error(path, exc) from None
     k = keras()
     config = k3_model.get_config()
     try:
