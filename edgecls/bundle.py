@@ -6,19 +6,29 @@ manifest.json (schema 1):
      "preprocessing": "preprocessing.json", "reference": {...},
      "artifacts": [{"name", "file", "sha256", "format", "precision", "sparsity", "source",
                     "inputs": [...], "outputs": [...], "size": {...}, "validation": {...}, "tools": {...}}],
-     "rejected": [{"name", "reason", "file"?}]}
+     "rejected": [{"name", "reason", "file"?}],
+     "files": {"labels.json": sha256, "preprocessing.json": sha256}}
 Only artifacts that passed validation are listed under "artifacts"; the others are under
 "rejected" with the reason (their files, if any, sit in rejected/).
+
+A bundle is data from whoever made it: `load_bundle` checks the manifest's keys and types and that
+every path it names (artifacts, labels, preprocessing) stays inside the bundle directory (no
+absolute path, no `..`, no symbolic link leading out) before anything is opened; artifacts,
+labels.json and preprocessing.json are checked against their sha256 before they are used.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ModelError
+
+log = logging.getLogger("edgecls")
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -57,15 +67,50 @@ class Bundle:
     def preprocessing_file(self) -> str:
         return self.manifest.get("preprocessing", "preprocessing.json")
 
+    def resolve(self, rel, key: str = "file") -> Path:
+        """The path of `rel` (a path from the manifest) inside the bundle; ModelError when it is not
+        a plain relative path or leads out of the bundle (`..`, absolute, a symbolic link)."""
+        return confined(self.path, rel, key)
+
+    def _verified(self, rel: str, key: str) -> Path:
+        """`rel`'s path after checking its sha256 against the manifest's "files" record."""
+        path = self.resolve(rel, key)
+        if not path.is_file():
+            raise ModelError(f"{path}: listed in the manifest ({key}) but missing; re-export or re-copy the bundle")
+        expected = (self.manifest.get("files") or {}).get(rel)
+        if expected is None:
+            _warn_unhashed(self.path)
+        elif sha256_file(path) != expected:
+            raise ModelError(f"{path}: sha256 does not match the manifest; it was edited after export (it changes every "
+                             f"prediction): re-export or re-copy the bundle")
+        return path
+
     def preprocessing(self):
-        """The bundle's PreprocessingSpec (numpy and Pillow only)."""
+        """The bundle's PreprocessingSpec (numpy and Pillow only), after checking its hash."""
+        from .errors import ConfigError
         from .preprocess import PreprocessingSpec
 
-        return PreprocessingSpec.load(self.path / self.preprocessing_file)
+        path = self._verified(self.preprocessing_file, "preprocessing")
+        try:
+            return PreprocessingSpec.load(path)
+        except ConfigError as exc:
+            raise ModelError(f"{path}: {exc}") from None
 
     def labels(self) -> list[str] | None:
-        path = self.path / self.labels_file
-        return json.loads(path.read_text()) if path.exists() else None
+        """The class names (labels.json, after checking its hash), or None for a bundle without them."""
+        from ._io import read_json
+
+        if "labels" not in self.manifest and not (self.path / self.labels_file).exists():
+            return None
+        path = self._verified(self.labels_file, "labels")
+        labels = read_json(path, "labels file", ModelError)
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ModelError(f"{path}: must hold a JSON list of class names (strings)")
+        classes = (self.manifest.get("model") or {}).get("classes")
+        if isinstance(classes, int) and len(labels) != classes:
+            raise ModelError(f"{path}: lists {len(labels)} class names but the model has {classes} classes "
+                             f"(manifest model.classes); re-export the bundle")
+        return labels
 
     def check_variants(self, names) -> None:
         """ConfigError naming the variants the bundle has never heard of (a variant rejected at
@@ -96,7 +141,7 @@ class Bundle:
 
     def file_for(self, artifact: dict, verify: bool = True) -> Path:
         """The artifact's path, after checking it exists and matches the manifest's sha256."""
-        path = self.path / artifact["file"]
+        path = self.resolve(artifact["file"], f"artifact {artifact.get('name')!r} file")
         if not path.is_file():
             raise ModelError(f"{path}: listed in the manifest but missing; re-export the bundle")
         if verify:
@@ -153,6 +198,7 @@ def replace_artifacts(path: str | Path, staged: str | Path, names) -> list[dict]
 
 
 def load_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle's manifest (keys, types, paths confined to the bundle)."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -162,7 +208,88 @@ def load_bundle(path: str | Path) -> Bundle:
     manifest = read_json(manifest_path, "bundle manifest", ModelError)
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ModelError(f"{manifest_path}: unsupported manifest schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}; expected {SCHEMA}")
+    check_manifest(manifest, path)
     return Bundle(path, manifest)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """ModelError naming the first key of `manifest` that is missing, of the wrong type, or names a
+    path outside the bundle directory `path`."""
+    where = path / MANIFEST
+
+    def fail(key, what):
+        raise ModelError(f"{where}: {key} {what}; the manifest is damaged or was edited: re-export or re-copy the bundle")
+
+    arts = manifest.get("artifacts")
+    if not isinstance(arts, list):
+        fail("'artifacts'", "is missing or not a list")
+    for key in ("labels", "preprocessing"):
+        if key in manifest:
+            if not isinstance(manifest[key], str):
+                fail(f"'{key}'", "must be a file name (a string)")
+            confined(path, manifest[key], key)
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)
+                                              for k, v in files.items()):
+        fail("'files'", "must map file names to sha256 digests")
+    model = manifest.get("model", {})
+    if not isinstance(model, dict) or not isinstance(model.get("classes", 2), int) or isinstance(model.get("classes"), bool):
+        fail("'model.classes'", "must be an integer")
+    seen = set()
+    for i, art in enumerate(arts):
+        if not isinstance(art, dict):
+            fail(f"artifacts[{i}]", "is not an object")
+        for key, kind in (("name", str), ("file", str), ("sha256", str), ("format", str)):
+            if not isinstance(art.get(key), kind) or not art.get(key):
+                fail(f"artifacts[{i}].{key}", "is missing or not a string")
+        if not _SHA256.fullmatch(art["sha256"]):
+            fail(f"artifacts[{i}].sha256", "is not a sha256 digest (64 hex digits)")
+        if art["name"] in seen:
+            fail(f"artifacts[{i}].name", f"repeats the variant {art['name']!r}")
+        seen.add(art["name"])
+        confined(path, art["file"], f"artifacts[{i}].file")
+    for key in ("rejected", "omitted"):
+        entries = manifest.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
+            fail(f"'{key}'", "must be a list of objects with a name")
+        for i, e in enumerate(entries):
+            if e.get("file") is not None:
+                if not isinstance(e["file"], str):
+                    fail(f"{key}[{i}].file", "must be a string")
+                confined(path, e["file"], f"{key}[{i}].file")
+
+
+def confined(root: Path, rel, key: str = "file") -> Path:
+    """`root / rel` when `rel` is a plain relative path that stays inside `root` once symbolic links
+    are followed; ModelError naming `key` otherwise. Nothing is opened."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise ModelError(f"{root / MANIFEST}: {key} must be a relative file name inside the bundle, got {rel!r}")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", rel):
+        raise ModelError(f"{root / MANIFEST}: {key} {rel!r} points outside the bundle (absolute or '..'); refused")
+    full = root / pure
+    base = root.resolve()
+    if not full.resolve().is_relative_to(base):
+        raise ModelError(f"{root / MANIFEST}: {key} {rel!r} is a symbolic link leading outside the bundle; refused")
+    return full
+
+
+_warned: set = set()
+
+
+def _warn_unhashed(path: Path) -> None:
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("%s: the manifest has no sha256 for labels.json and preprocessing.json (written by an older "
+                    "edgecls); they are used unchecked: re-export the bundle to cover them", path)
+
+
+def file_hashes(folder: Path, names) -> dict:
+    """{name: sha256} of the files `names` in `folder`: the manifest's "files" record."""
+    return {name: sha256_file(folder / name) for name in names}
 
 
 def find_bundle_for(file: str | Path) -> tuple[Bundle, dict] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -106,6 +107,7 @@ class PreprocessingSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown keys in preprocessing spec: {unknown}; expected some of {sorted(known)}")
+        _check_types(d)
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -121,6 +123,32 @@ class PreprocessingSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"preprocessing spec {path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_types(d: dict) -> None:
+    """ConfigError naming the first key of a preprocessing spec (parsed JSON) with a wrong type."""
+    size = d.get("input_size", [32, 32])
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                       for v in size)):
+        raise ConfigError(f"preprocessing spec: input_size must be [height, width] (two integers), got {size!r}")
+    if "scale" in d and not _is_number(d["scale"]):
+        raise ConfigError(f"preprocessing spec: scale must be a finite number, got {d['scale']!r}")
+    for key in ("mean", "std"):
+        value = d.get(key, 0.0)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(_is_number(v) for v in values):
+            raise ConfigError(f"preprocessing spec: {key} must be a number or a list of 1 or 3 numbers, got {value!r}")
+    for key in ("resize", "layout"):
+        if key in d and not isinstance(d[key], str):
+            raise ConfigError(f"preprocessing spec: {key} must be a string, got {d[key]!r}")
+    if "channels" in d and d["channels"] != 3:
+        raise ConfigError(f"preprocessing spec: channels must be 3 (RGB), got {d['channels']!r}")
+    if "extra" in d and not isinstance(d["extra"], dict):
+        raise ConfigError(f"preprocessing spec: extra must be a JSON object, got {type(d['extra']).__name__}")
 
 
 @dataclass(frozen=True)

@@ -57,16 +57,26 @@ class RemoteConfig:
 # sha256 and renamed into place, so an interrupted transfer never leaves a damaged file.
 _RECEIVE = r"""
 import hashlib, json, os, sys
-base = sys.argv[1]
+base = os.path.realpath(sys.argv[1])
 inp = sys.stdin.buffer
 files = json.loads(inp.readline())
+def inside(p):
+    return os.path.realpath(p).startswith(base + os.sep)
 for rel, size, digest in files:
+    # The same rule as edgecls.bundle.confined: a plain relative path that stays in the folder.
+    parts = rel.replace("\\", "/").split("/") if isinstance(rel, str) else [".."]
+    if not rel or os.path.isabs(rel) or ".." in parts or "\x00" in rel:
+        sys.exit("refused: %r is not a file name inside the bundle" % (rel,))
     path = os.path.join(base, rel)
+    if not inside(path):
+        sys.exit("refused: %r leads outside the bundle (symbolic link)" % (rel,))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".part"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
     h = hashlib.sha256()
     left = size
-    with open(tmp, "wb") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fh:
         while left:
             chunk = inp.read(min(left, 1 << 20))
             if not chunk:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_write_json, make_staging_dir, replace_dir
-from ..bundle import MANIFEST, SCHEMA, sha256_file
+from ..bundle import MANIFEST, SCHEMA, file_hashes, sha256_file
 from ..config import ExportConfig
 from ..data import Dataset, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError
@@ -313,6 +313,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                   "output": output_kind},
         "labels": LABELS_FILE,
         "preprocessing": SPEC_FILE,
+        "files": file_hashes(staging, [LABELS_FILE, SPEC_FILE]),
         "reference": {"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
                       "data": dataset.source, "split": "test"},
         "calibration": {"images": int(len(representative)), "split": "train", "seed": config.calibration_seed},
