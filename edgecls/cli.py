@@ -6,8 +6,10 @@ with status 130 and a note; no traceback reaches the user for a mistake they can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .config import ONNX_INT8_SCHEMES, ExportConfig
-from .errors import EdgeclsError
+from .errors import EdgeclsError, Interrupted
 
 log = logging.getLogger("edgecls")
 
@@ -70,10 +72,12 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from ._io import atomic_write_json
     from .evaluation import evaluate
+    from .outputs import check_output_file
 
+    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "eval.json"
+    check_output_file(out, "eval", inputs=(args.model, args.data))
     result = evaluate(args.model, args.data, split=args.split, safe_mode=not args.unsafe)
     print(result.format())
-    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "eval.json"
     atomic_write_json(out, result.to_dict())
     print(f"\nwrote {out}")
     return 0
@@ -167,8 +171,10 @@ class _Progress:
 def _cmd_bench(args) -> int:
     from ._io import atomic_write_json
     from .bench import BenchConfig, bench
+    from .outputs import check_output_file
     from .report import Report
 
+    check_output_file(args.out, "bench", inputs=(args.bundle,))
     config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
                          batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta,
                          repeats=args.repeats)
@@ -401,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: every stage's cleanup runs, no partial output stays."""
+    raise Interrupted(signum=signum)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -409,6 +420,9 @@ def main(argv=None) -> int:
     logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
     for noisy in ("tensorflow", "tf2onnx", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+            signal.signal(sig, _interrupt)
     try:
         return args.func(args)
     except EdgeclsError as exc:
@@ -418,9 +432,12 @@ def main(argv=None) -> int:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"edgecls: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edgecls: interrupted; nothing was written to the output (a training run can continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None) or signal.SIGINT
+        what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}[signum]
+        detail = getattr(exc, "message", "") or "nothing was written to the output"
+        print(f"edgecls: {what}: {detail}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ class ExportError(EdgeclsError):
     """A conversion or export step failed."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C, SIGTERM or SIGHUP; the message says what was kept and how to go on."""
+
+    def __init__(self, message: str = "", signum: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.signum = signum
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its class name), for one-line errors that wrap
     a third-party library's multi-line message."""

@@ -50,9 +50,14 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     from .report import Report
     from .training import train
 
-    out = Path(out)
+    from .outputs import PIPELINE_ENTRIES, check_output_dir
+
+    out = check_output_dir(out, "pipeline", inputs=(model, data))
     if model is None and data is None and not train_new:
         model = shipped_model(arch)
+    for name, kind in PIPELINE_ENTRIES.items():  # before any work: each stage checks its own folder again
+        if name != "model" or model is None:
+            check_output_dir(out / name, kind, inputs=(model, data))
     data = data or SAMPLE_NAME
     dataset = load_dataset(data)
     if calibration_count is None:

@@ -27,7 +27,7 @@ from ._io import atomic_write_json, replace_dir
 from .config import TrainConfig
 from .data import Dataset, load_dataset, stratified_split
 from .distribute import select_placement
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, Interrupted, ModelError
 from .hostinfo import host_info
 from .modelio import LABELS_FILE, MODEL_FILE, TrainedModel, load_trained, save_labels, save_model_file
 from .preprocess import SPEC_FILE, PreprocessingSpec
@@ -325,8 +325,38 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
         from dataclasses import replace
 
         config = replace(config, **overrides)
-    get_model_info(config.arch)  # fail on an unknown name before any data is read
     out = Path(config.out)
+    staging = out.with_name(out.name + ".partial")
+    existed = staging.exists()
+    try:
+        return _train(config, callbacks, dataset)
+    except BaseException as exc:
+        # What stays behind: only a checkpoint with a finished epoch to resume from; never a folder
+        # edgecls did not create.
+        epochs = _finished_epochs(staging)
+        ours = staging.is_dir() and (not existed or (staging / "run.json").is_file())
+        if ours and not epochs:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt) and epochs:
+            raise Interrupted(f"interrupted after {epochs} finished epoch(s); the checkpoint is in {staging}: run the "
+                              f"same command with --resume to continue, or delete that folder to start over",
+                              getattr(exc, "signum", None)) from None
+        raise
+
+
+def _finished_epochs(staging: Path) -> int:
+    try:
+        rows = json.loads((staging / "history.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(rows) if isinstance(rows, list) else 0
+
+
+def _train(config: TrainConfig, callbacks, dataset) -> TrainResult:
+    get_model_info(config.arch)  # fail on an unknown name before any data is read
+    from .outputs import check_output_dir
+
+    out = check_output_dir(config.out, "train", inputs=(config.data, config.init_from, config.teacher))
     staging = out.with_name(out.name + ".partial")
     tf = tensorflow()
     k = keras()

@@ -129,6 +129,9 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     names = resolve_formats(config.formats)
     from ..source import load_source
 
+    from ..outputs import check_output_dir
+
+    check_output_dir(out, "bundle", inputs=(model, data if isinstance(data, (str, Path)) else None))
     source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
     spec = source.preprocessing
     if dataset is None:

@@ -3,7 +3,7 @@ accuracy on the held-out split and its sparsity per layer."""
 from __future__ import annotations
 
 import shutil
-
+from pathlib import Path
 
 from .._io import atomic_write_json, make_staging_dir, replace_dir
 from ..config import ExportConfig
@@ -48,6 +48,9 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ConfigError(f"unknown optimization {unknown or kinds}; choose from {', '.join(KINDS)}")
+    from ..outputs import check_output_dir
+
+    check_output_dir(out, "optimize", inputs=(model, data if isinstance(data, (str, Path)) else None))
     source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
     if not source.tunable:
         raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph; pruning and QAT need a Keras model")

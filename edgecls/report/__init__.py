@@ -333,7 +333,9 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 """
 
     def write(self, out: str | Path) -> list[Path]:
-        out = Path(out)
+        from ..outputs import check_output_dir
+
+        out = check_output_dir(out, "report")
         out.mkdir(parents=True, exist_ok=True)
         plots = self.plots()
         written = []

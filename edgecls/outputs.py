@@ -1,0 +1,127 @@
+"""Where edgecls writes. Every command that writes checks its destination before any work starts:
+
+- a folder edgecls would replace must be new, empty, or an earlier edgecls output of the same kind
+  (a bundle is replaced by a bundle, a trained model by a trained model): edgecls never deletes
+  or overwrites what it did not write;
+- an output file may replace only an earlier edgecls file of the same kind (a bench report);
+- the destination cannot be the current folder, a folder above it, the home folder, the root, or
+  a folder holding the command's own inputs;
+- the nearest existing folder above it must be writable.
+
+The kind of an existing output is read from the record edgecls writes in it (manifest.json,
+train.json, optimize.json, report.json, a bench report's "kind"), parsed as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+# kind -> (record file, test of its parsed content, what it is)
+FOLDER_KINDS = {
+    "bundle": ("manifest.json", lambda d: "schema" in d and "artifacts" in d, "a bundle written by 'edgecls export'"),
+    "train": ("train.json", lambda d: "arch" in d and "test_accuracy" in d, "a model written by 'edgecls train'"),
+    "optimize": ("optimize.json", lambda d: "variants" in d, "models written by 'edgecls optimize'"),
+    "report": ("report.json", lambda d: d.get("kind") == "edgecls-report", "a report written by 'edgecls report'"),
+}
+# kind -> (test of the file's parsed content, what it is)
+FILE_KINDS = {
+    "bench": (lambda d: d.get("kind") == "edgecls-bench", "a bench report"),
+    "eval": (lambda d: "top1" in d and "confusion_matrix" in d, "an eval report"),
+}
+# What `edgecls pipeline` writes into its folder.
+PIPELINE_ENTRIES = {"model": "train", "bundle": "bundle", "report": "report"}
+
+
+def _record(path: Path):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _refuse_odd(out: Path, inputs=()) -> Path:
+    """ConfigError for a destination that must never be replaced; returns the resolved path."""
+    if str(out) in ("", "."):
+        raise ConfigError("--out . is the current folder; name a new folder for the output")
+    real = out.resolve()
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise ConfigError(f"--out {out} is the current folder or a folder above it; name a new folder for the output")
+    home = Path.home().resolve()
+    if real == home or real == Path(real.anchor) or real in home.parents:
+        raise ConfigError(f"--out {out} is the home folder or a system folder; name a new folder for the output")
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if real == src or real in src.parents:
+            raise ConfigError(f"--out {out} holds this command's input {given}; write the output somewhere else")
+    return real
+
+
+def _writable(real: Path, out: Path) -> None:
+    """ConfigError unless the nearest existing folder at or above `real` lets us create files."""
+    probe = real if real.is_dir() else real.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} is a file, not a folder; choose another output path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgecls-write-check-", dir=probe)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {probe} ({exc.strerror or exc}); choose a writable folder") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_dir(out: str | Path, kind: str, inputs=()) -> Path:
+    """Check that edgecls may write the `kind` folder `out` (see the module docstring); returns
+    `out` as a Path. Raises ConfigError with the reason and what to do."""
+    out = Path(out)
+    real = _refuse_odd(out, inputs)
+    if real.exists() or out.is_symlink():
+        if not real.is_dir():
+            raise ConfigError(f"--out {out} is an existing file; edgecls writes a folder there: choose a new folder")
+        entries = [p for p in real.iterdir()]
+        if entries and not is_output(real, kind):
+            record, _, what = FOLDER_KINDS[kind] if kind in FOLDER_KINDS else (None, None, "an earlier pipeline output")
+            hint = f" (no {record} of its own)" if record else ""
+            raise ConfigError(f"--out {out} is a folder edgecls did not write{hint} and it is not empty; edgecls only "
+                              f"replaces {what}: choose a new or empty folder")
+    _writable(real, out)
+    return out
+
+
+def is_output(folder: Path, kind: str) -> bool:
+    """Whether `folder` is an edgecls output of `kind` (by the record edgecls wrote in it)."""
+    if kind == "pipeline":
+        entries = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+        known = set(PIPELINE_ENTRIES) | {"bench.json", "model.partial"}
+        return bool(entries) and entries <= known and all(
+            is_output(folder / name, sub) for name, sub in PIPELINE_ENTRIES.items() if (folder / name).is_dir()
+            and any((folder / name).iterdir()))
+    record, test, _ = FOLDER_KINDS[kind]
+    data = _record(folder / record)
+    return data is not None and bool(test(data))
+
+
+def check_output_file(out: str | Path, kind: str, inputs=()) -> Path:
+    """Check that edgecls may write the `kind` file `out`: new, or an earlier edgecls file of the
+    same kind; never a folder. Raises ConfigError; returns `out` as a Path."""
+    out = Path(out)
+    real = _refuse_odd(out, inputs)
+    test, what = FILE_KINDS[kind]
+    if real.is_dir():
+        raise ConfigError(f"--out {out} is a folder; {what} is a file: name a .json file")
+    if real.exists():
+        data = _record(real)
+        if data is None or not test(data):
+            raise ConfigError(f"--out {out} exists and is not {what} edgecls wrote; edgecls does not overwrite other "
+                              f"files: choose a new file name")
+    _writable(real, out)
+    return out
