@@ -12,9 +12,11 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The largest image file edgecls reads (a dataset member over it is skipped, a predict input refused).
+MAX_IMAGE_BYTES = 32 << 20
 SPEC_FILE = "preprocessing.json"
 
 ImageSource = Union[str, Path, bytes]
@@ -23,28 +25,62 @@ ImageSource = Union[str, Path, bytes]
 def load_image(source: ImageSource, size: Sequence[int] | None = None) -> np.ndarray:
     """Decode an image file (path or bytes) to uint8 RGB H x W x 3.
 
-    Grayscale, palette and RGBA images are converted to RGB (alpha is dropped). With `size`
-    (height, width) the image is resized with Pillow's bilinear filter when it differs.
-    Raises DataError for a file that is not a readable image.
+    Grayscale, palette and RGBA images are converted to RGB (alpha is dropped); 16-bit and other
+    high-bit-depth images are scaled to 8 bits (65535 -> 255), not clipped. With `size` (height,
+    width) the image is resized with Pillow's bilinear filter when it differs. Raises DataError for
+    a file that is not a readable image, is over MAX_IMAGE_BYTES, or has more pixels than Pillow's
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89 million by default).
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     try:
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-        with stream, Image.open(stream) as img:
-            img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if size is not None:
-                height, width = int(size[0]), int(size[1])
-                if img.size != (width, height):
-                    img = img.resize((width, height), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).copy()
+        if isinstance(source, (bytes, bytearray)):
+            stream = io.BytesIO(source)
+        else:
+            stream = open(source, "rb")
+            if Path(source).stat().st_size > MAX_IMAGE_BYTES:
+                stream.close()
+                raise DataError(f"not a readable image: {name} (over the {MAX_IMAGE_BYTES >> 20} MiB limit for an image file)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with stream, Image.open(stream) as img:
+                img.load()
+                img = _to_rgb(img)
+                if size is not None:
+                    height, width = int(size[0]), int(size[1])
+                    if img.size != (width, height):
+                        img = img.resize((width, height), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"image not found: {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"not a readable image: {name} ({exc.__class__.__name__}: {exc})") from None
+    except IsADirectoryError:
+        raise DataError(f"not an image file: {name} is a folder") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"not a readable image: {name} (DecompressionBomb: {str(exc).split('.')[0]}; "
+                        f"edgecls keeps Pillow's limit)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"not a readable image: {name} ({exc.__class__.__name__}: {first_line(exc)})") from None
+
+
+def _to_rgb(img):
+    """An 8-bit RGB Pillow image. 16-bit ("I;16*") and 32-bit integer ("I") images are scaled from
+    their 16-bit range to 8 bits; float ("F") images from [0, 1] when they lie in it."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img).astype(np.float64)
+        if img.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+            values = values * 255.0
+        elif img.mode != "F" and (img.mode.startswith("I;16") or (values.size and values.max() > 255)):
+            values = values / 257.0  # 0..65535 -> 0..255
+        gray = np.clip(np.nan_to_num(np.rint(values)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB")
+    return img.convert("RGB")
 
 
 @dataclass(frozen=True)

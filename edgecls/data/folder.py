@@ -3,18 +3,22 @@
 Layouts: `root/train/<class>/*` with `root/test/<class>/*` (or `val/`), or a single
 `root/<class>/*` folder that is split deterministically. A zip may wrap the root in a single
 top-level folder. Files are decoded with Pillow (the same decoder the runtime uses).
+
+Hostile content is bounded: a file over MAX_IMAGE_BYTES (a zip member by its recorded size, read
+with the cap as well), an image over Pillow's decompression-bomb limit, a corrupt file and every
+non-image file in a class folder are skipped with a warning and counted.
 """
 from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import DataError
-from ..preprocess import IMAGE_EXTENSIONS, load_image
+from ..preprocess import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES, load_image
 
 log = logging.getLogger("edgecls")
 
@@ -30,6 +34,7 @@ class _Tree:
     dirs: set[PurePosixPath]
     read: object  # callable(PurePosixPath) -> bytes
     source: str
+    other: list = field(default_factory=list)  # non-image files found in class folders
 
 
 def _is_hidden(p: PurePosixPath) -> bool:
@@ -46,7 +51,13 @@ def _dir_tree(root: Path) -> _Tree:
             dirs.add(rel)
         elif p.is_file():
             files.append(rel)
-    return _Tree(sorted(files), dirs, lambda rel: (root / rel).read_bytes(), str(root))
+    def read(rel):
+        path = root / rel
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DataError(f"{rel}: over the {MAX_IMAGE_BYTES >> 20} MiB limit for an image file")
+        return path.read_bytes()
+
+    return _Tree(sorted(files), dirs, read, str(root))
 
 
 def _zip_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile]:
@@ -73,13 +84,25 @@ def _zip_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile]:
         dirs = {d.relative_to(prefix) for d in dirs if d != prefix and prefix in d.parents}
 
     def read(rel, _zf=zf, _prefix=prefix):
-        return _zf.read(str(_prefix / rel) if _prefix else str(rel))
+        info = _zf.getinfo(str(_prefix / rel) if _prefix else str(rel))
+        if info.file_size > MAX_IMAGE_BYTES:
+            raise DataError(f"{rel}: {info.file_size:,} bytes uncompressed, over the {MAX_IMAGE_BYTES >> 20} MiB limit "
+                            f"for an image file")
+        try:
+            with _zf.open(info) as member:
+                data = member.read(MAX_IMAGE_BYTES + 1)
+        except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as exc:
+            raise DataError(f"{rel}: unreadable zip member ({exc})") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise DataError(f"{rel}: over the {MAX_IMAGE_BYTES >> 20} MiB limit for an image file")
+        return data
 
     return _Tree(sorted(files), dirs, read, str(path)), zf
 
 
 def _images_by_class(tree: _Tree, base: PurePosixPath | None) -> dict[str, list[PurePosixPath]]:
-    """Class folder name -> image files directly below it (sorted), under `base`."""
+    """Class folder name -> image files directly below it (sorted), under `base`. Files of other
+    types in a class folder are counted in `tree.other` and skipped with a warning."""
     depth = len(base.parts) if base else 0
     classes: dict[str, list[PurePosixPath]] = {}
     for d in tree.dirs:
@@ -89,6 +112,8 @@ def _images_by_class(tree: _Tree, base: PurePosixPath | None) -> dict[str, list[
         if len(f.parts) == depth + 2 and (base is None or f.parents[1] == base):
             if f.suffix.lower() in IMAGE_EXTENSIONS:
                 classes.setdefault(f.parts[depth], []).append(f)
+            else:
+                tree.other.append(f)
     return {k: sorted(v) for k, v in sorted(classes.items())}
 
 
@@ -99,7 +124,7 @@ def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size) -> tuple[
     for rel, label in items:
         try:
             images[n] = load_image(tree.read(rel), size)
-        except DataError as exc:
+        except (DataError, OSError) as exc:
             skipped += 1
             if skipped <= _MAX_SKIP_WARNINGS:
                 log.warning("skipped %s/%s: %s", tree.source, rel, str(exc).split("(", 1)[-1].rstrip(")"))
@@ -165,11 +190,13 @@ def _read_tree(tree: _Tree, size, test_fraction, seed):
             for i, f in enumerate(fs):
                 (test_items if i in test_idx else train_items).append((f, label))
         note = f"one folder split {1 - test_fraction:.0%}/{test_fraction:.0%} (seed {seed})"
+    for rel in tree.other[:_MAX_SKIP_WARNINGS]:
+        log.warning("skipped %s/%s: not an image file (%s)", tree.source, rel, ", ".join(IMAGE_EXTENSIONS))
     x_train, y_train, skip_train = _decode(tree, train_items, size)
     x_test, y_test, skip_test = _decode(tree, test_items, size)
     if len(x_train) == 0:
         raise DataError(f"{tree.source}: no readable training images")
-    return x_train, y_train, x_test, y_test, names, skip_train + skip_test, note
+    return x_train, y_train, x_test, y_test, names, skip_train + skip_test + len(tree.other), note
 
 
 def _check_classes(where: str, classes: dict[str, list]) -> None:
