@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .config import ONNX_INT8_SCHEMES, ExportConfig
-from .errors import EdgeclsError, Interrupted
+from .errors import EdgeclsError, Interrupted, first_line
 
 log = logging.getLogger("edgecls")
 
@@ -432,6 +433,12 @@ def main(argv=None) -> int:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"edgecls: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a fault of edgecls itself: one line, the traceback on request
+        if os.environ.get("EDGECLS_DEBUG"):
+            raise
+        print(f"edgecls: internal error: {exc.__class__.__name__}: {first_line(exc)} (a bug in edgecls: please report "
+              f"it with the command; EDGECLS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", None) or signal.SIGINT
         what = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}[signum]

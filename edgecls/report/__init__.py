@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 
 COLUMNS = [
     ("device", "device"), ("name", "variant"), ("format", "format"), ("precision", "precision"), ("sparsity", "sparsity"),
@@ -40,6 +40,39 @@ def device_label(host: dict, settings: dict | None = None) -> str:
     return label
 
 
+def _check_report(data: dict, path) -> None:
+    """DataError naming the first malformed part of a bench report (read from a file that may have
+    been edited or come from elsewhere); then a trial rendering, so a report that loads also renders."""
+    def fail(key, what):
+        raise DataError(f"{path}: {key} {what}; not a report 'edgecls bench' wrote (re-run the bench)")
+
+    if not isinstance(data.get("host"), dict):
+        fail("'host'", "is missing or not an object")
+    if not isinstance(data.get("settings", {}), dict):
+        fail("'settings'", "is not an object")
+    if not isinstance(data["variants"], list):
+        fail("'variants'", "is not a list")
+    for i, v in enumerate(data["variants"]):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not isinstance(v.get("status"), str):
+            fail(f"variants[{i}]", "is not an object with a name and a status")
+        for key in ("latency_ms", "size", "memory", "repeats"):
+            if v.get(key) is not None and not isinstance(v[key], dict):
+                fail(f"variants[{i}].{key}", "is not an object")
+        for key, value in (v.get("latency_ms") or {}).items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                fail(f"variants[{i}].latency_ms.{key}", "is not a number")
+        if v.get("accuracy") is not None and (isinstance(v["accuracy"], bool) or not isinstance(v["accuracy"], (int, float))):
+            fail(f"variants[{i}].accuracy", "is not a number")
+    try:
+        rendered = Report([data])
+        rendered.markdown()
+        rendered.csv()
+        rendered.pareto()
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+        raise DataError(f"{path}: malformed report ({exc.__class__.__name__}: {first_line(exc)}); not a report "
+                        f"'edgecls bench' wrote (re-run the bench)") from None
+
+
 @dataclass
 class Report:
     reports: list[dict]
@@ -53,6 +86,7 @@ class Report:
                 raise DataError(f"{path} is not an 'edgecls bench' report (no kind/variants)")
             if data.get("schema") != 1:
                 raise DataError(f"{path}: unsupported report schema {data.get('schema')!r}; expected 1")
+            _check_report(data, path)
             reports.append(data)
         if not reports:
             raise ConfigError("no reports given")
