@@ -226,7 +226,7 @@ def _add_model_options(p):
     p.add_argument("--mean", type=float, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--std", type=float, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--labels", help="JSON list of class names (default: class indices)")
-    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
+    p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom classes): runs code stored in or named by the file; only for files you trust")
     p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
     from .config import SPARSITY_ALLOCATIONS
 
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="cifar10-sample")
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
-    p.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs code stored in the model file)")
+    p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom classes): runs code stored in or named by the file; only for files you trust")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("optimize", help="prune and/or quantization-aware-train a model; writes Keras models")
