@@ -331,10 +331,10 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
     try:
         return _train(config, callbacks, dataset)
     except BaseException as exc:
-        # What stays behind: only a checkpoint with a finished epoch to resume from; never a folder
-        # edgecls did not create.
+        # What stays behind: only a checkpoint with a finished epoch to resume from. A folder this
+        # call did not create (an earlier run's, or not edgecls's) is left as it was.
         epochs = _finished_epochs(staging)
-        ours = staging.is_dir() and (not existed or (staging / "run.json").is_file())
+        ours = staging.is_dir() and not existed
         if ours and not epochs:
             shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt) and epochs:

@@ -68,10 +68,10 @@ def test_odd_images_are_converted_and_corrupt_files_skipped(tiny_dir, caplog):
     src.convert("RGBA").save(cls / "rgba.png")
     src.resize((57, 41)).save(cls / "odd.bmp")
     (cls / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    (cls / "notes.txt").write_text("ignored: not an image extension")
+    (cls / "notes.txt").write_text("skipped and counted: not an image extension")
     with caplog.at_level(logging.WARNING, logger="edgecls"):
         ds = load_dataset(tiny_dir)
-    assert ds.skipped == 1
+    assert ds.skipped == 2
     assert any("broken.jpg" in r.message for r in caplog.records)
     assert len(ds.train) == 203
     assert ds.train.images.shape[1:] == (32, 32, 3)
