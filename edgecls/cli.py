@@ -77,7 +77,8 @@ def _cmd_eval(args) -> int:
 
     out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent) / "eval.json"
     check_output_file(out, "eval", inputs=(args.model, args.data))
-    result = evaluate(args.model, args.data, split=args.split, safe_mode=not args.unsafe)
+    result = evaluate(args.model, args.data, split=args.split, safe_mode=not args.unsafe,
+                      preprocessing=_preprocessing_arg(args), labels=args.labels)
     print(result.format())
     atomic_write_json(out, result.to_dict())
     print(f"\nwrote {out}")
@@ -218,15 +219,22 @@ def _cmd_pipeline(args) -> int:
     return 0
 
 
-def _add_model_options(p):
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
-    p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
-    p.add_argument("--out", required=True, help="output directory")
+def _add_preprocessing_options(p):
+    """What a model file that is not an edgecls run needs, and the safe-mode switch."""
     p.add_argument("--scale", type=float, help="your model's preprocessing: it sees (pixel * scale - mean) / std")
     p.add_argument("--mean", type=float, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--std", type=float, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--labels", help="JSON list of class names (default: class indices)")
-    p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom classes): runs code stored in or named by the file; only for files you trust")
+    p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom "
+                                                         "classes): runs code stored in or named by the file; only for "
+                                                         "files you trust")
+
+
+def _add_model_options(p):
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_preprocessing_options(p)
     p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
     from .config import SPARSITY_ALLOCATIONS
 
@@ -318,11 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1, per-class accuracy and confusion matrix of a trained model")
-    p.add_argument("model", help="directory written by 'edgecls train' (or its model.keras)")
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
     p.add_argument("--data", default="cifar10-sample")
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
-    p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom classes): runs code stored in or named by the file; only for files you trust")
+    _add_preprocessing_options(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("optimize", help="prune and/or quantization-aware-train a model; writes Keras models")

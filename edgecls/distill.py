@@ -130,8 +130,8 @@ def save_ensemble_teacher(members, out) -> dict:
 
     from ._io import atomic_write_json, make_staging_dir, replace_dir
     from .errors import ConfigError
-    from .modelio import MODEL_FILE, require_same_classes_and_inputs, save_labels, save_model_file
-    from .training import TRAIN_FILE, read_finished_run, require_finished_run
+    from .modelio import (MODEL_FILE, TRAIN_FILE, read_finished_run, require_finished_run, require_same_classes_and_inputs,
+                          save_labels, save_model_file)
 
     members = [Path(m) for m in members]
     out = Path(out)

@@ -90,17 +90,19 @@ def predict_in_batches(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
-def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int = 256, safe_mode: bool = True) -> EvalResult:
-    """Top-1, per-class accuracy and confusion matrix of a trained model on a dataset split.
+def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int = 256, safe_mode: bool = True,
+             preprocessing=None, labels=None) -> EvalResult:
+    """Top-1, per-class accuracy and confusion matrix of a model on a dataset split.
 
-    `model` is a directory written by `edgecls train` (or its model.keras); `data` anything
-    `load_dataset` accepts, or a loaded Dataset.
+    `model` is anything `edgecls.modelio.load_model` takes (an `edgecls train` directory, a Keras
+    file with `preprocessing` given or beside it, a SavedModel); `data` anything `load_dataset`
+    accepts, or a loaded Dataset.
     """
-    from .modelio import load_trained
+    from .modelio import load_model
 
     if split not in ("test", "train"):
         raise DataError(f"split must be 'test' or 'train', got {split!r}")
-    trained = load_trained(model, safe_mode=safe_mode)
+    trained = load_model(model, preprocessing, labels, safe_mode=safe_mode)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, image_size=trained.preprocessing.input_size)
     if dataset.image_size != trained.preprocessing.input_size:
         raise DataError(f"images are {dataset.image_size} but the model expects {trained.preprocessing.input_size}")

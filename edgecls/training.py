@@ -29,13 +29,13 @@ from .data import Dataset, load_dataset, stratified_split
 from .distribute import select_placement
 from .errors import ConfigError, DataError, Interrupted, ModelError
 from .hostinfo import host_info
-from .modelio import LABELS_FILE, MODEL_FILE, TrainedModel, load_trained, save_labels, save_model_file
+from .modelio import (LABELS_FILE, MODEL_FILE, TRAIN_FILE, TrainedModel, read_finished_run, read_run_record,  # noqa: F401
+                      save_labels, save_model_file)
 from .preprocess import SPEC_FILE, PreprocessingSpec
 from .zoo import create_model, get_model_info, model_stats
 
 log = logging.getLogger("edgecls")
 
-TRAIN_FILE = "train.json"
 _RESUME_KEYS = ("data", "arch", "recipe", "epochs", "batch_size", "image_size", "seed", "val_fraction", "augment", "cutout", "cutmix", "init_from",
                 "swa_epochs", "swa_learning_rate", "teacher", "distill_alpha", "distill_temperature")
 # What a run.json written before a key existed meant by it.
@@ -59,32 +59,6 @@ def preprocessing_for(config: TrainConfig, dataset: Dataset, train_index: np.nda
     # Standardize with the per-channel statistics of the training images actually used.
     pixels = dataset.train.images[train_index].reshape(-1, 3).astype(np.float64) / 255.0
     return PreprocessingSpec(input_size=size, scale=1 / 255.0, mean=tuple(pixels.mean(0)), std=tuple(pixels.std(0)))
-
-
-def require_finished_run(path: Path, flag: str) -> None:
-    """Raise a one-line ConfigError unless `path` (named by `flag`) holds a finished run's model."""
-    if not (Path(path) / MODEL_FILE).is_file():
-        raise ConfigError(f"{flag} {path}: not a finished 'edgecls train' directory (no {MODEL_FILE}); pass the --out of a finished run")
-
-
-def read_finished_run(path: Path, flag: str) -> tuple[TrainedModel, dict]:
-    """A finished 'edgecls train' run named by `flag` (--init, --teacher, ...) and its train.json
-    ({} when it has none)."""
-    path = Path(path)
-    require_finished_run(path, flag)
-    return load_trained(path), read_run_record(path, flag)
-
-
-def read_run_record(path: Path, flag: str) -> dict:
-    """The train.json of the run directory `path` (named by `flag`); {} when it has none (a bare
-    model file, or a run from before train.json). An unreadable one is a one-line ConfigError."""
-    record = Path(path) / TRAIN_FILE
-    if not record.is_file():
-        return {}
-    try:
-        return json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
 
 
 def _finished_run(path: Path, flag: str, dataset: Dataset) -> tuple[TrainedModel, dict]:

@@ -143,7 +143,7 @@ def _restyle_h5(path: Path, style: str) -> Path:
 
 
 def _refused(path, marker, fragment):
-    from edgecls.source import load_source
+    from edgecls.modelio import load_model as load_source
 
     with pytest.raises(ModelError, match=fragment) as err:
         load_source(path, PREPROCESSING)
@@ -281,7 +281,7 @@ def test_built_in_models_pass(tmp_path):
 def test_unsafe_runs_the_code_as_documented(hostile_files, marker):
     """--unsafe (safe_mode=False) hands the file to Keras: a Lambda's code runs, a registered class
     is built. Only for files the user trusts."""
-    from edgecls.source import load_source
+    from edgecls.modelio import load_model as load_source
 
     source = load_source(hostile_files[("lambda", "h5-compact")], PREPROCESSING, safe_mode=False)
     assert source.kind == "h5" and marker.exists()

@@ -7,7 +7,7 @@ import pytest
 
 from edgecls.errors import ConfigError, ModelError
 from edgecls.export import export
-from edgecls.source import load_source
+from edgecls.modelio import load_model as load_source
 
 from .conftest import TINY_ZIP, assert_one_line_error, run_cli
 
@@ -206,3 +206,28 @@ def test_logits_model_in_keras2_format_gets_probabilities_from_the_runtime(tmp_p
     assert result.manifest["model"]["kind"] == "keras2" and result.manifest["model"]["output"] == "logits"
     probs = runtime.load(tmp_path / "b").predict(load_dataset(TINY_ZIP).test.images[:5])
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_eval_takes_every_model_export_takes(h5_model, tmp_path):
+    """One loader: eval reads a user's .h5 with the preprocessing given on the command line."""
+    from edgecls.evaluation import evaluate
+
+    result = evaluate(h5_model, TINY_ZIP, preprocessing={"scale": 1 / 255}, labels=h5_model.parent / "labels.json")
+    assert result.count == 100 and 0.0 <= result.top1 <= 1.0
+    assert result.class_names == tuple(LABELS)
+    out = tmp_path / "eval.json"
+    proc = run_cli("eval", h5_model, "--data", TINY_ZIP, "--scale", "0.00392156862745098", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["top1"] == pytest.approx(result.top1)
+
+
+def test_no_stage_imports_a_later_one_back():
+    """Distillation and ensembles read finished runs through the loader, not through training."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgecls.distill, edgecls.modelio, edgecls.evaluation; "
+            "print(sorted(m for m in sys.modules if m in ('edgecls.training', 'edgecls.export', 'edgecls.bench')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -33,7 +33,7 @@ from edgecls.export import export  # noqa: E402
 from edgecls.export.tflite import convert  # noqa: E402
 from edgecls.hostinfo import host_info  # noqa: E402
 from edgecls.runtime.backends import open_backend  # noqa: E402
-from edgecls.source import load_source  # noqa: E402
+from edgecls.modelio import load_model as load_source  # noqa: E402
 
 
 def accuracy_of(path, x, y, layout="NHWC"):

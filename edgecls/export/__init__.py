@@ -121,18 +121,18 @@ def _versions() -> dict:
 
 def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | None = None, preprocessing=None,
            labels=None, safe_mode: bool = True, dataset: Dataset | None = None, **overrides) -> ExportResult:
-    """Optimize, convert, validate and bundle. `model` is anything `edgecls.source.load_source`
+    """Optimize, convert, validate and bundle. `model` is anything `edgecls.modelio.load_model`
     accepts (an edgecls training directory, a .keras/.h5 file, a SavedModel directory)."""
     from dataclasses import replace
 
     config = replace(config, **overrides) if config and overrides else (config or ExportConfig(**overrides))
     names = resolve_formats(config.formats)
-    from ..source import load_source
+    from ..modelio import load_model
 
     from ..outputs import check_output_dir
 
     check_output_dir(out, "bundle", inputs=(model, data if isinstance(data, (str, Path)) else None))
-    source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
+    source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
     spec = source.preprocessing
     if dataset is None:
         dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)

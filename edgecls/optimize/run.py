@@ -42,7 +42,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     """Build the requested optimized Keras models and write them to `out/<kind>/`."""
     from ..errors import ConfigError
     from ..evaluation import align_labels, predict_in_batches
-    from ..source import load_source
+    from ..modelio import load_model
 
     config = config or ExportConfig()
     unknown = sorted(set(kinds) - set(KINDS))
@@ -51,7 +51,7 @@ def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config:
     from ..outputs import check_output_dir
 
     check_output_dir(out, "optimize", inputs=(model, data if isinstance(data, (str, Path)) else None))
-    source = load_source(model, preprocessing, labels, safe_mode=safe_mode)
+    source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
     if not source.tunable:
         raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph; pruning and QAT need a Keras model")
     spec = source.preprocessing
