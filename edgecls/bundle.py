@@ -31,6 +31,7 @@ from .errors import ModelError
 log = logging.getLogger("edgecls")
 
 MANIFEST = "manifest.json"
+LABELS_FILE = "labels.json"
 SCHEMA = 1
 
 
@@ -152,6 +153,33 @@ class Bundle:
                     f"refusing to run a modified file: re-export or re-copy the bundle"
                 )
         return path
+
+
+def write_bundle(folder: str | Path, *, labels, preprocessing, rows: list[dict], **sections) -> dict:
+    """Write labels.json, preprocessing.json and manifest.json into `folder` (the artifacts are already
+    there) and return the manifest. `rows` are the variants: those with status "ok" are listed under
+    "artifacts", the others under "rejected". `sections` are the manifest's other top-level entries
+    (model, reference, calibration, optimization, config, tools, export_time_s)."""
+    import time
+
+    from . import __version__
+    from ._io import atomic_write_json
+    from .preprocess import SPEC_FILE
+
+    folder = Path(folder)
+    atomic_write_json(folder / LABELS_FILE, list(labels))
+    preprocessing.save(folder / SPEC_FILE)
+    manifest = {"schema": SCHEMA, "edgecls_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "model": sections.pop("model"), "labels": LABELS_FILE, "preprocessing": SPEC_FILE,
+                "files": file_hashes(folder, [LABELS_FILE, SPEC_FILE])}
+    manifest.update(sections)
+    manifest["artifacts"] = [r for r in rows if r["status"] == "ok"]
+    manifest["rejected"] = [r for r in rows if r["status"] != "ok"]
+    manifest["export_time_s"] = manifest.pop("export_time_s", None)
+    check_manifest(manifest, folder)
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
 
 
 def omit_artifact(path: str | Path, name: str, reason: str) -> None:

@@ -135,7 +135,7 @@ class TrainConfig:
 
 
 ONNX_INT8_METHODS = ("ort_qdq", "tflite")
-# onnxruntime QDQ schemes (edgecls.export.onnx.INT8_SCHEMES says what each one is).
+# onnxruntime QDQ schemes (edgecls.export.formats.onnx.INT8_SCHEMES says what each one is).
 ONNX_INT8_SCHEMES = ("u8s8_rr", "u8u8", "s8s8")
 # How pruning spreads the target sparsity over the layers (edgecls.optimize.prune).
 SPARSITY_ALLOCATIONS = ("uniform", "lamp")
@@ -172,7 +172,7 @@ class ExportConfig:
     strip_names: bool = False
     onnx_opset: int = 17
     onnx_int8_method: str = "ort_qdq"
-    onnx_int8_scheme: str = "u8s8_rr"  # edgecls.export.onnx.INT8_SCHEMES
+    onnx_int8_scheme: str = "u8s8_rr"  # edgecls.export.formats.onnx.INT8_SCHEMES
     nchw: bool = False
     max_eval_images: int | None = None
     seed: int = 0

@@ -63,7 +63,7 @@ def test_onnx_int8_schemes_quantize_with_the_types_they_name(scheme, activation,
     pair sums (255 * 64 * 2) from saturating on x86 CPUs without VNNI; s8s8 uses all 8."""
     from edgecls.config import ONNX_INT8_SCHEMES, ExportConfig
     from edgecls.data import calibration_subset, load_dataset
-    from edgecls.export.onnx import INT8_SCHEMES, quantize_qdq
+    from edgecls.export.formats.onnx import INT8_SCHEMES, quantize_qdq
     from edgecls.preprocess import PreprocessingSpec
 
     assert ExportConfig().onnx_int8_scheme == "u8s8_rr" and set(INT8_SCHEMES) == set(ONNX_INT8_SCHEMES)

@@ -361,3 +361,16 @@ def test_fine_tune_of_a_logits_model_matches_its_softmax_twin(trained_tiny):
         assert moved > 1e-3
         for a, b in zip(*results):
             np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, moved), err_msg=f"distill={distill}")
+
+
+def test_every_variant_is_made_by_a_registered_format():
+    """The variant table names formats; each is one module behind the Format interface."""
+    from edgecls.export.formats import Format, formats
+
+    registry = formats()
+    assert set(registry) == {"tflite", "onnx"}
+    for variant in VARIANTS.values():
+        fmt = registry[variant.format]
+        assert isinstance(fmt, Format) and fmt.name == variant.format
+        for method in ("convert", "describe", "weight_stats", "manifest_fields", "layout"):
+            assert getattr(type(fmt), method) is not getattr(Format, method) or method in ("manifest_fields", "layout")

@@ -59,7 +59,7 @@ def _outputs(model, spec, images):
     (dict(padding="valid", activation="relu"), (0, 0, 0, 0)),
 ])
 def test_folded_model_computes_the_original_on_real_images(images, kw, pad):
-    from edgecls.export.tflite import pixel_input
+    from edgecls.export.formats.tflite import pixel_input
 
     model = _model(_conv(**kw))
     folded = pixel_input(model, SPEC)
@@ -75,7 +75,7 @@ def test_folded_model_computes_the_original_on_real_images(images, kw, pad):
 
 
 def test_folded_model_with_integer_mean_pixel_is_exact(images):
-    from edgecls.export.tflite import pixel_input
+    from edgecls.export.formats.tflite import pixel_input
 
     spec = PreprocessingSpec(input_size=(32, 32), mean=(125 / 255, 123 / 255, 114 / 255), std=SPEC.std)
     for sequential in (False, True):
@@ -88,7 +88,7 @@ def test_folded_model_with_integer_mean_pixel_is_exact(images):
 
 def test_normalization_stays_in_the_graph_where_it_cannot_be_folded(images):
     from edgecls._deps import keras
-    from edgecls.export.tflite import pixel_input
+    from edgecls.export.formats.tflite import pixel_input
 
     k = keras()
     depthwise = _model(k.layers.DepthwiseConv2D(3, padding="same", name="stem"))
@@ -105,7 +105,7 @@ def test_normalization_stays_in_the_graph_where_it_cannot_be_folded(images):
 
 
 def _runner(model, spec, images, tmp_path, calibration=None):
-    from edgecls.export.tflite import convert, pixel_input
+    from edgecls.export.formats.tflite import convert, pixel_input
     from edgecls.runtime import Runner, TFLiteBackend
 
     result = pixel_input(model, spec)

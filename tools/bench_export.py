@@ -30,7 +30,7 @@ from edgecls.bench import time_calls  # noqa: E402
 from edgecls.config import ExportConfig  # noqa: E402
 from edgecls.data import calibration_subset, load_dataset  # noqa: E402
 from edgecls.export import export  # noqa: E402
-from edgecls.export.tflite import convert  # noqa: E402
+from edgecls.export.formats.tflite import convert  # noqa: E402
 from edgecls.hostinfo import host_info  # noqa: E402
 from edgecls.runtime.backends import open_backend  # noqa: E402
 from edgecls.modelio import load_model as load_source  # noqa: E402

@@ -18,71 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .._io import atomic_write_json, make_staging_dir, replace_dir
-from ..bundle import MANIFEST, SCHEMA, file_hashes, sha256_file
+from .._io import make_staging_dir, replace_dir
+from ..bundle import sha256_file, write_bundle
 from ..config import ExportConfig
 from ..data import Dataset, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError
-from ..modelio import LABELS_FILE, save_labels
-from ..preprocess import SPEC_FILE
+from .formats import GROUPS, VARIANTS, ConvertJob, Variant, formats, resolve_formats  # noqa: F401
 from .validate import TOLERANCES, Tolerance, compare
 
 log = logging.getLogger("edgecls")
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    format: str  # "tflite" or "onnx"
-    precision: str  # "fp32", "fp16", "dynamic", "int8"
-    source: str  # which Keras model it is converted from: "base", "pruned", "qat", "pruned_qat"
-    description: str
-    input: str = "normalized"  # "normalized": float input after preprocessing; "pixels": raw RGB pixels
-
-
-VARIANTS = {v.name: v for v in (
-    Variant("tflite_fp32", "tflite", "fp32", "base", "TFLite float32"),
-    Variant("tflite_fp16", "tflite", "fp16", "base", "TFLite float16 weights"),
-    Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)"),
-    Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization"),
-    Variant("tflite_int8_pixels", "tflite", "int8", "base",
-            "TFLite int8 PTQ taking pixels (normalization folded into the first convolution, or in the graph)",
-            input="pixels"),
-    Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training"),
-    Variant("tflite_pruned_fp32", "tflite", "fp32", "pruned", "TFLite float32 of the pruned model"),
-    Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model"),
-    Variant("tflite_pruned_qat_int8", "tflite", "int8", "pruned_qat", "TFLite int8, pruned then sparsity-preserving QAT"),
-    Variant("onnx_fp32", "onnx", "fp32", "base", "ONNX float32 (tf2onnx)"),
-    Variant("onnx_int8", "onnx", "int8", "base", "ONNX int8 QDQ (onnxruntime static quantization)"),
-)}
-GROUPS = {
-    "all": tuple(VARIANTS),
-    "tflite": tuple(n for n, v in VARIANTS.items() if v.format == "tflite"),
-    "onnx": tuple(n for n, v in VARIANTS.items() if v.format == "onnx"),
-    "int8": tuple(n for n, v in VARIANTS.items() if v.precision == "int8"),
-    "float": tuple(n for n, v in VARIANTS.items() if v.precision != "int8"),
-}
-
-
-def resolve_formats(formats) -> list[str]:
-    names: list[str] = []
-    for item in formats:
-        for token in str(item).split(","):
-            token = token.strip()
-            if not token:
-                continue
-            expanded = GROUPS.get(token, (token,))
-            for name in expanded:
-                if name not in VARIANTS:
-                    raise ConfigError(
-                        f"unknown format {token!r}; known: {', '.join(VARIANTS)} or groups {', '.join(GROUPS)}"
-                    )
-                if name not in names:
-                    names.append(name)
-    if not names:
-        raise ConfigError("no formats given")
-    return names
 
 
 @dataclass
@@ -170,7 +114,6 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
-    from .tflite import convert as tflite_convert
 
     started = time.perf_counter()
     spec = source.preprocessing
@@ -219,83 +162,41 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
     output_kind = "probabilities" if are_probabilities(base_ref) else "logits"
     rows = []
-    onnx_fp32_bytes = None
     from ..hostinfo import validation_host
 
     validated_on = validation_host()
-    # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
-    per_channel = config.int8_weights == "per-channel"
+    registry = formats()
+    shared: dict = {}  # work one variant reuses for another (the fp32 ONNX graph)
     for name in names:
         variant = VARIANTS[name]
+        fmt = registry[variant.format]
         row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
                "description": variant.description}
         t0 = time.perf_counter()
-        quantization_aware = variant.source in ("qat", "pruned_qat")
         try:
             keras_model = get_model(variant.source)
-            pixels = None
-            if variant.input == "pixels":
-                from .tflite import pixel_input
-
-                pixels = pixel_input(keras_model, spec)
-                # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8
-                # pixels as they are (the runtime copies them). The output is float32: dequantizing
-                # ten values costs nothing in the graph and a numpy call (~5 us) outside it.
-                data = tflite_convert(pixels.model, variant.precision, pixels.layout.apply(calibration),
-                                      uint8_input=not pixels.folded, per_channel=per_channel, float_output=True)
-                row.update(normalization=pixels.how, pixel_input=pixels.layout.to_dict())
-            elif variant.format == "tflite":
-                data = tflite_convert(keras_model, variant.precision, representative, int8_io=not config.float_io,
-                                      quantization_aware=quantization_aware, per_channel=per_channel)
-            if variant.format == "tflite":
-                if variant.precision == "int8":
-                    row["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
-                if config.strip_names:
-                    from .tflite import strip_names
-
-                    data = strip_names(data)
-                    row["names_stripped"] = True
-            else:
-                from . import onnx as onnx_export
-
-                if onnx_fp32_bytes is None:
-                    onnx_fp32_bytes = onnx_export.convert_fp32(base, opset=config.onnx_opset, nchw=config.nchw)
-                if variant.precision == "fp32":
-                    data = onnx_fp32_bytes
-                elif config.onnx_int8_method == "ort_qdq":
-                    data = onnx_export.quantize_qdq(onnx_fp32_bytes, representative, nchw=config.nchw,
-                                                    scheme=config.onnx_int8_scheme)
-                    row["int8_scheme"] = config.onnx_int8_scheme
-                    row["description"] = f"{variant.description}; {onnx_export.INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"
-                else:
-                    if config.nchw:
-                        raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
-                    float_io = tflite_convert(base, "int8", representative, int8_io=False)
-                    data = onnx_export.convert_from_tflite(float_io, opset=config.onnx_opset)
-                    row["description"] = ("ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
-                                          "exact only on x86 with VNNI and on arm64)")
-                    row["int8_scheme"] = "s8s8"
+            job = ConvertJob(model=keras_model, base=base, spec=spec, config=config, representative=representative,
+                             calibration=calibration, shared=shared)
+            converted = fmt.convert(variant, job)
+            row.update(converted.fields)
         except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
             rows.append(row)
             log.warning("%s: %s", name, exc)
             continue
         file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
-        file.write_bytes(data)
+        file.write_bytes(converted.data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
         try:
-            inputs = pixels.layout.apply(eval_images) if pixels is not None else eval_x
-            row.update(_describe_and_validate(file, variant, config, inputs, eval_y, reference(variant.source),
-                                              base_ref, macs, keras_model, source))
+            pixels = converted.pixel_layout
+            inputs = pixels.apply(eval_images) if pixels is not None else eval_x
+            row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
+                                              base_ref, macs, source))
             row["validation"]["host"] = validated_on
             row["input"] = variant.input
         except EdgeclsError as exc:
             row.update(status="failed", reason=f"validation could not run: {exc}")
-        if variant.format == "onnx":
-            from .onnx import opset_of
-
-            row["opset"] = opset_of(file)
-            row["layout"] = "NCHW" if config.nchw else "NHWC"
+        row.update(fmt.manifest_fields(file, config))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
@@ -304,30 +205,17 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         rows.append(row)
         log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
 
-    save_labels(staging / LABELS_FILE, source.labels)
-    spec.save(staging / SPEC_FILE)
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
-    manifest = {
-        "schema": SCHEMA,
-        "edgecls_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"source": str(source.path), "kind": source.kind, "name": getattr(base, "name", ""),
-                  "input_shape": [int(v) for v in base.inputs[0].shape[1:]], "classes": len(source.labels),
-                  "output": output_kind},
-        "labels": LABELS_FILE,
-        "preprocessing": SPEC_FILE,
-        "files": file_hashes(staging, [LABELS_FILE, SPEC_FILE]),
-        "reference": {"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
-                      "data": dataset.source, "split": "test"},
-        "calibration": {"images": int(len(representative)), "split": "train", "seed": config.calibration_seed},
-        "optimization": details,
-        "config": config.to_dict(),
-        "tools": _versions(),
-        "artifacts": [r for r in rows if r["status"] == "ok"],
-        "rejected": [r for r in rows if r["status"] != "ok"],
-        "export_time_s": round(time.perf_counter() - started, 2),
-    }
-    atomic_write_json(staging / MANIFEST, manifest)
+    manifest = write_bundle(
+        staging, labels=source.labels, preprocessing=spec, rows=rows,
+        model={"source": str(source.path), "kind": source.kind, "name": getattr(base, "name", ""),
+               "input_shape": [int(v) for v in base.inputs[0].shape[1:]], "classes": len(source.labels),
+               "output": output_kind},
+        reference={"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
+                   "data": dataset.source, "split": "test"},
+        calibration={"images": int(len(representative)), "split": "train", "seed": config.calibration_seed},
+        optimization=details, config=config.to_dict(), tools=_versions(),
+        export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
 
 
@@ -335,23 +223,14 @@ class _BuildError(Exception):
     pass
 
 
-def _describe_and_validate(file: Path, variant: Variant, config, eval_x, eval_y, ref, base_ref, macs, keras_model, source) -> dict:
+def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source) -> dict:
     from ..runtime.backends import open_backend
     from . import inspect as art
 
-    layout = "NCHW" if (variant.format == "onnx" and config.nchw) else "NHWC"
-    backend = open_backend(file, layout=layout)
+    backend = open_backend(file, layout=fmt.layout(config))
     outputs = backend.run(eval_x)
-    if variant.format == "tflite":
-        from .tflite import describe
-
-        inputs, outs = describe(file)
-        weights = art.tflite_weight_stats(file)
-    else:
-        from .onnx import describe
-
-        inputs, outs = describe(file)
-        weights = art.onnx_weight_stats(file)
+    inputs, outs = fmt.describe(file)
+    weights = fmt.weight_stats(file)
     tolerance = TOLERANCES[variant.precision]
     if variant.precision in config.tolerances:
         tolerance = Tolerance(**config.tolerances[variant.precision])

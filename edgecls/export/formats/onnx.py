@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .._deps import tensorflow
-from ..config import ExportConfig
-from ..errors import ConfigError, DependencyError, ExportError, first_line
+from ..._deps import tensorflow
+from ...config import ExportConfig
+from ...errors import ConfigError, DependencyError, ExportError, first_line
+from .base import Format
 
 DEFAULT_OPSET = 17
 INT8_METHODS = ("ort_qdq", "tflite")
@@ -150,3 +151,49 @@ def opset_of(path) -> int:
 
     model = onnx.load(str(path))
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class ONNXFormat(Format):
+    """The ONNX format: fp32 through tf2onnx; int8 by onnxruntime static QDQ in the configured scheme,
+    or through tf2onnx from the int8 TFLite model (`onnx_int8_method="tflite"`)."""
+
+    name = "onnx"
+
+    def convert(self, variant, job):
+        from .base import Converted
+
+        config = job.config
+        if "onnx_fp32" not in job.shared:
+            job.shared["onnx_fp32"] = convert_fp32(job.base, opset=config.onnx_opset, nchw=config.nchw)
+        fp32 = job.shared["onnx_fp32"]
+        if variant.precision == "fp32":
+            return Converted(fp32)
+        if variant.precision != "int8":
+            raise ConfigError(f"ONNX has no {variant.precision} variant")
+        if config.onnx_int8_method == "ort_qdq":
+            data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme)
+            return Converted(data, {"int8_scheme": config.onnx_int8_scheme,
+                                    "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"})
+        if config.nchw:
+            raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
+        from .tflite import convert as tflite_convert
+
+        float_io = tflite_convert(job.base, "int8", job.representative, int8_io=False)
+        data = convert_from_tflite(float_io, opset=config.onnx_opset)
+        return Converted(data, {"int8_scheme": "s8s8",
+                                "description": "ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
+                                               "exact only on x86 with VNNI and on arm64)"})
+
+    def layout(self, config) -> str:
+        return "NCHW" if config.nchw else "NHWC"
+
+    def describe(self, path):
+        return describe(path)
+
+    def weight_stats(self, path):
+        from ..inspect import onnx_weight_stats
+
+        return onnx_weight_stats(path)
+
+    def manifest_fields(self, path, config) -> dict:
+        return {"opset": opset_of(path), "layout": self.layout(config)}

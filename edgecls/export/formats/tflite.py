@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._deps import tensorflow
-from ..errors import ConfigError, ExportError, first_line
-from ..preprocess import PixelInput
+from ..._deps import tensorflow
+from ...errors import ConfigError, ExportError, first_line
+from ...preprocess import PixelInput
+from .base import Format
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -93,7 +94,7 @@ def with_pixel_input(model, spec):
     Converted to int8 with uint8 input, the pixels go into the interpreter as they are: the
     per-channel `(pixel * scale - mean) / std` runs inside the quantized graph (one Mul/Add).
     Conv zero padding then pads normalized values, exactly as in the original model."""
-    from .._deps import keras
+    from ..._deps import keras
 
     k = keras()
     scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32)
@@ -198,7 +199,7 @@ def _custom_objects(model) -> dict:
 def _single_conv_consumer(model):
     """The one plain Conv2D (channels-last, ungrouped, not wrapped) that alone reads the model's
     input, or None."""
-    from .._deps import keras
+    from ..._deps import keras
 
     k = keras()
     if len(model.inputs) != 1 or not hasattr(model, "get_config"):
@@ -246,7 +247,7 @@ def _reads(layer_config: dict, names: set[str]) -> bool:
 
 def describe(path) -> tuple[list[dict], list[dict]]:
     """Input and output tensor descriptions (name, shape, dtype, quantization) of a .tflite file."""
-    from ..runtime.backends import TFLiteBackend
+    from ...runtime.backends import TFLiteBackend
 
     backend = TFLiteBackend(path)
     details = backend.interpreter
@@ -259,3 +260,51 @@ def _tensor(t) -> dict:
     if scale:
         d["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
     return d
+
+
+class TFLiteFormat(Format):
+    """The TFLite format: the converter's quantizer for every precision; `*_pixels` variants take
+    raw pixels (normalization folded into the first convolution, or in the graph)."""
+
+    name = "tflite"
+
+    def convert(self, variant, job):
+        from .base import Converted
+
+        config = job.config
+        # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
+        per_channel = config.int8_weights == "per-channel"
+        quantization_aware = variant.source in ("qat", "pruned_qat")
+        fields, layout = {}, None
+        if variant.input == "pixels":
+            pixels = pixel_input(job.model, job.spec)
+            # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8 pixels
+            # as they are (the runtime copies them). The output is float32: dequantizing ten values
+            # costs nothing in the graph and a numpy call (~5 us) outside it.
+            data = convert(pixels.model, variant.precision, pixels.layout.apply(job.calibration),
+                           uint8_input=not pixels.folded, per_channel=per_channel, float_output=True)
+            fields.update(normalization=pixels.how, pixel_input=pixels.layout.to_dict())
+            layout = pixels.layout
+        else:
+            data = convert(job.model, variant.precision, job.representative, int8_io=not config.float_io,
+                           quantization_aware=quantization_aware, per_channel=per_channel)
+        if variant.precision == "int8":
+            fields["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
+        if config.strip_names:
+            data = strip_names(data)
+            fields["names_stripped"] = True
+        return Converted(data, fields, layout)
+
+    def layout(self, config) -> str:
+        return "NHWC"
+
+    def describe(self, path):
+        return describe(path)
+
+    def weight_stats(self, path):
+        from ..inspect import tflite_weight_stats
+
+        return tflite_weight_stats(path)
+
+    def manifest_fields(self, path, config) -> dict:
+        return {}
