@@ -33,7 +33,7 @@ __all__ = [
 
 _LAZY = {
     "load_dataset": (".data", "load_dataset"),
-    "train": (".training", "train"),
+    "train": (".training.run", "train"),
     "evaluate": (".evaluation", "evaluate"),
     "create_model": (".zoo", "create_model"),
     "list_models": (".zoo", "list_models"),

@@ -181,7 +181,7 @@ def _cmd_bench(args) -> int:
                          batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta,
                          repeats=args.repeats)
     if args.host:
-        from .remote import RemoteConfig, remote_bench
+        from .bench.remote import RemoteConfig, remote_bench
 
         remote = RemoteConfig(host=args.host, python=args.remote_python, remote_dir=args.remote_dir,
                               ssh_config=args.ssh_config)

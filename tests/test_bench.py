@@ -170,7 +170,7 @@ def test_predict_cli_output_and_errors(sample_bundle, tmp_path):
 
 
 def test_interrupted_bench_writes_no_report(sample_bundle, tmp_path, monkeypatch):
-    from edgecls import bench as bench_mod
+    from edgecls.bench import local as bench_mod
     from edgecls.cli import main
 
     calls = []

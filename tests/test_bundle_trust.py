@@ -147,7 +147,7 @@ def test_short_labels_list_and_invalid_json(bundle):
 
 
 def _receive(base: Path, files):
-    from edgecls.remote import _RECEIVE, _sha256
+    from edgecls.bench.remote import _RECEIVE, _sha256
 
     header = json.dumps([[rel, len(data), _sha256(data)] for rel, data in files]).encode() + b"\n"
     return subprocess.run([sys.executable, "-c", _RECEIVE, str(base)], input=header + b"".join(d for _, d in files),

@@ -117,7 +117,7 @@ def _manifest(host=VNNI_HOST, source="base", scheme="s8s8", name="onnx_int8", ag
 
 
 def test_a_variant_that_departs_from_its_validation_is_warned_with_the_likely_cause():
-    from edgecls.crosscheck import check_rows
+    from edgecls.bench.crosscheck import check_rows
 
     rows = _rows()
     check_rows(rows, _manifest(), AVX2_HOST)
@@ -149,7 +149,7 @@ def test_a_variant_that_departs_from_its_validation_is_warned_with_the_likely_ca
     (0.985, 100, False),    # inside the 2-point floor
 ])
 def test_the_agreement_tolerance_follows_the_sample_size(agreement, images, warned):
-    from edgecls.crosscheck import check_rows
+    from edgecls.bench.crosscheck import check_rows
 
     rows = _rows(agreement=agreement, accuracy=0.766, images=images)
     check_rows(rows, _manifest(), AVX2_HOST)
@@ -159,7 +159,7 @@ def test_the_agreement_tolerance_follows_the_sample_size(agreement, images, warn
 def test_a_variant_from_another_model_is_judged_by_its_accuracy_change_from_fp32():
     """A pruned variant's agreement at export is with the pruned Keras model, the bench's with the
     base fp32: only the accuracy change from fp32 compares."""
-    from edgecls.crosscheck import check_rows
+    from edgecls.bench.crosscheck import check_rows
 
     rows = _rows(agreement=0.90, accuracy=0.756, name="tflite_pruned_int8")  # -1.0 points here
     check_rows(rows, _manifest(source="pruned", name="tflite_pruned_int8", agreement=0.97, delta=-0.8), AVX2_HOST)

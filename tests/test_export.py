@@ -245,7 +245,7 @@ def test_no_qat_calibration_flag_reaches_qat(monkeypatch):
 
 
 def test_distillation_loss_is_tempered_kl_from_probabilities():
-    from edgecls.distill import distillation_loss
+    from edgecls.training.distill import distillation_loss
 
     rng = np.random.default_rng(0)
     logits_t, logits_s = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
@@ -269,7 +269,7 @@ def test_distillation_pulls_the_student_to_the_teacher_not_the_labels(trained_ti
 
     from edgecls._deps import keras
     from edgecls.data import ImageSet
-    from edgecls.distill import Distillation, distillation_loss
+    from edgecls.training.distill import Distillation, distillation_loss
     from edgecls.optimize.common import fine_tune
     from edgecls.preprocess import PreprocessingSpec
     from edgecls.zoo import create_model
@@ -328,7 +328,7 @@ def test_fine_tune_of_a_logits_model_matches_its_softmax_twin(trained_tiny):
     batches, the logits twin must learn exactly what the softmax model learns (cross-entropy from
     logits), not a loss computed as if its raw outputs were probabilities."""
     from edgecls._deps import keras
-    from edgecls.distill import Distillation, outputs_are_probabilities
+    from edgecls.training.distill import Distillation, outputs_are_probabilities
     from edgecls.optimize.common import fine_tune
     from edgecls.preprocess import PreprocessingSpec
 

@@ -5,7 +5,7 @@ import pytest
 
 from edgecls import TrainConfig, train
 from edgecls.errors import ConfigError
-from edgecls.swa import STATE_FILE, WeightAverage, mean_weights, recompute_batch_norm
+from edgecls.training.swa import STATE_FILE, WeightAverage, mean_weights, recompute_batch_norm
 
 from .conftest import TINY_ZIP, assert_one_line_error, run_cli
 
@@ -95,21 +95,21 @@ def _plain(model):
 
 
 def test_training_with_averaging_ships_the_average_and_resumes_with_it(tmp_path, monkeypatch):
-    import edgecls.swa
+    import edgecls.training.swa
     from edgecls._deps import keras
     from edgecls.preprocess import PreprocessingSpec
 
     k = keras()
     # BatchNorm statistics must come from the stream training saw (augmented: padded crops with
     # black borders), not from the plain images.
-    fed, original = [], edgecls.swa.recompute_batch_norm
+    fed, original = [], edgecls.training.swa.recompute_batch_norm
 
     def watched(model, batches):
         batches = [tuple(np.asarray(t) for t in b) for b in batches]
         fed.extend(b[0] for b in batches)
         return original(model, batches)
 
-    monkeypatch.setattr(edgecls.swa, "recompute_batch_norm", watched)
+    monkeypatch.setattr(edgecls.training.swa, "recompute_batch_norm", watched)
     seen, rates = {}, {}
 
     class Watch(k.callbacks.Callback):

@@ -78,7 +78,7 @@ def test_teacher_sees_its_own_preprocessing(trained_tiny):
     """A teacher trained with other preprocessing, fed the student's inputs through the adapter,
     gives what it gives on its own inputs (real test images)."""
     from edgecls.data import load_dataset
-    from edgecls.distill import on_student_inputs
+    from edgecls.training.distill import on_student_inputs
 
     teacher = trained_tiny.model
     teacher_spec = PreprocessingSpec.load(trained_tiny.out / "preprocessing.json")
@@ -206,7 +206,7 @@ def test_ensemble_teacher_is_the_mean_of_its_members_and_teaches(tmp_path, train
     import subprocess
     import sys
 
-    from edgecls.distill import save_ensemble_teacher
+    from edgecls.training.distill import save_ensemble_teacher
     from edgecls.modelio import load_trained
 
     from .conftest import ROOT

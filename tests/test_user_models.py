@@ -226,8 +226,8 @@ def test_no_stage_imports_a_later_one_back():
     import subprocess
     import sys
 
-    code = ("import sys, edgecls.distill, edgecls.modelio, edgecls.evaluation; "
-            "print(sorted(m for m in sys.modules if m in ('edgecls.training', 'edgecls.export', 'edgecls.bench')))")
+    code = ("import sys, edgecls.training.distill, edgecls.modelio, edgecls.evaluation; "
+            "print(sorted(m for m in sys.modules if m in ('edgecls.training.run', 'edgecls.export', 'edgecls.bench')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

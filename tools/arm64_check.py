@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(ROOT / "tools"))
 from cpu_compare import MIN_AGREEMENT, class_figures, compare, emulation_gate, judge  # noqa: E402
 
-# The emulated bench shows the runtime runs there and raises no warning (edgecls.crosscheck); its
+# The emulated bench shows the runtime runs there and raises no warning (edgecls.bench.crosscheck); its
 # milliseconds are QEMU's, and a few hundred labelled images are enough for the rest.
 BENCH_IMAGES = 300
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"

@@ -16,7 +16,7 @@ ONNX int8 outputs within one step; and, per int8 variant on each class, top-1 ag
 fp32 file (with --min-agreement, at least 98%; for a variant without one, QAT say, its agreement
 with its Keras model at export, which carries over when the answers are identical). It then runs
 `edgecls bench` under emulation (on at most 300 of the images) and requires no variant to depart
-from its validation at export (edgecls.crosscheck). Writes <bundles>-cpu-classes-<cpu>.json to --out; exits 1 on any failure,
+from its validation at export (edgecls.bench.crosscheck). Writes <bundles>-cpu-classes-<cpu>.json to --out; exits 1 on any failure,
 77 when emulation is impossible here (the reason on stdout with --check-only).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ CPU_MODELS = {
                 "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt aes xsave avx f16c rdrand fma avx2 bmi1 bmi2 movbe"),
 }
 ORT_INT8_STEPS = 1  # the same x86 code path family: only the dot-product kernel differs
-# The emulated bench is there for its warnings (edgecls.crosscheck), not its milliseconds; a few
+# The emulated bench is there for its warnings (edgecls.bench.crosscheck), not its milliseconds; a few
 # hundred labelled images are enough for those, and emulation is slow.
 BENCH_IMAGES = 300
 

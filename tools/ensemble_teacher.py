@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecls.distill import save_ensemble_teacher  # noqa: E402
+from edgecls.training.distill import save_ensemble_teacher  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
 
 

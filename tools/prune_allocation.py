@@ -28,7 +28,7 @@ from edgecls.data import load_dataset  # noqa: E402
 from edgecls.modelio import load_trained  # noqa: E402
 from edgecls.optimize.common import kernel_layers  # noqa: E402
 from edgecls.optimize.prune import lamp_allocation  # noqa: E402
-from edgecls.swa import recompute_batch_norm  # noqa: E402
+from edgecls.training.swa import recompute_batch_norm  # noqa: E402
 
 
 def prune_one_shot(model, kernels, targets: dict[str, float]) -> float:

@@ -30,7 +30,7 @@ from edgecls.data import load_dataset  # noqa: E402
 from edgecls.data.pipeline import make_dataset  # noqa: E402
 from edgecls.modelio import load_trained, require_same_classes_and_inputs, save_model_file  # noqa: E402
 from edgecls.errors import EdgeclsError  # noqa: E402
-from edgecls.swa import mean_weights, recompute_batch_norm  # noqa: E402
+from edgecls.training.swa import mean_weights, recompute_batch_norm  # noqa: E402
 from edgecls.modelio import read_run_record  # noqa: E402
 
 

@@ -158,7 +158,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         return references[kind]
 
     base_ref = reference("base")
-    from ..distill import are_probabilities
+    from ..training.distill import are_probabilities
 
     output_kind = "probabilities" if are_probabilities(base_ref) else "logits"
     rows = []

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._deps import keras
 from ..data import Dataset, stratified_split
-from ..distill import Distillation, distiller, outputs_are_probabilities
+from ..training.distill import Distillation, distiller, outputs_are_probabilities
 from ..preprocess import PreprocessingSpec
 
 

@@ -9,7 +9,7 @@ from .._deps import keras, tensorflow
 from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
-from ..distill import Distillation
+from ..training.distill import Distillation
 from ..config import SPARSITY_ALLOCATIONS
 from .common import Optimized, fine_tune, kernel_layers, layer_sparsity
 

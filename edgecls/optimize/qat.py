@@ -10,7 +10,7 @@ from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
 from ..modelio import all_layers
 from ..preprocess import PreprocessingSpec
-from ..distill import Distillation
+from ..training.distill import Distillation
 from .common import Optimized, fine_tune, layer_sparsity
 
 

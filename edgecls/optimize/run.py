@@ -20,7 +20,7 @@ def build_variant(kind: str, model, dataset, spec, config: ExportConfig, teacher
     "pruned_qat" from the pruned one (sparsity-preserving QAT). With `config.distill` the fine-tune
     distills from `teacher` (pass the base model; default `model`). Returns an `Optimized` record."""
     from . import prune, quantize_aware
-    from ..distill import Distillation
+    from ..training.distill import Distillation
 
     distillation = None
     if config.distill:

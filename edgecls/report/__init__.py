@@ -145,7 +145,7 @@ class Report:
     @staticmethod
     def _status(row) -> str:
         """The status cell: the error of a failed row, the warning of a row that departs from its
-        validation at export (edgecls.crosscheck)."""
+        validation at export (edgecls.bench.crosscheck)."""
         if row.get("status") != "ok" and row.get("error"):
             return f"{row['status']}: {row['error']}"
         if row.get("warning"):

@@ -1,7 +1,7 @@
 """Benchmark of a bundle's variants: load time, batch-1 latency, throughput, peak memory, accuracy,
 agreement with the fp32 reference, size. numpy + the runtime only: no TensorFlow. With labelled data,
 each variant's accuracy and agreement are set beside the figures of its validation at export
-(edgecls.crosscheck): a variant this machine computes worse gets a `warning` with the likely cause.
+(edgecls.bench.crosscheck): a variant this machine computes worse gets a `warning` with the likely cause.
 
 Each variant runs in its own child process, so its peak resident memory is its own (a process's
 peak never goes down) and a variant that crashes its backend becomes a failed row instead of ending
@@ -22,8 +22,8 @@ from statistics import median_low
 
 import numpy as np
 
-from .errors import ConfigError, DataError, EdgeclsError
-from .hostinfo import host_info, runtime_versions
+from ..errors import ConfigError, DataError, EdgeclsError
+from ..hostinfo import host_info, runtime_versions
 
 REPORT_SCHEMA = 1
 
@@ -73,7 +73,7 @@ class BenchConfig:
     repeats: int = 1
 
     def __post_init__(self):
-        from .runtime import check_tta
+        from ..runtime import check_tta
 
         check_tta(self.tta)
         for name in ("warmup", "runs", "batch", "repeats"):
@@ -107,8 +107,8 @@ def _peak_rss_mb() -> float:
 
 def _labelled_data(data: str | None, input_size, labels, max_images):
     """(uint8 images, label indices in the model's order, dataset name) or None without labels."""
-    from .data import SAMPLE_NAME, load_dataset, sample_indices
-    from .evaluation import align_labels
+    from ..data import SAMPLE_NAME, load_dataset, sample_indices
+    from ..evaluation import align_labels
 
     source = data or SAMPLE_NAME
     if data is None and labels and set(labels) != set(_cifar_labels()):
@@ -123,7 +123,7 @@ def _labelled_data(data: str | None, input_size, labels, max_images):
 
 
 def _cifar_labels():
-    from .data.cifar import CIFAR10_CLASSES
+    from ..data.cifar import CIFAR10_CLASSES
 
     return CIFAR10_CLASSES
 
@@ -133,7 +133,7 @@ def _measure(row: dict, predict, one, images, data_files: dict | None, config: B
     """Latency at batch 1, throughput at config.batch, peak memory, then accuracy on the labelled
     images (when there are any and `accuracy`), into `row`. `predict` maps uint8 images to
     probabilities."""
-    from .evaluation import summarize
+    from ..evaluation import summarize
 
     row["latency_ms"] = time_calls(lambda: predict(one), warmup=config.warmup, runs=config.runs)
     if images is not None:
@@ -170,8 +170,8 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     `data_files` names .npy files of the labelled images and labels the parent prepared; they are
     memory-mapped, so the peak memory measured before the accuracy pass is the runtime's and the
     model's own (plus one batch), not the data set's."""
-    from . import runtime
-    from .bundle import load_bundle
+    from .. import runtime
+    from ..bundle import load_bundle
 
     art = load_bundle(bundle).artifact(variant)
     row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
@@ -197,21 +197,21 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
     """Measure the Keras model the bundle was exported from, the way a TensorFlow user runs it:
     the bundle's preprocessing, then `model(x, training=False)` (the fast call; `model.predict`,
     which sets up a data pipeline on every call, is timed too, as `latency_predict_ms`)."""
-    from .bundle import gzip_size, load_bundle
-    from .runtime import with_tta
+    from ..bundle import gzip_size, load_bundle
+    from ..runtime import with_tta
 
     path = Path(model_path)  # checked by `bench` before any child starts
     raw = path.read_bytes()
     row = {"name": KERAS_ROW, "format": "keras", "precision": "fp32", "sparsity": None, "size_bytes": len(raw),
            "size_gzip_bytes": gzip_size(raw), "status": "ok", "error": ""}
     try:
-        from ._deps import tensorflow
-        from .modelio import load_keras_model
+        from .._deps import tensorflow
+        from ..modelio import load_keras_model
 
         start = time.perf_counter()
         tf = tensorflow()
     except Exception as exc:  # ImportError, or a TensorFlow that cannot start on this machine
-        from .errors import DependencyError
+        from ..errors import DependencyError
 
         raise DependencyError(f"the Keras row needs TensorFlow ({exc.__class__.__name__}); install edgecls[train]") from None
     if config.threads:
@@ -250,7 +250,7 @@ def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConf
     # Under a user-mode CPU emulator (tools/cpu_class_check.py runs x86 under `qemu-x86_64 -cpu
     # Haswell`) a child started plainly would run natively: EDGECLS_EMULATOR names the prefix.
     prefix = shlex.split(os.environ.get("EDGECLS_EMULATOR", ""))
-    proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls.bench", payload], capture_output=True, text=True, env=env)
+    proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls.bench.local", payload], capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
@@ -308,7 +308,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     `prepared` replaces `data` with a folder from `load_prepared` (what a remote bench sends)."""
     import tempfile
 
-    from .bundle import load_bundle
+    from ..bundle import load_bundle
 
     config = config or BenchConfig()
     bundle = str(bundle)

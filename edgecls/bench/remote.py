@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DependencyError, EdgeclsError
+from ..errors import ConfigError, DependencyError, EdgeclsError
 
 DEFAULT_REMOTE_DIR = ".cache/edgecls/remote"
 
@@ -176,8 +176,8 @@ def _send(ssh: SSH, base: str, files: list[tuple[str, bytes]], python: str) -> N
 def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = None, config=None, progress=None,
                  log=None) -> dict:
     """Run `edgecls bench` for `bundle` on `remote.host`; returns the device's report, tagged."""
-    from .bench import BenchConfig, _labelled_data
-    from .bundle import load_bundle
+    from ..bundle import load_bundle
+    from .local import BenchConfig, _labelled_data
 
     config = config or BenchConfig()
     if config.keras:

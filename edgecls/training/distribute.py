@@ -7,8 +7,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .errors import ConfigError
-from .hostinfo import cpu_count, cpu_model
+from ..errors import ConfigError
+from ..hostinfo import cpu_count, cpu_model
 
 log = logging.getLogger("edgecls")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._deps import keras
+from .._deps import keras
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def outputs_are_probabilities(model, x) -> bool:
 def distillation_loss(student, teacher, temperature: float, student_logits: bool = False, teacher_logits: bool = False):
     """T^2 * KL(teacher_T || student_T) per example. Outputs are probabilities unless flagged as
     logits (log p are logits up to a constant, so softmax(log p / T) is the distribution at T)."""
-    from ._deps import tensorflow
+    from .._deps import tensorflow
 
     tf = tensorflow()
 
@@ -58,7 +58,7 @@ def distiller(student, distillation: Distillation, hard_loss, student_logits: bo
     """A Keras model that trains `student` (fit's callbacks reach its layers, pruning's included)
     on (1 - alpha) * `hard_loss` (the labels' loss) plus alpha times the distillation loss;
     evaluation and predictions are the student's own."""
-    from ._deps import tensorflow
+    from .._deps import tensorflow
 
     k, tf = keras(), tensorflow()
     alpha, temperature = float(distillation.alpha), float(distillation.temperature)
@@ -128,9 +128,9 @@ def save_ensemble_teacher(members, out) -> dict:
     import shutil
     from pathlib import Path
 
-    from ._io import atomic_write_json, make_staging_dir, replace_dir
-    from .errors import ConfigError
-    from .modelio import (MODEL_FILE, TRAIN_FILE, read_finished_run, require_finished_run, require_same_classes_and_inputs,
+    from .._io import atomic_write_json, make_staging_dir, replace_dir
+    from ..errors import ConfigError
+    from ..modelio import (MODEL_FILE, TRAIN_FILE, read_finished_run, require_finished_run, require_same_classes_and_inputs,
                           save_labels, save_model_file)
 
     members = [Path(m) for m in members]

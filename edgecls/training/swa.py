@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._deps import keras
-from .modelio import all_layers
+from .._deps import keras
+from ..modelio import all_layers
 
 log = logging.getLogger("edgecls")
 
@@ -111,7 +111,7 @@ def mean_weights(models) -> list[np.ndarray]:
     in `get_weights()` order. BatchNorm moving statistics are averaged too; recompute them with
     `recompute_batch_norm` before trusting the result. Raises ConfigError naming the first model
     whose weights do not line up with the first one's."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     models = list(models)
     if len(models) < 2:

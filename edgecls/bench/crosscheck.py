@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .hostinfo import has_vnni
+from ..hostinfo import has_vnni
 
 # Departures smaller than this (points) are never flagged: the bench's images are usually not the
 # export's, and a point or so between image sets is ordinary.

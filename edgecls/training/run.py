@@ -21,18 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from ._deps import keras, tensorflow
-from ._io import atomic_write_json, replace_dir
-from .config import TrainConfig
-from .data import Dataset, load_dataset, stratified_split
-from .distribute import select_placement
-from .errors import ConfigError, DataError, Interrupted, ModelError
-from .hostinfo import host_info
-from .modelio import (LABELS_FILE, MODEL_FILE, TRAIN_FILE, TrainedModel, read_finished_run, read_run_record,  # noqa: F401
+from .. import __version__
+from .._deps import keras, tensorflow
+from .._io import atomic_write_json, replace_dir
+from ..config import TrainConfig
+from ..data import Dataset, load_dataset, stratified_split
+from ..errors import ConfigError, DataError, Interrupted, ModelError
+from ..hostinfo import host_info
+from ..modelio import (LABELS_FILE, MODEL_FILE, TRAIN_FILE, TrainedModel, read_finished_run, read_run_record,  # noqa: F401
                       save_labels, save_model_file)
-from .preprocess import SPEC_FILE, PreprocessingSpec
-from .zoo import create_model, get_model_info, model_stats
+from ..preprocess import SPEC_FILE, PreprocessingSpec
+from ..zoo import create_model, get_model_info, model_stats
+from .distribute import select_placement
 
 log = logging.getLogger("edgecls")
 
@@ -125,7 +125,7 @@ def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, 
     BatchNorm learned with batch statistics of augmented images, and the padded crops' black
     borders move the early layers' statistics a lot. Statistics of unaugmented images took the
     shipped resnet8 from 83.92% to 79.45% (tools/recompute_bn.py; BENCHMARKS.md section 5)."""
-    from .data.pipeline import make_dataset
+    from ..data.pipeline import make_dataset
     from .swa import recompute_batch_norm
 
     if average.count < 2:
@@ -328,7 +328,7 @@ def _finished_epochs(staging: Path) -> int:
 
 def _train(config: TrainConfig, callbacks, dataset) -> TrainResult:
     get_model_info(config.arch)  # fail on an unknown name before any data is read
-    from .outputs import check_output_dir
+    from ..outputs import check_output_dir
 
     out = check_output_dir(config.out, "train", inputs=(config.data, config.init_from, config.teacher))
     staging = out.with_name(out.name + ".partial")
@@ -357,7 +357,7 @@ def _train(config: TrainConfig, callbacks, dataset) -> TrainResult:
     if placement.mixed_precision:
         k.mixed_precision.set_global_policy("mixed_float16")
 
-    from .data.pipeline import make_dataset
+    from ..data.pipeline import make_dataset
 
     augment = config.augment and config.recipe != "tutorial"
     x_train, y_train = dataset.train.images[train_index], dataset.train.labels[train_index]
