@@ -14,7 +14,7 @@ from edgecls.cli import main
 from .conftest import FIXTURES, ROOT, TINY_ZIP
 from .test_hostile_data import png_header_bomb
 
-BENCH_REPORT = ROOT / "docs" / "benchmarks" / "resnet8" / "r8-2t.json"
+BENCH_REPORT = ROOT / "tests" / "fixtures" / "reports" / "bench-resnet8-2t.json"
 WATCHED = [ROOT / "models", ROOT / "tests" / "fixtures", ROOT / "docs", ROOT / "edgecls"]
 
 

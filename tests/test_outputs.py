@@ -82,7 +82,7 @@ def test_commands_refuse_a_users_folder_before_any_work(user_folder, sample_bund
         ["export", str(sample_model.out), "--data", str(TINY_ZIP), "--out", str(user_folder)],
         ["optimize", str(sample_model.out), "--data", str(TINY_ZIP), "--out", str(user_folder)],
         ["train", "--data", str(TINY_ZIP), "--arch", "seed_cnn", "--epochs", "1", "--out", str(user_folder)],
-        ["report", str(ROOT / "docs" / "benchmarks" / "resnet8" / "r8-2t.json"), "--out", str(user_folder)],
+        ["report", str(ROOT / "tests" / "fixtures" / "reports" / "bench-resnet8-2t.json"), "--out", str(user_folder)],
         ["bench", str(sample_bundle.out), "--out", str(user_folder / "notes.txt")],
         ["eval", str(sample_model.out), "--data", str(TINY_ZIP), "--out", str(user_folder / "notes.txt")],
         ["pipeline", "--data", str(TINY_ZIP), "--epochs", "1", "--out", str(user_folder)],
