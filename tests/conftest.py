@@ -20,11 +20,20 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+def tool_path(name: str) -> Path:
+    """A maintainer script by name: tools/release/, tools/device/ or experiments/."""
+    for folder in (ROOT / "tools" / "release", ROOT / "tools" / "device", ROOT / "experiments"):
+        if (folder / f"{name}.py").is_file():
+            return folder / f"{name}.py"
+    raise FileNotFoundError(name)
+
+
 def load_tool(name: str):
     """A script of tools/ imported as a module (tools/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    path = tool_path(name)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

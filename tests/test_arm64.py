@@ -1,6 +1,6 @@
 """The runtime on an emulated Raspberry Pi: a Debian 12 arm64 userland under qemu-user with only
 edgecls[runtime] installed runs `predict` and `bench` on the shipped resnet8 bundle, and its outputs match
-this machine's on real held-out images (tools/arm64_check.py does the work; the first run builds and
+this machine's on real held-out images (tools/device/arm64_check.py does the work; the first run builds and
 caches the userland, later runs reuse it)."""
 import json
 import subprocess
@@ -12,7 +12,7 @@ from .conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.arm64]
 
-TOOL = ROOT / "tools" / "arm64_check.py"
+TOOL = ROOT / "tools" / "device" / "arm64_check.py"
 
 
 def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):

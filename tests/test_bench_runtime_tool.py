@@ -1,4 +1,4 @@
-"""tools/bench_runtime.py: the issue's runtime targets over several processes. Timing values are
+"""tools/release/bench_runtime.py: the issue's runtime targets over several processes. Timing values are
 never asserted (they belong to the benchmark); what is checked is the bookkeeping around them."""
 import json
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import ROOT, load_tool
 
-TOOL = ROOT / "tools" / "bench_runtime.py"
+TOOL = ROOT / "tools" / "release" / "bench_runtime.py"
 
 
 @pytest.fixture(scope="module")

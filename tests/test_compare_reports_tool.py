@@ -1,4 +1,4 @@
-"""tools/compare_reports.py: does a fresh bench reproduce a committed report?"""
+"""tools/release/compare_reports.py: does a fresh bench reproduce a committed report?"""
 import json
 
 import pytest

@@ -1,5 +1,5 @@
 """Results that hold on every CPU class: the ONNX int8 scheme, where an artifact was validated, the
-bench's warning when a device departs from it, and the emulated AVX2 class (tools/cpu_class_check.py)."""
+bench's warning when a device departs from it, and the emulated AVX2 class (tools/device/cpu_class_check.py)."""
 import json
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from .conftest import FIXTURES, ROOT, load_tool, run_cli
 
 S8S8 = FIXTURES / "bundles" / "seed_cnn_s8s8"
 SEED = ROOT / "models" / "seed_cnn"
-TOOL = ROOT / "tools" / "cpu_class_check.py"
+TOOL = ROOT / "tools" / "device" / "cpu_class_check.py"
 VNNI_HOST = {"cpu": "Example VNNI CPU", "arch": "x86_64", "cpu_flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"],
              "int8_class": "x86 with VNNI", "runtime": {"onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0"}}
 AVX2_HOST = {"cpu": "Example AVX2 CPU", "arch": "x86_64", "cpu_flags": ["avx2"], "int8_class": "x86 AVX2 without VNNI",

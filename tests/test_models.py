@@ -47,7 +47,7 @@ def test_shipped_bundle_is_complete_and_intact(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_report_matches_the_manifest(name):
     """The bench report beside each bundle measured the same files, and the same accuracy as the
-    export validation on the same 10,000 images (tools/check_model_targets.py checks the targets)."""
+    export validation on the same 10,000 images (tools/release/check_model_targets.py checks the targets)."""
     folder = MODELS / name
     bundle = load_bundle(folder)
     rows = {v["name"]: v for v in json.loads((folder / "report.json").read_text())["variants"]}

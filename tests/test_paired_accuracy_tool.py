@@ -1,4 +1,4 @@
-"""tools/paired_accuracy.py: the paired (McNemar) comparison of two models on the same images."""
+"""tools/release/paired_accuracy.py: the paired (McNemar) comparison of two models on the same images."""
 import json
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""tools/recompute_bn.py: the BatchNorm pass sees the stream the run was trained on."""
+"""experiments/recompute_bn.py: the BatchNorm pass sees the stream the run was trained on."""
 import json
 import shutil
 

@@ -168,7 +168,7 @@ def test_remote_bench_errors_are_one_line(sample_bundle, sshd, tmp_path):
 
 
 def test_pi_setup_gives_a_runtime_only_install_that_benches_over_ssh(sample_bundle, sshd, tmp_path):
-    """tools/pi_setup.sh (what a Pi runs) on this machine: a venv with only the runtime extra, no
+    """tools/device/pi_setup.sh (what a Pi runs) on this machine: a venv with only the runtime extra, no
     TensorFlow; then the remote bench uses that venv through the loopback SSH server."""
     from .conftest import ROOT
 
@@ -176,7 +176,7 @@ def test_pi_setup_gives_a_runtime_only_install_that_benches_over_ssh(sample_bund
     env = {**os.environ, "EDGECLS_VENV": str(venv), "EDGECLS_PI_SETUP_ANY_ARCH": "1",
            "EDGECLS_CHECK_MODEL": str(sample_bundle.out), "PYTHON": str(Path(sys.base_prefix) / "bin" / "python3")}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run(["sh", "tools/pi_setup.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(["sh", "tools/device/pi_setup.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     frozen = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True).stdout.lower()
     assert "ai-edge-litert==" in frozen and "onnxruntime==" in frozen and "numpy==" in frozen
@@ -197,7 +197,7 @@ def test_pi_setup_refuses_32_bit_and_other_machines(tmp_path):
     fake.mkdir()
     (fake / "uname").write_text("#!/bin/sh\necho armv7l\n")
     (fake / "uname").chmod(0o755)
-    proc = subprocess.run(["sh", "tools/pi_setup.sh"], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run(["sh", "tools/device/pi_setup.sh"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "EDGECLS_VENV": str(tmp_path / "v")})
     assert proc.returncode == 1 and "no 32-bit ARM wheels" in proc.stderr and "64-bit Raspberry Pi OS" in proc.stderr
     assert not (tmp_path / "v").exists()

@@ -200,7 +200,7 @@ def test_interrupted_distillation_resumes_where_it_stopped(tmp_path, constant_te
 
 
 def test_ensemble_teacher_is_the_mean_of_its_members_and_teaches(tmp_path, trained_tiny):
-    """tools/ensemble_teacher.py: a directory `--teacher` takes whose model averages its members'
+    """tools/release/ensemble_teacher.py: a directory `--teacher` takes whose model averages its members'
     probabilities (a logits member gets a softmax first); a student of two constant teachers that
     agree on one class learns that class."""
     import subprocess
@@ -231,7 +231,7 @@ def test_ensemble_teacher_is_the_mean_of_its_members_and_teaches(tmp_path, train
         save_ensemble_teacher([a, b], tmp_path / "ens")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "ens"]  # nothing half-written
 
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ensemble_teacher.py"), str(a), str(tmp_path / "nope"),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "release" / "ensemble_teacher.py"), str(a), str(tmp_path / "nope"),
                            "--out", str(tmp_path / "e2")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a finished" in proc.stderr
 

@@ -247,7 +247,7 @@ def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConf
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
     if variant == KERAS_ROW:
         env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Under a user-mode CPU emulator (tools/cpu_class_check.py runs x86 under `qemu-x86_64 -cpu
+    # Under a user-mode CPU emulator (tools/device/cpu_class_check.py runs x86 under `qemu-x86_64 -cpu
     # Haswell`) a child started plainly would run natively: EDGECLS_EMULATOR names the prefix.
     prefix = shlex.split(os.environ.get("EDGECLS_EMULATOR", ""))
     proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls.bench.local", payload], capture_output=True, text=True, env=env)

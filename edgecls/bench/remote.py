@@ -10,7 +10,7 @@ On the device, under REMOTE_DIR (relative to the remote home; default .cache/edg
   bundles/<bundle name>/   the bundle; a file whose sha256 is already there is not sent again
   data/<sha256>/           the labelled images (uint8 .npy), prepared here so both machines measure
                            the very same images
-The device needs Python with `edgecls[runtime]` installed (see tools/pi_setup.sh). Only the
+The device needs Python with `edgecls[runtime]` installed (see tools/device/pi_setup.sh). Only the
 runtime runs there: no TensorFlow.
 """
 from __future__ import annotations
@@ -195,7 +195,7 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
     probe = json.loads(ssh.run([remote.python, "-c", _PROBE, rbundle], what="probe").decode().strip().splitlines()[-1])
     if "edgecls" not in probe:
         raise RemoteError(f"{remote.host}: edgecls is not installed for {remote.python} ({probe.get('edgecls_error')}); "
-                          "install it there: pip install 'edgecls[runtime]' (see tools/pi_setup.sh)")
+                          "install it there: pip install 'edgecls[runtime]' (see tools/device/pi_setup.sh)")
 
     # The bundle: manifest, labels, preprocessing and every artifact, minus what is already there.
     names = ["manifest.json", loaded.labels_file, loaded.preprocessing_file]

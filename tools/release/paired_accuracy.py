@@ -1,6 +1,6 @@
 """Is model B really more accurate than model A on the same images? A paired comparison.
 
-    python tools/paired_accuracy.py models/resnet8 runs/kd-int8 --variant tflite_int8 \
+    python tools/release/paired_accuracy.py models/resnet8 runs/kd-int8 --variant tflite_int8 \
         --data ../shared/datasets/cifar10-jpeg.zip
 
 Both models run (through edgecls.runtime, no TensorFlow) on every test image of --data. Two top-1
@@ -12,7 +12,7 @@ A and B are bundle directories (with --variant, or --variant-a/--variant-b) or m
 --tta-a/--tta-b flip run that side with test-time augmentation (edgecls.runtime: each image averaged
 with its mirror image), e.g. a model against itself with and without it:
 
-    python tools/paired_accuracy.py models/resnet8 models/resnet8 --variant tflite_int8 --tta-b flip \
+    python tools/release/paired_accuracy.py models/resnet8 models/resnet8 --variant tflite_int8 --tta-b flip \
         --data ../shared/datasets/cifar10-jpeg.zip
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402

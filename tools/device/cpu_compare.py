@@ -1,5 +1,5 @@
 """Compare a bundle's outputs on two machines (or CPU classes) on the same images: the part of
-tools/arm64_check.py and tools/cpu_class_check.py that judges the results. numpy only."""
+tools/device/arm64_check.py and tools/device/cpu_class_check.py that judges the results. numpy only."""
 from __future__ import annotations
 
 import sys

@@ -2,7 +2,7 @@
 
     edgecls bench models/resnet8 --data ../shared/datasets/cifar10-jpeg.zip --keras --threads 1 --runs 300 \
         --out runs/repro-resnet8.json
-    python tools/compare_reports.py models/resnet8/report.json runs/repro-resnet8.json
+    python tools/release/compare_reports.py models/resnet8/report.json runs/repro-resnet8.json
 
 Accuracy, agreement and file sizes must match (to --accuracy-tolerance points, default 0: the
 runtimes are deterministic on the same images and files); a variant missing from either report, or

@@ -2,8 +2,8 @@
 report test top-1 before and after (what `edgecls train --swa-epochs` does for the averaged
 weights). Writes nothing unless --save is given.
 
-    python tools/recompute_bn.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip
-    python tools/recompute_bn.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip --plain
+    python experiments/recompute_bn.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip
+    python experiments/recompute_bn.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip --plain
 
 The augmented stream is the one the first run was trained on: padded crops and flips, plus the
 cutout and CutMix its train.json records (`--cutout N` / `--cutmix P` override them). --plain feeds
@@ -13,7 +13,7 @@ augmented images.
 Given several runs of the same architecture (e.g. the ends of successive `--init` cycles), it
 averages their weights first and recomputes the statistics of the average:
 
-    python tools/recompute_bn.py runs/ship/resnet8_cut runs/ship/resnet8_c6 --data ../shared/datasets/cifar10-jpeg.zip
+    python experiments/recompute_bn.py runs/ship/resnet8_cut runs/ship/resnet8_c6 --data ../shared/datasets/cifar10-jpeg.zip
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Re-export some variants of a shipped bundle and put them in place of the old ones.
 
-    .venv/bin/python tools/replace_variants.py models/seed_cnn --data ../shared/datasets/cifar10-jpeg.zip \\
+    .venv/bin/python tools/release/replace_variants.py models/seed_cnn --data ../shared/datasets/cifar10-jpeg.zip \\
         --formats onnx_int8 [--onnx-int8-scheme u8s8_rr]
 
 For a change that touches a few variants (an ONNX int8 scheme, say): the bundle's model.keras is
@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

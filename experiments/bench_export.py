@@ -1,6 +1,6 @@
 """Check the optimization/export targets on a trained model and real held-out data.
 
-    python tools/bench_export.py --model runs/full/resnet8 --data ../shared/datasets/cifar10-jpeg.zip \
+    python experiments/bench_export.py --model runs/full/resnet8 --data ../shared/datasets/cifar10-jpeg.zip \
         --out runs/bench-export
 
 1. Exports every variant (75% pruning, QAT, PTQ, ONNX) and validates each on the full test split.

@@ -1,6 +1,6 @@
-"""The BENCHMARKS.md table of one shipped model, from the bench reports tools/ship_model.sh wrote.
+"""The BENCHMARKS.md table of one shipped model, from the bench reports tools/release/ship_model.sh wrote.
 
-    python tools/model_table.py docs/benchmarks/models/resnet8
+    python tools/release/model_table.py docs/benchmarks/models/resnet8
 
 Rows: the Keras fp32 model and every exported variant. Columns: bytes, gzip bytes, top-1 on the
 10,000 JPEG test images and on the 1,017 lossless ones, agreement with the fp32 TFLite model, p50 and
@@ -74,5 +74,5 @@ def table(folder: Path) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python tools/model_table.py docs/benchmarks/models/NAME")
+        sys.exit("usage: python tools/release/model_table.py docs/benchmarks/models/NAME")
     print(table(Path(sys.argv[1])), end="")

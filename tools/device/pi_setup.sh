@@ -2,7 +2,7 @@
 # Set up edgecls's runtime on a Raspberry Pi (Raspberry Pi OS Bookworm 64-bit, Python 3.11).
 # Run it ON the Pi, from a copy of this repository:
 #
-#   git clone <this repository> edgecls && cd edgecls && tools/pi_setup.sh
+#   git clone <this repository> edgecls && cd edgecls && tools/device/pi_setup.sh
 #
 # It installs only the runtime (numpy, Pillow, ai-edge-litert, onnxruntime; no TensorFlow) into a
 # virtualenv (default ~/.venvs/edgecls, or $EDGECLS_VENV), then checks it on the shipped model.
@@ -11,7 +11,7 @@
 #   edgecls bench models/resnet8 --host pi@raspberrypi.local \
 #       --remote-python '~/.venvs/edgecls/bin/python' --out pi.json    (quote the ~: it is the Pi's)
 set -eu
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 VENV=${EDGECLS_VENV:-$HOME/.venvs/edgecls}
 PYTHON=${PYTHON:-python3}
 

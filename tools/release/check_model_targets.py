@@ -1,6 +1,6 @@
-"""Issue targets of the shipped models, checked against their committed reports (never in tests).
+"""Targets of the shipped models (accuracy, size, speed), checked against their committed reports (never in tests).
 
-    python tools/check_model_targets.py
+    python tools/release/check_model_targets.py
 
 - resnet8 int8 TFLite no larger than 100 KB with at least 85% top-1 on the 10,000 CIFAR-10 JPEG
   test images, checked on `tflite_qat_int8` (CHECKED below; BENCHMARKS.md section 5 says why and
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The resnet8 variant the int8 target is checked on. `tflite_int8` (post-training quantization) until
 # session 18; since then `tflite_qat_int8`, as planned and committed before that candidate was
 # measured (BENCHMARKS.md section 5, "Quantization-aware training on the CutMix model").

@@ -1,11 +1,11 @@
 """Make one teacher of several trained models: the mean of their probabilities, written as an
 'edgecls train' directory that `edgecls train --teacher DIR` takes like any other run.
 
-    python tools/ensemble_teacher.py runs/ship/resnet20_teacher_c2 runs/ship/resnet8_kd120 \
+    python tools/release/ensemble_teacher.py runs/ship/resnet20_teacher_c2 runs/ship/resnet8_kd120 \
         --out runs/ship/teacher_ens
 
 The members must know the same classes and take the same preprocessing (runs trained on the same
-data). Measure the ensemble first with tools/ensemble_accuracy.py.
+data). Measure the ensemble first with experiments/ensemble_accuracy.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edgecls.training.distill import save_ensemble_teacher  # noqa: E402

@@ -3,7 +3,7 @@ of every ensemble of them (mean of probabilities), on the real held-out images. 
 from a teacher rarely ends above it, so the best ensemble bounds what distilling from these models
 can give.
 
-    python tools/ensemble_accuracy.py runs/ship/resnet8 runs/ship/resnet8_c2 runs/ship/seed_cnn \
+    python experiments/ensemble_accuracy.py runs/ship/resnet8 runs/ship/resnet8_c2 runs/ship/seed_cnn \
         --data ../shared/datasets/cifar10-jpeg.zip
 
 Each model uses its own preprocessing (`edgecls train` directories).

@@ -1,16 +1,16 @@
 """Run edgecls's runtime on an emulated x86 CPU class and compare it with this machine.
 
-    .venv/bin/python tools/cpu_class_check.py [--bundle models/resnet8 ...] [--cpu Haswell] [--images 500]
-    .venv/bin/python tools/cpu_class_check.py --pytest tests/test_models.py -q    # tests on the emulated class
+    .venv/bin/python tools/device/cpu_class_check.py [--bundle models/resnet8 ...] [--cpu Haswell] [--images 500]
+    .venv/bin/python tools/device/cpu_class_check.py --pytest tests/test_models.py -q    # tests on the emulated class
 
 int8 kernels differ between CPU classes: onnxruntime and XNNPACK pick them from the CPU's features
 (AVX2, AVX-512, VNNI), and for some int8 schemes the results differ too (README "int8 on every
 CPU"). This check runs the same bundle on the same real held-out images twice: here, and under
 `qemu-x86_64-static -cpu Haswell` (an AVX2 CPU without AVX-512 or VNNI: Debian 12's QEMU 7.2
 emulates AVX2 but neither AVX-512 nor VNNI, so the VNNI class is covered only when this machine
-has it), with only the runtime's packages in use (tools/arm64_outputs.py imports edgecls.runtime).
+has it), with only the runtime's packages in use (tools/device/arm64_outputs.py imports edgecls.runtime).
 
-It compares (tools/cpu_compare.py), per variant: top-1 identical on every image, float outputs
+It compares (tools/device/cpu_compare.py), per variant: top-1 identical on every image, float outputs
 within 1e-5 (dynamic-range ones within 1e-2), TFLite int8 raw outputs within one quantization step,
 ONNX int8 outputs within one step; and, per int8 variant on each class, top-1 agreement with its
 fp32 file (with --min-agreement, at least 98%; for a variant without one, QAT say, its agreement
@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from cpu_compare import MIN_AGREEMENT, class_figures, compare, emulation_gate, judge  # noqa: E402
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         images = tmp / "images.npy"
         np.save(images, test.images[keep])
         labels = test.labels[keep]
-        outputs = str(ROOT / "tools" / "arm64_outputs.py")
+        outputs = str(Path(__file__).resolve().parent / "arm64_outputs.py")
         for bundle in bundles:
             name = bundle.resolve().name
             manifest = json.loads((bundle / "manifest.json").read_text())

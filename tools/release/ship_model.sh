@@ -3,8 +3,8 @@
 # and its measured benchmarks (docs/benchmarks/models/<name>/). Every number it writes comes from
 # the commands below, on the real held-out images:
 #
-#   tools/ship_model.sh NAME TRAINED_DIR [export options...]
-#   tools/ship_model.sh resnet8 runs/ship/resnet8 --prune-epochs 5 --qat-epochs 2
+#   tools/release/ship_model.sh NAME TRAINED_DIR [export options...]
+#   tools/release/ship_model.sh resnet8 runs/ship/resnet8 --prune-epochs 5 --qat-epochs 2
 #
 # STEPS=export or STEPS=bench runs only steps 1 or 2-5 (export while other work loads the machine;
 # bench when it is idle: latency measured on a busy machine is not worth shipping).
@@ -15,11 +15,11 @@
 #    in REPEATS processes (default 5) taking turns, so one slow process does not rank the variants;
 # 3. bench on the 1,017 lossless test images of the python-pickle subset;
 # 4. edgecls report over the 1- and 2-thread runs (tables, HTML, PNG plots);
-# 5. the BENCHMARKS.md table (tools/model_table.py).
+# 5. the BENCHMARKS.md table (tools/release/model_table.py).
 set -eu
 [ $# -ge 2 ] || { echo "usage: $0 NAME TRAINED_DIR [export options...]" >&2; exit 2; }
 NAME=$1; TRAINED=$2; shift 2
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 E=${EDGECLS:-.venv/bin/edgecls}
 PY=${PYTHON:-.venv/bin/python}
@@ -43,7 +43,7 @@ if [ "$STEPS" != bench ]; then
     # OMIT="variant ..." leaves validated variants out (manifest keeps their record under "omitted");
     # KERAS=0 leaves model.keras out. Both only to keep a bundle under 3 MB.
     for v in ${OMIT:-}; do
-        "$PY" -c "import sys; from edgecls.bundle import omit_artifact; omit_artifact(sys.argv[1], sys.argv[2], 'left out of the shipped bundle to keep it under 3 MB; re-export with tools/ship_model.sh to get it')" "$OUT.new" "$v"
+        "$PY" -c "import sys; from edgecls.bundle import omit_artifact; omit_artifact(sys.argv[1], sys.argv[2], 'left out of the shipped bundle to keep it under 3 MB; re-export with tools/release/ship_model.sh to get it')" "$OUT.new" "$v"
     done
     if [ "${KERAS:-1}" = 1 ]; then  # loaded uncompiled, so saved without optimizer state
         "$PY" -c "import sys; from edgecls.modelio import load_keras_model, save_model_file; save_model_file(load_keras_model(sys.argv[1]), sys.argv[2])" \
@@ -67,5 +67,5 @@ echo "[4/5] report"
 "$E" report "$DOCS/bench-1thread.json" "$DOCS/bench-2threads.json" --out "$DOCS/report" > /dev/null
 
 echo "[5/5] table"
-"$PY" tools/model_table.py "$DOCS" | tee "$DOCS/table.md"
+"$PY" tools/release/model_table.py "$DOCS" | tee "$DOCS/table.md"
 du -sh "$OUT"

@@ -1,6 +1,6 @@
 """Build the built-in CIFAR-10 sample and the test fixtures from the real data in ../shared/datasets.
 
-    python tools/make_sample.py --src ../shared/datasets
+    python tools/release/make_sample.py --src ../shared/datasets
 
 Writes edgecls/data/cifar10_sample.zip (200 train + 100 test JPEGs per class, the first files of
 each class folder of cifar10-jpeg.zip, bytes copied unchanged), tests/fixtures/cifar10_tiny.zip
@@ -15,7 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edgecls.data.cifar import safe_load_pickle  # noqa: E402

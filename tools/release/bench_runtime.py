@@ -1,6 +1,6 @@
-"""Runtime overhead and repeatability on one real image (issue targets, never a timed test).
+"""Runtime overhead and repeatability on one real image (the runtime targets; never a timed test).
 
-    python tools/bench_runtime.py --bundle runs/bench-export/bundle --keras runs/full/resnet8 \
+    python tools/release/bench_runtime.py --bundle runs/bench-export/bundle --keras runs/full/resnet8 \
         --out runs/bench-runtime
 
 Measures, single thread, same process, on the same preprocessed tensor of one held-out image:
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402

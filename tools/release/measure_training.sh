@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure epoch time and images/s of every zoo model on full CIFAR-10 (JPEG), and train resnet8
 # long enough to quote its test accuracy. Results: runs/full/<arch>/train.json.
-#   tools/measure_training.sh [DATA] [RESNET8_EPOCHS]
+#   tools/release/measure_training.sh [DATA] [RESNET8_EPOCHS]
 set -euo pipefail
 DATA=${1:-../shared/datasets/cifar10-jpeg.zip}
 EPOCHS=${2:-30}

@@ -1,6 +1,6 @@
 """Run edgecls's runtime on an emulated Raspberry Pi and compare it with this machine.
 
-    sudo .venv/bin/python tools/arm64_check.py [--bundle models/resnet8 ...] [--cpu cortex-a72] [--images 200]
+    sudo .venv/bin/python tools/device/arm64_check.py [--bundle models/resnet8 ...] [--cpu cortex-a72] [--images 200]
 
 What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for qemu-user):
 1. once, builds and caches a Debian 12 (bookworm) arm64 userland with Python 3.11 from Debian's
@@ -14,8 +14,8 @@ What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for q
    crash on those under emulation; with no /sys at all XNNPACK stays off and LiteRT runs other
    int8 kernels than a Pi does, whose outputs differ from XNNPACK's by several steps);
 3. runs `edgecls predict` and `edgecls bench` (on at most 300 images) in the userland on each
-   bundle, and tools/arm64_outputs.py both there and here on the same real held-out images;
-4. compares (tools/cpu_compare.py): float outputs within 1e-5 (dynamic-range ones within 1e-2),
+   bundle, and tools/device/arm64_outputs.py both there and here on the same real held-out images;
+4. compares (tools/device/cpu_compare.py): float outputs within 1e-5 (dynamic-range ones within 1e-2),
    TFLite int8 raw outputs within one quantization step, ONNX int8 outputs within 4 steps
    (onnxruntime's int8 kernels differ across the two architectures), top-1 identical on every
    image, and with --min-agreement every int8 variant's top-1 agreement with its fp32 model at
@@ -34,12 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_compare import MIN_AGREEMENT, class_figures, compare, emulation_gate, judge  # noqa: E402
 
 # The emulated bench shows the runtime runs there and raises no warning (edgecls.bench.crosscheck); its
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     np.save(work / "images.npy", test.images[keep])
-    shutil.copy(ROOT / "tools" / "arm64_outputs.py", work / "arm64_outputs.py")
+    shutil.copy(Path(__file__).resolve().parent / "arm64_outputs.py", work / "arm64_outputs.py")
     from PIL import Image
 
     image_files = []
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         chroot(root, args.cpu, f"{VENV}/bin/edgecls", "--quiet", "bench", inner, "--data", "cifar10-sample",
                "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", str(args.runs), "--warmup", "3", "--out", report_inner)
         host_npz = work / f"{name}-x86.npz"
-        subprocess.run([sys.executable, str(ROOT / "tools" / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
                         str(host_npz)], check=True, capture_output=True)
         manifest = json.loads((bundle / "manifest.json").read_text())
         host_out, arm_out = np.load(host_npz), np.load(work / f"{name}-arm64.npz")

@@ -3,7 +3,7 @@ one shot (each layer by weight magnitude to its allocated sparsity), recompute t
 statistics on training images (the pruned weights change every layer's activation statistics),
 and measure top-1 on other training images: no test image is used for this design question.
 
-    python tools/prune_allocation.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip \
+    python experiments/prune_allocation.py runs/ship/resnet8_c2 --data ../shared/datasets/cifar10-jpeg.zip \
         --sparsity 0.5 0.75
 
 Allocations compared: "uniform" (every layer to the sparsity, as `edgecls export` prunes by

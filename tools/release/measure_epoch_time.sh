@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Epoch time and training images/s of every zoo model on full CIFAR-10 (JPEG), 2 epochs each
 # (the first includes graph tracing). Run on an idle machine. Prints one line per model.
-#   tools/measure_epoch_time.sh [DATA] [OUT]
+#   tools/release/measure_epoch_time.sh [DATA] [OUT]
 set -euo pipefail
 DATA=${1:-../shared/datasets/cifar10-jpeg.zip}
 OUT=${2:-runs/timing}

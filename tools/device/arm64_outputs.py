@@ -1,6 +1,6 @@
 """Outputs of every variant of a bundle on a set of images, for comparing two machines.
 
-    python tools/arm64_outputs.py BUNDLE IMAGES.npy OUT.npz
+    python tools/device/arm64_outputs.py BUNDLE IMAGES.npy OUT.npz
 
 Writes, per variant, the model's raw output tensor (int8 for an int8 model, float otherwise) and the
 runtime's probabilities. Imports only edgecls.runtime (no TensorFlow): it runs in the arm64 userland.
