@@ -1,0 +1,42 @@
+"""The report as one self-contained HTML page (plots embedded)."""
+from __future__ import annotations
+
+import base64
+import html
+
+from .model import device_label
+from .tables import fmt, status
+
+
+def html_page(report, plots: dict[str, bytes] | None = None) -> str:
+    plots = report.plots() if plots is None else plots
+    multi = len(report.devices) > 1
+    cols = report.columns
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    body = []
+    front = set(report.pareto())
+    for row in report.rows:
+        cells = [fmt(k, row.get(k)) for k, _ in cols]
+        cells[-1] = status(row)
+        cls = ' class="front"' if row["name"] in front and row["device"] == report.devices[0] else ""
+        cls = ' class="warning"' if row.get("warning") else cls
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    imgs = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
+    hosts = "".join(f"<li>{html.escape(device_label(r['host'], r.get('settings')))}: {html.escape(r['host'].get('os', ''))}, "
+                    f"{r['host'].get('cores')} cores, Python {html.escape(str(r['host'].get('python')))}, threads "
+                    f"{r.get('settings', {}).get('threads')}, data {html.escape(str(r.get('data')))}</li>" for r in report.reports)
+    comparison = f"<pre>{html.escape(report.device_comparison_markdown())}</pre>" if multi else ""
+    warned = ("<h2>Warnings</h2><p>A variant measured here departs from its validation at export:</p><ul>"
+              + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings()) + "</ul>") if report.warnings() else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>edgecls report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(-n+3){{text-align:left}}tr.front{{background:#eef7ee}}tr.warning{{background:#fdecea}}
+figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
+<body><h1>edgecls report</h1><ul>{hosts}</ul>
+<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+{warned}<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(report.pareto()))}.</p>
+{comparison}{imgs}</body></html>
+"""

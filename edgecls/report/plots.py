@@ -1,0 +1,116 @@
+"""The report's plots (PNG bytes): accuracy against latency with the Pareto front, sizes, the
+confusion matrix of the most accurate variant, latency per device. Needs matplotlib (Agg backend)."""
+from __future__ import annotations
+
+import io
+
+def plots(report) -> dict[str, bytes]:
+    """PNG plots by file name."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    out = {}
+    ok = [r for r in report.rows if r.get("status") == "ok"]
+    if not ok:
+        return out
+    scale = latency_scale(r.get("p50") for r in ok)  # one latency axis for both latency plots
+    # Accuracy against latency, Pareto front marked, one marker style per device.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, device in enumerate(report.devices):
+        pts = [r for r in ok if r["device"] == device and r.get("accuracy") is not None and r.get("p50") is not None]
+        if not pts:
+            continue
+        front = set(report.pareto(device))
+        ax.scatter([r["p50"] for r in pts], [r["accuracy"] for r in pts], marker="os^D"[i % 4], label=device[:60])
+        # Names on the first device's points only: a variant scores the same on every device,
+        # so its other points sit level with the named one, and doubled names overlap.
+        for r in pts if i == 0 else ():
+            ax.annotate(r["name"], (r["p50"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
+        ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
+                label=f"Pareto front: {device[:60]}")
+    ax.set_xscale(scale)
+    ax.set_xlabel("batch-1 latency p50 (ms)" + (", log scale" if scale == "log" else ""))
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Accuracy against latency")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out["accuracy_vs_latency.png"] = _png(fig, plt)
+    # Sizes.
+    first = [r for r in ok if r["device"] == report.devices[0]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(first))
+    ax.bar([x - 0.2 for x in xs], [r["size_bytes"] / 1024 for r in first], width=0.4, label="bytes")
+    ax.bar([x + 0.2 for x in xs], [r["size_gzip_bytes"] / 1024 for r in first], width=0.4, label="gzip bytes")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["name"] for r in first], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("KiB")
+    ax.set_title("Artifact size")
+    ax.legend()
+    fig.tight_layout()
+    out["sizes.png"] = _png(fig, plt)
+    # Confusion matrix of the most accurate variant.
+    with_cm = [r for r in first if r.get("confusion")]
+    if with_cm:
+        best = max(with_cm, key=lambda r: r["accuracy"])
+        import numpy as np
+
+        cm = np.array(best["confusion"], dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        labels = list(best["per_class"]) if best.get("per_class") else [str(i) for i in range(len(cm))]
+        fig, ax = plt.subplots(figsize=(6, 5.5))
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)))
+        ax.set_yticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticklabels(labels, fontsize=7)
+        for i in range(len(cm)):
+            for j in range(len(cm)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Confusion matrix: {best['name']}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        out["confusion.png"] = _png(fig, plt)
+    if len(report.devices) > 1:
+        names = [r["name"] for r in first]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / len(report.devices)
+        for i, device in enumerate(report.devices):
+            by = {r["name"]: r.get("p50") for r in ok if r["device"] == device}
+            # A variant a device did not measure is a gap, not a zero.
+            ax.bar([x + i * width for x in range(len(names))], [by.get(n) or float("nan") for n in names],
+                   width=width, label=device[:50])
+        ax.set_xticks([x + width * (len(report.devices) - 1) / 2 for x in range(len(names))])
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_yscale(scale)
+        ax.set_ylabel("p50 ms (batch 1)" + (", log scale" if scale == "log" else ""))
+        ax.set_title("Latency per device")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out["devices.png"] = _png(fig, plt)
+    return out
+
+# -- HTML and writing -------------------------------------------------------------------------
+
+
+def latency_scale(latencies, spread: float = 20.0) -> str:
+    """"log" when the measured latencies span more than `spread` times (a Keras row beside the
+    runtime's variants is 20-100x slower and would flatten every other bar), else "linear"."""
+    values = [v for v in latencies if isinstance(v, (int, float)) and v > 0]
+    if len(values) < 2:
+        return "linear"
+    return "log" if max(values) / min(values) > spread else "linear"
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,101 @@
+"""The report's tables: Markdown (one device, or several side by side) and CSV."""
+from __future__ import annotations
+
+import csv
+import io
+
+from .model import COLUMNS
+
+
+def fmt(key, value) -> str:
+    if value is None or value == "":
+        return "-"
+    if key in ("size_bytes", "size_gzip_bytes"):
+        return f"{int(value):,}"
+    if key in ("accuracy", "agreement"):
+        return f"{value:.4f}"
+    if key == "sparsity":
+        return f"{value:.2f}"
+    if key in ("p50", "p99", "load_ms"):
+        return f"{value:.3f}"
+    if key == "p50_range":
+        return f"{value[0]:.3f}-{value[1]:.3f}"
+    if key in ("throughput_ips", "peak_rss_mb"):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def status(row) -> str:
+    """The status cell: the error of a failed row, the warning of a row that departs from its
+    validation at export (edgecls.bench.crosscheck)."""
+    if row.get("status") != "ok" and row.get("error"):
+        return f"{row['status']}: {row['error']}"
+    if row.get("warning"):
+        return f"warning: {row['warning']}"
+    return str(row.get("status") or "-")
+
+
+def markdown(report) -> str:
+    multi = len(report.devices) > 1
+    cols = report.columns
+    lines = []
+    if not multi:
+        r = report.reports[0]
+        s = r.get("settings", {})
+        rounds = s.get("repeats") or 1
+        lines.append(f"Device: {report.devices[0]}; {r['host'].get('cores')} cores; batch-1 latency of "
+                     f"runner.predict over {s.get('runs')} runs after {s.get('warmup')} warm-up"
+                     + (f" in each of {rounds} processes per variant (p50 of the median one)" if rounds > 1 else "") + "; "
+                     f"throughput at batch {s.get('batch')}; data {r.get('data')}")
+        lines.append("")
+    lines.append("| " + " | ".join(h for _, h in cols) + " |")
+    lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
+    for row in report.rows:
+        cells = [fmt(k, row.get(k)) for k, _ in cols]
+        cells[-1] = status(row)
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    warnings = report.warnings()
+    if warnings:
+        lines += ["", "Warnings (a variant measured here departs from its validation at export):"]
+        lines += [f"- {w}" for w in warnings]
+    front = report.pareto()
+    if front:
+        lines += ["", "Pareto front (no other variant is both faster and more accurate): " + ", ".join(front)]
+    if multi:
+        lines += ["", report.device_comparison_markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def device_comparison_markdown(report) -> str:
+    devices = report.devices
+    base = devices[0]
+    by = {(r["device"], r["name"]): r for r in report.rows if r.get("status") == "ok"}
+    names = []
+    for r in report.rows:
+        if r["name"] not in names:
+            names.append(r["name"])
+    head = "| variant | " + " | ".join(f"p50 ms on {d}" for d in devices) + " | " + \
+           " | ".join(f"ratio {d} / {base}" for d in devices[1:]) + " |"
+    lines = ["Per-device batch-1 latency (p50):", "", head, "|---|" + "---:|" * (2 * len(devices) - 1)]
+    for n in names:
+        vals = [by.get((d, n), {}).get("p50") for d in devices]
+        ratios = [(f"{v / vals[0]:.2f}" if v and vals[0] else "-") for v in vals[1:]]
+        lines.append(f"| {n} | " + " | ".join(fmt("p50", v) for v in vals) + " | " + " | ".join(ratios) + " |")
+    lines.append("")
+    for d in devices:
+        ok = [r for r in report.rows if r["device"] == d and r.get("status") == "ok" and r.get("p50") is not None]
+        if ok:
+            best = min(ok, key=lambda r: r["p50"])
+            lines.append(f"Fastest on {d}: {best['name']} ({best['p50']:.3f} ms)")
+    return "\n".join(lines)
+
+
+def csv_text(report) -> str:
+    buf = io.StringIO()
+    shown = {k for k, _ in report.columns} | {"device"}
+    keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error", "warning"]
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow({k: fmt(k, row.get(k)) if k == "p50_range" else row.get(k) for k in keys})
+    return buf.getvalue()
