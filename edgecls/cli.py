@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgecls", description="Small image classifiers from training to edge devices.")
     parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", dest="native_logs", action="store_true",
+                        help="also show what TensorFlow, absl and the converters log (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("zoo", help="list the model zoo with parameters and MACs")
@@ -427,8 +429,10 @@ def main(argv=None) -> int:
     # Root at WARNING keeps TensorFlow's own INFO chatter out; edgecls reports progress at INFO.
     logging.basicConfig(level=logging.WARNING, format="edgecls: %(levelname)s: %(message)s")
     logging.getLogger("edgecls").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    for noisy in ("tensorflow", "tf2onnx", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.native_logs:
+        os.environ["EDGECLS_NATIVE_LOGS"] = "1"
+    for noisy in ("tensorflow", "tf2onnx", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.native_logs else logging.ERROR)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
             signal.signal(sig, _interrupt)

@@ -60,6 +60,10 @@ def test_h5_classifier_exports_with_cli_preprocessing(h5_model, tmp_path):
     spec = json.loads((out / "preprocessing.json").read_text())
     assert spec["input_size"] == [32, 32] and spec["scale"] == pytest.approx(1 / 255)
     assert "tflite_pruned_int8" in proc.stdout and "4 of 4 variants validated" in proc.stdout
+    # A quiet CLI: TensorFlow's, absl's and the converters' native chatter stays hidden without --verbose.
+    import re
+
+    assert not re.search(r"^[IWEF]\d{4} |XNNPACK delegate|fully_quantize|All log messages before absl", proc.stderr, re.M), proc.stderr
 
 
 def test_user_model_without_labels_uses_class_indices(h5_model):

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .._deps import keras, tensorflow
+from .._deps import keras, optional, tensorflow
 from ..data import Dataset
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
@@ -47,9 +47,7 @@ def lamp_allocation(model, sparsity: float, skip_layers=()) -> dict[str, float]:
 
 def _tfmot():
     tensorflow()
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot
+    return optional("tensorflow_model_optimization")
 
 
 def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.5, epochs: int = 2,

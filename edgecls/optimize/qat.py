@@ -5,13 +5,13 @@ import re
 
 import numpy as np
 
-from .._deps import tensorflow
 from ..data import Dataset, calibration_subset
 from ..errors import ConfigError, ModelError, first_line
 from ..modelio import all_layers
 from ..preprocess import PreprocessingSpec
 from ..training.distill import Distillation
 from .common import Optimized, fine_tune, layer_sparsity
+from .prune import _tfmot
 
 
 def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int = 1, batch_size: int = 128,
@@ -26,8 +26,7 @@ def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int
     fine-tunes against a teacher's soft outputs too (usually the float model before any compression)."""
     if epochs < 1:
         raise ConfigError(f"QAT needs at least one fine-tuning epoch, got {epochs}")
-    tensorflow()
-    import tensorflow_model_optimization as tfmot
+    tfmot = _tfmot()
 
     qk = tfmot.quantization.keras
     try:

@@ -55,9 +55,12 @@ class TFLiteBackend:
     def __init__(self, path: str | Path, threads: int | None = None):
         path = Path(path)
         Interpreter, self.package = tflite_interpreter_class()
+        from .._deps import native_logs_hidden
+
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with native_logs_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: not a loadable TFLite model ({first_line(exc)})") from None
         self.path = path

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..._deps import tensorflow
+from ..._deps import optional, tensorflow
 from ...config import ExportConfig
-from ...errors import ConfigError, DependencyError, ExportError, first_line
+from ...errors import ConfigError, ExportError, first_line
 from .base import Format
 
 DEFAULT_OPSET = 17
@@ -43,11 +43,7 @@ INPUT_NAME = "input"
 
 def _tf2onnx():
     tensorflow()
-    try:
-        import tf2onnx
-    except ImportError:
-        raise DependencyError("tf2onnx is not installed; install the training extra: pip install 'edgecls[train]'") from None
-    return tf2onnx
+    return optional("tf2onnx")
 
 
 def convert_fp32(model, opset: int = DEFAULT_OPSET, nchw: bool = False) -> bytes:

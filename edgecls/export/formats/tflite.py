@@ -62,8 +62,10 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
         if int8_io:
             converter.inference_input_type = tf.uint8 if uint8_input else tf.int8
             converter.inference_output_type = tf.float32 if float_output else tf.int8
+    from ..._deps import native_logs_hidden
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_logs_hidden():
             # "Statistics for quantized inputs were expected": int8 input ranges come from the
             # representative data (PTQ) or the fake-quant nodes (QAT), as intended.
             warnings.simplefilter("ignore", UserWarning)
