@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import ONNX_INT8_SCHEMES, ExportConfig
+from .config import ONNX_INT8_SCHEMES, ExportConfig, TrainConfig
+
+E, T = ExportConfig, TrainConfig  # every default is read from the stage's config
 from .errors import EdgeclsError, Interrupted, first_line
 
 log = logging.getLogger("edgecls")
@@ -232,35 +234,35 @@ def _add_preprocessing_options(p):
 
 def _add_model_options(p):
     p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
-    p.add_argument("--data", default="cifar10-sample", help="labelled data: calibration from its train split, validation on its test split")
+    p.add_argument("--data", default=T.data, help="labelled data: calibration from its train split, validation on its test split")
     p.add_argument("--out", required=True, help="output directory")
     _add_preprocessing_options(p)
-    p.add_argument("--sparsity", type=float, default=0.5, help="pruning target sparsity in (0, 1); default 0.5")
+    p.add_argument("--sparsity", type=float, default=E.sparsity, help=f"pruning target sparsity in (0, 1); default {E.sparsity}")
     from .config import SPARSITY_ALLOCATIONS
 
-    p.add_argument("--sparsity-allocation", choices=SPARSITY_ALLOCATIONS, default="uniform",
+    p.add_argument("--sparsity-allocation", choices=SPARSITY_ALLOCATIONS, default=E.sparsity_allocation,
                    help="'uniform' (default): every pruned layer to --sparsity; 'lamp': per-layer sparsities from "
                         "layer-adaptive magnitude scores of the trained weights (large layers lose more, small ones "
                         "less), the pruned layers together at --sparsity")
     p.add_argument("--structured-2x4", action="store_true", help="2:4 structured sparsity instead of unstructured")
     p.add_argument("--skip-layers", nargs="+", help="layers to leave unpruned")
-    p.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs while pruning")
-    p.add_argument("--prune-lr", type=float, default=0.01, help="peak learning rate of the pruning fine-tune (cosine decay)")
-    p.add_argument("--qat-epochs", type=int, default=1, help="quantization-aware fine-tuning epochs")
-    p.add_argument("--qat-lr", type=float, default=0.005, help="peak learning rate of the QAT fine-tune (cosine decay)")
+    p.add_argument("--prune-epochs", type=int, default=E.prune_epochs, help=f"fine-tuning epochs while pruning (default {E.prune_epochs})")
+    p.add_argument("--prune-lr", type=float, default=E.prune_learning_rate, help=f"peak learning rate of the pruning fine-tune (cosine decay; default {E.prune_learning_rate})")
+    p.add_argument("--qat-epochs", type=int, default=E.qat_epochs, help=f"quantization-aware fine-tuning epochs (default {E.qat_epochs})")
+    p.add_argument("--qat-lr", type=float, default=E.qat_learning_rate, help=f"peak learning rate of the QAT fine-tune (cosine decay; default {E.qat_learning_rate})")
     p.add_argument("--no-qat-calibration", action="store_true",
                    help="start QAT from tfmot's initial activation ranges [-6, 6] instead of ranges calibrated on "
-                        "the representative images (for comparison; costs about a point on resnet8)")
+                        "the representative images (for comparison)")
     p.add_argument("--distill", action="store_true",
                    help="pruning and QAT fine-tunes also learn the original model's softened outputs (knowledge "
                         "distillation from the uncompressed model; slower per epoch, recovers more accuracy)")
-    p.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
-    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of distillation (default 4)")
-    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
-    p.add_argument("--calibration-count", type=int, default=300, help="representative training images for int8")
-    p.add_argument("--calibration-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0)
+    p.add_argument("--distill-alpha", type=float, default=E.distill_alpha, help=f"weight of the distillation term (default {E.distill_alpha})")
+    p.add_argument("--distill-temperature", type=float, default=E.distill_temperature, help=f"softmax temperature of distillation (default {E.distill_temperature:g})")
+    p.add_argument("--batch-size", type=int, default=E.fine_tune_batch_size, help=f"fine-tuning batch size (default {E.fine_tune_batch_size})")
+    p.add_argument("--calibration-count", type=int, default=E.calibration_count, help=f"representative training images for int8 (default {E.calibration_count})")
+    p.add_argument("--calibration-seed", type=int, default=E.calibration_seed)
+    p.add_argument("--seed", type=int, default=E.seed)
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=E.verbose)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -271,7 +273,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import inspect
+
+    from .bench import BenchConfig as B
+    from .bench.remote import RemoteConfig as R
+    from .pipeline import run_pipeline
     from .runtime import TTA_MODES
+
+    P = {k: v.default for k, v in inspect.signature(run_pipeline).parameters.items()}
 
     parser = _Parser(prog="edgecls", description="Small image classifiers from training to edge devices.")
     parser.add_argument("--version", action="version", version=f"edgecls {__version__}")
@@ -287,40 +296,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_zoo)
 
     p = sub.add_parser("train", help="train a zoo model")
-    p.add_argument("--data", default="cifar10-sample",
+    p.add_argument("--data", default=T.data,
                    help="image folder, .zip of one, cifar-10-batches-py folder, 'cifar10' or 'cifar10-sample' (default)")
-    p.add_argument("--arch", default="resnet8", help="zoo model name (see 'edgecls zoo'); default resnet8")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--arch", default=T.arch, help=f"zoo model name (see 'edgecls zoo'); default {T.arch}")
+    p.add_argument("--epochs", type=int, default=T.epochs)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--recipe", default="edgecls", choices=("edgecls", "tutorial"),
+    p.add_argument("--batch-size", type=int, default=T.batch_size)
+    p.add_argument("--recipe", default=T.recipe, choices=("edgecls", "tutorial"),
                    help="'edgecls' (default, augmented SGD+cosine) or 'tutorial' (plain Adam baseline)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 x batch/128 for SGD)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=T.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=T.label_smoothing)
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
-    p.add_argument("--cutout", type=int, default=0, metavar="N",
+    p.add_argument("--cutout", type=int, default=T.cutout, metavar="N",
                    help="also blank one random N x N square of each training image (cutout; 0: off, the default)")
-    p.add_argument("--cutmix", type=float, default=0.0, metavar="P",
+    p.add_argument("--cutmix", type=float, default=T.cutmix, metavar="P",
                    help="CutMix: with probability P per batch, paste a random box from another image of the batch "
                         "into each image and mix the labels by its area (0: off, the default; the paper's CIFAR "
                         "setting is 0.5)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
-    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0: off)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=T.val_fraction, help="share of training images held out for validation")
+    p.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--image-size", type=int, default=T.image_size)
+    p.add_argument("--seed", type=int, default=T.seed)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--init", metavar="TRAINED_DIR", default=None,
                    help="start from the weights of a finished 'edgecls train' run (same arch and classes) "
                         "with a new learning-rate cycle; its preprocessing is kept")
-    p.add_argument("--swa-epochs", type=int, default=0, metavar="N",
+    p.add_argument("--swa-epochs", type=int, default=T.swa_epochs, metavar="N",
                    help="stochastic weight averaging: train the last N epochs at a constant rate, average their "
                         "weights, recompute BatchNorm statistics (default 0: off; early stopping is off with it)")
     p.add_argument("--swa-lr", type=float, default=None, help="learning rate of the averaging epochs (default: half the peak --lr)")
     p.add_argument("--teacher", metavar="TRAINED_DIR", default=None,
                    help="knowledge distillation: also learn the soft outputs of this finished 'edgecls train' run "
                         "(same classes and image size; usually a larger model, e.g. resnet20); slower per epoch")
-    p.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the teacher's term in the loss (default 0.9)")
+    p.add_argument("--distill-alpha", type=float, default=T.distill_alpha, help=f"weight of the teacher's term in the loss (default {T.distill_alpha})")
     p.add_argument("--distill-temperature", type=float, default=None,
                    help="softmax temperature of distillation (default: 1 for a teacher trained with label smoothing, "
                         "as edgecls's recipe trains, else 4)")
@@ -329,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="top-1, per-class accuracy and confusion matrix of a trained model")
     p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
-    p.add_argument("--data", default="cifar10-sample")
+    p.add_argument("--data", default=T.data)
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
     _add_preprocessing_options(p)
@@ -344,19 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--formats", nargs="+", help="variants or groups (all, tflite, onnx, int8, float); default all")
     p.add_argument("--float-io", action="store_true", help="int8 TFLite models take and return float32 instead of int8")
-    p.add_argument("--int8-weights", default="per-channel", choices=("per-channel", "per-tensor"),
+    p.add_argument("--int8-weights", default=E.int8_weights, choices=("per-channel", "per-tensor"),
                    help="weight scales of int8 PTQ TFLite models: per-channel (default, accurate) or per-tensor "
                         "(smaller file; check the accuracy it reports)")
     p.add_argument("--strip-names", action="store_true",
                    help="drop tensor names and signatures from TFLite files (smaller; the runtime does not need them)")
-    p.add_argument("--onnx-int8", default="ort_qdq", choices=("ort_qdq", "tflite"),
+    p.add_argument("--onnx-int8", default=E.onnx_int8_method, choices=("ort_qdq", "tflite"),
                    help="ONNX int8 route: onnxruntime static QDQ (default) or tf2onnx from the int8 TFLite")
-    p.add_argument("--onnx-int8-scheme", default=ExportConfig.onnx_int8_scheme, choices=ONNX_INT8_SCHEMES,
+    p.add_argument("--onnx-int8-scheme", default=E.onnx_int8_scheme, choices=ONNX_INT8_SCHEMES,
                    help="ONNX QDQ types: u8s8_rr (default: uint8 activations, 7-bit weights, the same outputs on "
                         "every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 (exact only on x86 with VNNI "
                         "and on arm64)")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")
     p.set_defaults(func=_cmd_export)
 
@@ -376,11 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--data", help="labelled data for accuracy (default: the built-in CIFAR-10 sample for CIFAR-10 models)")
     p.add_argument("--variants", nargs="+", help="variants to run (default: all validated)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per variant")
-    p.add_argument("--batch", type=int, default=32, help="batch size for the throughput measurement")
-    p.add_argument("--repeats", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=int, default=B.threads, help=f"inference threads (default {B.threads})")
+    p.add_argument("--warmup", type=int, default=B.warmup)
+    p.add_argument("--runs", type=int, default=B.runs, help=f"timed batch-1 calls per variant (default {B.runs})")
+    p.add_argument("--batch", type=int, default=B.batch, help=f"batch size for the throughput measurement (default {B.batch})")
+    p.add_argument("--repeats", type=int, default=B.repeats, metavar="N",
                    help="measure each variant in N fresh processes, the variants taking turns; report the median "
                         "round's latency and every round's p50 (default 1)")
     p.add_argument("--max-images", type=int, help="use at most this many labelled images")
@@ -391,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "with its mirror image (twice the inference per image)")
     p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "
                                   "and the images, benches there, brings the report back")
-    p.add_argument("--remote-python", default="python3", help="Python with edgecls[runtime] on the device (default python3)")
-    p.add_argument("--remote-dir", default=".cache/edgecls/remote", help="working folder on the device, relative to its home")
+    p.add_argument("--remote-python", default=R.python, help=f"Python with edgecls[runtime] on the device (default {R.python})")
+    p.add_argument("--remote-dir", default=R.remote_dir, help="working folder on the device, relative to its home")
     p.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
     p.add_argument("--prepared-data", help=argparse.SUPPRESS)  # labelled .npy images sent by a remote bench
     p.add_argument("--out", required=True, help="report JSON file")
@@ -405,15 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="train, export (validated), bench and report in one go")
     p.add_argument("--data", help="training/evaluation data (default: the built-in CIFAR-10 sample)")
-    p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
-    p.add_argument("--arch", default="resnet8")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--out", default=P["out"], help=f"output directory (default {P['out']})")
+    p.add_argument("--arch", default=P["arch"])
+    p.add_argument("--epochs", type=int, default=P["epochs"])
     p.add_argument("--model", help="skip training: start from this trained model (default with no --data: the "
                                    "shipped models/<arch> when there is one)")
     p.add_argument("--train", action="store_true", help="train a new model even when a shipped one exists")
     p.add_argument("--formats", nargs="+", help="variants to export (default all)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per variant")
+    p.add_argument("--threads", type=int, default=P["threads"])
+    p.add_argument("--runs", type=int, default=P["runs"], help="timed batch-1 calls per variant")
     p.set_defaults(func=_cmd_pipeline)
     return parser
 

@@ -123,8 +123,7 @@ def _apply_average(model, average, config: TrainConfig, x_train, y_train, spec, 
 
     The pass sees the images as training did (augmented when training was): the layers after each
     BatchNorm learned with batch statistics of augmented images, and the padded crops' black
-    borders move the early layers' statistics a lot. Statistics of unaugmented images took the
-    shipped resnet8 from 83.92% to 79.45% (experiments/recompute_bn.py; BENCHMARKS.md section 5)."""
+    borders move the early layers' statistics a lot (experiments/recompute_bn.py compares both)."""
     from ..data.pipeline import make_dataset
     from .swa import recompute_batch_norm
 

@@ -10,7 +10,7 @@ FLOAT_TOL = 1e-5
 # onnxruntime's int8 (QDQ) kernels are not bit-exact between x86 and arm64: the resnet8 bundles'
 # onnx_int8 came out 0, 3, 4 and 3 output steps apart (the 100-, 185-, 345- and 445-epoch models; at most 2%
 # of outputs, top-1 identical on every image; this x86 host has VNNI, so it is not the u8s8
-# saturation of AVX2-only CPUs; BENCHMARKS.md section 6). LiteRT's XNNPACK int8 kernels stay within one step.
+# saturation of AVX2-only CPUs; BENCHMARKS.md, the emulated Pi). LiteRT's XNNPACK int8 kernels stay within one step.
 ORT_INT8_STEPS = 4
 # The least top-1 agreement an int8 variant should keep with the fp32 model it was made from, on
 # every CPU class. Judged with --min-agreement on enough images (the sample's 1,000 test images):
