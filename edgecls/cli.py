@@ -105,7 +105,8 @@ def _export_config(args):
         int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
         onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
         onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
-        nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None), seed=args.seed,
+        nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None),
+        optimized=getattr(args, "optimized", None), seed=args.seed,
         verbose=args.verbose,
     )
 
@@ -367,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
     p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")
+    p.add_argument("--optimized", metavar="DIR", help="reuse the pruned and QAT models 'edgecls optimize' wrote in DIR "
+                                                      "(from the same MODEL) instead of fine-tuning again")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="classify images with a bundle (runtime only: no TensorFlow)")

@@ -175,6 +175,7 @@ class ExportConfig:
     onnx_int8_scheme: str = "u8s8_rr"  # edgecls.export.formats.onnx.INT8_SCHEMES
     nchw: bool = False
     max_eval_images: int | None = None
+    optimized: str | None = None  # an `edgecls optimize` folder whose pruned/QAT models export reuses
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)

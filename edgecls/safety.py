@@ -54,6 +54,8 @@ _OP_NAMES = frozenset({
 # Graph ops that run Python or touch files (a serving function has no business with either).
 _UNSAFE_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "WriteFile", "ReadFile", "MatchingFiles"})
 _SKIPPED_KEYS = frozenset({"compile_config", "training_config"})
+# Libraries whose own classes may appear in a model: Keras, and tfmot (pruned and QAT models).
+_TRUSTED_MODULES = ("keras.", "tf_keras.", "tensorflow_model_optimization.")
 
 
 def check_model_file(path: str | Path) -> None:
@@ -204,7 +206,7 @@ def _judge(node: dict) -> str | None:
         return "is a Lambda layer (Python code stored in the file)"
     module = node.get("module")
     if module is not None and not (isinstance(module, str) and (module in ("keras", "tf_keras") or
-                                                                module.startswith(("keras.", "tf_keras.")))):
+                                                                module.startswith(_TRUSTED_MODULES))):
         return f"is a {cls} from the module {module!r}, not a Keras built-in"
     registered = node.get("registered_name")
     if registered is not None and registered != cls and not (cls == "function" and isinstance(registered, str)
@@ -232,7 +234,7 @@ def _judge(node: dict) -> str | None:
 def _defined_in_keras(module, cls: str) -> bool:
     """Whether `module` (already known to be inside Keras) defines the class `cls`, as Keras's
     applications do for their own layers (ConvNeXt's LayerScale)."""
-    if not isinstance(module, str) or not module.startswith(("keras.src.", "tf_keras.src.")):
+    if not isinstance(module, str) or not module.startswith(("keras.src.", "tf_keras.src.", "tensorflow_model_optimization.")):
         return False
     import importlib
 

@@ -374,3 +374,36 @@ def test_every_variant_is_made_by_a_registered_format():
         assert isinstance(fmt, Format) and fmt.name == variant.format
         for method in ("convert", "describe", "weight_stats", "manifest_fields", "layout"):
             assert getattr(type(fmt), method) is not getattr(Format, method) or method in ("manifest_fields", "layout")
+
+
+def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path, monkeypatch):
+    """`edgecls optimize` feeds `edgecls export --optimized DIR`: the pruned and QAT models are loaded,
+    not fine-tuned again, and validated like any other."""
+    from edgecls.config import ExportConfig
+    from edgecls.optimize import run as optimize_run
+
+    from .conftest import TINY_ZIP
+    from edgecls.optimize.run import optimize
+
+    config = ExportConfig(prune_epochs=1, qat_epochs=1, calibration_count=64, fine_tune_batch_size=50)
+    report = optimize(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "opt", kinds=("pruned", "qat"), config=config)
+
+    def no_fine_tune(*args, **kwargs):
+        raise AssertionError("export fine-tuned again")
+
+    monkeypatch.setattr(optimize_run, "build_variant", no_fine_tune)
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_pruned_int8", "tflite_qat_int8"),
+                    calibration_count=64, optimized=str(tmp_path / "opt"))
+    rows = {r["name"]: r for r in result.rows}
+    # Validated against the reused models (a 3-epoch model's int8 files may miss the tolerance; that is
+    # the validation working, not the reuse).
+    assert rows["tflite_pruned_int8"]["validation"]["reference"] == "keras pruned"
+    assert rows["tflite_qat_int8"]["validation"]["reference"] == "keras qat"
+    assert result.manifest["optimization"]["pruned"]["from"] == str(tmp_path / "opt" / "pruned")
+    assert rows["tflite_pruned_int8"]["sparsity"] >= 0.45
+    # The QAT Keras model loaded back scores what optimize measured on the same held-out images.
+    qat = rows["tflite_qat_int8"]["validation"]
+    assert report["variants"]["qat"]["accuracy"] == pytest.approx(qat["accuracy"] - qat["accuracy_delta_points"] / 100, abs=1e-6)
+    with pytest.raises(ConfigError, match="was optimized from"):
+        export(sample_model.out, data=TINY_ZIP, out=tmp_path / "other", formats=("tflite_pruned_int8",),
+               calibration_count=64, optimized=str(tmp_path / "opt"))

@@ -77,6 +77,10 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
 
     check_output_dir(out, "bundle", inputs=(model, data if isinstance(data, (str, Path)) else None))
     source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
+    if config.optimized:
+        from ..optimize.run import check_optimized
+
+        check_optimized(config.optimized, source)
     spec = source.preprocessing
     if dataset is None:
         dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
@@ -103,7 +107,7 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     out = Path(out)
     staging = make_staging_dir(out)
     try:
-        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y)
+        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y, safe_mode)
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -111,7 +115,8 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     return result
 
 
-def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y) -> ExportResult:
+def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
+                 safe_mode: bool = True) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
 
@@ -132,8 +137,13 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             return models[kind]
         if kind in build_errors:
             raise _BuildError(build_errors[kind])
-        from ..optimize.run import build_variant
+        from ..optimize.run import build_variant, load_optimized
 
+        if config.optimized and (Path(config.optimized) / kind).is_dir():
+            # `edgecls optimize` built it already: reuse it instead of fine-tuning again.
+            models[kind], details[kind] = load_optimized(config.optimized, kind, source, safe_mode=safe_mode)
+            log.info("%s: the model from %s (no fine-tuning)", kind, Path(config.optimized) / kind)
+            return models[kind]
         try:
             start = get_model("pruned") if kind == "pruned_qat" else base
             if kind == "pruned":

@@ -37,6 +37,47 @@ def build_variant(kind: str, model, dataset, spec, config: ExportConfig, teacher
                           calibration_seed=config.calibration_seed, verbose=config.verbose, distillation=distillation)
 
 
+def check_optimized(folder, source) -> dict:
+    """The optimize.json of an `edgecls optimize` folder, after checking it was made from `source`;
+    ConfigError otherwise."""
+    from .._io import read_json
+    from ..errors import ConfigError
+
+    folder = Path(folder)
+    report = read_json(folder / "optimize.json", "optimize report", ConfigError)
+    if not isinstance(report, dict) or not isinstance(report.get("variants"), dict):
+        raise ConfigError(f"{folder}: not a folder written by 'edgecls optimize' (no optimize.json of its own)")
+    if Path(str(report.get("source", ""))).resolve() != Path(source.path).resolve():
+        raise ConfigError(f"--optimized {folder} was optimized from {report.get('source')}, not {source.path}; pass "
+                          f"that model or optimize this one")
+    return report
+
+
+def load_optimized(folder, kind: str, source, safe_mode: bool = True):
+    """The `kind` model an `edgecls optimize` run wrote into `folder`, checked to come from `source`
+    (a LoadedModel: same model path, classes and preprocessing), and its optimize.json details."""
+    from .._io import read_json
+    from ..errors import ConfigError
+    from ..modelio import load_keras_model, load_labels
+    from ..preprocess import PreprocessingSpec
+    from .prune import _tfmot
+
+    folder = Path(folder)
+    report = check_optimized(folder, source)
+    sub = folder / kind
+    if load_labels(sub / LABELS_FILE) != tuple(source.labels) or PreprocessingSpec.load(sub / SPEC_FILE) != source.preprocessing:
+        raise ConfigError(f"{sub}: its classes or preprocessing differ from {source.path}'s")
+    path = sub / (MODEL_FILE if kind == "pruned" else "model.h5")
+    if kind == "pruned":
+        model = load_keras_model(path, safe_mode=safe_mode)
+    else:
+        with _tfmot().quantization.keras.quantize_scope():
+            model = load_keras_model(path, safe_mode=safe_mode)
+    details = dict(report["variants"].get(kind) or {})
+    details.pop("accuracy", None)  # measured on optimize's images; export measures its own
+    return model, {**details, "from": str(sub)}
+
+
 def optimize(model, data="cifar10-sample", out="optimized", kinds=KINDS, config: ExportConfig | None = None,
              preprocessing=None, labels=None, safe_mode: bool = True) -> dict:
     """Build the requested optimized Keras models and write them to `out/<kind>/`."""
