@@ -87,6 +87,17 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _number(text: str) -> float:
+    """A float, or a fraction such as 1/255 (what preprocessing code usually writes)."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 1/255") from None
+
+
 def _preprocessing_arg(args):
     given = {k: v for k, v in (("scale", args.scale), ("mean", args.mean), ("std", args.std)) if v is not None}
     return given or None
@@ -147,6 +158,9 @@ def _cmd_predict(args) -> int:
     for path, p in zip(args.images, probs):
         top = np.argsort(-p, kind="stable")[:k]
         results.append({"image": path, "top": [{"label": labels[i], "score": round(float(p[i]), 6)} for i in top]})
+    source = runner.artifact.get("file", runner.name)
+    print(f"edgecls: {runner.name} ({runner.format}, {runner.artifact.get('precision', '?')}) from {args.bundle}"
+          + (f" ({source})" if source != runner.name else ""), file=sys.stderr)
     if args.json:
         print(json.dumps({"variant": runner.name, "results": results}, indent=2))
     else:
@@ -224,9 +238,10 @@ def _cmd_pipeline(args) -> int:
 
 def _add_preprocessing_options(p):
     """What a model file that is not an edgecls run needs, and the safe-mode switch."""
-    p.add_argument("--scale", type=float, help="your model's preprocessing: it sees (pixel * scale - mean) / std")
-    p.add_argument("--mean", type=float, nargs="+", help="1 or 3 values (RGB)")
-    p.add_argument("--std", type=float, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--scale", type=_number, help="your model's preprocessing: it sees (pixel * scale - mean) / std "
+                                                 "(a number or a fraction such as 1/255)")
+    p.add_argument("--mean", type=_number, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--std", type=_number, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--labels", help="JSON list of class names (default: class indices)")
     p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom "
                                                          "classes): runs code stored in or named by the file; only for "

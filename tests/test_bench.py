@@ -158,6 +158,8 @@ def test_predict_cli_output_and_errors(sample_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert line.startswith(f"{tmp_path / 'a.jpg'}: ") and len(line.split(", ")) == 2
+    first = json.loads((sample_bundle.out / "manifest.json").read_text())["artifacts"][0]["name"]
+    assert f"edgecls: {first} (" in proc.stderr  # which variant answered
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     assert_one_line_error(run_cli("predict", sample_bundle.out, tmp_path / "bad.png"), "not a readable image")
     assert_one_line_error(run_cli("predict", sample_bundle.out, tmp_path / "a.jpg", "--variant", "nope"), "no variant 'nope'")

@@ -407,3 +407,46 @@ def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path,
     with pytest.raises(ConfigError, match="was optimized from"):
         export(sample_model.out, data=TINY_ZIP, out=tmp_path / "other", formats=("tflite_pruned_int8",),
                calibration_count=64, optimized=str(tmp_path / "opt"))
+
+
+def test_a_fine_tune_whose_loss_diverges_stops_with_the_reason(trained_tiny):
+    from edgecls.errors import ModelError
+    from edgecls.modelio import load_trained
+    from edgecls.optimize import prune, quantize_aware
+
+    from .conftest import TINY_ZIP
+
+    run = load_trained(trained_tiny.out)
+    data = load_dataset(TINY_ZIP)
+    with pytest.raises(ModelError, match=r"pruning fine-tune's loss became (NaN|infinite) in epoch 1.*--prune-lr"):
+        prune(run.model, data, run.preprocessing, sparsity=0.5, epochs=2, batch_size=50, learning_rate=1e30)
+    # A model whose fine-tune cannot stay finite: one classifier weight is infinite.
+    model = load_trained(trained_tiny.out).model
+    weights = model.get_weights()
+    weights[-2] = weights[-2].copy()
+    weights[-2][0, 0] = np.inf
+    model.set_weights(weights)
+    with pytest.raises(ModelError, match=r"QAT fine-tune's loss became (NaN|infinite).*--qat-lr.*--no-qat-calibration"):
+        quantize_aware(model, data, run.preprocessing, epochs=1, batch_size=50, calibration_count=50)
+
+
+def test_a_converted_model_with_nan_constants_is_rejected_before_loading(trained_tiny, tmp_path):
+    from edgecls.modelio import load_trained, save_model_file
+
+    from .conftest import TINY_ZIP
+
+    run = load_trained(trained_tiny.out)
+    weights = run.model.get_weights()
+    weights[-1] = weights[-1].copy()
+    weights[-1][0] = np.nan  # the classifier's bias
+    run.model.set_weights(weights)
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(trained_tiny.out, broken)
+    save_model_file(run.model, broken / "model.keras")
+    result = export(broken, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_fp32", "onnx_fp32"),
+                    calibration_count=64)
+    for row in result.rows:
+        assert row["status"] == "failed" and "NaN or infinite constants" in row["reason"], row
+    assert (tmp_path / "bundle" / "manifest.json").is_file()

@@ -143,7 +143,7 @@ def test_qat_names_an_unsupported_layer(tmp_path):
     k = keras()
     model = k.Sequential([k.Input((32, 32, 3)), k.layers.Rescaling(1 / 255, name="rescale"), k.layers.Conv2D(8, 3),
                           k.layers.GlobalAveragePooling2D(), k.layers.Dense(10, activation="softmax")])
-    with pytest.raises(ModelError, match="does not support layer.*rescal.*keep preprocessing"):
+    with pytest.raises(ModelError, match=r"does not support layer 'rescale' \(Rescaling\); keep preprocessing"):
         quantize_aware(model, load_dataset(TINY_ZIP), PreprocessingSpec(), epochs=1, batch_size=50)
 
 
@@ -235,3 +235,12 @@ def test_no_stage_imports_a_later_one_back():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_preprocessing_options_take_fractions():
+    from edgecls.cli import build_parser
+
+    args = build_parser().parse_args(["export", "m.h5", "--out", "o", "--scale", "1/255", "--mean", "0.5", "1/2", "2/4"])
+    assert args.scale == pytest.approx(1 / 255) and args.mean == [0.5, 0.5, 0.5]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "m.h5", "--scale", "1/0"])

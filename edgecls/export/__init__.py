@@ -197,15 +197,22 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
         file.write_bytes(converted.data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
-        try:
-            pixels = converted.pixel_layout
-            inputs = pixels.apply(eval_images) if pixels is not None else eval_x
-            row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
-                                              base_ref, macs, source))
-            row["validation"]["host"] = validated_on
-            row["input"] = variant.input
-        except EdgeclsError as exc:
-            row.update(status="failed", reason=f"validation could not run: {exc}")
+        nonfinite = fmt.weight_stats(file).get("nonfinite", 0)
+        if nonfinite:
+            # Loading such a file can crash the interpreter; it is never a model worth shipping.
+            row.update(status="failed", reason=f"the converted model holds {nonfinite} NaN or infinite constants "
+                                               f"(its Keras model's weights are not finite); not loaded")
+            row.update(file=file.name, sha256=sha256_file(file))
+        else:
+            try:
+                pixels = converted.pixel_layout
+                inputs = pixels.apply(eval_images) if pixels is not None else eval_x
+                row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
+                                                  base_ref, macs, source))
+                row["validation"]["host"] = validated_on
+                row["input"] = variant.input
+            except EdgeclsError as exc:
+                row.update(status="failed", reason=f"validation could not run: {exc}")
         row.update(fmt.manifest_fields(file, config))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)

@@ -40,7 +40,22 @@ def tflite_weight_stats(path) -> dict:
                 zero_point = int(q.zeroPoint[0])
             total += values.size
             zeros += int((values == zero_point).sum())
-    return {"weights": total, "zero_weights": zeros, "sparsity": round(zeros / total, 4) if total else 0.0}
+    return {"weights": total, "zero_weights": zeros, "sparsity": round(zeros / total, 4) if total else 0.0,
+            "nonfinite": _tflite_nonfinite(model)}
+
+
+def _tflite_nonfinite(model) -> int:
+    """NaN and infinite values in every float32/float16 constant of a TFLite model."""
+    count = 0
+    for sg in model.subgraphs:
+        for tensor in sg.tensors:
+            dtype = {0: np.float32, 1: np.float16}.get(tensor.type)
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if dtype is None or data is None or len(data) == 0:
+                continue
+            values = np.frombuffer(bytes(np.asarray(data, dtype=np.uint8)), dtype=dtype)
+            count += int((~np.isfinite(values)).sum())
+    return count
 
 
 def onnx_weight_stats(path) -> dict:
@@ -71,7 +86,13 @@ def onnx_weight_stats(path) -> dict:
         values = numpy_helper.to_array(inits[name])
         total += values.size
         zeros += int((values == zero_point).sum())
-    return {"weights": total, "zero_weights": zeros, "sparsity": round(zeros / total, 4) if total else 0.0}
+    nonfinite = 0
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f":
+            nonfinite += int((~np.isfinite(values)).sum())
+    return {"weights": total, "zero_weights": zeros, "sparsity": round(zeros / total, 4) if total else 0.0,
+            "nonfinite": nonfinite}
 
 
 def size_report(path: Path, params: int, nonzero_params: int, macs: int) -> dict:

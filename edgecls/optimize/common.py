@@ -8,6 +8,7 @@ import numpy as np
 
 from .._deps import keras
 from ..data import Dataset, stratified_split
+from ..errors import ModelError
 from ..training.distill import Distillation, distiller, outputs_are_probabilities
 from ..preprocess import PreprocessingSpec
 
@@ -52,7 +53,8 @@ def layer_sparsity(model) -> dict:
 
 def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, batch_size: int, learning_rate: float,
               seed: int = 0, callbacks=(), verbose: int = 0, val_fraction: float = 0.1,
-              distillation: Distillation | None = None) -> dict:
+              distillation: Distillation | None = None, what: str = "fine-tune",
+              hint: str = "a lower learning rate") -> dict:
     """A short fine-tune on the training split (augmented), SGD with cosine decay; against a
     teacher's soft outputs too when `distillation` is given. Models may end in a softmax or in
     logits (many users' models do): which, is read from their outputs on real training images."""
@@ -79,5 +81,29 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
         teacher_logits = not outputs_are_probabilities(distillation.teacher, probe)
         trainer = distiller(model, distillation, hard_loss, from_logits, teacher_logits)
         trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
-    history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
+    guard = _FiniteLoss(k)
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[guard, *callbacks], verbose=verbose)
+    if guard.at is not None:
+        epoch, step, value = guard.at
+        raise ModelError(f"the {what}'s loss became {value} in epoch {epoch + 1}, step {step + 1} (peak learning rate "
+                         f"{learning_rate:g}); the model is unusable and was not kept: try {hint}")
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
+
+
+def _FiniteLoss(k):
+    """A callback that stops a fit at the first batch whose loss is NaN or infinite and records where."""
+
+    class FiniteLoss(k.callbacks.Callback):
+        at = None
+        _epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.at = (self._epoch, batch, "NaN" if math.isnan(float(loss)) else "infinite")
+                self.model.stop_training = True
+
+    return FiniteLoss()

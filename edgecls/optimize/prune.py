@@ -127,7 +127,8 @@ def prune(model, dataset: Dataset, spec: PreprocessingSpec, sparsity: float = 0.
         raise ModelError(f"pruning failed: {first_line(exc)}") from None
     _copy_weights(model, wrapped)
     history = fine_tune(wrapped, dataset, spec, epochs, batch_size, learning_rate, seed,
-                        callbacks=[sk.UpdatePruningStep()], verbose=verbose, distillation=distillation)
+                        callbacks=[sk.UpdatePruningStep()], verbose=verbose, distillation=distillation,
+                        what="pruning fine-tune", hint="a lower --prune-lr or fewer --prune-epochs")
     stripped = sk.strip_pruning(wrapped)
     counts = layer_sparsity(stripped)
     details = {

@@ -47,7 +47,9 @@ def quantize_aware(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int
         calibrate_ranges(q_model, spec.apply(images), batch_size)
         calibrated = len(images)
     history = fine_tune(q_model, dataset, spec, epochs, batch_size, learning_rate, seed, verbose=verbose,
-                        distillation=distillation)
+                        distillation=distillation, what="QAT fine-tune",
+                        hint=("a lower --qat-lr" + (", or --no-qat-calibration (tfmot's initial ranges)"
+                                                    if calibration_count else "")))
     details = {"epochs": epochs, "learning_rate": learning_rate, "preserve_sparsity": preserve_sparsity,
                "distillation": distillation.describe() if distillation else None,
                "ranges_calibrated_on": calibrated, "history": history, **layer_sparsity(q_model)}
@@ -94,11 +96,13 @@ def calibrate_ranges(q_model, x: np.ndarray, batch_size: int = 128) -> None:
 
 
 def _explain(exc: Exception) -> str:
-    text = first_line(exc)
-    match = re.search(r"Layer (\S+?):?\s*<?(?:class )?'?([\w.]+)?", text)
-    layer = match.group(1).strip(":'\"") if match else None
-    if layer:
-        return (f"quantization-aware training does not support layer {layer!r} ({text[:160]}); keep preprocessing "
+    text = first_line(exc, limit=2000)
+    # tfmot: "Layer rescale:<class 'tf_keras.src.layers....Rescaling'> is not supported. You can quantize ..."
+    match = re.search(r"Layer ([^:\s]+):\s*<class '([\w.]+)'>", text)
+    if match:
+        layer, cls = match.group(1), match.group(2).rsplit(".", 1)[-1]
+        return (f"quantization-aware training does not support layer {layer!r} ({cls}); keep preprocessing "
                 f"(Rescaling, Normalization) out of the model and use Conv -> BatchNorm -> ReLU as separate layers, "
                 f"or export without the QAT variants (--formats)")
-    return f"quantization-aware training failed: {text[:200]}"
+    sentence = text.split(". ")[0].rstrip(".")
+    return f"quantization-aware training failed: {sentence}"
