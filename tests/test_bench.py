@@ -319,3 +319,22 @@ def test_bad_repeats_is_a_one_line_error(sample_bundle, tmp_path, repeats):
     assert proc.returncode != 0 and not (tmp_path / "r.json").exists()
     if repeats != "x":  # argparse's own usage error for a non-integer
         assert_one_line_error(proc, "repeats must be a positive integer")
+
+
+def test_bench_without_data_on_a_non_cifar_bundle_says_what_it_needs(tmp_path):
+    """The built-in sample fits only CIFAR-10 classifiers: another bundle is not measured on it."""
+    import shutil
+
+    from edgecls.bundle import file_hashes
+
+    from .conftest import FIXTURES
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(FIXTURES / "bundles" / "seed_cnn_s8s8", bundle)
+    (bundle / "labels.json").write_text(json.dumps([f"part_{i}" for i in range(10)]))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = file_hashes(bundle, ["labels.json", "preprocessing.json"])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("bench", bundle, "--out", tmp_path / "r.json", "--runs", "3")
+    assert_one_line_error(proc, "part_0, part_1", "not CIFAR-10's", "pass --data")
+    assert not (tmp_path / "r.json").exists()

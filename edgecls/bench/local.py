@@ -111,8 +111,12 @@ def _labelled_data(data: str | None, input_size, labels, max_images):
     from ..evaluation import align_labels
 
     source = data or SAMPLE_NAME
-    if data is None and labels and set(labels) != set(_cifar_labels()):
-        return None  # the built-in sample only fits CIFAR-10 classifiers
+    if data is None and (not labels or set(labels) != set(_cifar_labels())):
+        # The built-in sample only fits CIFAR-10 classifiers: say what data this one needs.
+        shown = ", ".join(list(labels or [])[:4]) + (", ..." if labels and len(labels) > 4 else "")
+        raise ConfigError(f"the bundle's classes ({shown or 'unnamed'}) are not CIFAR-10's, so the built-in sample "
+                          f"cannot measure its accuracy; pass --data with labelled test images of these classes "
+                          f"(a folder of class folders named like them, or a .zip of one)")
     dataset = load_dataset(source, image_size=input_size)
     mapping = align_labels(dataset, labels)
     keep = sample_indices(len(dataset.test), max_images)
