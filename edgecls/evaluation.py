@@ -20,9 +20,11 @@ class EvalResult:
     data: str
     split: str
     model: str
+    warning: str | None = None  # a degenerate model: one class predicted for most images
 
     def to_dict(self) -> dict:
         return {
+            **({"warning": self.warning} if self.warning else {}),
             "model": self.model,
             "data": self.data,
             "split": self.split,
@@ -43,7 +45,37 @@ class EvalResult:
         lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(self.class_names))))
         for i, (name, row) in enumerate(zip(self.class_names, self.confusion)):
             lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) + f"   ({i})")
+        if self.warning:
+            lines += ["", f"warning: {self.warning}"]
         return "\n".join(lines)
+
+
+# A model is degenerate when it predicts one class for at least this share of the images (and twice
+# as often as the most frequent true class), or when its probabilities vary by less than
+# CONSTANT_STD across images.
+DEGENERATE_SHARE = 0.5
+CONSTANT_STD = 1e-3
+
+
+def degenerate(outputs: np.ndarray, labels: np.ndarray | None = None) -> str | None:
+    """Why the outputs (N x classes) are degenerate, or None: one class predicted for most images,
+    or outputs that barely depend on the input."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if len(outputs) < 2:
+        return None
+    if not np.isfinite(outputs).all():
+        return "its outputs are not finite"
+    spread = float(outputs.std(axis=0).max())
+    if spread < CONSTANT_STD:
+        return f"its outputs barely depend on the input (largest spread across images {spread:.2g})"
+    pred = outputs.argmax(1)
+    counts = np.bincount(pred, minlength=outputs.shape[1])
+    top = int(counts.argmax())
+    share = counts[top] / len(pred)
+    true_share = (np.bincount(labels).max() / len(labels)) if labels is not None and len(labels) else 0.0
+    if share >= DEGENERATE_SHARE and share >= 2 * true_share:
+        return f"it predicts class {top} for {share:.0%} of the images"
+    return None
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -56,6 +88,14 @@ def summarize(labels, predictions, class_names, data: str, split: str, model: st
     matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), len(class_names))
     totals = matrix.sum(1)
     per_class = {n: (float(matrix[i, i] / totals[i]) if totals[i] else float("nan")) for i, n in enumerate(class_names)}
+    predicted = matrix.sum(0)
+    warning = None
+    if matrix.sum() >= 2:
+        top = int(predicted.argmax())
+        share, true_share = predicted[top] / matrix.sum(), totals.max() / matrix.sum()
+        if share >= DEGENERATE_SHARE and share >= 2 * true_share:
+            warning = (f"the model predicts {class_names[top]!r} for {share:.0%} of the images (the most frequent true "
+                       f"class is {true_share:.0%}): it is degenerate, whatever its accuracy")
     return EvalResult(
         top1=float(np.trace(matrix) / max(1, matrix.sum())),
         count=int(matrix.sum()),
@@ -65,6 +105,7 @@ def summarize(labels, predictions, class_names, data: str, split: str, model: st
         data=data,
         split=split,
         model=model,
+        warning=warning,
     )
 
 

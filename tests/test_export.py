@@ -450,3 +450,36 @@ def test_a_converted_model_with_nan_constants_is_rejected_before_loading(trained
     for row in result.rows:
         assert row["status"] == "failed" and "NaN or infinite constants" in row["reason"], row
     assert (tmp_path / "bundle" / "manifest.json").is_file()
+
+
+def test_degenerate_outputs_and_small_validation_sets_are_flagged():
+    from edgecls.evaluation import summarize
+    from edgecls.export.validate import TOLERANCES, agreement_lower_bound, compare
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 16)  # 160 images, balanced
+    good = np.eye(10, dtype=np.float32)[labels] * 0.6 + rng.uniform(0, 0.04, (160, 10)).astype(np.float32)
+    one_class = np.tile(np.eye(10, dtype=np.float32)[3], (160, 1)) * 0.6 + rng.uniform(0, 0.04, (160, 10)).astype(np.float32)
+    constant = np.full((160, 10), 0.1, np.float32)
+
+    collapsed = compare(one_class, good, labels, TOLERANCES["fp32"])
+    assert collapsed["status"] == "failed" and "predicts class 3 for 100% of the images" in collapsed["reason"]
+    flat = compare(constant, good, labels, TOLERANCES["int8"])
+    assert flat["status"] == "failed" and "barely depend on the input" in flat["reason"]
+    # Agreement 1.0 with a one-class reference is not a silent pass.
+    echo = compare(one_class, one_class, labels, TOLERANCES["fp32"])
+    assert echo["status"] == "ok" and "reference is degenerate" in echo["warning"]
+    # 2 points of disagreement on 160 images: observed 0.98 passes 0.95, but the 95% bound does not.
+    flipped = good.copy()
+    flipped[:4] = np.roll(flipped[:4], 1, axis=1)
+    from edgecls.export.validate import Tolerance
+
+    small = compare(flipped, good, labels, Tolerance(min_agreement=0.95, max_abs_diff=1.0, max_accuracy_drop=5.0))
+    assert small["status"] == "ok" and small["agreement"] == pytest.approx(156 / 160)
+    assert small["agreement_lower_bound"] == pytest.approx(0.9437, abs=1e-4)
+    assert "on only 160 images" in small["warning"] and "validate on more images" in small["warning"]
+    assert agreement_lower_bound(9865, 10000) == pytest.approx(0.98444, abs=1e-5)  # scipy.stats.beta.ppf(0.05, 9865, 136)
+    assert "warning" not in compare(good, good, labels, TOLERANCES["int8"])
+    result = summarize(labels, one_class.argmax(1), [str(i) for i in range(10)], "d", "test", "m")
+    assert "predicts '3' for 100% of the images" in result.warning and "warning:" in result.format()
+    assert summarize(labels, good.argmax(1), [str(i) for i in range(10)], "d", "test", "m").warning is None

@@ -46,9 +46,10 @@ class ExportResult:
             acc = f"{v['accuracy']:.4f}" if "accuracy" in v else "-"
             delta = f"{v['accuracy_delta_points']:+.2f}" if "accuracy_delta_points" in v else "-"
             agree = f"{v['agreement']:.4f}" if "agreement" in v else "-"
+            note = r.get("reason") or (f"warning: {v['warning']}" if v.get("warning") else "")
             lines.append(
                 f"{r['name']:<24}{r['status']:<8}{size.get('bytes', '-'):>10}{size.get('gzip_bytes', '-'):>10}"
-                f"{r.get('sparsity', '-') if r.get('sparsity') is not None else '-':>9}{acc:>8}{delta:>8}{agree:>8}  {r.get('reason', '')}"
+                f"{r.get('sparsity', '-') if r.get('sparsity') is not None else '-':>9}{acc:>8}{delta:>8}{agree:>8}  {note}"
             )
         return "\n".join(lines)
 
@@ -221,6 +222,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             log.warning("%s failed validation: %s", name, row["reason"])
         rows.append(row)
         log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
+        if row.get("validation", {}).get("warning"):
+            log.warning("%s: %s", name, row["validation"]["warning"])
 
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
     manifest = write_bundle(

@@ -1,9 +1,26 @@
-"""Parity validation: an artifact against its Keras reference on real held-out images."""
+"""Parity validation: an artifact against its Keras reference on real held-out images.
+
+Besides the tolerances, two rules keep a validation honest:
+
+- **Degenerate outputs.** A model that predicts one class for most images (the most frequent
+  predicted class at least DEGENERATE_SHARE of the images, and twice as often as the most frequent
+  true class), or whose outputs barely depend on the input (probabilities varying by less than
+  CONSTANT_STD across images), is flagged: a variant degenerate where its reference is not fails;
+  agreement with a degenerate reference proves nothing, so such a variant is warned.
+- **Few images.** Agreement on n images is a sample: when the exact one-sided 95% (Clopper-Pearson)
+  lower bound of the agreement falls below the tolerance while the observed value passes, the
+  variant is warned that its validation cannot certify it (validate on more images).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..evaluation import CONSTANT_STD, DEGENERATE_SHARE, degenerate  # noqa: F401
+
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,18 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tole
         failures.append(f"max abs diff {max_abs:.3g} > {tolerance.max_abs_diff}")
     if -delta > tolerance.max_accuracy_drop:
         failures.append(f"accuracy drop {-delta:.2f} points > {tolerance.max_accuracy_drop}")
-    return {
+    warnings = []
+    mine, theirs = degenerate(outputs, labels), degenerate(reference, labels)
+    if mine and not theirs:
+        failures.append(f"degenerate: {mine} (its reference is not)")
+    elif theirs:
+        warnings.append(f"the reference is degenerate ({theirs}): agreement with it proves little")
+    n = len(labels)
+    bound = agreement_lower_bound(int(round(agreement * n)), n)
+    if not failures and bound < tolerance.min_agreement:
+        warnings.append(f"agreement {agreement:.4f} on only {n} images: with {CONFIDENCE:.0%} confidence it is above "
+                        f"{bound:.4f}, below the {tolerance.min_agreement} required; validate on more images")
+    result = {
         "status": "failed" if failures else "ok",
         "reason": "; ".join(failures),
         "images": int(len(labels)),
@@ -60,5 +88,38 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tole
         "accuracy": round(accuracy, 6),
         "reference_accuracy": round(ref_accuracy, 6),
         "accuracy_delta_points": round(delta, 4),
+        "agreement_lower_bound": round(bound, 6),
         "tolerance": tolerance.to_dict(),
     }
+    if warnings:
+        result["warning"] = "; ".join(warnings)
+    return result
+
+
+def agreement_lower_bound(agree: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """The exact one-sided lower confidence bound (Clopper-Pearson) of a proportion: the smallest p
+    for which observing `agree` or more of `n` has probability at least 1 - confidence."""
+    if n <= 0:
+        return 0.0
+    if agree <= 0:
+        return 0.0
+    alpha = 1.0 - confidence
+
+    def tail(p: float) -> float:  # P(X >= agree) for X ~ Binomial(n, p)
+        if p <= 0.0:
+            return 0.0
+        if p >= 1.0:
+            return 1.0
+        logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+                for k in range(agree, n + 1)]
+        top = max(logs)
+        return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+    lo, hi = 0.0, agree / n
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if tail(mid) < alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi
