@@ -483,3 +483,51 @@ def test_degenerate_outputs_and_small_validation_sets_are_flagged():
     result = summarize(labels, one_class.argmax(1), [str(i) for i in range(10)], "d", "test", "m")
     assert "predicts '3' for 100% of the images" in result.warning and "warning:" in result.format()
     assert summarize(labels, good.argmax(1), [str(i) for i in range(10)], "d", "test", "m").warning is None
+
+
+def test_a_variant_that_crashes_its_runtime_is_a_failed_row_and_the_others_ship(trained_tiny, tmp_path, monkeypatch):
+    """Validation runs each artifact in a child process: a native crash (here a child killed by
+    SIGSEGV, as LiteRT does on some broken files), a corrupt file or a hang becomes that variant's
+    failed row with the reason; the other variants and the bundle are still written."""
+    import signal
+    import sys
+
+    from edgecls.export.formats import tflite as tflite_format
+    from edgecls.runtime import isolated
+
+    from .conftest import TINY_ZIP
+
+    real_run_child = isolated.run_child
+
+    def crash_on_fp16(module, payload, env=None, timeout=None):
+        if payload.get("file", "").endswith("tflite_fp16.tflite"):
+            code = f"import os, signal; os.kill(os.getpid(), {int(signal.SIGSEGV)})"
+            proc = __import__("subprocess").run([sys.executable, "-c", code], capture_output=True, text=True)
+            return proc.returncode, None, proc.stderr
+        return real_run_child(module, payload, env=env, timeout=timeout)
+
+    monkeypatch.setattr(isolated, "run_child", crash_on_fp16)
+    real_convert = tflite_format.convert
+
+    def corrupt_dynamic(model, precision="fp32", *args, **kwargs):
+        data = real_convert(model, precision, *args, **kwargs)
+        return data[: len(data) // 3] if precision == "dynamic" else data
+
+    monkeypatch.setattr(tflite_format, "convert", corrupt_dynamic)
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle",
+                    formats=("tflite_fp32", "tflite_fp16", "tflite_dynamic", "onnx_fp32"), calibration_count=64)
+    rows = {r["name"]: r for r in result.rows}
+    assert rows["tflite_fp16"]["status"] == "failed"
+    assert "LiteRT while loading or running the converted model crashed (signal 11)" in rows["tflite_fp16"]["reason"]
+    assert rows["tflite_dynamic"]["status"] == "failed" and "unreadable" in rows["tflite_dynamic"]["reason"]
+    assert rows["tflite_fp32"]["status"] == "ok" and rows["onnx_fp32"]["status"] == "ok"
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["artifacts"]] == ["tflite_fp32", "onnx_fp32"]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+    def hang(module, payload, env=None, timeout=None):
+        return None, None, ""
+
+    monkeypatch.setattr(isolated, "run_child", hang)
+    with pytest.raises(Exception, match="did not finish within 5 s"):
+        isolated.outputs(tmp_path / "bundle" / "tflite_fp32.tflite", np.zeros((1, 32, 32, 3), np.float32), timeout=5)

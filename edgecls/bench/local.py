@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -244,26 +242,21 @@ def bench_keras(bundle: str, model_path: str, data_files: dict | None, config: B
 
 def _child(bundle: str, variant: str, data_files: dict | None, config: BenchConfig, pred_file: str,
            accuracy: bool = True) -> dict:
-    payload = json.dumps({"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file,
-                          "accuracy": accuracy})
+    from ..runtime.isolated import failure_reason, run_child
+
+    payload = {"bundle": bundle, "variant": variant, "data": data_files, "config": asdict(config), "pred": pred_file,
+               "accuracy": accuracy}
     env = dict(os.environ)
     # Each child measures with exactly the requested threads; BLAS pools must not add their own.
     env.setdefault("OMP_NUM_THREADS", str(config.threads or os.cpu_count() or 1))
     if variant == KERAS_ROW:
         env["TF_CPP_MIN_LOG_LEVEL"] = env.get("TF_CPP_MIN_LOG_LEVEL", "2")
     # Under a user-mode CPU emulator (tools/device/cpu_class_check.py runs x86 under `qemu-x86_64 -cpu
-    # Haswell`) a child started plainly would run natively: EDGECLS_EMULATOR names the prefix.
-    prefix = shlex.split(os.environ.get("EDGECLS_EMULATOR", ""))
-    proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls.bench.local", payload], capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    if proc.returncode < 0:
-        reason = f"the backend crashed (signal {-proc.returncode})"
-    else:
-        err = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        reason = err[-1] if err else f"exit status {proc.returncode}"
-    return {"name": variant, "status": "failed", "error": reason.removeprefix("edgecls: error: ")}
+    # Haswell`) a child started plainly would run natively: run_child applies EDGECLS_EMULATOR.
+    code, row, stderr = run_child("edgecls.bench.local", payload, env=env)
+    if code == 0 and row is not None:
+        return row
+    return {"name": variant, "status": "failed", "error": failure_reason(code, stderr, "the backend")}
 
 
 def load_prepared(folder: str | Path):

@@ -22,7 +22,7 @@ from .._io import make_staging_dir, replace_dir
 from ..bundle import sha256_file, write_bundle
 from ..config import ExportConfig
 from ..data import Dataset, calibration_subset, load_dataset, sample_indices
-from ..errors import ConfigError, DataError, EdgeclsError
+from ..errors import ConfigError, DataError, EdgeclsError, first_line
 from .formats import GROUPS, VARIANTS, ConvertJob, Variant, formats, resolve_formats  # noqa: F401
 from .validate import TOLERANCES, Tolerance, compare
 
@@ -198,8 +198,13 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
         file.write_bytes(converted.data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
-        nonfinite = fmt.weight_stats(file).get("nonfinite", 0)
-        if nonfinite:
+        try:
+            nonfinite, unreadable = fmt.weight_stats(file).get("nonfinite", 0), None
+        except Exception as exc:  # a damaged flatbuffer or protobuf: struct.error, DecodeError, IndexError ...
+            nonfinite, unreadable = 0, f"{exc.__class__.__name__}: {first_line(exc)}"
+        if unreadable:
+            row.update(status="failed", reason=f"the converted file is unreadable ({unreadable}); not loaded")
+        elif nonfinite:
             # Loading such a file can crash the interpreter; it is never a model worth shipping.
             row.update(status="failed", reason=f"the converted model holds {nonfinite} NaN or infinite constants "
                                                f"(its Keras model's weights are not finite); not loaded")
@@ -244,11 +249,11 @@ class _BuildError(Exception):
 
 
 def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source) -> dict:
-    from ..runtime.backends import open_backend
+    from ..runtime import isolated
     from . import inspect as art
 
-    backend = open_backend(file, layout=fmt.layout(config))
-    outputs = backend.run(eval_x)
+    # In a child process: a converted file that crashes its runtime fails this row, not the export.
+    outputs = isolated.outputs(file, eval_x, layout=fmt.layout(config), threads=None, timeout=config.validation_timeout_s)
     inputs, outs = fmt.describe(file)
     weights = fmt.weight_stats(file)
     tolerance = TOLERANCES[variant.precision]

@@ -1,0 +1,89 @@
+"""Run what can crash in a child process: loading an artifact into its runtime and running it.
+
+A native crash (a segfault in an interpreter, an abort), a hang past a timeout or an exception in
+the child becomes a one-line reason for the caller, who turns it into a failed row; the calling
+process (an export with other variants to build, a bench with other variants to measure) carries
+on. `edgecls bench` measures every variant this way; `edgecls export` validates every artifact
+this way. numpy and the runtime only: no TensorFlow in the child.
+
+    python -m edgecls.runtime.isolated PAYLOAD_JSON      (the child; PAYLOAD: {"mode": "outputs", ...})
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeclsError, ExportError
+
+RUNTIMES = {"tflite": "LiteRT", "onnx": "onnxruntime"}
+
+
+def run_child(module: str, payload: dict, env: dict | None = None, timeout: float | None = None):
+    """Run `python -m module PAYLOAD` (under $EDGECLS_EMULATOR when set, so an emulated CPU class
+    stays emulated). Returns (exit status, the last JSON line it printed or None, its stderr);
+    exit status None when it ran past `timeout` seconds and was killed."""
+    prefix = shlex.split(os.environ.get("EDGECLS_EMULATOR", ""))
+    try:
+        proc = subprocess.run([*prefix, sys.executable, "-m", module, json.dumps(payload)], capture_output=True,
+                              text=True, env=env if env is not None else dict(os.environ), timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return None, None, stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr
+
+
+def failure_reason(code, stderr: str, what: str, timeout: float | None = None) -> str:
+    """One line for a child that did not finish: crashed by a signal, hung, or failed with an error."""
+    if code is None:
+        return f"{what} did not finish within {timeout:g} s (hung); it was stopped"
+    if code < 0:
+        return f"{what} crashed (signal {-code})"
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else f"{what} failed (exit status {code})").removeprefix("edgecls: error: ")
+
+
+def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads: int | None = 1,
+            timeout: float | None = 600.0) -> np.ndarray:
+    """The outputs of the model file `path` on `inputs` (the tensor it takes, float32), computed in
+    a child process; ExportError with the reason when the child crashes, hangs or fails."""
+    path = Path(path)
+    runtime = RUNTIMES.get(path.suffix.lstrip("."), "the runtime")
+    with tempfile.TemporaryDirectory(prefix="edgecls-run-") as tmp:
+        given, out = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+        np.save(given, np.ascontiguousarray(inputs, dtype=np.float32))
+        payload = {"mode": "outputs", "file": str(path), "layout": layout, "threads": threads, "inputs": str(given),
+                   "out": str(out)}
+        code, _, stderr = run_child(__name__, payload, timeout=timeout)
+        if code != 0 or not out.is_file():
+            raise ExportError(failure_reason(code, stderr, f"{runtime} while loading or running the converted model",
+                                             timeout))
+        return np.load(out, allow_pickle=False)
+
+
+def _main(argv) -> int:
+    payload = json.loads(argv[0])
+    try:
+        if payload.get("mode") != "outputs":
+            raise ExportError(f"unknown mode {payload.get('mode')!r}")
+        from .backends import open_backend
+
+        backend = open_backend(payload["file"], payload.get("threads"), layout=payload.get("layout", "NHWC"))
+        result = backend.run(np.load(payload["inputs"], allow_pickle=False))
+        np.save(payload["out"], np.asarray(result, dtype=np.float32))
+    except EdgeclsError as exc:
+        print(f"edgecls: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ok": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
