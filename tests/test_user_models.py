@@ -244,3 +244,21 @@ def test_preprocessing_options_take_fractions():
     assert args.scale == pytest.approx(1 / 255) and args.mean == [0.5, 0.5, 0.5]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "m.h5", "--scale", "1/0"])
+
+
+def test_a_savedmodel_exports_every_format_it_can_take(h5_model, tmp_path):
+    """A SavedModel Keras did not write cannot be pruned or QAT-trained: with the default formats the
+    export writes the others and lists those as skipped, with the reason."""
+    import tensorflow as tf
+
+    from edgecls._deps import keras
+
+    bare = tmp_path / "bare"
+    tf.saved_model.save(keras().models.load_model(h5_model, compile=False), str(bare))
+    result = export(bare, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+                    formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_fp32", "onnx_fp32"), calibration_count=100)
+    status = {r["name"]: r["status"] for r in result.rows}
+    assert status == {"tflite_fp32": "ok", "tflite_qat_int8": "skipped", "tflite_pruned_fp32": "skipped", "onnx_fp32": "ok"}
+    skipped = {r["name"]: r["reason"] for r in result.manifest["rejected"]}
+    assert "cannot be pruned or quantization-aware trained" in skipped["tflite_qat_int8"]
+    assert "skipped" in result.format_table()

@@ -95,10 +95,17 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
             f"the calibration set needs {config.calibration_count} training images but {dataset.source} has "
             f"{len(dataset.train)}; lower --calibration-count (at least 32) or use more data"
         )
-    needs_tuning = {VARIANTS[n].source for n in names} - {"base"}
-    if needs_tuning and not source.tunable:
-        raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph: pruning and QAT are impossible; "
-                          f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
+    skipped = {}
+    if not source.tunable:
+        # A model without a Keras layer graph takes every format but the fine-tuned ones: those are
+        # listed as skipped with the reason, unless nothing else was asked for.
+        why = "a SavedModel without a Keras layer graph cannot be pruned or quantization-aware trained"
+        skipped = {n: why for n in names if VARIANTS[n].source != "base"}
+        if len(skipped) == len(names):
+            raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph: pruning and QAT are impossible; "
+                              f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
+        for name in skipped:
+            log.warning("%s: skipped: %s", name, why)
 
     calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
@@ -108,7 +115,8 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     out = Path(out)
     staging = make_staging_dir(out)
     try:
-        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y, safe_mode)
+        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
+                              skipped)
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,7 +125,7 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
 
 
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
-                 safe_mode: bool = True) -> ExportResult:
+                 safe_mode: bool = True, skipped: dict | None = None) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
 
@@ -183,6 +191,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         fmt = registry[variant.format]
         row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
                "description": variant.description}
+        if skipped and name in skipped:
+            rows.append({**row, "status": "skipped", "reason": skipped[name]})
+            continue
         t0 = time.perf_counter()
         try:
             keras_model = get_model(variant.source)
