@@ -20,7 +20,7 @@ from . import __version__
 from .config import ONNX_INT8_SCHEMES, ExportConfig, TrainConfig
 
 E, T = ExportConfig, TrainConfig  # every default is read from the stage's config
-from .errors import EdgeclsError, Interrupted, first_line
+from .errors import ConfigError, EdgeclsError, Interrupted, first_line
 
 log = logging.getLogger("edgecls")
 
@@ -150,7 +150,14 @@ def _cmd_optimize(args) -> int:
 def _cmd_predict(args) -> int:
     from . import runtime
 
-    runner = runtime.load(args.bundle, variant=args.variant, threads=args.threads, tta=args.tta)
+    given = _preprocessing_arg(args)
+    labels = None
+    if args.labels:
+        from .modelio import load_labels
+
+        labels = load_labels(args.labels)
+    runner = runtime.load(args.bundle, variant=args.variant, threads=args.threads, tta=args.tta, preprocessing=given,
+                          labels=labels)
     probs = runner.predict(list(args.images))
     labels = runner.labels or [str(i) for i in range(probs.shape[1])]
     k = max(1, min(args.top_k, probs.shape[1]))
@@ -204,7 +211,23 @@ def _cmd_bench(args) -> int:
                               ssh_config=args.ssh_config)
         result = remote_bench(args.bundle, remote, data=args.data, config=config, progress=True,
                               log=lambda msg: print(f"edgecls: {msg}", file=sys.stderr, flush=True))
+    elif Path(args.bundle).is_file() and Path(args.bundle).suffix in (".tflite", ".onnx") and \
+            not (Path(args.bundle).parent / "manifest.json").is_file():
+        # A lone model file: bench it as a bundle of one variant.
+        import tempfile
+
+        from .bench.local import bundle_for_file
+        from .modelio import load_labels
+
+        labels = load_labels(args.labels) if args.labels else None
+        with tempfile.TemporaryDirectory(prefix="edgecls-file-") as tmp:
+            wrapped = bundle_for_file(args.bundle, Path(tmp) / "bundle", _preprocessing_arg(args), labels)
+            result = bench(wrapped, data=args.data, config=config, progress=_Progress("bench"))
+        result["bundle"] = str(args.bundle)
     else:
+        if _preprocessing_arg(args) or args.labels:
+            raise ConfigError("a bundle carries its own preprocessing and labels; --scale, --mean, --std and --labels "
+                              "are for a lone .tflite/.onnx file")
         result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"), prepared=args.prepared_data)
     atomic_write_json(args.out, result)
     print(Report([result]).markdown())
@@ -234,6 +257,16 @@ def _cmd_pipeline(args) -> int:
     print(result.table)
     print(f"HTML report: {result.report_html}")
     return 0
+
+
+def _add_file_options(p):
+    """What a lone .tflite/.onnx file (outside a bundle) needs: its preprocessing and labels; the
+    input size and layout are read from the file."""
+    p.add_argument("--scale", type=_number, help="a lone model file's preprocessing: it sees (pixel * scale - mean) / "
+                                                 "std (a number or a fraction such as 1/255)")
+    p.add_argument("--mean", type=_number, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--std", type=_number, nargs="+", help="1 or 3 values (RGB)")
+    p.add_argument("--labels", help="a lone model file's class names (JSON list)")
 
 
 def _add_preprocessing_options(p):
@@ -396,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: 'flip' averages each image with its "
                                                    "mirror image (twice the inference)")
+    _add_file_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="latency, throughput, memory, accuracy and size of a bundle's variants; "
@@ -421,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote-python", default=R.python, help=f"Python with edgecls[runtime] on the device (default {R.python})")
     p.add_argument("--remote-dir", default=R.remote_dir, help="working folder on the device, relative to its home")
     p.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
+    _add_file_options(p)
     p.add_argument("--prepared-data", help=argparse.SUPPRESS)  # labelled .npy images sent by a remote bench
     p.add_argument("--out", required=True, help="report JSON file")
     p.set_defaults(func=_cmd_bench)

@@ -196,3 +196,38 @@ def test_flip_tta_averages_each_image_with_its_mirror_image(sample_bundle):
     np.testing.assert_allclose(tta.predict([data]), tta.predict(image), rtol=1e-6)
     with pytest.raises(ConfigError, match="unknown test-time augmentation 'rotate'"):
         runtime.load(sample_bundle.out, variant="tflite_int8", tta="rotate")
+
+
+def test_predict_and_bench_take_a_lone_model_file_with_its_preprocessing(tmp_path):
+    """A .tflite/.onnx file edgecls did not make: the CLI takes its preprocessing and labels; the input
+    size and layout come from the file."""
+    import shutil
+
+    from PIL import Image
+
+    from .conftest import FIXTURES, TINY_ZIP, assert_one_line_error, run_cli
+
+    lone = tmp_path / "their_model.onnx"
+    shutil.copyfile(FIXTURES / "bundles" / "seed_cnn_s8s8" / "onnx_fp32.onnx", lone)
+    spec = json.loads((FIXTURES / "bundles" / "seed_cnn_s8s8" / "preprocessing.json").read_text())
+    labels = tmp_path / "labels.json"
+    shutil.copyfile(FIXTURES / "bundles" / "seed_cnn_s8s8" / "labels.json", labels)
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (48, 40), (90, 60, 30)).save(image)
+    flags = ["--scale", "1/255", "--mean", *map(str, spec["mean"]), "--std", *map(str, spec["std"]), "--labels", labels]
+    lone_run = run_cli("predict", lone, image, *flags, "--json")
+    assert lone_run.returncode == 0, lone_run.stderr
+    bundled = run_cli("predict", FIXTURES / "bundles" / "seed_cnn_s8s8", image, "--variant", "onnx_fp32", "--json")
+    top = json.loads(lone_run.stdout)["results"][0]["top"]
+    assert [t["label"] for t in top] == [t["label"] for t in json.loads(bundled.stdout)["results"][0]["top"]]
+    assert top[0]["score"] == pytest.approx(json.loads(bundled.stdout)["results"][0]["top"][0]["score"], abs=1e-5)
+    assert_one_line_error(run_cli("predict", lone, image), "not inside a bundle", "--scale")
+    assert_one_line_error(run_cli("predict", FIXTURES / "bundles" / "seed_cnn_s8s8", image, "--scale", "1/255"),
+                          "a bundle carries its own preprocessing")
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", lone, *flags, "--data", TINY_ZIP, "--runs", "5", "--warmup", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    row = report["variants"][0]
+    assert row["name"] == "their_model" and row["status"] == "ok" and row["images"] == 100
+    assert report["bundle"] == str(lone) and 0.0 < row["accuracy"] <= 1.0

@@ -103,6 +103,39 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | None, labels=None) -> Path:
+    """A one-variant bundle in `folder` around a lone .tflite/.onnx file, so bench measures it like
+    any variant: its preprocessing from `preprocessing` (scale/mean/std; the input size and layout
+    are read from the file), its labels from `labels` (default: class indices). No validation is
+    recorded (the file was not made by edgecls), so no departure from it can be warned about."""
+    import shutil
+
+    from ..bundle import gzip_size, sha256_file, write_bundle
+    from ..runtime import backend_classes, file_layout, spec_for_file
+    from ..runtime.backends import open_backend
+
+    file, folder = Path(file), Path(folder)
+    if preprocessing is None:
+        raise ConfigError(f"{file} is not inside a bundle: pass its preprocessing (--scale, --mean, --std)")
+    layout = file_layout(file)
+    backend = open_backend(file, None, layout=layout)
+    spec = spec_for_file(backend, layout, preprocessing)
+    classes = backend_classes(backend)
+    labels = list(labels) if labels else [str(i) for i in range(classes or 0)]
+    if classes is not None and len(labels) != classes:
+        raise ConfigError(f"{len(labels)} labels given but {file} outputs {classes} classes")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(file, folder / file.name)
+    data = (folder / file.name).read_bytes()
+    row = {"name": file.stem, "file": file.name, "sha256": sha256_file(folder / file.name),
+           "format": file.suffix.lstrip("."), "precision": "as given", "source": "file", "sparsity": None,
+           "status": "ok", "layout": layout, "size": {"bytes": len(data), "gzip_bytes": gzip_size(data)},
+           "description": f"{file} (not made by edgecls)"}
+    write_bundle(folder, labels=labels, preprocessing=spec, rows=[row],
+                 model={"source": str(file), "kind": "file", "classes": len(labels)})
+    return folder
+
+
 def _labelled_data(data: str | None, input_size, labels, max_images):
     """(uint8 images, label indices in the model's order, dataset name) or None without labels."""
     from ..data import SAMPLE_NAME, load_dataset, sample_indices

@@ -5,8 +5,9 @@
     >>> probs = runner.predict(["cat.jpg", "ship.png"])   # or a uint8 N x H x W x 3 array
 
 `load` takes a bundle directory (choosing a variant by name), or a single .tflite/.onnx file: a file
-inside a bundle uses that bundle's manifest and preprocessing; a lone file needs `preprocessing`
-(a PreprocessingSpec) and optionally `labels`.
+inside a bundle uses that bundle's manifest and preprocessing; a lone file needs `preprocessing` (a dict
+with scale, mean and std: the input size and layout are read from the file; or a PreprocessingSpec)
+and optionally `labels`.
 
 Test-time augmentation: `load(..., tta="flip")` gives a runner whose `predict` averages the
 probabilities for each image and its mirror image (left-right): twice the inference per image, for
@@ -228,7 +229,7 @@ class Runner:
 
 
 def load(path: str | Path, variant: str | None = None, threads: int | None = None,
-         preprocessing: PreprocessingSpec | None = None, labels: Sequence[str] | None = None,
+         preprocessing: PreprocessingSpec | dict | None = None, labels: Sequence[str] | None = None,
          verify: bool = True, tta: str | None = None) -> Runner:
     """Load a bundle variant or a single model file. See the module docstring."""
     path = Path(path)
@@ -236,6 +237,9 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     if path.is_dir():
+        if preprocessing is not None or labels is not None:
+            raise ConfigError("a bundle carries its own preprocessing and labels; preprocessing and labels are for a "
+                              "lone .tflite/.onnx file")
         bundle = load_bundle(path)
         artifact = bundle.artifact(variant)
         return _from_bundle(bundle, artifact, threads, verify, tta)
@@ -246,9 +250,48 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
         bundle, artifact = found
         return _from_bundle(bundle, artifact, threads, verify, tta)
     if preprocessing is None:
-        raise ConfigError(f"{path} is not inside a bundle: pass its preprocessing (a PreprocessingSpec)")
-    backend = open_backend(path, threads)
+        raise ConfigError(f"{path} is not inside a bundle: pass its preprocessing (scale, mean, std: "
+                          f"--scale/--mean/--std on the command line)")
+    layout = file_layout(path) if isinstance(preprocessing, dict) else getattr(preprocessing, "layout", "NHWC")
+    backend = open_backend(path, threads, layout=layout)
+    if isinstance(preprocessing, dict):
+        preprocessing = spec_for_file(backend, layout, preprocessing)
+    if labels is not None:
+        classes = backend_classes(backend)
+        if classes is not None and len(labels) != classes:
+            raise ConfigError(f"{len(labels)} labels given but {path} outputs {classes} classes")
     return Runner(backend, preprocessing, labels, tta=tta)
+
+
+def file_layout(path: Path) -> str:
+    """The input layout a lone model file takes: NCHW for an ONNX file whose input has 3 channels
+    second and more than 3 last, else NHWC (TFLite is always NHWC)."""
+    if Path(path).suffix != ".onnx":
+        return "NHWC"
+    backend = open_backend(path, None, layout="NHWC")
+    shape = backend.input_shape
+    return "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
+
+
+def spec_for_file(backend, layout: str, given: dict) -> PreprocessingSpec:
+    """A PreprocessingSpec for a lone model file: scale/mean/std from `given`, the input size read
+    from the file's input tensor."""
+    shape = backend.input_shape
+    if len(shape) != 4:
+        raise ModelError(f"{backend.path}: the input is {shape}, not an image batch")
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if height <= 0 or width <= 0:
+        raise ModelError(f"{backend.path}: the input size is not fixed ({shape}); edgecls needs a fixed height and width")
+    return PreprocessingSpec(input_size=(height, width), layout=layout,
+                             **{k: v for k, v in given.items() if k in ("scale", "mean", "std")})
+
+
+def backend_classes(backend) -> int | None:
+    try:
+        shape = backend.output_shape
+    except AttributeError:
+        return None
+    return int(shape[-1]) if shape and int(shape[-1]) > 0 else None
 
 
 def _from_bundle(bundle: Bundle, artifact: dict, threads, verify, tta=None) -> Runner:

@@ -93,6 +93,10 @@ class TFLiteBackend:
         return np.dtype(self.output["dtype"])
 
     @property
+    def output_shape(self) -> tuple:
+        return tuple(int(v) for v in self.output["shape"])
+
+    @property
     def input_quantization(self):
         return tuple(self.input["quantization"])
 
@@ -207,6 +211,7 @@ class ONNXBackend:
             raise ModelError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+        self.output_shape = tuple(d if isinstance(d, int) else -1 for d in outputs[0].shape)
         self.dynamic_batch = self.input_shape[0] == -1
 
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
