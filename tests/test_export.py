@@ -531,3 +531,17 @@ def test_a_variant_that_crashes_its_runtime_is_a_failed_row_and_the_others_ship(
     monkeypatch.setattr(isolated, "run_child", hang)
     with pytest.raises(Exception, match="did not finish within 5 s"):
         isolated.outputs(tmp_path / "bundle" / "tflite_fp32.tflite", np.zeros((1, 32, 32, 3), np.float32), timeout=5)
+
+
+def test_sparsity_says_whether_pruning_or_quantization_made_the_zeros(sample_bundle):
+    rows = {r["name"]: r for r in sample_bundle.rows}
+    assert rows["tflite_pruned_int8"]["sparsity_source"] == "pruning"
+    assert rows["tflite_int8"]["sparsity_source"] == "quantization"
+    assert rows["tflite_fp32"]["sparsity_source"] == "weights"
+    table = sample_bundle.format_table()
+    line = next(line for line in table.splitlines() if line.startswith("tflite_int8 "))
+    assert f"{rows['tflite_int8']['sparsity']:g}q" in line
+    from edgecls.report.tables import cell
+
+    assert cell("sparsity", {"sparsity": 0.02, "sparsity_source": "quantization"}) == "0.02 q"
+    assert cell("sparsity", {"sparsity": 0.5, "sparsity_source": "pruning"}) == "0.50"

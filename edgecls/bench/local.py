@@ -210,6 +210,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
 
     art = load_bundle(bundle).artifact(variant)
     row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
+           "sparsity_source": art.get("sparsity_source"),
            "size_bytes": art["size"]["bytes"], "size_gzip_bytes": art["size"]["gzip_bytes"], "status": "ok", "error": ""}
     start = time.perf_counter()
     runner = runtime.load(bundle, variant=variant, threads=config.threads, tta=config.tta)

@@ -37,7 +37,9 @@ class ExportResult:
 
     def format_table(self) -> str:
         """One row per variant; acc is top-1 on the held-out images, Δref its change in points against
-        the variant's own Keras reference, agree the top-1 agreement with that reference."""
+        the variant's own Keras reference, agree the top-1 agreement with that reference. Sparsity
+        is the share of zero weights in the file: pruning's for pruned variants; marked "q" where an
+        unpruned variant's weights merely rounded to zero in quantization."""
         head = f"{'variant':<24}{'status':<8}{'bytes':>10}{'gzip':>10}{'sparsity':>9}{'acc':>8}{'Δref':>8}{'agree':>8}  reason"
         lines = [head]
         for r in self.rows:
@@ -47,9 +49,11 @@ class ExportResult:
             delta = f"{v['accuracy_delta_points']:+.2f}" if "accuracy_delta_points" in v else "-"
             agree = f"{v['agreement']:.4f}" if "agreement" in v else "-"
             note = r.get("reason") or (f"warning: {v['warning']}" if v.get("warning") else "")
+            sparsity = r.get("sparsity")
+            shown = "-" if sparsity is None else f"{sparsity:g}" + ("q" if r.get("sparsity_source") == "quantization" else "")
             lines.append(
                 f"{r['name']:<24}{r['status']:<8}{size.get('bytes', '-'):>10}{size.get('gzip_bytes', '-'):>10}"
-                f"{r.get('sparsity', '-') if r.get('sparsity') is not None else '-':>9}{acc:>8}{delta:>8}{agree:>8}  {note}"
+                f"{shown:>9}{acc:>8}{delta:>8}{agree:>8}  {note}"
             )
         return "\n".join(lines)
 
@@ -282,6 +286,9 @@ def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, ev
         "status": validation["status"],
         "reason": validation.get("reason", ""),
         "sparsity": weights["sparsity"],
+        # Zeros of a pruned model are pruning's; an unpruned model's are weights that rounded to zero.
+        "sparsity_source": "pruning" if variant.source in ("pruned", "pruned_qat") else
+                           ("quantization" if variant.precision in ("int8", "dynamic", "fp16") else "weights"),
         "inputs": inputs,
         "outputs": outs,
         "size": art.size_report(file, params, nonzero, macs),

@@ -5,7 +5,7 @@ import base64
 import html
 
 from .model import device_label
-from .tables import fmt, status
+from .tables import cell, status
 
 
 def html_page(report, plots: dict[str, bytes] | None = None) -> str:
@@ -16,7 +16,7 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
     body = []
     front = set(report.pareto())
     for row in report.rows:
-        cells = [fmt(k, row.get(k)) for k, _ in cols]
+        cells = [cell(k, row) for k, _ in cols]
         cells[-1] = status(row)
         cls = ' class="front"' if row["name"] in front and row["device"] == report.devices[0] else ""
         cls = ' class="warning"' if row.get("warning") else cls

@@ -25,6 +25,15 @@ def fmt(key, value) -> str:
     return str(value)
 
 
+def cell(key, row) -> str:
+    """A table cell: `fmt` of the row's value; sparsity marked "q" when it counts weights of an
+    unpruned variant that merely rounded to zero in quantization."""
+    text = fmt(key, row.get(key))
+    if key == "sparsity" and text != "-" and row.get("sparsity_source") == "quantization":
+        text += " q"
+    return text
+
+
 def status(row) -> str:
     """The status cell: the error of a failed row, the warning of a row that departs from its
     validation at export (edgecls.bench.crosscheck)."""
@@ -51,7 +60,7 @@ def markdown(report) -> str:
     lines.append("| " + " | ".join(h for _, h in cols) + " |")
     lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
     for row in report.rows:
-        cells = [fmt(k, row.get(k)) for k, _ in cols]
+        cells = [cell(k, row) for k, _ in cols]
         cells[-1] = status(row)
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     warnings = report.warnings()
