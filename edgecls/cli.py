@@ -112,7 +112,8 @@ def _export_config(args):
         prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
         qat_calibration=not getattr(args, "no_qat_calibration", False), distill=args.distill,
         distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
-        calibration_seed=args.calibration_seed, float_io=getattr(args, "float_io", False),
+        calibration_seed=args.calibration_seed, calibration_data=getattr(args, "calibration_data", None),
+        float_io=getattr(args, "float_io", False),
         int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
         onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
         onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
@@ -310,6 +311,9 @@ def _add_model_options(p):
     p.add_argument("--batch-size", type=int, default=E.fine_tune_batch_size, help=f"fine-tuning batch size (default {E.fine_tune_batch_size})")
     p.add_argument("--calibration-count", type=int, default=E.calibration_count, help=f"representative training images for int8 (default {E.calibration_count})")
     p.add_argument("--calibration-seed", type=int, default=E.calibration_seed)
+    p.add_argument("--calibration-data", metavar="PATH",
+                   help="unlabelled images (a folder or .zip, class folders or none) to calibrate int8 on instead of "
+                        "--data's training split; --data's labels are then used only to measure accuracy")
     p.add_argument("--seed", type=int, default=E.seed)
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=E.verbose)
 

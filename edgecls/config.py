@@ -176,6 +176,7 @@ class ExportConfig:
     nchw: bool = False
     max_eval_images: int | None = None
     optimized: str | None = None  # an `edgecls optimize` folder whose pruned/QAT models export reuses
+    calibration_data: str | None = None  # unlabelled images for int8 calibration (default: --data's training split)
     validation_timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
     seed: int = 0
     verbose: int = 0

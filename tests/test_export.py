@@ -545,3 +545,26 @@ def test_sparsity_says_whether_pruning_or_quantization_made_the_zeros(sample_bun
 
     assert cell("sparsity", {"sparsity": 0.02, "sparsity_source": "quantization"}) == "0.02 q"
     assert cell("sparsity", {"sparsity": 0.5, "sparsity_source": "pruning"}) == "0.50"
+
+
+def test_int8_calibrates_on_unlabelled_images(trained_tiny, tmp_path):
+    """Calibration needs images, not labels: a flat folder of photos will do; the labelled --data is
+    then read only to measure accuracy."""
+    import zipfile
+
+    from .conftest import TINY_ZIP
+
+    flat = tmp_path / "unlabelled"
+    flat.mkdir()
+    with zipfile.ZipFile(TINY_ZIP) as zf:
+        for i, name in enumerate(n for n in zf.namelist() if "/train/" in n and n.endswith(".jpg")):
+            (flat / f"photo_{i:03d}.jpg").write_bytes(zf.read(name))
+    (flat / "notes.txt").write_text("not an image")
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_int8",),
+                    calibration_count=48, calibration_data=str(flat))
+    calibration = result.manifest["calibration"]
+    assert calibration["images"] == 48 and calibration["data"] == str(flat) and calibration["labels"] is False
+    assert [r["name"] for r in result.rows] == ["tflite_int8"] and "accuracy" in result.rows[0]["validation"]
+    with pytest.raises(Exception, match="calibration needs 500"):
+        export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",), calibration_count=500,
+               calibration_data=str(flat))

@@ -199,6 +199,32 @@ def _read_tree(tree: _Tree, size, test_fraction, seed):
     return x_train, y_train, x_test, y_test, names, skip_train + skip_test + len(tree.other), note
 
 
+def read_unlabelled(path: str | Path, size, count: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """`count` images drawn (seeded) from every image file under `path` (a folder or a .zip, classes
+    or none): calibration data needs no labels. Returns (uint8 N x H x W x 3, files skipped)."""
+    path = Path(path)
+    zf = None
+    if path.is_dir():
+        tree = _dir_tree(path)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        tree, zf = _zip_tree(path)
+    else:
+        raise DataError(f"calibration images not found: {path}; pass a folder or a .zip of images")
+    try:
+        files = [f for f in tree.files if f.suffix.lower() in IMAGE_EXTENSIONS]
+        if len(files) < count:
+            raise DataError(f"{path}: {len(files)} images, but the calibration needs {count}; lower --calibration-count "
+                            f"(at least 32) or add images")
+        order = np.random.default_rng(seed).permutation(len(files))
+        images, _, skipped = _decode(tree, [(files[i], 0) for i in order[:count]], size)
+    finally:
+        if zf is not None:
+            zf.close()
+    if len(images) == 0:
+        raise DataError(f"{path}: no readable images for calibration")
+    return images, skipped
+
+
 def _check_classes(where: str, classes: dict[str, list]) -> None:
     if not classes:
         raise DataError(f"{where}: no class folders found; expected {where}/<class>/<image>")

@@ -94,7 +94,7 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     from ..evaluation import align_labels
 
     mapping = align_labels(dataset, source.labels)
-    if len(dataset.train) < config.calibration_count:
+    if not config.calibration_data and len(dataset.train) < config.calibration_count:
         raise DataError(
             f"the calibration set needs {config.calibration_count} training images but {dataset.source} has "
             f"{len(dataset.train)}; lower --calibration-count (at least 32) or use more data"
@@ -111,7 +111,16 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
         for name in skipped:
             log.warning("%s: skipped: %s", name, why)
 
-    calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
+    if config.calibration_data:
+        from ..data.folder import read_unlabelled
+
+        calibration, unreadable = read_unlabelled(config.calibration_data, spec.input_size, config.calibration_count,
+                                                  config.calibration_seed)
+        log.info("calibrating int8 on %d unlabelled images of %s%s; labels are used only to measure accuracy "
+                 "(on %s's test split)", len(calibration), config.calibration_data,
+                 f" ({unreadable} unreadable skipped)" if unreadable else "", dataset.source)
+    else:
+        calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_images = dataset.test.images[keep]
     eval_y = mapping[dataset.test.labels[keep]]
@@ -253,7 +262,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                "output": output_kind},
         reference={"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
                    "data": dataset.source, "split": "test"},
-        calibration={"images": int(len(representative)), "split": "train", "seed": config.calibration_seed},
+        calibration={"images": int(len(representative)), "seed": config.calibration_seed,
+                     **({"data": str(config.calibration_data), "labels": False} if config.calibration_data else
+                        {"split": "train", "data": dataset.source})},
         optimization=details, config=config.to_dict(), tools=_versions(),
         export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
