@@ -7,9 +7,10 @@ Besides the tolerances, two rules keep a validation honest:
   true class), or whose outputs barely depend on the input (probabilities varying by less than
   CONSTANT_STD across images), is flagged: a variant degenerate where its reference is not fails;
   agreement with a degenerate reference proves nothing, so such a variant is warned.
-- **Few images.** Agreement on n images is a sample: when the exact one-sided 95% (Clopper-Pearson)
-  lower bound of the agreement falls below the tolerance while the observed value passes, the
-  variant is warned that its validation cannot certify it (validate on more images).
+- **Few images.** Agreement on n images is a sample: when some images disagree and the exact
+  one-sided 95% (Clopper-Pearson) lower bound of the agreement falls below the tolerance while the
+  observed value passes, the variant is warned that its validation cannot certify it (validate on
+  more images).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tole
         warnings.append(f"the reference is degenerate ({theirs}): agreement with it proves little")
     n = len(labels)
     bound = agreement_lower_bound(int(round(agreement * n)), n)
-    if not failures and bound < tolerance.min_agreement:
+    if not failures and agreement < 1.0 and bound < tolerance.min_agreement:
         warnings.append(f"agreement {agreement:.4f} on only {n} images: with {CONFIDENCE:.0%} confidence it is above "
                         f"{bound:.4f}, below the {tolerance.min_agreement} required; validate on more images")
     result = {
