@@ -182,11 +182,14 @@ def install_edgecls(root: Path, cpu: str) -> dict:
         shutil.rmtree(root / VENV.lstrip("/"), ignore_errors=True)
         chroot(root, cpu, "/usr/bin/python3", "-m", "venv", VENV)
         chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--only-binary=numpy,pillow,ai-edge-litert,onnxruntime",
-               "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]", "wheel")
+               "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]", "wheel", "setuptools>=77")
         stamp.write_text(deps_key)
     else:
-        if chroot(root, cpu, f"{VENV}/bin/python", "-c", "import wheel", check=False).returncode != 0:
-            chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "wheel")  # to build edgecls without isolation
+        # To build edgecls without isolation: wheel, and a setuptools that reads the SPDX license
+        # string of pyproject.toml (Debian 12's venv brings setuptools 66).
+        ready = "import wheel, setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)"
+        if chroot(root, cpu, f"{VENV}/bin/python", "-c", ready, check=False).returncode != 0:
+            chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "wheel", "setuptools>=77")
         chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
                "/opt/edgecls-src")
     frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.splitlines()
