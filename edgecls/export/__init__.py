@@ -264,7 +264,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                    "data": dataset.source, "split": "test"},
         calibration={"images": int(len(representative)), "seed": config.calibration_seed,
                      **({"data": str(config.calibration_data), "labels": False} if config.calibration_data else
-                        {"split": "train", "data": dataset.source})},
+                        {"split": "train"})},
         optimization=details, config=config.to_dict(), tools=_versions(),
         export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
