@@ -10,6 +10,7 @@ from .._deps import keras
 from ..data import Dataset, stratified_split
 from ..errors import ModelError
 from ..training.distill import Distillation, distiller, outputs_are_probabilities
+from ..training.guards import finite_loss_guard
 from ..preprocess import PreprocessingSpec
 
 
@@ -81,7 +82,7 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
         teacher_logits = not outputs_are_probabilities(distillation.teacher, probe)
         trainer = distiller(model, distillation, hard_loss, from_logits, teacher_logits)
         trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
-    guard = _FiniteLoss(k)
+    guard = finite_loss_guard(k)
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[guard, *callbacks], verbose=verbose)
     if guard.at is not None:
         epoch, step, value = guard.at
@@ -89,21 +90,3 @@ def fine_tune(model, dataset: Dataset, spec: PreprocessingSpec, epochs: int, bat
                          f"{learning_rate:g}); the model is unusable and was not kept: try {hint}")
     return {k_: [float(v) for v in vals] for k_, vals in history.history.items()}
 
-
-def _FiniteLoss(k):
-    """A callback that stops a fit at the first batch whose loss is NaN or infinite and records where."""
-
-    class FiniteLoss(k.callbacks.Callback):
-        at = None
-        _epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                self.at = (self._epoch, batch, "NaN" if math.isnan(float(loss)) else "infinite")
-                self.model.stop_training = True
-
-    return FiniteLoss()

@@ -28,11 +28,12 @@ from ..config import TrainConfig
 from ..data import Dataset, load_dataset, stratified_split
 from ..errors import ConfigError, DataError, Interrupted, ModelError
 from ..hostinfo import host_info
-from ..modelio import (LABELS_FILE, MODEL_FILE, TRAIN_FILE, TrainedModel, read_finished_run, read_run_record,  # noqa: F401
-                      save_labels, save_model_file)
+from ..modelio import (LABELS_FILE, MODEL_FILE, TRAIN_FILE, TrainedModel, read_finished_run, save_labels,
+                      save_model_file)
 from ..preprocess import SPEC_FILE, PreprocessingSpec
 from ..zoo import create_model, get_model_info, model_stats
 from .distribute import select_placement
+from .guards import finite_loss_guard
 
 log = logging.getLogger("edgecls")
 
@@ -198,25 +199,6 @@ def _distiller_for(model, teacher: TrainedModel, teacher_metrics: dict, config: 
                         teacher_logits=not outputs_are_probabilities(teacher_model, probe))
     trainer(probe[:1])  # built before fit, so BackupAndRestore can restore the optimizer's state on --resume
     return trainer, info
-
-
-def _NaNGuard(k):
-    """Stops training at the first NaN or infinite batch loss and remembers the epoch."""
-
-    class NaNGuard(k.callbacks.Callback):
-        epoch = None
-        _current = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._current = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(loss):
-                self.epoch = self._current
-                self.model.stop_training = True
-
-    return NaNGuard()
 
 
 class _EpochRecorder:
@@ -390,7 +372,7 @@ def _train(config: TrainConfig, callbacks, dataset) -> TrainResult:
             trainer.compile(optimizer=optimizer)  # the loss and metrics are the distiller's
     # Only the chief keeps the history; other workers record in memory.
     recorder = _EpochRecorder(staging / ("history.json" if placement.is_chief else f".history-{os.getpid()}.json"), len(train_index))
-    nan_guard = _NaNGuard(k)
+    nan_guard = finite_loss_guard(k)
     cbs = [nan_guard, k.callbacks.BackupAndRestore(str(staging / "backup"), save_freq="epoch", delete_checkpoint=False),
            recorder.callback]
     average = None
@@ -416,10 +398,10 @@ def _train(config: TrainConfig, callbacks, dataset) -> TrainResult:
     fit_start = time.perf_counter()
     trainer.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs, verbose=verbose)
     fit_time = time.perf_counter() - fit_start
-    if nan_guard.epoch is not None:
+    if nan_guard.at is not None:
         # The checkpoints hold NaN weights too: resuming from them cannot help.
         shutil.rmtree(staging, ignore_errors=True)
-        raise ModelError(f"training diverged: the loss became NaN in epoch {nan_guard.epoch + 1} at a peak learning "
+        raise ModelError(f"training diverged: the loss became NaN in epoch {nan_guard.at[0] + 1} at a peak learning "
                          f"rate of {config.peak_learning_rate:g}; start again with a lower --lr")
     swa_info = None
     if average is not None:
