@@ -136,18 +136,24 @@ def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size) -> tuple[
     return images[:n], labels[:n], skipped
 
 
+def _open_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile | None] | None:
+    """The files of a folder or of a zip (with the open ZipFile to close), or None for anything else."""
+    if path.is_dir():
+        return _dir_tree(path), None
+    if path.is_file() and zipfile.is_zipfile(path):
+        return _zip_tree(path)
+    return None
+
+
 def read_image_folder(path: str | Path, size, test_fraction: float = 0.2, seed: int = 0):
     """Return (train_images, train_labels, test_images, test_labels, class_names, skipped, split_note)."""
     path = Path(path)
-    zf = None
-    if path.is_dir():
-        tree = _dir_tree(path)
-    elif path.is_file() and zipfile.is_zipfile(path):
-        tree, zf = _zip_tree(path)
-    elif path.is_file():
-        raise DataError(f"{path}: expected an image folder, a .zip of one or a cifar-10-batches-py folder")
-    else:
+    opened = _open_tree(path)
+    if opened is None:
+        if path.is_file():
+            raise DataError(f"{path}: expected an image folder, a .zip of one or a cifar-10-batches-py folder")
         raise DataError(f"dataset not found: {path}")
+    tree, zf = opened
     try:
         return _read_tree(tree, size, test_fraction, seed)
     finally:
@@ -203,13 +209,10 @@ def read_unlabelled(path: str | Path, size, count: int, seed: int = 0) -> tuple[
     """`count` images drawn (seeded) from every image file under `path` (a folder or a .zip, classes
     or none): calibration data needs no labels. Returns (uint8 N x H x W x 3, files skipped)."""
     path = Path(path)
-    zf = None
-    if path.is_dir():
-        tree = _dir_tree(path)
-    elif path.is_file() and zipfile.is_zipfile(path):
-        tree, zf = _zip_tree(path)
-    else:
+    opened = _open_tree(path)
+    if opened is None:
         raise DataError(f"calibration images not found: {path}; pass a folder or a .zip of images")
+    tree, zf = opened
     try:
         files = [f for f in tree.files if f.suffix.lower() in IMAGE_EXTENSIONS]
         if len(files) < count:
