@@ -260,23 +260,19 @@ def _cmd_pipeline(args) -> int:
     return 0
 
 
-def _add_file_options(p):
-    """What a lone .tflite/.onnx file (outside a bundle) needs: its preprocessing and labels; the
-    input size and layout are read from the file."""
-    p.add_argument("--scale", type=_number, help="a lone model file's preprocessing: it sees (pixel * scale - mean) / "
-                                                 "std (a number or a fraction such as 1/255)")
+def _add_file_options(p, whose: str = "a lone model file's", labels: str = "a lone model file's class names (JSON list)"):
+    """The preprocessing and labels of a model edgecls did not make (for a lone .tflite/.onnx file the
+    input size and layout are read from the file)."""
+    p.add_argument("--scale", type=_number, help=f"{whose} preprocessing: it sees (pixel * scale - mean) / std "
+                                                 "(a number or a fraction such as 1/255)")
     p.add_argument("--mean", type=_number, nargs="+", help="1 or 3 values (RGB)")
     p.add_argument("--std", type=_number, nargs="+", help="1 or 3 values (RGB)")
-    p.add_argument("--labels", help="a lone model file's class names (JSON list)")
+    p.add_argument("--labels", help=labels)
 
 
 def _add_preprocessing_options(p):
     """What a model file that is not an edgecls run needs, and the safe-mode switch."""
-    p.add_argument("--scale", type=_number, help="your model's preprocessing: it sees (pixel * scale - mean) / std "
-                                                 "(a number or a fraction such as 1/255)")
-    p.add_argument("--mean", type=_number, nargs="+", help="1 or 3 values (RGB)")
-    p.add_argument("--std", type=_number, nargs="+", help="1 or 3 values (RGB)")
-    p.add_argument("--labels", help="JSON list of class names (default: class indices)")
+    _add_file_options(p, "your model's", "JSON list of class names (default: class indices)")
     p.add_argument("--unsafe", action="store_true", help="load a model that safe mode refuses (Lambda layers, custom "
                                                          "classes): runs code stored in or named by the file; only for "
                                                          "files you trust")

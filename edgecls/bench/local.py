@@ -111,14 +111,12 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
     import shutil
 
     from ..bundle import gzip_size, sha256_file, write_bundle
-    from ..runtime import backend_classes, file_layout, spec_for_file
-    from ..runtime.backends import open_backend
+    from ..runtime import backend_classes, open_lone_file, spec_for_file
 
     file, folder = Path(file), Path(folder)
     if preprocessing is None:
         raise ConfigError(f"{file} is not inside a bundle: pass its preprocessing (--scale, --mean, --std)")
-    layout = file_layout(file)
-    backend = open_backend(file, None, layout=layout)
+    backend, layout = open_lone_file(file)
     spec = spec_for_file(backend, layout, preprocessing)
     classes = backend_classes(backend)
     labels = list(labels) if labels else [str(i) for i in range(classes or 0)]

@@ -223,9 +223,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         file.write_bytes(converted.data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
         try:
-            nonfinite, unreadable = fmt.weight_stats(file).get("nonfinite", 0), None
+            weights, unreadable = fmt.weight_stats(file), None
         except Exception as exc:  # a damaged flatbuffer or protobuf: struct.error, DecodeError, IndexError ...
-            nonfinite, unreadable = 0, f"{exc.__class__.__name__}: {first_line(exc)}"
+            weights, unreadable = {}, f"{exc.__class__.__name__}: {first_line(exc)}"
+        nonfinite = weights.get("nonfinite", 0)
         if unreadable:
             row.update(status="failed", reason=f"the converted file is unreadable ({unreadable}); not loaded")
         elif nonfinite:
@@ -238,7 +239,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                 pixels = converted.pixel_layout
                 inputs = pixels.apply(eval_images) if pixels is not None else eval_x
                 row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
-                                                  base_ref, macs, source))
+                                                  base_ref, macs, source, weights))
                 row["validation"]["host"] = validated_on
                 row["input"] = variant.input
             except EdgeclsError as exc:
@@ -274,14 +275,16 @@ class _BuildError(Exception):
     pass
 
 
-def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source) -> dict:
+def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source,
+                           weights: dict) -> dict:
+    """The row fields of a written artifact: its outputs (computed in a child process) against its
+    reference, its tensors, and its sizes; `weights` is `fmt.weight_stats(file)`, read once."""
     from ..runtime import isolated
     from . import inspect as art
 
     # In a child process: a converted file that crashes its runtime fails this row, not the export.
     outputs = isolated.outputs(file, eval_x, layout=fmt.layout(config), threads=None, timeout=config.validation_timeout_s)
     inputs, outs = fmt.describe(file)
-    weights = fmt.weight_stats(file)
     tolerance = TOLERANCES[variant.precision]
     if variant.precision in config.tolerances:
         tolerance = Tolerance(**config.tolerances[variant.precision])

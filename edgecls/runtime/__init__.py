@@ -252,10 +252,11 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
     if preprocessing is None:
         raise ConfigError(f"{path} is not inside a bundle: pass its preprocessing (scale, mean, std: "
                           f"--scale/--mean/--std on the command line)")
-    layout = file_layout(path) if isinstance(preprocessing, dict) else getattr(preprocessing, "layout", "NHWC")
-    backend = open_backend(path, threads, layout=layout)
     if isinstance(preprocessing, dict):
+        backend, layout = open_lone_file(path, threads)
         preprocessing = spec_for_file(backend, layout, preprocessing)
+    else:
+        backend = open_backend(path, threads, layout=getattr(preprocessing, "layout", "NHWC"))
     if labels is not None:
         classes = backend_classes(backend)
         if classes is not None and len(labels) != classes:
@@ -263,14 +264,15 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
     return Runner(backend, preprocessing, labels, tta=tta)
 
 
-def file_layout(path: Path) -> str:
-    """The input layout a lone model file takes: NCHW for an ONNX file whose input has 3 channels
-    second and more than 3 last, else NHWC (TFLite is always NHWC)."""
-    if Path(path).suffix != ".onnx":
-        return "NHWC"
-    backend = open_backend(path, None, layout="NHWC")
+def open_lone_file(path: Path, threads: int | None = None):
+    """(backend, layout) for a model file outside a bundle. The layout is read from the file: NCHW for
+    an ONNX file whose input has 3 channels second and more than 3 last, else NHWC (TFLite is always
+    NHWC); only an NCHW file is opened a second time, with that layout."""
+    backend = open_backend(path, threads, layout="NHWC")
     shape = backend.input_shape
-    return "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
+    if Path(path).suffix == ".onnx" and len(shape) == 4 and shape[1] == 3 and shape[3] != 3:
+        return open_backend(path, threads, layout="NCHW"), "NCHW"
+    return backend, "NHWC"
 
 
 def spec_for_file(backend, layout: str, given: dict) -> PreprocessingSpec:
