@@ -178,6 +178,7 @@ class ExportConfig:
     optimized: str | None = None  # an `edgecls optimize` folder whose pruned/QAT models export reuses
     calibration_data: str | None = None  # unlabelled images for int8 calibration (default: --data's training split)
     validation_timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
+    isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)

@@ -514,7 +514,8 @@ def test_a_variant_that_crashes_its_runtime_is_a_failed_row_and_the_others_ship(
         return data[: len(data) // 3] if precision == "dynamic" else data
 
     monkeypatch.setattr(tflite_format, "convert", corrupt_dynamic)
-    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle",
+    # In this process (isolate=False) so that the patches above apply; validation still runs each file apart.
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", isolate=False,
                     formats=("tflite_fp32", "tflite_fp16", "tflite_dynamic", "onnx_fp32"), calibration_count=64)
     rows = {r["name"]: r for r in result.rows}
     assert rows["tflite_fp16"]["status"] == "failed"
@@ -568,3 +569,61 @@ def test_int8_calibrates_on_unlabelled_images(trained_tiny, tmp_path):
     with pytest.raises(Exception, match="calibration needs 500"):
         export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",), calibration_count=500,
                calibration_data=str(flat))
+
+
+CRASHING_SITE = """
+import os, signal
+if os.environ.get("EDGECLS_TEST_CRASH_VARIANT"):
+    from edgecls.export.formats import tflite
+    convert = tflite.TFLiteFormat.convert
+    def crashing(self, variant, job):
+        if variant.name == os.environ["EDGECLS_TEST_CRASH_VARIANT"]:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return convert(self, variant, job)
+    tflite.TFLiteFormat.convert = crashing
+if os.environ.get("EDGECLS_TEST_CRASH_SOURCE"):
+    from edgecls.optimize import run
+    build = run.build_variant
+    def aborting(kind, *args, **kwargs):
+        if kind == os.environ["EDGECLS_TEST_CRASH_SOURCE"]:
+            os.abort()
+        return build(kind, *args, **kwargs)
+    run.build_variant = aborting
+"""
+
+
+def test_a_native_crash_while_converting_costs_one_variant_not_the_export(trained_tiny, tmp_path, monkeypatch):
+    """The export runs in a worker process that is restarted after a native crash: a converter
+    segfault costs the variant being converted, an abort while fine-tuning costs the variants of
+    that model; every other variant is exported and validated and the bundle is written whole."""
+    from .conftest import TINY_ZIP
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHING_SITE)  # loaded by every Python the test starts
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("EDGECLS_TEST_CRASH_VARIANT", "tflite_int8")
+    monkeypatch.setenv("EDGECLS_TEST_CRASH_SOURCE", "qat")
+    out = tmp_path / "bundle"
+    result = export(trained_tiny.out, data=TINY_ZIP, out=out, calibration_count=64, qat_epochs=1,
+                    formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8", "onnx_fp32"))
+    rows = _rows(result)
+    assert rows["tflite_int8"]["status"] == "error"
+    assert rows["tflite_int8"]["reason"] == "the export process crashed (signal 11, SIGSEGV) while converting it"
+    assert rows["tflite_qat_int8"]["status"] == "error"
+    assert "crashed (signal 6, SIGABRT) while building the qat model" in rows["tflite_qat_int8"]["reason"]
+    assert rows["tflite_fp32"]["status"] == "ok" and rows["onnx_fp32"]["status"] == "ok"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["artifacts"]] == ["tflite_fp32", "onnx_fp32"]
+    assert {r["name"]: r["status"] for r in manifest["rejected"]} == {"tflite_int8": "error", "tflite_qat_int8": "error"}
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "manifest.json", "onnx_fp32.onnx",
+                                                      "preprocessing.json", "tflite_fp32.tflite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "site"]  # no staging folder left behind
+    # Without isolation the same crash takes the whole process down: the reason the worker exists.
+    import subprocess
+    import sys
+
+    code = ("from edgecls.export import export; export(%r, data=%r, out=%r, calibration_count=64, isolate=False, "
+            "formats=('tflite_fp32', 'tflite_int8'))" % (str(trained_tiny.out), str(TINY_ZIP), str(tmp_path / "b2")))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -11 and not (tmp_path / "b2").exists()

@@ -75,12 +75,35 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     from dataclasses import replace
 
     config = replace(config, **overrides) if config and overrides else (config or ExportConfig(**overrides))
-    names = resolve_formats(config.formats)
-    from ..modelio import load_model
-
+    resolve_formats(config.formats)
     from ..outputs import check_output_dir
 
     check_output_dir(out, "bundle", inputs=(model, data if isinstance(data, (str, Path)) else None))
+    out = Path(out)
+    staging = make_staging_dir(out)
+    try:
+        if config.isolate and isinstance(model, (str, Path)):
+            # A native crash while converting one variant costs that variant, not the export.
+            from .worker import export_supervised
+
+            result = export_supervised(staging, out, model, data, config, preprocessing, labels, safe_mode, dataset)
+        else:
+            result = export_into(staging, out, model, data, config, preprocessing, labels, safe_mode, dataset)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def export_into(staging: Path, out: Path, model, data, config: ExportConfig, preprocessing=None, labels=None,
+                safe_mode: bool = True, dataset: Dataset | None = None, journal=None) -> ExportResult:
+    """Load the model and data and export every variant into `staging` (in this process). `journal`
+    (edgecls.export.worker.Journal) records progress for a supervising process and says which
+    variants an earlier, crashed attempt already finished or lost."""
+    names = resolve_formats(config.formats)
+    from ..modelio import load_model
+
     source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
     if config.optimized:
         from ..optimize.run import check_optimized
@@ -108,8 +131,9 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
         if len(skipped) == len(names):
             raise ConfigError(f"{source.path} is a SavedModel without a Keras layer graph: pruning and QAT are impossible; "
                               f"choose --formats among {', '.join(n for n in VARIANTS if VARIANTS[n].source == 'base')}")
-        for name in skipped:
-            log.warning("%s: skipped: %s", name, why)
+        if journal is None or not journal.restarted:
+            for name in skipped:
+                log.warning("%s: skipped: %s", name, why)
 
     if config.calibration_data:
         from ..data.folder import read_unlabelled
@@ -124,21 +148,30 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_images = dataset.test.images[keep]
     eval_y = mapping[dataset.test.labels[keep]]
+    return _export_into(staging, Path(out), names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
+                        skipped, journal or _NoJournal())
 
-    out = Path(out)
-    staging = make_staging_dir(out)
-    try:
-        result = _export_into(staging, out, names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
-                              skipped)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return result
+
+class _NoJournal:
+    """The journal of an export that runs in the caller's process: nothing to record or resume."""
+
+    restarted = False
+    rows: dict = {}
+    details: dict = {}
+    lost_sources: dict = {}
+
+    def step(self, name: str | None, what: str, **extra) -> None:
+        pass
+
+    def finished(self, row: dict) -> None:
+        pass
+
+    def built(self, kind: str, details: dict) -> None:
+        pass
 
 
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
-                 safe_mode: bool = True, skipped: dict | None = None) -> ExportResult:
+                 safe_mode: bool = True, skipped: dict | None = None, journal=None) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
 
@@ -150,8 +183,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
     base = source.model
     macs = model_stats(base)["macs"]
     models: dict[str, object] = {"base": base}
-    details: dict[str, dict] = {}
-    build_errors: dict[str, str] = {}
+    journal = journal or _NoJournal()
+    details: dict[str, dict] = dict(journal.details)  # fine-tunes an earlier attempt finished
+    build_errors: dict[str, str] = dict(journal.lost_sources)  # ... or crashed in
+    current = {"name": None}
     references: dict[str, np.ndarray] = {}
 
     def get_model(kind: str):
@@ -168,6 +203,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             return models[kind]
         try:
             start = get_model("pruned") if kind == "pruned_qat" else base
+            journal.step(current["name"], f"building the {kind} model", source=kind)
             if kind == "pruned":
                 log.info("pruning to %.0f%% sparsity, %s across layers (%d fine-tuning epochs)", 100 * config.sparsity,
                          "by LAMP score" if config.sparsity_allocation == "lamp" else "uniform", config.prune_epochs)
@@ -182,6 +218,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             raise _BuildError(str(exc)) from None
         models[kind] = opt.model
         details[kind] = dict(opt.details)
+        journal.built(kind, details[kind])
         return opt.model
 
     def reference(kind: str) -> np.ndarray:
@@ -189,6 +226,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             references[kind] = predict_in_batches(get_model(kind), eval_x)
         return references[kind]
 
+    journal.step(None, "computing the Keras model's reference outputs")
     base_ref = reference("base")
     from ..training.distill import are_probabilities
 
@@ -204,12 +242,17 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         fmt = registry[variant.format]
         row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
                "description": variant.description}
+        if name in journal.rows:  # finished (or lost to a crash) in an earlier attempt
+            rows.append(journal.rows[name])
+            continue
         if skipped and name in skipped:
             rows.append({**row, "status": "skipped", "reason": skipped[name]})
             continue
         t0 = time.perf_counter()
+        current["name"] = name
         try:
             keras_model = get_model(variant.source)
+            journal.step(name, "converting it")
             job = ConvertJob(model=keras_model, base=base, spec=spec, config=config, representative=representative,
                              calibration=calibration, shared=shared)
             converted = fmt.convert(variant, job)
@@ -217,11 +260,13 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
             rows.append(row)
+            journal.finished(row)
             log.warning("%s: %s", name, exc)
             continue
         file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
         file.write_bytes(converted.data)
         row["convert_s"] = round(time.perf_counter() - t0, 2)
+        journal.step(name, "reading the converted file", file=file.name)
         try:
             weights, unreadable = fmt.weight_stats(file), None
         except Exception as exc:  # a damaged flatbuffer or protobuf: struct.error, DecodeError, IndexError ...
@@ -235,6 +280,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                                                f"(its Keras model's weights are not finite); not loaded")
             row.update(file=file.name, sha256=sha256_file(file))
         else:
+            journal.step(name, "validating the converted file", file=file.name)
             try:
                 pixels = converted.pixel_layout
                 inputs = pixels.apply(eval_images) if pixels is not None else eval_x
@@ -251,11 +297,13 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             row["file"] = f"rejected/{file.name}"
             log.warning("%s failed validation: %s", name, row["reason"])
         rows.append(row)
+        journal.finished(row)
         log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
         if row.get("validation", {}).get("warning"):
             log.warning("%s: %s", name, row["validation"]["warning"])
 
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
+    journal.step(None, "writing the bundle")
     manifest = write_bundle(
         staging, labels=source.labels, preprocessing=spec, rows=rows,
         model={"source": str(source.path), "kind": source.kind, "name": getattr(base, "name", ""),
