@@ -107,7 +107,7 @@ def _export_config(args):
     from .config import ExportConfig
 
     return ExportConfig(
-        formats=tuple(args.formats) if getattr(args, "formats", None) else ("all",), sparsity=args.sparsity,
+        formats=tuple(args.formats) if getattr(args, "formats", None) else ExportConfig.formats, sparsity=args.sparsity,
         sparsity_allocation=args.sparsity_allocation, structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
         prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
         qat_calibration=not getattr(args, "no_qat_calibration", False), distill=args.distill,
@@ -250,7 +250,7 @@ def _cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
     result = run_pipeline(data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
-                          formats=tuple(args.formats or ("all",)), threads=args.threads, runs=args.runs, model=args.model,
+                          formats=tuple(args.formats or ExportConfig.formats), threads=args.threads, runs=args.runs, model=args.model,
                           progress=_Progress("bench"), train_new=args.train)
     print("Export and validation (against the Keras model, on held-out images):")
     print(result.export_table)
@@ -400,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="optimize, convert to TFLite/ONNX, validate every artifact, write a bundle")
     _add_model_options(p)
-    p.add_argument("--formats", nargs="+", help="variants or groups (all, tflite, onnx, int8, float); default all")
+    p.add_argument("--formats", nargs="+",
+                   help="variants or groups: default (what a bundle ships: every optimization, one int8 engine per "
+                        "format), engines (every post-training quantization engine side by side), all, tflite, onnx, "
+                        "int8, float; default: default")
     p.add_argument("--float-io", action="store_true", help="int8 TFLite models take and return float32 instead of int8")
     p.add_argument("--int8-weights", default=E.int8_weights, choices=("per-channel", "per-tensor"),
                    help="weight scales of int8 PTQ TFLite models: per-channel (default, accurate) or per-tensor "
@@ -473,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="skip training: start from this trained model (default with no --data: the "
                                    "shipped models/<arch> when there is one)")
     p.add_argument("--train", action="store_true", help="train a new model even when a shipped one exists")
-    p.add_argument("--formats", nargs="+", help="variants to export (default all)")
+    p.add_argument("--formats", nargs="+", help="variants or groups to export (default: default; see export --help)")
     p.add_argument("--threads", type=int, default=P["threads"])
     p.add_argument("--runs", type=int, default=P["runs"], help="timed batch-1 calls per variant")
     p.set_defaults(func=_cmd_pipeline)

@@ -148,10 +148,11 @@ INT8_WEIGHT_SCALES = ("per-channel", "per-tensor")
 class ExportConfig:
     """Optimization and export options (see `edgecls export --help`).
 
-    formats: variant names or groups ("all", "tflite", "onnx", "int8"); see edgecls.export.VARIANTS.
+    formats: variant names or groups ("default", "all", "engines", "tflite", "onnx", "int8"); see
+    edgecls.export.VARIANTS and GROUPS.
     """
 
-    formats: tuple[str, ...] = ("all",)
+    formats: tuple[str, ...] = ("default",)
     sparsity: float = 0.5
     sparsity_allocation: str = "uniform"  # or "lamp": per-layer sparsities from LAMP scores (edgecls.optimize.prune)
     structured_2x4: bool = False

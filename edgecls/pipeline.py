@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import ExportConfig
+
 log = logging.getLogger("edgecls")
 
 # Trained CIFAR-10 models shipped in the repository (models/<arch>/: model.keras beside its bundle).
@@ -37,14 +39,14 @@ class PipelineResult:
 
 
 def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arch: str = "resnet8", epochs: int = 15,
-                 formats=("all",), threads: int = 1, runs: int = 100, model: str | Path | None = None,
+                 formats=ExportConfig.formats, threads: int = 1, runs: int = 100, model: str | Path | None = None,
                  batch_size: int = 64, calibration_count: int | None = None, progress=None,
                  train_new: bool = False) -> PipelineResult:
     """With no `data` and no `model`, start from the shipped CIFAR-10 model of `arch` when there is
     one (its first run shows a real model's accuracy in minutes); `train_new` trains one instead."""
     from ._io import atomic_write_json
     from .bench import BenchConfig, bench
-    from .config import ExportConfig, TrainConfig
+    from .config import TrainConfig
     from .data import SAMPLE_NAME, load_dataset
     from .export import export
     from .report import Report

@@ -627,3 +627,52 @@ def test_a_native_crash_while_converting_costs_one_variant_not_the_export(traine
             "formats=('tflite_fp32', 'tflite_int8'))" % (str(trained_tiny.out), str(TINY_ZIP), str(tmp_path / "b2")))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -11 and not (tmp_path / "b2").exists()
+
+
+def test_every_quantization_engine_is_a_validated_variant(trained_tiny, tmp_path, monkeypatch):
+    """The engines group builds one variant per post-training engine; each goes through the same
+    validation and manifest as the rest, and says which engine made it. A missing engine is that
+    variant's error row naming the extra to install."""
+    from edgecls import _deps
+    from edgecls.runtime.backends import open_backend
+
+    from .conftest import TINY_ZIP
+
+    engines = GROUPS["engines"]
+    assert {VARIANTS[n].engine for n in engines} == {"converter", "aeq", "ort_minmax", "ort_entropy", "ort_percentile",
+                                                     "nncf"}
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("engines",), calibration_count=64)
+    rows = _rows(result)
+    assert list(rows) == list(engines)
+    for name in engines:
+        row = rows[name]
+        assert row["status"] in ("ok", "failed") and row["engine"] == VARIANTS[name].engine, (name, row)
+        assert row["validation"]["agreement"] >= 0.8, (name, row["validation"])
+    assert rows["onnx_int8_nncf"]["int8_scheme"] == "u8s8_overflow_fix"
+    # int16 activations: the runtime quantizes the int16 input and dequantizes the int16 output.
+    folder = tmp_path / "b" if rows["tflite_int16x8_aeq"]["status"] == "ok" else tmp_path / "b" / "rejected"
+    backend = open_backend(folder / "tflite_int16x8_aeq.tflite", 1)
+    assert backend.input_dtype == np.int16 and backend.output_dtype == np.int16
+    probs = backend.run(np.zeros((2, 32, 32, 3), np.float32))
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1.0, atol=0.05)
+    # Different engines make different files from the same float model and calibration images.
+    digests = {rows[n]["sha256"] for n in ("tflite_int8", "tflite_int8_aeq", "onnx_int8", "onnx_int8_nncf")}
+    assert len(digests) == 4
+
+    real = _deps.optional
+
+    def without_nncf(module, extra="train"):
+        if module == "nncf":
+            raise _deps.DependencyError("nncf is not installed (No module named 'nncf'); install the train extra: "
+                                        "pip install 'edgecls[train]'")
+        return real(module, extra)
+
+    monkeypatch.setattr(_deps, "optional", without_nncf)
+    from edgecls.export import engines as engine_module
+
+    monkeypatch.setattr(engine_module, "optional", without_nncf)
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "c", formats=("onnx_int8_nncf", "onnx_fp32"),
+                    calibration_count=64, isolate=False)
+    rows = _rows(result)
+    assert rows["onnx_int8_nncf"]["status"] == "error" and "pip install 'edgecls[train]'" in rows["onnx_int8_nncf"]["reason"]
+    assert rows["onnx_fp32"]["status"] == "ok"

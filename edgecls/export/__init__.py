@@ -350,7 +350,7 @@ def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, ev
         "sparsity": weights["sparsity"],
         # Zeros of a pruned model are pruning's; an unpruned model's are weights that rounded to zero.
         "sparsity_source": "pruning" if variant.source in ("pruned", "pruned_qat") else
-                           ("quantization" if variant.precision in ("int8", "dynamic", "fp16") else "weights"),
+                           ("quantization" if variant.precision in ("int8", "int16x8", "dynamic", "fp16") else "weights"),
         "inputs": inputs,
         "outputs": outs,
         "size": art.size_report(file, params, nonzero, macs),

@@ -46,6 +46,9 @@ TOLERANCES = {
     "fp16": Tolerance(min_agreement=0.99, max_abs_diff=0.02, max_accuracy_drop=0.5),
     "dynamic": Tolerance(min_agreement=0.97, max_abs_diff=0.15, max_accuracy_drop=1.5),
     "int8": Tolerance(min_agreement=0.95, max_abs_diff=0.5, max_accuracy_drop=2.0),
+    # int16 activations with int8 weights: the weights round as in int8 and, on the shipped models,
+    # dominate the error (measured: no closer to float than int8; BENCHMARKS.md), so int8's limits.
+    "int16x8": Tolerance(min_agreement=0.95, max_abs_diff=0.5, max_accuracy_drop=2.0),
 }
 
 

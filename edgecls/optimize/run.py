@@ -56,7 +56,6 @@ def check_optimized(folder, source) -> dict:
 def load_optimized(folder, kind: str, source, safe_mode: bool = True):
     """The `kind` model an `edgecls optimize` run wrote into `folder`, checked to come from `source`
     (a LoadedModel: same model path, classes and preprocessing), and its optimize.json details."""
-    from .._io import read_json
     from ..errors import ConfigError
     from ..modelio import load_keras_model, load_labels
     from ..preprocess import PreprocessingSpec

@@ -106,7 +106,7 @@ class TFLiteBackend:
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         dtype = self.input_dtype
-        if dtype in (np.int8, np.uint8):
+        if dtype in (np.int8, np.uint8, np.int16):  # int16: int16-activation models (int16x8)
             scale, zero = self.input["quantization"]
             return _quantize(x, dtype, scale, zero)
         return x.astype(dtype, copy=False)
@@ -116,6 +116,9 @@ class TFLiteBackend:
             return self._output_table[y.view(np.uint8)]
         if self._float_output:  # get_tensor already returned a fresh float32 copy
             return y
+        if self.output_dtype == np.int16:
+            scale, zero = self.output["quantization"]
+            return _dequantize(y, scale, zero)
         return y.astype(np.float32, copy=False)
 
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ count its weights, and add its own manifest fields. The variant table names, per
 format, precision, the Keras model it starts from and what it takes as input; export, validation,
 the bundle and the bench rows are all driven by it. Adding a format is a module with a Format
 subclass registered in FORMATS; adding a variant (a quantization engine, a precision) is a row in
-VARIANTS that its format's `convert` knows.
+VARIANTS that its format's `convert` knows; the engines themselves live in export/engines.py.
 """
 from __future__ import annotations
 
@@ -22,33 +22,59 @@ from ...errors import ConfigError
 class Variant:
     name: str
     format: str  # a key of FORMATS
-    precision: str  # "fp32", "fp16", "dynamic", "int8"
+    precision: str  # "fp32", "fp16", "dynamic", "int8", "int16x8" (int16 activations, int8 weights)
     source: str  # which Keras model it is converted from: "base", "pruned", "qat", "pruned_qat"
     description: str
     input: str = "normalized"  # "normalized": float input after preprocessing; "pixels": raw RGB pixels
+    engine: str = ""  # the quantization engine (export/engines.py ENGINES); "" for float variants
 
 
 VARIANTS = {v.name: v for v in (
     Variant("tflite_fp32", "tflite", "fp32", "base", "TFLite float32"),
     Variant("tflite_fp16", "tflite", "fp16", "base", "TFLite float16 weights"),
-    Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)"),
-    Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization"),
+    Variant("tflite_dynamic", "tflite", "dynamic", "base", "TFLite dynamic range (int8 weights, float activations)",
+            engine="converter"),
+    Variant("tflite_int8", "tflite", "int8", "base", "TFLite full-integer int8, post-training quantization",
+            engine="converter"),
     Variant("tflite_int8_pixels", "tflite", "int8", "base",
             "TFLite int8 PTQ taking pixels (normalization folded into the first convolution, or in the graph)",
-            input="pixels"),
-    Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training"),
+            input="pixels", engine="converter"),
+    Variant("tflite_qat_int8", "tflite", "int8", "qat", "TFLite int8 from quantization-aware training",
+            engine="converter"),
     Variant("tflite_pruned_fp32", "tflite", "fp32", "pruned", "TFLite float32 of the pruned model"),
-    Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model"),
-    Variant("tflite_pruned_qat_int8", "tflite", "int8", "pruned_qat", "TFLite int8, pruned then sparsity-preserving QAT"),
+    Variant("tflite_pruned_int8", "tflite", "int8", "pruned", "TFLite int8 PTQ of the pruned model", engine="converter"),
+    Variant("tflite_pruned_qat_int8", "tflite", "int8", "pruned_qat", "TFLite int8, pruned then sparsity-preserving QAT",
+            engine="converter"),
     Variant("onnx_fp32", "onnx", "fp32", "base", "ONNX float32 (tf2onnx)"),
-    Variant("onnx_int8", "onnx", "int8", "base", "ONNX int8 QDQ (onnxruntime static quantization)"),
+    Variant("onnx_int8", "onnx", "int8", "base", "ONNX int8 QDQ (onnxruntime static quantization, MinMax calibration)",
+            engine="ort_minmax"),
+    # Other post-training engines, side by side with the two above (group "engines").
+    Variant("tflite_int8_aeq", "tflite", "int8", "base",
+            "TFLite int8 by AI Edge Quantizer (int8 weights and activations, float I/O)", engine="aeq"),
+    Variant("tflite_int16x8_aeq", "tflite", "int16x8", "base",
+            "TFLite int16 activations with int8 weights, by AI Edge Quantizer", engine="aeq"),
+    Variant("tflite_dynamic_aeq", "tflite", "dynamic", "base",
+            "TFLite dynamic range (int8 weights, float activations) by AI Edge Quantizer", engine="aeq"),
+    Variant("onnx_int8_entropy", "onnx", "int8", "base", "ONNX int8 QDQ, onnxruntime Entropy calibration",
+            engine="ort_entropy"),
+    Variant("onnx_int8_percentile", "onnx", "int8", "base", "ONNX int8 QDQ, onnxruntime Percentile calibration",
+            engine="ort_percentile"),
+    Variant("onnx_int8_nncf", "onnx", "int8", "base", "ONNX int8 QDQ by NNCF post-training quantization",
+            engine="nncf"),
 )}
+QUANTIZED = ("int8", "int16x8")
+# What `edgecls export` builds unless told otherwise: every optimization, one post-training engine
+# per format (the best measured on the shipped models; BENCHMARKS.md "Quantization engines").
+DEFAULT = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "tflite_int8_pixels", "tflite_qat_int8",
+           "tflite_pruned_fp32", "tflite_pruned_int8", "tflite_pruned_qat_int8", "onnx_fp32", "onnx_int8")
 GROUPS = {
+    "default": DEFAULT,
     "all": tuple(VARIANTS),
-    "tflite": tuple(n for n, v in VARIANTS.items() if v.format == "tflite"),
-    "onnx": tuple(n for n, v in VARIANTS.items() if v.format == "onnx"),
-    "int8": tuple(n for n, v in VARIANTS.items() if v.precision == "int8"),
-    "float": tuple(n for n, v in VARIANTS.items() if v.precision != "int8"),
+    "engines": tuple(n for n, v in VARIANTS.items() if v.engine and v.source == "base" and v.input == "normalized"),
+    "tflite": tuple(n for n in DEFAULT if VARIANTS[n].format == "tflite"),
+    "onnx": tuple(n for n in DEFAULT if VARIANTS[n].format == "onnx"),
+    "int8": tuple(n for n in DEFAULT if VARIANTS[n].precision == "int8"),
+    "float": tuple(n for n in DEFAULT if VARIANTS[n].precision not in QUANTIZED),
 }
 
 

@@ -7,7 +7,6 @@ variant, signed int8 activations). `edgecls export` uses ort_qdq by default; see
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -90,39 +89,15 @@ def convert_from_tflite(tflite_bytes: bytes, opset: int = DEFAULT_OPSET) -> byte
 
 
 def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = False, per_channel: bool = True,
-                 scheme: str = DEFAULT_INT8_SCHEME) -> bytes:
-    """onnxruntime static quantization to QDQ in `scheme` (INT8_SCHEMES) calibrated on
+                 scheme: str = DEFAULT_INT8_SCHEME, method: str = "minmax") -> bytes:
+    """onnxruntime static quantization to QDQ in `scheme` (INT8_SCHEMES) calibrated by `method` on
     `representative` (normalized float32 NHWC training images)."""
-    if representative is None or len(representative) == 0:
-        raise ConfigError("ONNX int8 quantization needs representative images (none given)")
-    if scheme not in INT8_SCHEMES:
-        raise ConfigError(f"unknown ONNX int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
-    activations, weights, reduce_range = INT8_SCHEMES[scheme]
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from ..engines import ort_quantize
 
     images = np.asarray(representative, dtype=np.float32)
-    if nchw:
+    if nchw and images.ndim == 4:
         images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(images[i:i + 1] for i in range(len(images)))
-
-        def get_next(self):
-            batch = next(self._it, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, dst = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        Path(src).write_bytes(fp32_bytes)
-        try:
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=getattr(QuantType, activations),
-                            weight_type=getattr(QuantType, weights), per_channel=per_channel, reduce_range=reduce_range)
-        except Exception as exc:
-            raise ExportError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
-        return Path(dst).read_bytes()
+    return ort_quantize(fp32_bytes, images, method, scheme, INPUT_NAME, per_channel=per_channel)
 
 
 def describe(path) -> tuple[list[dict], list[dict]]:
@@ -166,10 +141,8 @@ class ONNXFormat(Format):
             return Converted(fp32)
         if variant.precision != "int8":
             raise ConfigError(f"ONNX has no {variant.precision} variant")
-        if config.onnx_int8_method == "ort_qdq":
-            data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme)
-            return Converted(data, {"int8_scheme": config.onnx_int8_scheme,
-                                    "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"})
+        if variant.engine != "ort_minmax" or config.onnx_int8_method == "ort_qdq":
+            return self._quantize(variant, fp32, job)
         if config.nchw:
             raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
         from .tflite import convert as tflite_convert
@@ -179,6 +152,25 @@ class ONNXFormat(Format):
         return Converted(data, {"int8_scheme": "s8s8",
                                 "description": "ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
                                                "exact only on x86 with VNNI and on arm64)"})
+
+    def _quantize(self, variant, fp32: bytes, job):
+        """int8 by the variant's post-training engine (export/engines.py) on the fp32 file."""
+        from ..engines import nncf_quantize
+        from .base import Converted
+
+        config = job.config
+        if variant.engine == "nncf":
+            images = np.asarray(job.representative, dtype=np.float32)
+            if config.nchw:
+                images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+            data = nncf_quantize(fp32, images, INPUT_NAME)
+            return Converted(data, {"engine": "nncf", "int8_scheme": "u8s8_overflow_fix",
+                                    "description": f"{variant.description}; uint8 activations, int8 weights with NNCF's "
+                                                   f"overflow fix (7-bit): the same outputs on every CPU"})
+        data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme,
+                            method=variant.engine.removeprefix("ort_"))
+        return Converted(data, {"engine": variant.engine, "int8_scheme": config.onnx_int8_scheme,
+                                "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"})
 
     def layout(self, config) -> str:
         return "NCHW" if config.nchw else "NHWC"

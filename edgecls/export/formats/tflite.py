@@ -278,6 +278,19 @@ class TFLiteFormat(Format):
         per_channel = config.int8_weights == "per-channel"
         quantization_aware = variant.source in ("qat", "pruned_qat")
         fields, layout = {}, None
+        if variant.engine == "aeq":
+            # AI Edge Quantizer quantizes the float file (converted once, shared with tflite_fp32's
+            # conversion settings) rather than the Keras model.
+            from ..engines import aeq_quantize
+
+            if "tflite_fp32" not in job.shared:
+                job.shared["tflite_fp32"] = convert(job.base, "fp32")
+            data = aeq_quantize(job.shared["tflite_fp32"], variant.precision, job.representative)
+            fields.update(engine="aeq", weight_scales="per-channel")
+            if config.strip_names:
+                data = strip_names(data)
+                fields["names_stripped"] = True
+            return Converted(data, fields, None)
         if variant.input == "pixels":
             pixels = pixel_input(job.model, job.spec)
             # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8 pixels
@@ -292,6 +305,8 @@ class TFLiteFormat(Format):
                            quantization_aware=quantization_aware, per_channel=per_channel)
         if variant.precision == "int8":
             fields["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
+        if variant.engine:
+            fields["engine"] = variant.engine
         if config.strip_names:
             data = strip_names(data)
             fields["names_stripped"] = True

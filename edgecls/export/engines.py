@@ -1,0 +1,162 @@
+"""Post-training quantization engines: each takes a float file of its format and calibration images
+and returns the quantized file's bytes with the manifest fields that say how it was made.
+
+TFLite
+  converter   the TFLite converter's built-in quantizer (from the Keras model; formats/tflite.py)
+  aeq         Google's AI Edge Quantizer (`ai-edge-quantizer`, no TensorFlow) on the float .tflite:
+              static int8 (int8 weights per channel, int8 activations), int16 activations with
+              int8 weights, and dynamic range; float input and output tensors.
+ONNX (QDQ, uint8 activations and 7-bit int8 weights unless the scheme says otherwise: the same
+outputs on every x86 class, see formats/onnx.py)
+  ort_minmax, ort_entropy, ort_percentile
+              onnxruntime static quantization with that calibration method
+  nncf        NNCF post-training quantization (fast bias correction; overflow fix on every layer,
+              NNCF's own remedy for x86 CPUs without VNNI)
+
+Every engine's file goes through the same validation, manifest and bench as every other variant;
+`tools/release/engine_table.py` measures them side by side.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .._deps import optional
+from ..errors import ConfigError, ExportError, first_line
+
+ENGINES = {
+    "converter": "TFLite converter",
+    "aeq": "AI Edge Quantizer",
+    "ort_minmax": "onnxruntime static, MinMax calibration",
+    "ort_entropy": "onnxruntime static, Entropy calibration",
+    "ort_percentile": "onnxruntime static, Percentile calibration",
+    "nncf": "NNCF post-training quantization",
+}
+AEQ_RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic": "dynamic_wi8_afp32"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The engines print progress bars and summaries on stdout and stderr; edgecls logs instead."""
+    from .._deps import native_logs_hidden
+
+    if os.environ.get("EDGECLS_NATIVE_LOGS"):
+        yield
+        return
+    sink = io.StringIO()
+    with native_logs_hidden(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray | None) -> bytes:
+    """AI Edge Quantizer on a float .tflite: `precision` int8 (static, int8 activations), int16x8
+    (static, int16 activations) or dynamic; calibrated on `representative` (the model's float
+    input, NHWC) for the static recipes."""
+    if precision not in AEQ_RECIPES:
+        raise ConfigError(f"AI Edge Quantizer has no {precision} recipe; choose one of {', '.join(AEQ_RECIPES)}")
+    optional("ai_edge_quantizer", "train")
+    from ai_edge_quantizer import quantizer, recipe
+
+    try:
+        with _quiet():
+            qt = quantizer.Quantizer(bytearray(float_tflite))
+            qt.load_quantization_recipe(getattr(recipe, AEQ_RECIPES[precision])())
+            calibration = None
+            if qt.need_calibration:
+                if representative is None or len(representative) == 0:
+                    raise ConfigError("static quantization needs representative images (none given)")
+                key, name = _signature_input(float_tflite)
+                images = np.asarray(representative, dtype=np.float32)
+                calibration = qt.calibrate({key: [{name: images[i:i + 1]} for i in range(len(images))]})
+            result = qt.quantize(calibration)
+    except ConfigError:
+        raise
+    except Exception as exc:  # AEQ raises ValueError/KeyError/RuntimeError for ops or graphs it cannot take
+        raise ExportError(f"AI Edge Quantizer {precision} failed: {first_line(exc)}") from None
+    return bytes(result.quantized_model)
+
+
+def _signature_input(tflite: bytes) -> tuple[str, str]:
+    """The (signature key, input name) AEQ's calibration data is keyed by."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_content=tflite).get_signature_list()
+    if len(signatures) != 1:
+        raise ExportError(f"AI Edge Quantizer needs a float model with one signature; it has {len(signatures)}")
+    key, sig = next(iter(signatures.items()))
+    if len(sig["inputs"]) != 1:
+        raise ExportError(f"AI Edge Quantizer: the model's signature has {len(sig['inputs'])} inputs; edgecls takes one")
+    return key, sig["inputs"][0]
+
+
+def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, scheme: str, input_name: str,
+                 per_channel: bool = True) -> bytes:
+    """onnxruntime static QDQ quantization with calibration `method` ("minmax", "entropy",
+    "percentile") in `scheme` (formats.onnx.INT8_SCHEMES); `representative` in the file's layout."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .formats.onnx import INT8_SCHEMES
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ConfigError(f"unknown onnxruntime calibration method {method!r}; choose one of {', '.join(methods)}")
+    if representative is None or len(representative) == 0:
+        raise ConfigError("ONNX int8 quantization needs representative images (none given)")
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"unknown ONNX int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
+    activations, weights, reduce_range = INT8_SCHEMES[scheme]
+    images = np.asarray(representative, dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(images[i:i + 1] for i in range(len(images)))
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {input_name: batch}
+
+    # Entropy and Percentile keep a histogram per tensor; their defaults are onnxruntime's own
+    # (Percentile 99.999, 2048 bins for Entropy's KL search).
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(src).write_bytes(fp32_onnx)
+        try:
+            with _quiet():
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+                quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ,
+                                activation_type=getattr(QuantType, activations), weight_type=getattr(QuantType, weights),
+                                per_channel=per_channel, reduce_range=reduce_range, calibrate_method=methods[method])
+        except Exception as exc:
+            raise ExportError(f"ONNX int8 quantization ({method} calibration) failed: {first_line(exc)}") from None
+        return Path(dst).read_bytes()
+
+
+def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str) -> bytes:
+    """NNCF post-training quantization of an ONNX model (QDQ; fast bias correction; 7-bit weights on
+    every layer through NNCF's overflow fix, so the file is exact on x86 CPUs without VNNI too)."""
+    if representative is None or len(representative) == 0:
+        raise ConfigError("NNCF quantization needs representative images (none given)")
+    nncf = optional("nncf", "train")
+    import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    images = np.asarray(representative, dtype=np.float32)
+    model = onnx.load_from_string(fp32_onnx)
+    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))], lambda x: {input_name: x})
+    try:
+        with _quiet():
+            quantized = nncf.quantize(model, dataset, subset_size=len(images),
+                                      advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+    except Exception as exc:
+        raise ExportError(f"NNCF quantization failed: {first_line(exc)}") from None
+    return quantized.SerializeToString()
