@@ -148,6 +148,29 @@ def _cmd_optimize(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    from .bundle import load_bundle
+    from .export.diagnose import format_diagnosis
+
+    bundle = load_bundle(args.bundle)
+    rows = {r["name"]: r for r in bundle.manifest.get("artifacts", []) + bundle.manifest.get("rejected", [])}
+    if args.variant:
+        if args.variant not in rows:
+            raise ConfigError(f"{args.bundle} has no variant {args.variant!r}; it has {', '.join(rows)}")
+        chosen = [rows[args.variant]]
+    else:
+        chosen = [r for r in rows.values() if r.get("diagnosis") or r.get("diagnosis_error")]
+        if not chosen:
+            raise ConfigError(f"{args.bundle} holds no per-layer diagnosis (exported by an older edgecls, or without "
+                              f"post-training quantized variants); re-export it to get one")
+    if args.json:
+        print(json.dumps({r["name"]: r.get("diagnosis") or {"error": r.get("diagnosis_error")} for r in chosen},
+                         indent=2))
+        return 0
+    print("\n\n".join(format_diagnosis(r, args.top or None) for r in chosen))
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from . import runtime
 
@@ -422,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimized", metavar="DIR", help="reuse the pruned and QAT models 'edgecls optimize' wrote in DIR "
                                                       "(from the same MODEL) instead of fine-tuning again")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("inspect", help="where a quantized variant loses accuracy: each layer's error against the "
+                                       "float model, worst first (from the bundle's manifest)")
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--variant", help="one variant (default: every diagnosed variant)")
+    p.add_argument("--top", type=int, default=5, help="layers shown per variant, worst first (0: all; default 5)")
+    p.add_argument("--json", action="store_true", help="the diagnosis as JSON")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("predict", help="classify images with a bundle (runtime only: no TensorFlow)")
     p.add_argument("bundle", help="bundle directory, or a .tflite/.onnx file inside one")

@@ -180,6 +180,7 @@ class ExportConfig:
     calibration_data: str | None = None  # unlabelled images for int8 calibration (default: --data's training split)
     validation_timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
     isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
+    diagnose: bool = True  # per-layer error of each post-training quantized variant (edgecls.export.diagnose)
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)

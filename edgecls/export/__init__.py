@@ -291,6 +291,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             except EdgeclsError as exc:
                 row.update(status="failed", reason=f"validation could not run: {exc}")
         row.update(fmt.manifest_fields(file, config))
+        if "validation" in row and _diagnosable(variant, config):
+            journal.step(name, "diagnosing its layers", file=file.name)
+            row.update(_diagnosis(fmt, variant, job, file, representative))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
@@ -321,6 +324,32 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
 class _BuildError(Exception):
     pass
+
+
+def _diagnosable(variant: Variant, config) -> bool:
+    """Post-training quantized variants that take the float model's input (QAT files carry their
+    own fake-quantized graph; pixel variants take other inputs)."""
+    return (config.diagnose and variant.precision in ("int8", "int16x8", "dynamic")
+            and variant.source in ("base", "pruned") and variant.input == "normalized")
+
+
+def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path, representative: np.ndarray) -> dict:
+    """The row's per-layer error against its float twin (edgecls.export.diagnose) on calibration
+    images, or the reason it could not be measured."""
+    import tempfile
+
+    from .diagnose import DIAGNOSIS_IMAGES, diagnose
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
+            twin = Path(tmp) / f"float{file.suffix}"
+            twin.write_bytes(fmt.float_twin(variant, job))
+            found = diagnose(twin, file, representative[:DIAGNOSIS_IMAGES], layout=fmt.layout(job.config))
+        found["against"] = f"{variant.format} fp32 of the keras {variant.source} model"
+        return {"diagnosis": found}
+    except EdgeclsError as exc:
+        log.warning("%s: %s", variant.name, exc)
+        return {"diagnosis_error": str(exc)}
 
 
 def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source,

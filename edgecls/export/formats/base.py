@@ -130,6 +130,11 @@ class Format:
         """The input layout its files take: "NHWC" or "NCHW"."""
         return "NHWC"
 
+    def float_twin(self, variant: Variant, job: ConvertJob) -> bytes:
+        """The float file of the variant's Keras model in this format, with the settings its
+        quantized file was made with: what the per-layer diagnosis measures it against."""
+        raise NotImplementedError
+
     def describe(self, path: Path) -> tuple[list[dict], list[dict]]:
         """The file's input and output tensors (name, shape, dtype, quantization)."""
         raise NotImplementedError

@@ -175,6 +175,14 @@ class ONNXFormat(Format):
     def layout(self, config) -> str:
         return "NCHW" if config.nchw else "NHWC"
 
+    def float_twin(self, variant, job) -> bytes:
+        if variant.source == "base":
+            return job.shared["onnx_fp32"]
+        key = f"onnx_fp32:{variant.source}"
+        if key not in job.shared:
+            job.shared[key] = convert_fp32(job.model, opset=job.config.onnx_opset, nchw=job.config.nchw)
+        return job.shared[key]
+
     def describe(self, path):
         return describe(path)
 

@@ -315,6 +315,12 @@ class TFLiteFormat(Format):
     def layout(self, config) -> str:
         return "NHWC"
 
+    def float_twin(self, variant, job) -> bytes:
+        key = "tflite_fp32" if variant.source == "base" else f"tflite_fp32:{variant.source}"
+        if key not in job.shared:
+            job.shared[key] = convert(job.model, "fp32")
+        return job.shared[key]
+
     def describe(self, path):
         return describe(path)
 

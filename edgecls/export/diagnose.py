@@ -1,0 +1,259 @@
+"""Where a quantized model loses accuracy: the error of every layer against the float model.
+
+Both files run on the same calibration images with every intermediate tensor kept (LiteRT with
+`experimental_preserve_all_tensors`, without the XNNPACK delegate so no layer is fused away;
+onnxruntime through its quantization debugger, which makes every node output a graph output).
+A layer of the quantized file is matched to the float file's by its output tensor: by name in
+TFLite (the converter and AI Edge Quantizer keep the float model's names; files with stripped
+names match by position when both files have the same operators); in ONNX through its
+DequantizeLinear(QuantizeLinear(X)) pair, X being the float model's tensor.
+
+Per layer, two numbers in dB, the signal-to-quantization-noise ratio of onnxruntime's debugger,
+`20 log10(|float| / |float - quantized|)` over all images:
+  sqnr_db   the layer's output in the quantized model against the float model's: the error so far.
+  own_db    the SQNR of the error the layer adds by itself: relative noise powers (10^(-sqnr/10))
+            add up when a new error is independent of what reaches the layer, so the layer's own
+            noise is its output's minus its inputs' (summed over the inputs of a layer that joins
+            branches, such as a residual Add, so the branches' errors are not blamed on the join);
+            CAP_DB when it added none.
+The ranking is by own_db, lowest (worst) first: an error born early would otherwise show up again in
+every layer after it.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError, first_line
+
+DIAGNOSIS_IMAGES = 32
+CAP_DB = 120.0  # a tensor reproduced exactly (or to float precision)
+METRIC = "SQNR dB: 20*log10(|float| / |float - quantized|) over the calibration images"
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """onnxruntime's compute_signal_to_quantization_noice_ratio, capped at CAP_DB."""
+    ref = np.asarray(reference, np.float64).ravel()
+    diff = ref - np.asarray(other, np.float64).ravel()
+    eps = np.finfo(np.float32).eps
+    value = 20 * math.log10(max(np.linalg.norm(ref), eps) / max(np.linalg.norm(diff), eps))
+    return round(min(value, CAP_DB), 2)
+
+
+def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndarray, layout: str = "NHWC") -> dict:
+    """Per-layer error of `quantized_file` against `float_file` (the same model before
+    quantization, same format) on `images` (the float model's input, NHWC; transposed for NCHW).
+    Returns {"images", "metric", "layers": [{name, op, sqnr_db, added_db}] in graph order}."""
+    images = np.asarray(images, np.float32)
+    if layout == "NCHW":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    suffix = Path(quantized_file).suffix
+    try:
+        if suffix == ".tflite":
+            layers = _tflite_layers(Path(float_file), Path(quantized_file), images)
+        elif suffix == ".onnx":
+            layers = _onnx_layers(Path(float_file), Path(quantized_file), images)
+        else:
+            raise ExportError(f"no per-layer diagnosis for {suffix} files")
+    except ExportError:
+        raise
+    except Exception as exc:  # a runtime that cannot keep intermediates of this file
+        raise ExportError(f"per-layer diagnosis failed: {first_line(exc)}") from None
+    if not layers:
+        raise ExportError("per-layer diagnosis found no layer of the quantized file in the float file")
+    return {"images": int(len(images)), "metric": METRIC, "layers": layers}
+
+
+def ranked(diagnosis: dict) -> list[dict]:
+    """The layers, the one that added the most error (lowest own_db) first."""
+    return sorted(diagnosis.get("layers", []), key=lambda layer: (layer["own_db"], layer["sqnr_db"]))
+
+
+def _finish(order: list[tuple[str, str, list[str], str]], values: dict, producers: dict) -> list[dict]:
+    """Layers in graph order from (name, op, input keys, output key), the SQNR of each key and
+    each key's producer inputs (to look through tensors without a twin back to ones with one)."""
+    def upstream(key, seen) -> list[float]:
+        if key in values:
+            return [values[key]]
+        if key in seen or key not in producers:
+            return []  # a constant (weights) or a cycle
+        seen.add(key)
+        return [v for k in producers[key] for v in upstream(k, seen)]
+
+    layers = []
+    for name, op, ins, out in order:
+        if out not in values:
+            continue
+        reaching = []
+        for k in dict.fromkeys(ins):  # each distinct input once
+            found = upstream(k, set())
+            if found:
+                reaching.append(min(found))
+        layers.append({"name": name, "op": op, "sqnr_db": values[out], "own_db": own_db(reaching, values[out])})
+    return layers
+
+
+def _noise(db: float) -> float:
+    return 10 ** (-min(db, CAP_DB) / 10)
+
+
+def own_db(inputs: list[float], after: float) -> float:
+    """The SQNR of the noise a layer adds, from the SQNRs of what reaches it and of its output."""
+    added = _noise(after) - sum(_noise(db) for db in inputs)
+    return CAP_DB if added <= _noise(CAP_DB) else round(min(CAP_DB, -10 * math.log10(added)), 2)
+
+
+# TFLite ---------------------------------------------------------------------------------------
+
+def _tflite_run_all(path: Path, images: np.ndarray):
+    """Every op's output for each image: (ops, tensor details, {tensor index: stacked float values})."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from .._deps import native_logs_hidden
+
+    with native_logs_hidden():
+        interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    ops = interp._get_ops_details()
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    wanted = {i for op in ops for i in op["outputs"] if i >= 0} | {inp["index"]}
+    collected: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
+    shape = list(inp["shape"])
+    for k in range(len(images)):
+        x = images[k:k + 1]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+        if list(x.shape) != shape:
+            interp.resize_tensor_input(inp["index"], list(x.shape))
+            interp.allocate_tensors()
+            shape = list(x.shape)
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        for i in wanted:
+            value = interp.get_tensor(i)
+            scale, zero = details[i]["quantization"]
+            if value.dtype != np.float32 and scale:
+                value = (value.astype(np.float32) - zero) * scale
+            collected[i].append(np.asarray(value, np.float32).copy())
+    return ops, details, inp["index"], {i: np.concatenate(v) for i, v in collected.items() if v}
+
+
+def _short(name: str) -> str:
+    return name.split(";")[0] if name else name
+
+
+def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list[dict]:
+    f_ops, f_details, f_input, f_values = _tflite_run_all(float_path, images)
+    q_ops, q_details, q_input, q_values = _tflite_run_all(quant_path, images)
+    by_name = {f_details[i]["name"]: i for op in f_ops for i in op["outputs"] if i >= 0 and f_details[i]["name"]}
+    # Float twin of each quantized tensor: the input's is the input; QUANTIZE/DEQUANTIZE outputs
+    # are their input's (re-rounded) value; others by name, else by position when the operators
+    # line up.
+    twin: dict[int, int] = {q_input: f_input}
+    compute_ops = [op for op in q_ops if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    same_ops = [op["op_name"] for op in compute_ops] == [op["op_name"] for op in f_ops]
+    position = 0
+    for op in q_ops:
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            if op["inputs"][0] in twin:
+                twin[op["outputs"][0]] = twin[op["inputs"][0]]
+            continue
+        for j, i in enumerate(op["outputs"]):
+            name = q_details[i]["name"]
+            if name and name in by_name:
+                twin[i] = by_name[name]
+            elif same_ops:
+                twin[i] = f_ops[position]["outputs"][j]
+        position += 1
+    values = {i: sqnr_db(f_values[f], q_values[i]) for i, f in twin.items()
+              if f in f_values and i in q_values and f_values[f].shape == q_values[i].shape}
+    producers = {i: [k for k in op["inputs"] if k >= 0] for op in q_ops for i in op["outputs"]}
+    order = []
+    for position, op in enumerate(compute_ops):
+        out = op["outputs"][0]
+        name = _short(q_details[out]["name"]) or f"{op['op_name'].lower()}_{position}"
+        order.append((name, op["op_name"], [i for i in op["inputs"] if i >= 0], out))
+    return _finish(order, values, producers)
+
+
+# ONNX -----------------------------------------------------------------------------------------
+
+def _onnx_run_all(path: Path, images: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    import onnx
+
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    augmented = folder / f"{path.stem}.augmented.onnx"
+    modify_model_output_intermediate_tensors(str(path), str(augmented))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(images[i:i + 1] for i in range(len(images)))
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {name: batch}
+
+    activations = collect_activations(str(augmented), Reader())
+    values = {k: np.concatenate([np.asarray(v, np.float32) for v in vs]) for k, vs in activations.items() if vs}
+    values.setdefault(name, images)  # the input as given, for its own quantization's error
+    return values
+
+
+def _onnx_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list[dict]:
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
+        f_values = _onnx_run_all(float_path, images, Path(tmp))
+        q_values = _onnx_run_all(quant_path, images, Path(tmp))
+    q_model = onnx.load(str(quant_path))
+    produced_by = {out: node for node in q_model.graph.node for out in node.output}
+    # The quantized version of float tensor X: the output of DequantizeLinear(QuantizeLinear(X)).
+    quantized_of: dict[str, str] = {}
+    for node in q_model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            q = produced_by.get(node.input[0])
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in f_values:
+                quantized_of[q.input[0]] = node.output[0]
+    values = {}
+    for tensor, f in f_values.items():
+        key = quantized_of.get(tensor, tensor)
+        if key in q_values and q_values[key].shape == f.shape:
+            values[tensor] = sqnr_db(f, q_values[key])
+    f_model = onnx.load(str(float_path))
+    order = [(node.name or node.output[0], node.op_type, list(node.input), node.output[0])
+             for node in f_model.graph.node if node.op_type not in ("Transpose", "Reshape", "Identity", "Flatten")]
+    producers = {out: list(node.input) for node in f_model.graph.node for out in node.output}
+    return _finish(order, values, producers)
+
+
+def format_diagnosis(row: dict, top: int | None = None) -> str:
+    """A variant's layers as text, the one that added the most error first."""
+    found = row.get("diagnosis")
+    if not found:
+        why = row.get("diagnosis_error") or "not diagnosed (only post-training quantized variants are)"
+        return f"{row['name']}: {why}"
+    layers = ranked(found)
+    shown = layers[:top] if top else layers
+    width = max([len(layer["name"]) for layer in shown] + [5])
+    lines = [f"{row['name']} ({row.get('description', '')}): per-layer error against the {found['against']}, "
+             f"on {found['images']} calibration images; worst first",
+             f"  {'layer':<{width}}  {'op':<18}{'own dB':>9}{'SQNR dB':>9}"]
+    lines += [f"  {layer['name']:<{width}}  {layer['op']:<18}{layer['own_db']:>9.2f}{layer['sqnr_db']:>9.2f}"
+              for layer in shown]
+    if top and len(layers) > top:
+        lines.append(f"  ... {len(layers) - top} more layers (--top 0 shows all)")
+    output = found["layers"][-1]
+    lines.append(f"  output SQNR {output['sqnr_db']:.2f} dB. SQNR: the layer's output against float so far; own: "
+                 f"the error the layer adds by itself. Higher is closer to float; {CAP_DB:g} is exact.")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Per-layer diagnosis of quantized variants: the numbers, the ranking on a model with a layer made
+sensitive on purpose, and `edgecls inspect`."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edgecls.export.diagnose import CAP_DB, own_db, ranked, sqnr_db
+
+from .conftest import TINY_ZIP, run_cli
+
+LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_sqnr_and_each_layers_own_error_follow_their_definitions():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=10_000)
+    noise = rng.normal(size=10_000)
+    noise *= 0.01 * np.linalg.norm(signal) / np.linalg.norm(noise)  # |noise| = 1% of |signal|: 40 dB
+    assert sqnr_db(signal, signal + noise) == pytest.approx(40.0, abs=0.01)
+    assert sqnr_db(signal, signal) == CAP_DB
+    # 40 dB in, 30 dB out: the layer added 1e-3 - 1e-4 of the signal's power.
+    assert own_db([40.0], 30.0) == pytest.approx(-10 * math.log10(1e-3 - 1e-4), abs=0.01)
+    assert own_db([30.0], 30.0) == CAP_DB  # passed its input's error along, added none
+    assert own_db([], 30.0) == pytest.approx(30.0)  # exact input: all of it is the layer's
+    # Two branches of 30 dB joined: their 2e-3 arrives; an output at 25 dB adds the rest.
+    assert own_db([30.0, 30.0], 25.0) == pytest.approx(-10 * math.log10(10 ** -2.5 - 2e-3), abs=0.01)
+    layers = {"layers": [{"name": "a", "op": "CONV_2D", "sqnr_db": 40.0, "own_db": 40.0},
+                         {"name": "b", "op": "CONV_2D", "sqnr_db": 20.0, "own_db": 20.04},
+                         {"name": "c", "op": "ADD", "sqnr_db": 19.0, "own_db": 25.0}]}
+    assert [layer["name"] for layer in ranked(layers)] == ["b", "c", "a"]
+
+
+@pytest.mark.slow
+def test_the_layer_made_sensitive_ranks_first_in_both_formats(tmp_path):
+    """A middle convolution whose channel 0 fires, very strongly, on only a few positions of a few
+    images (its activation range set by those rare values, so an int8 step that crushes every
+    ordinary value of the layer) is named first by the diagnosis of the int8 TFLite and ONNX files;
+    `edgecls inspect` prints it."""
+    from edgecls._deps import keras
+    from edgecls.data import load_dataset
+    from edgecls.export import export
+
+    k = keras()
+    k.utils.set_random_seed(3)
+    inputs = k.Input((32, 32, 3))
+    x = k.layers.Conv2D(16, 3, activation="relu", name="first")(inputs)
+    x = k.layers.Conv2D(16, 3, activation="relu", name="sensitive")(x)
+    x = k.layers.Conv2D(16, 3, activation="relu", name="third")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = k.layers.Dense(10, activation="softmax", name="head")(x)
+    model = k.Model(inputs, outputs)
+    # Channel 0 of "sensitive" = 2000 * relu(first's channel 0 - its 99.9th percentile) at the centre tap.
+    images = load_dataset(TINY_ZIP).train.images.astype("float32") / 255.0
+    first = k.Model(inputs, model.get_layer("first").output).predict(images, verbose=0)[..., 0]
+    threshold = float(np.percentile(first, 99.9))
+    kernel, bias = model.get_layer("sensitive").get_weights()
+    kernel[..., 0] = 0.0
+    kernel[1, 1, 0, 0] = 2000.0
+    bias[0] = -2000.0 * threshold
+    model.get_layer("sensitive").set_weights([kernel, bias])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    out = tmp_path / "bundle"
+    result = export(path, data=TINY_ZIP, out=out, preprocessing={"scale": 1 / 255}, labels=LABELS, isolate=False,
+                    formats=("tflite_int8", "onnx_int8", "tflite_fp32"), calibration_count=64, max_eval_images=50)
+    rows = {r["name"]: r for r in result.rows}
+    assert "diagnosis" not in rows["tflite_fp32"]
+    for name in ("tflite_int8", "onnx_int8"):
+        found = rows[name]["diagnosis"]
+        assert found["images"] == 32
+        worst = ranked(found)[0]
+        assert "sensitive" in worst["name"], (name, ranked(found)[:3])
+        first = next(layer for layer in found["layers"] if "first" in layer["name"])
+        assert worst["own_db"] < first["own_db"] - 10, (name, found["layers"])
+    proc = run_cli("inspect", str(out), "--variant", "tflite_int8", "--top", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "worst first" in lines[0] and "sensitive" in lines[2] and "more layers" in lines[3]
+    proc = run_cli("inspect", str(out), "--variant", "tflite_fp32")
+    assert proc.returncode == 0 and "not diagnosed" in proc.stdout
+    proc = run_cli("inspect", str(out), "--variant", "nope")
+    assert proc.returncode == 2 and "has no variant 'nope'" in proc.stderr
