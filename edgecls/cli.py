@@ -119,6 +119,8 @@ def _export_config(args):
         onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
         nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None),
         optimized=getattr(args, "optimized", None), seed=args.seed,
+        max_drop=getattr(args, "max_drop", None),
+        repair_images=getattr(args, "repair_images", ExportConfig.repair_images),
         verbose=args.verbose,
     )
 
@@ -439,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX QDQ types: u8s8_rr (default: uint8 activations, 7-bit weights, the same outputs on "
                         "every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 (exact only on x86 with VNNI "
                         "and on arm64)")
+    p.add_argument("--max-drop", type=float, default=E.max_drop, metavar="POINTS",
+                   help="accuracy budget of int8 variants against their Keras model, in points, on a validation "
+                        "split of the training data: a variant that misses it keeps its worst layers (per-layer "
+                        "diagnosis) in float one at a time until it meets it, or fails saying by how much")
+    p.add_argument("--repair-images", type=int, default=E.repair_images,
+                   help=f"training images (not calibration ones) --max-drop is checked on (default {E.repair_images})")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
     p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")

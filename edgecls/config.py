@@ -181,6 +181,9 @@ class ExportConfig:
     validation_timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
     isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
     diagnose: bool = True  # per-layer error of each post-training quantized variant (edgecls.export.diagnose)
+    max_drop: float | None = None  # accuracy budget in points for int8 variants (edgecls.export.repair)
+    repair_images: int = 1000  # training images (not calibration ones) the budget is checked on
+    repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)
@@ -216,6 +219,12 @@ class ExportConfig:
         need(self.onnx_int8_scheme in ONNX_INT8_SCHEMES,
              f"onnx_int8_scheme must be one of {', '.join(ONNX_INT8_SCHEMES)}, got {self.onnx_int8_scheme!r}")
         need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
+        need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
+             f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
+        need(isinstance(self.repair_images, int) and self.repair_images >= 50,
+             f"repair_images must be at least 50, got {self.repair_images!r}")
+        need(isinstance(self.repair_max_layers, int) and self.repair_max_layers >= 1,
+             f"repair_max_layers must be at least 1, got {self.repair_max_layers!r}")
         need(self.max_eval_images is None or (isinstance(self.max_eval_images, int) and self.max_eval_images >= 1),
              f"max_eval_images must be a positive integer, got {self.max_eval_images!r}")
 

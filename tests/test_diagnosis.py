@@ -83,3 +83,90 @@ def test_the_layer_made_sensitive_ranks_first_in_both_formats(tmp_path):
     assert proc.returncode == 0 and "not diagnosed" in proc.stdout
     proc = run_cli("inspect", str(out), "--variant", "nope")
     assert proc.returncode == 2 and "has no variant 'nope'" in proc.stderr
+
+
+class _FakeFormat:
+    """A format whose files' accuracies are scripted: requantize returns a file naming what it kept."""
+
+    def __init__(self):
+        self.calls = []
+
+    def layout(self, config):
+        return "NHWC"
+
+    def requantize(self, variant, job, keep):
+        from edgecls.export.formats.base import Converted
+
+        self.calls.append(keep)
+        return Converted(("|".join(keep)).encode() * 10, {"engine": "fake"})
+
+
+def _scripted(monkeypatch, accuracies):
+    """_accuracy returns accuracies[file name without suffix]: 'plain', 'step1', 'step2', ..."""
+    from edgecls.export import repair as module
+
+    monkeypatch.setattr(module, "_accuracy", lambda path, images, labels, layout, timeout: accuracies[path.stem])
+
+
+DIAGNOSIS = {"layers": [{"name": "a", "op": "CONV_2D", "sqnr_db": 40.0, "own_db": 40.0, "scope": "A"},
+                        {"name": "b", "op": "CONV_2D", "sqnr_db": 30.0, "own_db": 30.0, "scope": "B"},
+                        {"name": "c", "op": "ADD", "sqnr_db": 29.0, "own_db": 35.0, "scope": "C"},
+                        {"name": "d", "op": "MEAN", "sqnr_db": 29.0, "own_db": CAP_DB, "scope": "D"}]}
+
+
+def test_repair_keeps_the_worst_layers_in_float_until_the_budget_is_met(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from edgecls.export.repair import repair
+
+    job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60))
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(b"x" * 100)
+    labels = np.zeros(200, np.int64)
+    fmt = _FakeFormat()
+    # Plain int8 within the budget: left fully quantized, nothing re-quantized.
+    _scripted(monkeypatch, {"plain": 0.896})
+    record, converted = repair(fmt, None, job, plain, DIAGNOSIS, None, labels, 0.90, max_drop=0.5, max_layers=8)
+    assert converted is None and record["met"] and record["kept_float"] == [] and fmt.calls == []
+    assert record["plain_drop_points"] == pytest.approx(0.4)
+    # 1.5 points lost; one layer in float leaves 0.8, two leave 0.3: b then c (lowest own_db first), never d.
+    _scripted(monkeypatch, {"plain": 0.885, "step1": 0.892, "step2": 0.897})
+    record, converted = repair(fmt, None, job, plain, DIAGNOSIS, None, labels, 0.90, max_drop=0.5, max_layers=8)
+    assert record["met"] and record["kept_float"] == ["b", "c"] and fmt.calls == [("B",), ("B", "C")]
+    assert [s["drop_points"] for s in record["steps"]] == [pytest.approx(0.8), pytest.approx(0.3)]
+    assert converted.data == b"B|C" * 10 and record["bytes"] == 30 and record["plain_bytes"] == 100
+    # A budget nothing meets: the failure says by how much the best attempt missed.
+    fmt.calls.clear()
+    _scripted(monkeypatch, {"plain": 0.88, "step1": 0.886, "step2": 0.884, "step3": 0.885})
+    record, converted = repair(fmt, None, job, plain, DIAGNOSIS, None, labels, 0.90, max_drop=0.5, max_layers=8)
+    assert converted is None and not record["met"] and len(fmt.calls) == 3  # d added no error: never tried
+    assert record["reason"] == ("--max-drop 0.5 not met: the plain file loses 2.00 points on 200 validation images, "
+                                "the best with up to 3 layers in float (1 kept) 1.40, 0.90 over")
+
+
+@pytest.mark.slow
+def test_max_drop_from_export_on_a_trained_model(trained_tiny, tmp_path):
+    """--max-drop end to end on real images: checked on training images the calibration did not
+    use; each int8 variant either meets it (plain, or with its worst layers in float) or fails
+    saying by how much."""
+    from edgecls.data import calibration_indices, load_dataset
+    from edgecls.export import export
+
+    data = load_dataset(TINY_ZIP)
+    free = len(data.train) - len(calibration_indices(data, 64, 0))
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("tflite_int8", "onnx_int8", "tflite_fp32"),
+                    calibration_count=64, max_drop=0.0, repair_max_layers=2, isolate=False)
+    rows = {r["name"]: r for r in result.rows}
+    assert "repair" not in rows["tflite_fp32"]
+    for name in ("tflite_int8", "onnx_int8"):
+        record = rows[name]["repair"]
+        assert record["images"] == min(1000, free) and record["split"] == "validation (training data)"
+        assert len(record["kept_float"]) <= 2
+        if record["met"]:
+            assert record["drop_points"] <= 0.0 and (rows[name]["status"] == "ok" or rows[name]["reason"])
+            if record["kept_float"]:
+                assert rows[name]["size"]["bytes"] == record["bytes"] != record["plain_bytes"]
+        else:
+            assert rows[name]["status"] == "failed" and "--max-drop 0 not met" in rows[name]["reason"]
+    proc = run_cli("export", trained_tiny.out, "--data", TINY_ZIP, "--out", tmp_path / "c", "--max-drop", "-1")
+    assert proc.returncode == 2 and "max_drop must be a number of accuracy points" in proc.stderr

@@ -87,7 +87,7 @@ def test_runtime_reproduces_the_validated_accuracy(sample_bundle):
 
 def test_out_of_tolerance_variant_is_rejected_not_shipped(sample_model, tmp_path):
     out = tmp_path / "strict"
-    result = export(sample_model.out, data="cifar10-sample", out=out, formats=("tflite_fp32", "tflite_int8"),
+    result = export(sample_model.out, isolate=False, data="cifar10-sample", out=out, formats=("tflite_fp32", "tflite_int8"),
                     calibration_count=100, tolerances={"int8": {"min_agreement": 1.0, "max_abs_diff": 0.0, "max_accuracy_drop": 0.0}})
     rows = _rows(result)
     assert rows["tflite_fp32"]["status"] == "ok"
@@ -100,13 +100,13 @@ def test_out_of_tolerance_variant_is_rejected_not_shipped(sample_model, tmp_path
 
 
 def test_float_io_nchw_and_the_tflite_onnx_route(sample_model, tmp_path):
-    result = export(sample_model.out, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8", "onnx"),
+    result = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8", "onnx"),
                     calibration_count=100, float_io=True, nchw=True)
     rows = _rows(result)
     assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in rows.items()}
     assert rows["tflite_int8"]["inputs"][0]["dtype"] == "float32"
     assert rows["onnx_fp32"]["inputs"][0]["shape"] == [-1, 3, 32, 32] and rows["onnx_fp32"]["layout"] == "NCHW"
-    via = export(sample_model.out, data="cifar10-sample", out=tmp_path / "c", formats=("onnx_int8",),
+    via = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "c", formats=("onnx_int8",),
                  calibration_count=100, onnx_int8_method="tflite")
     row = _rows(via)["onnx_int8"]
     assert row["status"] == "ok" and "tf2onnx from the int8 TFLite" in row["description"]
@@ -117,7 +117,7 @@ def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run
     tensor names and signatures. Both files validate, and the runtime reproduces their accuracy."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    result = export(sample_model.out, data="cifar10-sample", out=tmp_path / "small",
+    result = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "small",
                     formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8"), calibration_count=100, qat_epochs=1,
                     fine_tune_batch_size=64, int8_weights="per-tensor", strip_names=True)
     rows, before = _rows(result), _rows(sample_bundle)
@@ -141,7 +141,7 @@ def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run
         assert accuracy == pytest.approx(rows[name]["validation"]["accuracy"], abs=1e-9), name
     assert result.manifest["config"]["int8_weights"] == "per-tensor" and result.manifest["config"]["strip_names"] is True
     with pytest.raises(ConfigError, match="int8_weights must be one of"):
-        export(sample_model.out, data="cifar10-sample", out=tmp_path / "bad", int8_weights="per-row")
+        export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "bad", int8_weights="per-row")
     assert not (tmp_path / "bad").exists()
 
 
@@ -170,7 +170,7 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
     assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
     assert re.search(r"pruned +accuracy 0\.\d{4}  kernel sparsity 0\.600", proc.stdout)
     # The pruned model is an ordinary edgecls model directory: it exports like any other.
-    result = export(out / "pruned", data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8",), calibration_count=100)
+    result = export(out / "pruned", isolate=False, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8",), calibration_count=100)
     row = result.rows[0]
     assert row["status"] == "ok" and row["sparsity"] == pytest.approx(0.6, abs=0.02)
     assert (out / "qat" / "model.h5").exists()
@@ -392,7 +392,7 @@ def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path,
         raise AssertionError("export fine-tuned again")
 
     monkeypatch.setattr(optimize_run, "build_variant", no_fine_tune)
-    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_pruned_int8", "tflite_qat_int8"),
+    result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_pruned_int8", "tflite_qat_int8"),
                     calibration_count=64, optimized=str(tmp_path / "opt"))
     rows = {r["name"]: r for r in result.rows}
     # Validated against the reused models (a 3-epoch model's int8 files may miss the tolerance; that is
@@ -405,7 +405,7 @@ def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path,
     qat = rows["tflite_qat_int8"]["validation"]
     assert report["variants"]["qat"]["accuracy"] == pytest.approx(qat["accuracy"] - qat["accuracy_delta_points"] / 100, abs=1e-6)
     with pytest.raises(ConfigError, match="was optimized from"):
-        export(sample_model.out, data=TINY_ZIP, out=tmp_path / "other", formats=("tflite_pruned_int8",),
+        export(sample_model.out, isolate=False, data=TINY_ZIP, out=tmp_path / "other", formats=("tflite_pruned_int8",),
                calibration_count=64, optimized=str(tmp_path / "opt"))
 
 
@@ -445,7 +445,7 @@ def test_a_converted_model_with_nan_constants_is_rejected_before_loading(trained
 
     shutil.copytree(trained_tiny.out, broken)
     save_model_file(run.model, broken / "model.keras")
-    result = export(broken, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_fp32", "onnx_fp32"),
+    result = export(broken, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_fp32", "onnx_fp32"),
                     calibration_count=64)
     for row in result.rows:
         assert row["status"] == "failed" and "NaN or infinite constants" in row["reason"], row
@@ -561,13 +561,13 @@ def test_int8_calibrates_on_unlabelled_images(trained_tiny, tmp_path):
         for i, name in enumerate(n for n in zf.namelist() if "/train/" in n and n.endswith(".jpg")):
             (flat / f"photo_{i:03d}.jpg").write_bytes(zf.read(name))
     (flat / "notes.txt").write_text("not an image")
-    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_int8",),
+    result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_int8",),
                     calibration_count=48, calibration_data=str(flat))
     calibration = result.manifest["calibration"]
     assert calibration["images"] == 48 and calibration["data"] == str(flat) and calibration["labels"] is False
     assert [r["name"] for r in result.rows] == ["tflite_int8"] and "accuracy" in result.rows[0]["validation"]
     with pytest.raises(Exception, match="calibration needs 500"):
-        export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",), calibration_count=500,
+        export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",), calibration_count=500,
                calibration_data=str(flat))
 
 
@@ -641,7 +641,7 @@ def test_every_quantization_engine_is_a_validated_variant(trained_tiny, tmp_path
     engines = GROUPS["engines"]
     assert {VARIANTS[n].engine for n in engines} == {"converter", "aeq", "ort_minmax", "ort_entropy", "ort_percentile",
                                                      "nncf"}
-    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("engines",), calibration_count=64)
+    result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b", formats=("engines",), calibration_count=64)
     rows = _rows(result)
     assert list(rows) == list(engines)
     for name in engines:

@@ -91,7 +91,7 @@ def test_keras3_model_is_bridged_for_pruning_and_qat(tmp_path):
     assert source.kind == "keras3" and source.model.__class__.__module__.startswith("tf_keras")
     probe = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32") / 255
     np.testing.assert_allclose(source.model(probe).numpy(), np.asarray(model(probe)), atol=1e-5)
-    result = export(path, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+    result = export(path, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
                     formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_qat_int8"), calibration_count=100,
                     fine_tune_batch_size=50, prune_epochs=1, sparsity=0.75)
     rows = {r["name"]: r for r in result.rows}
@@ -105,7 +105,7 @@ def test_savedmodel_converts_but_cannot_be_pruned(h5_model, tmp_path):
     model = keras().models.load_model(h5_model, compile=False)
     saved = tmp_path / "saved"
     model.save(saved, save_format="tf")
-    result = export(saved, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+    result = export(saved, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
                     formats=("tflite_fp32", "tflite_int8"), calibration_count=100)
     assert [r["status"] for r in result.rows] == ["ok", "ok"]
     bare = tmp_path / "bare"
@@ -114,7 +114,7 @@ def test_savedmodel_converts_but_cannot_be_pruned(h5_model, tmp_path):
     tf.saved_model.save(model, str(bare))
     assert load_source(bare, {"scale": 1 / 255}).tunable is False
     with pytest.raises(ConfigError, match="pruning and QAT are impossible"):
-        export(bare, data=TINY_ZIP, out=tmp_path / "c", preprocessing={"scale": 1 / 255}, formats=("tflite_pruned_fp32",),
+        export(bare, isolate=False, data=TINY_ZIP, out=tmp_path / "c", preprocessing={"scale": 1 / 255}, formats=("tflite_pruned_fp32",),
                calibration_count=100)
 
 
@@ -205,7 +205,7 @@ def test_logits_model_in_keras2_format_gets_probabilities_from_the_runtime(tmp_p
                           k.layers.GlobalAveragePooling2D(), k.layers.Dense(10)])  # logits, no softmax
     path = tmp_path / "logits.keras"
     model.save(path)
-    result = export(path, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+    result = export(path, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
                     formats=("tflite_fp32",), calibration_count=100)
     assert result.manifest["model"]["kind"] == "keras2" and result.manifest["model"]["output"] == "logits"
     probs = runtime.load(tmp_path / "b").predict(load_dataset(TINY_ZIP).test.images[:5])
@@ -255,7 +255,7 @@ def test_a_savedmodel_exports_every_format_it_can_take(h5_model, tmp_path):
 
     bare = tmp_path / "bare"
     tf.saved_model.save(keras().models.load_model(h5_model, compile=False), str(bare))
-    result = export(bare, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
+    result = export(bare, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
                     formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_fp32", "onnx_fp32"), calibration_count=100)
     status = {r["name"]: r["status"] for r in result.rows}
     assert status == {"tflite_fp32": "ok", "tflite_qat_int8": "skipped", "tflite_pruned_fp32": "skipped", "onnx_fp32": "ok"}

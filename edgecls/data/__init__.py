@@ -262,17 +262,22 @@ def sample_indices(count_total: int, count: int | None, seed: int = 0) -> np.nda
 def calibration_subset(dataset: Dataset, count: int = 300, seed: int = 0) -> np.ndarray:
     """The representative dataset for quantization: `count` real images drawn, stratified by
     class, from the *training* split only (never the test split). Returns uint8 N x H x W x 3."""
+    return dataset.train.images[calibration_indices(dataset, count, seed)]
+
+
+def calibration_indices(dataset: Dataset, count: int = 300, seed: int = 0) -> np.ndarray:
+    """The training-split indices of `calibration_subset` (sorted)."""
     train = dataset.train
     if count < 1:
         raise ConfigError(f"calibration count must be at least 1, got {count}")
     if len(train) < count:
         raise DataError(f"the training split has {len(train)} images; {count} are needed for calibration")
     if count == len(train):
-        return train.images.copy()
+        return np.arange(count)
     _, held = stratified_split(train.labels, count / len(train), seed)
     rng = np.random.default_rng(seed)
     held = held[rng.permutation(len(held))][:count]
-    return train.images[np.sort(held)]
+    return np.sort(held)
 
 
 __all__ = [
@@ -280,6 +285,7 @@ __all__ = [
     "ImageSet",
     "load_dataset",
     "calibration_subset",
+    "calibration_indices",
     "stratified_split",
     "sample_indices",
     "resolve_source",

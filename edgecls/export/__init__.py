@@ -21,7 +21,7 @@ import numpy as np
 from .._io import make_staging_dir, replace_dir
 from ..bundle import sha256_file, write_bundle
 from ..config import ExportConfig
-from ..data import Dataset, calibration_subset, load_dataset, sample_indices
+from ..data import Dataset, calibration_indices, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError, first_line
 from .formats import GROUPS, VARIANTS, ConvertJob, Variant, formats, resolve_formats  # noqa: F401
 from .validate import TOLERANCES, Tolerance, compare
@@ -145,11 +145,23 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
                  f" ({unreadable} unreadable skipped)" if unreadable else "", dataset.source)
     else:
         calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
+    validation = None
+    if config.max_drop is not None:
+        # The budget is checked on training images the calibration did not use (never the test split).
+        used = set() if config.calibration_data else set(
+            calibration_indices(dataset, config.calibration_count, config.calibration_seed).tolist())
+        free = np.array([i for i in range(len(dataset.train)) if i not in used], dtype=np.int64)
+        if len(free) < 50:
+            raise DataError(f"--max-drop needs a validation split from the training data: {dataset.source} has "
+                            f"{len(free)} training images besides the calibration set (50 at least)")
+        pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
+        validation = (dataset.train.images[pick], mapping[dataset.train.labels[pick]])
+        log.info("--max-drop %g: checked on %d training images kept out of calibration", config.max_drop, len(pick))
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_images = dataset.test.images[keep]
     eval_y = mapping[dataset.test.labels[keep]]
     return _export_into(staging, Path(out), names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
-                        skipped, journal or _NoJournal())
+                        skipped, journal or _NoJournal(), validation)
 
 
 class _NoJournal:
@@ -171,7 +183,7 @@ class _NoJournal:
 
 
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
-                 safe_mode: bool = True, skipped: dict | None = None, journal=None) -> ExportResult:
+                 safe_mode: bool = True, skipped: dict | None = None, journal=None, validation=None) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
 
@@ -225,6 +237,15 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         if kind not in references:
             references[kind] = predict_in_batches(get_model(kind), eval_x)
         return references[kind]
+
+    repair_set = None if validation is None else (spec.apply(validation[0]), validation[1])
+    repair_references: dict[str, np.ndarray] = {}
+
+    def repair_reference(kind: str) -> np.ndarray:
+        """The Keras model's outputs on the validation split of --max-drop."""
+        if kind not in repair_references:
+            repair_references[kind] = predict_in_batches(get_model(kind), repair_set[0])
+        return repair_references[kind]
 
     journal.step(None, "computing the Keras model's reference outputs")
     base_ref = reference("base")
@@ -280,6 +301,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                                                f"(its Keras model's weights are not finite); not loaded")
             row.update(file=file.name, sha256=sha256_file(file))
         else:
+            if repair_set is not None and _repairable(variant, config):
+                journal.step(name, "repairing it under --max-drop", file=file.name)
+                row.update(_repair(fmt, variant, job, file, representative, repair_set, repair_reference))
+                weights = fmt.weight_stats(file)
             journal.step(name, "validating the converted file", file=file.name)
             try:
                 pixels = converted.pixel_layout
@@ -291,6 +316,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             except EdgeclsError as exc:
                 row.update(status="failed", reason=f"validation could not run: {exc}")
         row.update(fmt.manifest_fields(file, config))
+        if row.get("repair", {}).get("met") is False and row["status"] == "ok":
+            row.update(status="failed", reason=row["repair"]["reason"])
         if "validation" in row and _diagnosable(variant, config):
             journal.step(name, "diagnosing its layers", file=file.name)
             row.update(_diagnosis(fmt, variant, job, file, representative))
@@ -324,6 +351,47 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
 class _BuildError(Exception):
     pass
+
+
+def _repairable(variant: Variant, config) -> bool:
+    """Variants whose activations are quantized and whose layers a quantizer can keep in float."""
+    return config.max_drop is not None and variant.precision in ("int8", "int16x8") and _diagnosable(variant, config)
+
+
+def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, representative: np.ndarray, repair_set,
+            reference) -> dict:
+    """Meet --max-drop on the validation split by keeping the worst layers in float (export/repair.py);
+    rewrites `file` when layers were kept. The row's "repair" record, or "repair_error"."""
+    from .diagnose import DIAGNOSIS_IMAGES, diagnose
+    from .repair import repair
+
+    import tempfile
+
+    images, labels = repair_set
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
+            twin = Path(tmp) / f"float{file.suffix}"
+            twin.write_bytes(fmt.float_twin(variant, job))
+            found = diagnose(twin, file, representative[:DIAGNOSIS_IMAGES], layout=fmt.layout(job.config))
+        float_accuracy = float((reference(variant.source).argmax(1) == labels).mean())
+        record, converted = repair(fmt, variant, job, file, found, images, labels, float_accuracy,
+                                   job.config.max_drop, job.config.repair_max_layers)
+    except EdgeclsError as exc:
+        log.warning("%s: repair under --max-drop could not run: %s", variant.name, exc)
+        return {"repair": {"met": False, "reason": f"repair under --max-drop could not run: {exc}"}}
+    fields = {"repair": record}
+    if converted is not None:
+        file.write_bytes(converted.data)
+        fields.update(converted.fields)
+        log.info("%s: %d layer(s) kept in float to meet --max-drop %g (%s): %.2f points on the validation split",
+                 variant.name, len(record["kept_float"]), record["budget_points"], ", ".join(record["kept_float"]),
+                 record["drop_points"])
+    elif record["met"]:
+        log.info("%s: meets --max-drop %g fully quantized (%.2f points on %d validation images)", variant.name,
+                 record["budget_points"], record["plain_drop_points"], record["images"])
+    else:
+        log.warning("%s: %s", variant.name, record["reason"])
+    return fields
 
 
 def _diagnosable(variant: Variant, config) -> bool:

@@ -72,8 +72,9 @@ def ranked(diagnosis: dict) -> list[dict]:
     return sorted(diagnosis.get("layers", []), key=lambda layer: (layer["own_db"], layer["sqnr_db"]))
 
 
-def _finish(order: list[tuple[str, str, list[str], str]], values: dict, producers: dict) -> list[dict]:
-    """Layers in graph order from (name, op, input keys, output key), the SQNR of each key and
+def _finish(order: list[tuple[str, str, list, object, str]], values: dict, producers: dict) -> list[dict]:
+    """Layers in graph order from (name, op, input keys, output key, scope: the name a quantizer
+    addresses the layer by, for selective repair), the SQNR of each key and
     each key's producer inputs (to look through tensors without a twin back to ones with one)."""
     def upstream(key, seen) -> list[float]:
         if key in values:
@@ -84,7 +85,7 @@ def _finish(order: list[tuple[str, str, list[str], str]], values: dict, producer
         return [v for k in producers[key] for v in upstream(k, seen)]
 
     layers = []
-    for name, op, ins, out in order:
+    for name, op, ins, out, scope in order:
         if out not in values:
             continue
         reaching = []
@@ -92,7 +93,8 @@ def _finish(order: list[tuple[str, str, list[str], str]], values: dict, producer
             found = upstream(k, set())
             if found:
                 reaching.append(min(found))
-        layers.append({"name": name, "op": op, "sqnr_db": values[out], "own_db": own_db(reaching, values[out])})
+        layers.append({"name": name, "op": op, "sqnr_db": values[out], "own_db": own_db(reaching, values[out]),
+                       "scope": scope})
     return layers
 
 
@@ -179,7 +181,7 @@ def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> li
     for position, op in enumerate(compute_ops):
         out = op["outputs"][0]
         name = _short(q_details[out]["name"]) or f"{op['op_name'].lower()}_{position}"
-        order.append((name, op["op_name"], [i for i in op["inputs"] if i >= 0], out))
+        order.append((name, op["op_name"], [i for i in op["inputs"] if i >= 0], out, q_details[out]["name"]))
     return _finish(order, values, producers)
 
 
@@ -231,7 +233,7 @@ def _onnx_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list
         if key in q_values and q_values[key].shape == f.shape:
             values[tensor] = sqnr_db(f, q_values[key])
     f_model = onnx.load(str(float_path))
-    order = [(node.name or node.output[0], node.op_type, list(node.input), node.output[0])
+    order = [(node.name or node.output[0], node.op_type, list(node.input), node.output[0], node.name)
              for node in f_model.graph.node if node.op_type not in ("Transpose", "Reshape", "Identity", "Flatten")]
     producers = {out: list(node.input) for node in f_model.graph.node for out in node.output}
     return _finish(order, values, producers)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,10 +57,12 @@ def _quiet():
         yield
 
 
-def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray | None) -> bytes:
+def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray | None,
+                 keep_float: tuple[str, ...] = ()) -> bytes:
     """AI Edge Quantizer on a float .tflite: `precision` int8 (static, int8 activations), int16x8
     (static, int16 activations) or dynamic; calibrated on `representative` (the model's float
-    input, NHWC) for the static recipes."""
+    input, NHWC) for the static recipes. `keep_float`: output tensor names of layers left in float
+    (AEQ's scoped recipe with its no-quantize algorithm), for selective repair."""
     if precision not in AEQ_RECIPES:
         raise ConfigError(f"AI Edge Quantizer has no {precision} recipe; choose one of {', '.join(AEQ_RECIPES)}")
     optional("ai_edge_quantizer", "train")
@@ -69,6 +72,13 @@ def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray
         with _quiet():
             qt = quantizer.Quantizer(bytearray(float_tflite))
             qt.load_quantization_recipe(getattr(recipe, AEQ_RECIPES[precision])())
+            if keep_float:
+                from ai_edge_quantizer.algorithm_manager import AlgorithmName
+                from ai_edge_quantizer.qtyping import TFLOperationName
+
+                for name in keep_float:
+                    qt.update_quantization_recipe(regex=f"^{re.escape(name)}$", operation_name=TFLOperationName.ALL_SUPPORTED,
+                                                  algorithm_key=AlgorithmName.NO_QUANTIZE)
             calibration = None
             if qt.need_calibration:
                 if representative is None or len(representative) == 0:
@@ -98,9 +108,10 @@ def _signature_input(tflite: bytes) -> tuple[str, str]:
 
 
 def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, scheme: str, input_name: str,
-                 per_channel: bool = True) -> bytes:
+                 per_channel: bool = True, keep_float: tuple[str, ...] = ()) -> bytes:
     """onnxruntime static QDQ quantization with calibration `method` ("minmax", "entropy",
-    "percentile") in `scheme` (formats.onnx.INT8_SCHEMES); `representative` in the file's layout."""
+    "percentile") in `scheme` (formats.onnx.INT8_SCHEMES); `representative` in the file's layout;
+    `keep_float`: node names left in float (onnxruntime's nodes_to_exclude)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,13 +146,15 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
                 quant_pre_process(src, pre, skip_symbolic_shape=True)
                 quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ,
                                 activation_type=getattr(QuantType, activations), weight_type=getattr(QuantType, weights),
-                                per_channel=per_channel, reduce_range=reduce_range, calibrate_method=methods[method])
+                                per_channel=per_channel, reduce_range=reduce_range, calibrate_method=methods[method],
+                                nodes_to_exclude=list(keep_float))
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantization ({method} calibration) failed: {first_line(exc)}") from None
         return Path(dst).read_bytes()
 
 
-def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str) -> bytes:
+def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str,
+                  keep_float: tuple[str, ...] = ()) -> bytes:
     """NNCF post-training quantization of an ONNX model (QDQ; fast bias correction; 7-bit weights on
     every layer through NNCF's overflow fix, so the file is exact on x86 CPUs without VNNI too)."""
     if representative is None or len(representative) == 0:
@@ -156,6 +169,7 @@ def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str)
     try:
         with _quiet():
             quantized = nncf.quantize(model, dataset, subset_size=len(images),
+                                      ignored_scope=nncf.IgnoredScope(names=list(keep_float)) if keep_float else None,
                                       advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
     except Exception as exc:
         raise ExportError(f"NNCF quantization failed: {first_line(exc)}") from None

@@ -130,6 +130,10 @@ class Format:
         """The input layout its files take: "NHWC" or "NCHW"."""
         return "NHWC"
 
+    def requantize(self, variant: Variant, job: ConvertJob, keep_float: tuple[str, ...]) -> Converted:
+        """The quantized variant again, with the layers `keep_float` (diagnosis scopes) in float."""
+        raise ConfigError(f"{self.name} files cannot keep layers in float")
+
     def float_twin(self, variant: Variant, job: ConvertJob) -> bytes:
         """The float file of the variant's Keras model in this format, with the settings its
         quantized file was made with: what the per-layer diagnosis measures it against."""

@@ -89,7 +89,7 @@ def convert_from_tflite(tflite_bytes: bytes, opset: int = DEFAULT_OPSET) -> byte
 
 
 def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = False, per_channel: bool = True,
-                 scheme: str = DEFAULT_INT8_SCHEME, method: str = "minmax") -> bytes:
+                 scheme: str = DEFAULT_INT8_SCHEME, method: str = "minmax", keep_float: tuple[str, ...] = ()) -> bytes:
     """onnxruntime static quantization to QDQ in `scheme` (INT8_SCHEMES) calibrated by `method` on
     `representative` (normalized float32 NHWC training images)."""
     from ..engines import ort_quantize
@@ -97,7 +97,7 @@ def quantize_qdq(fp32_bytes: bytes, representative: np.ndarray, nchw: bool = Fal
     images = np.asarray(representative, dtype=np.float32)
     if nchw and images.ndim == 4:
         images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    return ort_quantize(fp32_bytes, images, method, scheme, INPUT_NAME, per_channel=per_channel)
+    return ort_quantize(fp32_bytes, images, method, scheme, INPUT_NAME, per_channel=per_channel, keep_float=keep_float)
 
 
 def describe(path) -> tuple[list[dict], list[dict]]:
@@ -153,7 +153,13 @@ class ONNXFormat(Format):
                                 "description": "ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
                                                "exact only on x86 with VNNI and on arm64)"})
 
-    def _quantize(self, variant, fp32: bytes, job):
+    def requantize(self, variant, job, keep_float: tuple[str, ...]):
+        """The variant again with the nodes `keep_float` left in float (selective repair)."""
+        if variant.engine not in ("ort_minmax", "ort_entropy", "ort_percentile", "nncf"):
+            raise ConfigError(f"{variant.name} cannot keep layers in float (engine {variant.engine})")
+        return self._quantize(variant, self.float_twin(variant, job), job, keep_float)
+
+    def _quantize(self, variant, fp32: bytes, job, keep_float: tuple[str, ...] = ()):
         """int8 by the variant's post-training engine (export/engines.py) on the fp32 file."""
         from ..engines import nncf_quantize
         from .base import Converted
@@ -163,12 +169,12 @@ class ONNXFormat(Format):
             images = np.asarray(job.representative, dtype=np.float32)
             if config.nchw:
                 images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-            data = nncf_quantize(fp32, images, INPUT_NAME)
+            data = nncf_quantize(fp32, images, INPUT_NAME, keep_float)
             return Converted(data, {"engine": "nncf", "int8_scheme": "u8s8_overflow_fix",
                                     "description": f"{variant.description}; uint8 activations, int8 weights with NNCF's "
                                                    f"overflow fix (7-bit): the same outputs on every CPU"})
         data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme,
-                            method=variant.engine.removeprefix("ort_"))
+                            method=variant.engine.removeprefix("ort_"), keep_float=keep_float)
         return Converted(data, {"engine": variant.engine, "int8_scheme": config.onnx_int8_scheme,
                                 "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"})
 

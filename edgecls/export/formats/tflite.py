@@ -74,6 +74,35 @@ def convert(model=None, precision: str = "fp32", representative: np.ndarray | No
         raise ExportError(f"TFLite {precision} conversion failed: {first_line(exc)}") from None
 
 
+def convert_selective(model, representative: np.ndarray, keep_float: tuple[str, ...], per_channel: bool = True) -> bytes:
+    """int8 post-training quantization by the converter with the layers `keep_float` (output tensor
+    names, as the converter names them) left in float: TensorFlow's QuantizationDebugger with
+    `denylisted_nodes`. Float input and output (the graph quantizes and dequantizes)."""
+    tf = tensorflow()
+    images = np.asarray(representative, dtype=np.float32)
+
+    def representative_dataset():
+        for i in range(len(images)):
+            yield [images[i:i + 1]]
+
+    from ..._deps import native_logs_hidden
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    if not per_channel:
+        converter._experimental_disable_per_channel = True
+    try:
+        with warnings.catch_warnings(), native_logs_hidden():
+            warnings.simplefilter("ignore")
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float))
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative_dataset,
+                                                                 debug_options=options)
+            return bytes(debugger.get_nondebug_quantized_model())
+    except Exception as exc:
+        raise ExportError(f"TFLite int8 with {len(keep_float)} layer(s) in float failed: {first_line(exc)}") from None
+
+
 def strip_names(data: bytes) -> bytes:
     """`data` without the strings the interpreter does not need: tensor and subgraph names, the model
     description and the signature defs (TensorFlow's `flatbuffer_utils.strip_strings`, as used for
@@ -314,6 +343,26 @@ class TFLiteFormat(Format):
 
     def layout(self, config) -> str:
         return "NHWC"
+
+    def requantize(self, variant, job, keep_float: tuple[str, ...]):
+        """The variant with the layers `keep_float` (output tensor names) left in float, by the
+        engine that made it: the converter's denylisted nodes, or AI Edge Quantizer's scoped recipe."""
+        from ..engines import aeq_quantize
+        from .base import Converted
+
+        if variant.precision not in ("int8", "int16x8") or variant.input != "normalized":
+            raise ConfigError(f"{variant.name} cannot keep layers in float")
+        if variant.engine == "converter":
+            per_channel = job.config.int8_weights == "per-channel"
+            data = convert_selective(job.model, job.representative, keep_float, per_channel=per_channel)
+            fields = {"engine": "converter", "weight_scales": job.config.int8_weights, "io": "float"}
+        else:
+            data = aeq_quantize(self.float_twin(variant, job), variant.precision, job.representative, keep_float)
+            fields = {"engine": "aeq", "weight_scales": "per-channel"}
+        if job.config.strip_names:
+            data = strip_names(data)
+            fields["names_stripped"] = True
+        return Converted(data, fields, None)
 
     def float_twin(self, variant, job) -> bytes:
         key = "tflite_fp32" if variant.source == "base" else f"tflite_fp32:{variant.source}"

@@ -1,0 +1,78 @@
+"""Selective repair: keep a quantized variant's most sensitive layers in float until it meets an
+accuracy budget (`edgecls export --max-drop POINTS`).
+
+The budget is top-1 accuracy against the variant's own Keras model, in points, measured on a
+validation split drawn from the training data (never the calibration images, never the test
+split). A variant that meets it as plain int8 is left fully quantized. Otherwise the layers of its
+per-layer diagnosis (edgecls.export.diagnose), the one that adds the most error first, are kept in
+float one more at a time, by the engine that made the file (TFLite converter: TensorFlow's
+QuantizationDebugger with denylisted nodes; AI Edge Quantizer: its scoped no-quantize recipe; ONNX:
+onnxruntime's nodes_to_exclude or NNCF's ignored scope) until the budget is met, at most
+`ExportConfig.repair_max_layers` layers. The record says what was kept, each step's accuracy and
+bytes, or by how much the best step missed.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeclsError
+from .diagnose import CAP_DB, ranked
+
+
+def _accuracy(path: Path, images: np.ndarray, labels: np.ndarray, layout: str, timeout: float) -> float:
+    from ..runtime import isolated
+
+    outputs = isolated.outputs(path, images, layout=layout, threads=None, timeout=timeout)
+    return float((outputs.argmax(1) == labels).mean())
+
+
+def repair(fmt, variant, job, file: Path, diagnosis: dict, images: np.ndarray, labels: np.ndarray,
+           float_accuracy: float, max_drop: float, max_layers: int):
+    """Returns (record, Converted or None): the repaired file when layers had to be kept in float
+    and that met the budget, None when the plain file meets it or nothing did (record["met"])."""
+    layout = fmt.layout(job.config)
+    timeout = job.config.validation_timeout_s
+    plain = _accuracy(file, images, labels, layout, timeout)
+    drop = round(100 * (float_accuracy - plain), 4)
+    record = {"budget_points": max_drop, "images": int(len(labels)), "split": "validation (training data)",
+              "float_accuracy": round(float_accuracy, 6), "plain_accuracy": round(plain, 6),
+              "plain_drop_points": drop, "plain_bytes": file.stat().st_size, "kept_float": [], "steps": []}
+    if drop <= max_drop:
+        record.update(met=True, drop_points=drop)
+        return record, None
+    candidates = [layer for layer in ranked(diagnosis) if layer["own_db"] < CAP_DB and layer.get("scope")][:max_layers]
+    best = None
+    with tempfile.TemporaryDirectory(prefix="edgecls-repair-") as tmp:
+        for k in range(1, len(candidates) + 1):
+            keep = candidates[:k]
+            try:
+                converted = fmt.requantize(variant, job, tuple(layer["scope"] for layer in keep))
+            except EdgeclsError as exc:
+                record["steps"].append({"kept": k, "layer": keep[-1]["name"], "error": str(exc)})
+                continue
+            trial = Path(tmp) / f"step{k}{file.suffix}"
+            trial.write_bytes(converted.data)
+            try:
+                accuracy = _accuracy(trial, images, labels, layout, timeout)
+            except EdgeclsError as exc:
+                record["steps"].append({"kept": k, "layer": keep[-1]["name"], "error": str(exc)})
+                continue
+            step_drop = round(100 * (float_accuracy - accuracy), 4)
+            record["steps"].append({"kept": k, "layer": keep[-1]["name"], "accuracy": round(accuracy, 6),
+                                    "drop_points": step_drop, "bytes": len(converted.data)})
+            if best is None or step_drop < best[0]:
+                best = (step_drop, k)
+            if step_drop <= max_drop:
+                record.update(met=True, drop_points=step_drop, kept_float=[layer["name"] for layer in keep],
+                              bytes=len(converted.data))
+                return record, converted
+    if best is None:
+        record.update(met=False, reason=f"no layer could be kept in float ({len(candidates)} tried)")
+    else:
+        record.update(met=False, reason=f"--max-drop {max_drop:g} not met: the plain file loses {drop:.2f} points on "
+                                        f"{len(labels)} validation images, the best with up to {len(candidates)} layers "
+                                        f"in float ({best[1]} kept) {best[0]:.2f}, {best[0] - max_drop:.2f} over")
+    return record, None
