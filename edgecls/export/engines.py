@@ -10,8 +10,8 @@ ONNX (QDQ, uint8 activations and 7-bit int8 weights unless the scheme says other
 outputs on every x86 class, see formats/onnx.py)
   ort_minmax, ort_entropy, ort_percentile
               onnxruntime static quantization with that calibration method
-  nncf        NNCF post-training quantization (fast bias correction; overflow fix on every layer,
-              NNCF's own remedy for x86 CPUs without VNNI)
+  nncf        NNCF post-training quantization (fast bias correction; overflow fix on every layer:
+              7-bit weights, NNCF's own remedy for x86 CPUs without VNNI)
 
 Every engine's file goes through the same validation, manifest and bench as every other variant;
 `tools/release/engine_table.py` measures them side by side.

@@ -172,7 +172,7 @@ class ONNXFormat(Format):
             data = nncf_quantize(fp32, images, INPUT_NAME, keep_float)
             return Converted(data, {"engine": "nncf", "int8_scheme": "u8s8_overflow_fix",
                                     "description": f"{variant.description}; uint8 activations, int8 weights with NNCF's "
-                                                   f"overflow fix (7-bit): the same outputs on every CPU"})
+                                                   f"overflow fix (7-bit weights, its remedy for x86 without VNNI)"})
         data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme,
                             method=variant.engine.removeprefix("ort_"), keep_float=keep_float)
         return Converted(data, {"engine": variant.engine, "int8_scheme": config.onnx_int8_scheme,
