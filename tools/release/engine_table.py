@@ -43,6 +43,10 @@ def measure(model: str, data: str, out: Path, threads: int, repeats: int) -> tup
     return json.loads((bundle / "manifest.json").read_text()), json.loads(bench.read_text())
 
 
+def _int(value) -> str:
+    return "-" if value is None else f"{int(value):,}"
+
+
 def rows(model: str, manifest: dict, bench: dict) -> list[str]:
     from edgecls.export import VARIANTS
     from edgecls.export.engines import ENGINES
@@ -63,12 +67,11 @@ def rows(model: str, manifest: dict, bench: dict) -> list[str]:
         engine = ENGINES.get(variant.engine, "float") if variant.engine else "float"
         status = "" if row["status"] == "ok" else f" ({row['status']}: {row.get('reason', '')})"
         size = row.get("size", {})
-        lines.append(
-            f"| {model} | {name} | {engine} | {variant.precision} | "
-            f"{'-' if acc is None else f'{100 * acc:.2f}'} | {delta} | "
-            f"{'-' if 'agreement' not in v else f'{100 * v['agreement']:.2f}'} | "
-            f"{size.get('bytes', '-'):,} | {size.get('gzip_bytes', '-'):,} | "
-            f"{'-' if latency is None else f'{latency:.3f}'}{status} |")
+        top1 = "-" if acc is None else f"{100 * acc:.2f}"
+        agree = "-" if "agreement" not in v else f"{100 * v['agreement']:.2f}"
+        p50 = "-" if latency is None else f"{latency:.3f}"
+        lines.append(f"| {model} | {name} | {engine} | {variant.precision} | {top1} | {delta} | {agree} | "
+                     f"{_int(size.get('bytes'))} | {_int(size.get('gzip_bytes'))} | {p50}{status} |")
     return lines
 
 
