@@ -170,3 +170,29 @@ def test_max_drop_from_export_on_a_trained_model(trained_tiny, tmp_path):
             assert rows[name]["status"] == "failed" and "--max-drop 0 not met" in rows[name]["reason"]
     proc = run_cli("export", trained_tiny.out, "--data", TINY_ZIP, "--out", tmp_path / "c", "--max-drop", "-1")
     assert proc.returncode == 2 and "max_drop must be a number of accuracy points" in proc.stderr
+
+
+def test_the_report_shows_each_diagnosed_variants_worst_layers(tmp_path):
+    from edgecls.errors import DataError
+    from edgecls.report import Report
+
+    from .conftest import FIXTURES
+
+    data = json.loads((FIXTURES / "reports" / "bench-resnet8-2t.json").read_text())
+    name = data["variants"][1]["name"]
+    data["variants"][1]["diagnosis"] = {"images": 32, "metric": "SQNR", "layers": [
+        {"name": "stem", "op": "CONV_2D", "sqnr_db": 38.5, "own_db": 39.0, "scope": "stem"},
+        {"name": "s3_relu", "op": "ADD", "sqnr_db": 23.8, "own_db": 28.8, "scope": "s3"}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    report = Report.load([path])
+    assert [r["name"] for r in report.diagnosed()] == [name]
+    from edgecls.report.html import html_page
+
+    page = html_page(report, plots={})
+    section = page[page.index("Where quantized variants lose accuracy"):]
+    assert section.index("s3_relu") < section.index("stem")  # worst first
+    data["variants"][1]["diagnosis"] = {"layers": [{"name": "x", "op": "ADD", "sqnr_db": "high", "own_db": 1}]}
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"variants\[1\].diagnosis is not a per-layer diagnosis"):
+        Report.load([path])

@@ -210,6 +210,8 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     row = {"name": variant, "format": art["format"], "precision": art["precision"], "sparsity": art.get("sparsity"),
            "sparsity_source": art.get("sparsity_source"),
            "size_bytes": art["size"]["bytes"], "size_gzip_bytes": art["size"]["gzip_bytes"], "status": "ok", "error": ""}
+    if isinstance(art.get("diagnosis"), dict):  # per-layer error from the export, for the report
+        row["diagnosis"] = art["diagnosis"]
     start = time.perf_counter()
     runner = runtime.load(bundle, variant=variant, threads=config.threads, tta=config.tta)
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)

@@ -28,6 +28,7 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
                     f"{r['host'].get('cores')} cores, Python {html.escape(str(r['host'].get('python')))}, threads "
                     f"{r.get('settings', {}).get('threads')}, data {html.escape(str(r.get('data')))}</li>" for r in report.reports)
     comparison = f"<pre>{html.escape(report.device_comparison_markdown())}</pre>" if multi else ""
+    diagnosis = _diagnosis_section(report)
     warned = ("<h2>Warnings</h2><p>A variant measured here departs from its validation at export:</p><ul>"
               + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings()) + "</ul>") if report.warnings() else ""
     return f"""<!DOCTYPE html>
@@ -38,5 +39,23 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>edgecls report</h1><ul>{hosts}</ul>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 {warned}<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(report.pareto()))}.</p>
-{comparison}{imgs}</body></html>
+{comparison}{imgs}{diagnosis}</body></html>
 """
+
+
+def _diagnosis_section(report, top: int = 5) -> str:
+    """Where each quantized variant loses accuracy: its worst layers by the error they add."""
+    rows = report.diagnosed()
+    if not rows:
+        return ""
+    parts = ["<h2>Where quantized variants lose accuracy</h2><p>Per-layer error against the float model of the "
+             "same format, on calibration images (from the export). SQNR: the layer's output against float so far; "
+             "own: the error the layer adds by itself (dB, higher is closer to float). Worst first; "
+             "<code>edgecls inspect BUNDLE --variant NAME</code> lists every layer.</p>"]
+    for r in rows:
+        layers = sorted(r["diagnosis"]["layers"], key=lambda layer: (layer["own_db"], layer["sqnr_db"]))[:top]
+        cells = "".join(f"<tr><td>{html.escape(layer['name'])}</td><td>{html.escape(layer['op'])}</td>"
+                        f"<td>{layer['own_db']:.2f}</td><td>{layer['sqnr_db']:.2f}</td></tr>" for layer in layers)
+        parts.append(f"<h3>{html.escape(r['name'])}</h3><table><thead><tr><th>layer</th><th>op</th><th>own dB</th>"
+                     f"<th>SQNR dB</th></tr></thead><tbody>{cells}</tbody></table>")
+    return "".join(parts)

@@ -30,6 +30,15 @@ def device_label(host: dict, settings: dict | None = None) -> str:
     return label
 
 
+def _diagnosis_ok(found) -> bool:
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return (isinstance(found, dict) and isinstance(found.get("layers"), list) and all(
+        isinstance(layer, dict) and isinstance(layer.get("name"), str) and isinstance(layer.get("op"), str)
+        and number(layer.get("sqnr_db")) and number(layer.get("own_db")) for layer in found["layers"]))
+
+
 def _check_report(data: dict, path) -> None:
     """DataError naming the first malformed part of a bench report (read from a file that may have
     been edited or come from elsewhere); then a trial rendering, so a report that loads also renders."""
@@ -53,6 +62,8 @@ def _check_report(data: dict, path) -> None:
                 fail(f"variants[{i}].latency_ms.{key}", "is not a number")
         if v.get("accuracy") is not None and (isinstance(v["accuracy"], bool) or not isinstance(v["accuracy"], (int, float))):
             fail(f"variants[{i}].accuracy", "is not a number")
+        if "diagnosis" in v and not _diagnosis_ok(v["diagnosis"]):
+            fail(f"variants[{i}].diagnosis", "is not a per-layer diagnosis (layers with a name, op, sqnr_db, own_db)")
     try:
         rendered = Report([data])
         rendered.markdown()
@@ -111,6 +122,16 @@ class Report:
         multi = len(self.devices) > 1
         repeated = any(v.get("repeats") for r in self.reports for v in r["variants"])
         return [c for c in COLUMNS if (multi or c[0] != "device") and (repeated or c[0] != "p50_range")]
+
+    def diagnosed(self) -> list[dict]:
+        """The rows with a per-layer diagnosis from their export, one per variant (a variant's file,
+        and so its diagnosis, is the same on every device)."""
+        seen, out = set(), []
+        for r in self.rows:
+            if r.get("diagnosis") and r["name"] not in seen:
+                seen.add(r["name"])
+                out.append(r)
+        return out
 
     def warnings(self) -> list[str]:
         return [f"{r['name']}" + (f" on {r['device']}" if len(self.devices) > 1 else "") + f": {r['warning']}"

@@ -1,5 +1,6 @@
 """The report's plots (PNG bytes): accuracy against latency with the Pareto front, sizes, the
-confusion matrix of the most accurate variant, latency per device. Needs matplotlib (Agg backend)."""
+confusion matrix of the most accurate variant, latency per device, the per-layer error of quantized
+variants. Needs matplotlib (Agg backend)."""
 from __future__ import annotations
 
 import io
@@ -95,9 +96,32 @@ def plots(report) -> dict[str, bytes]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         out["devices.png"] = _png(fig, plt)
+    fig = _layer_error_plot(report, plt)
+    if fig is not None:
+        out["layer_error.png"] = _png(fig, plt)
     return out
 
 # -- HTML and writing -------------------------------------------------------------------------
+
+
+def _layer_error_plot(report, plt):
+    """SQNR of every layer's output, in graph order, one line per diagnosed variant: where the
+    quantized model drifts from float."""
+    rows = report.diagnosed()
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        layers = r["diagnosis"]["layers"]
+        ax.plot(range(1, len(layers) + 1), [layer["sqnr_db"] for layer in layers], marker=".", label=r["name"])
+        worst = min(range(len(layers)), key=lambda i: layers[i]["own_db"])
+        ax.annotate(layers[worst]["name"][-30:], (worst + 1, layers[worst]["sqnr_db"]), fontsize=6, xytext=(3, -9),
+                    textcoords="offset points")
+    ax.set_xlabel("layer (graph order)")
+    ax.set_ylabel("SQNR against float (dB)")
+    ax.set_title("Per-layer error of the quantized variants (worst layer named)")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def latency_scale(latencies, spread: float = 20.0) -> str:
