@@ -103,6 +103,17 @@ def _preprocessing_arg(args):
     return given or None
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """'100,300,1000' -> (100, 300, 1000), for argparse."""
+    try:
+        sizes = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image counts such as 100,300,1000, got {text!r}")
+    if not sizes:
+        raise argparse.ArgumentTypeError("expected at least one image count")
+    return sizes
+
+
 def _export_config(args):
     from .config import ExportConfig
 
@@ -119,7 +130,8 @@ def _export_config(args):
         onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
         nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None),
         optimized=getattr(args, "optimized", None), seed=args.seed,
-        max_drop=getattr(args, "max_drop", None),
+        max_drop=getattr(args, "max_drop", None), calibration_search=getattr(args, "calibration_search", ()),
+        calibration_draws=getattr(args, "calibration_draws", ExportConfig.calibration_draws),
         repair_images=getattr(args, "repair_images", ExportConfig.repair_images),
         verbose=args.verbose,
     )
@@ -441,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX QDQ types: u8s8_rr (default: uint8 activations, 7-bit weights, the same outputs on "
                         "every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 (exact only on x86 with VNNI "
                         "and on arm64)")
+    p.add_argument("--calibration-search", type=_sizes, default=E.calibration_search, metavar="N,N,...",
+                   help="choose each int8 variant's calibration size among these (e.g. 100,300,1000), drawing each "
+                        "--calibration-draws times, by accuracy on a validation split of the training data; the "
+                        "spread of each size is recorded")
+    p.add_argument("--calibration-draws", type=int, default=E.calibration_draws,
+                   help=f"random draws per size for --calibration-search (default {E.calibration_draws})")
     p.add_argument("--max-drop", type=float, default=E.max_drop, metavar="POINTS",
                    help="accuracy budget of int8 variants against their Keras model, in points, on a validation "
                         "split of the training data: a variant that misses it keeps its worst layers (per-layer "

@@ -184,6 +184,8 @@ class ExportConfig:
     max_drop: float | None = None  # accuracy budget in points for int8 variants (edgecls.export.repair)
     repair_images: int = 1000  # training images (not calibration ones) the budget is checked on
     repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
+    calibration_search: tuple[int, ...] = ()  # calibration sizes to choose from on the validation split
+    calibration_draws: int = 3  # random draws per size in the search (edgecls.export.calibration)
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)
@@ -221,6 +223,13 @@ class ExportConfig:
         need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
         need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
              f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
+        object.__setattr__(self, "calibration_search", tuple(self.calibration_search))
+        need(all(isinstance(c, int) and c >= MIN_CALIBRATION for c in self.calibration_search),
+             f"calibration_search sizes must be at least {MIN_CALIBRATION} images each, got {self.calibration_search!r}")
+        need(isinstance(self.calibration_draws, int) and 1 <= self.calibration_draws <= 20,
+             f"calibration_draws must be between 1 and 20, got {self.calibration_draws!r}")
+        need(not (self.calibration_search and self.calibration_data),
+             "calibration_search draws from the training split; drop calibration_data (--calibration-data) or the search")
         need(isinstance(self.repair_images, int) and self.repair_images >= 50,
              f"repair_images must be at least 50, got {self.repair_images!r}")
         need(isinstance(self.repair_max_layers, int) and self.repair_max_layers >= 1,

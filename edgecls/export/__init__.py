@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -145,23 +145,36 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
                  f" ({unreadable} unreadable skipped)" if unreadable else "", dataset.source)
     else:
         calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
-    validation = None
-    if config.max_drop is not None:
-        # The budget is checked on training images the calibration did not use (never the test split).
+    validation, candidates = None, None
+    if config.calibration_search:
+        from .calibration import draws
+
+        too_big = [c for c in config.calibration_search if c > len(dataset.train) // 2]
+        if too_big:
+            raise DataError(f"--calibration-search {','.join(map(str, too_big))}: {dataset.source} has "
+                            f"{len(dataset.train)} training images; sizes up to half of them leave a validation split")
+        candidates = draws(dataset, config.calibration_search, config.calibration_draws, config.calibration_seed)
+    if config.max_drop is not None or candidates:
+        # Choices are checked on training images no calibration draw used (never the test split).
         used = set() if config.calibration_data else set(
             calibration_indices(dataset, config.calibration_count, config.calibration_seed).tolist())
+        for _, _, index in candidates or ():
+            used.update(index.tolist())
         free = np.array([i for i in range(len(dataset.train)) if i not in used], dtype=np.int64)
         if len(free) < 50:
-            raise DataError(f"--max-drop needs a validation split from the training data: {dataset.source} has "
-                            f"{len(free)} training images besides the calibration set (50 at least)")
+            raise DataError(f"--max-drop and --calibration-search need a validation split from the training data: "
+                            f"{dataset.source} has {len(free)} training images besides the calibration images "
+                            f"(50 at least)")
         pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
         validation = (dataset.train.images[pick], mapping[dataset.train.labels[pick]])
-        log.info("--max-drop %g: checked on %d training images kept out of calibration", config.max_drop, len(pick))
+        log.info("validation split for %s: %d training images kept out of calibration",
+                 " and ".join(w for w, on in (("--max-drop", config.max_drop is not None),
+                                               ("--calibration-search", bool(candidates))) if on), len(pick))
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_images = dataset.test.images[keep]
     eval_y = mapping[dataset.test.labels[keep]]
     return _export_into(staging, Path(out), names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
-                        skipped, journal or _NoJournal(), validation)
+                        skipped, journal or _NoJournal(), validation, candidates)
 
 
 class _NoJournal:
@@ -183,7 +196,8 @@ class _NoJournal:
 
 
 def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
-                 safe_mode: bool = True, skipped: dict | None = None, journal=None, validation=None) -> ExportResult:
+                 safe_mode: bool = True, skipped: dict | None = None, journal=None, validation=None,
+                 candidates=None) -> ExportResult:
     from ..evaluation import predict_in_batches
     from ..zoo import model_stats
 
@@ -276,7 +290,21 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             journal.step(name, "converting it")
             job = ConvertJob(model=keras_model, base=base, spec=spec, config=config, representative=representative,
                              calibration=calibration, shared=shared)
-            converted = fmt.convert(variant, job)
+            if candidates and _searchable(variant):
+                from .calibration import search
+
+                journal.step(name, f"searching its calibration ({len(candidates)} draws)")
+                record, converted, chosen = search(fmt, variant, job, candidates, dataset.train.images, spec,
+                                                   repair_set[0], repair_set[1],
+                                                   float((repair_reference(variant.source).argmax(1)
+                                                          == repair_set[1]).mean()))
+                row["calibration_search"] = record
+                job = replace(job, representative=chosen)
+                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: validation top-1 %.4f",
+                         name, record["chosen"]["count"], record["chosen"]["seed"], len(candidates),
+                         record["chosen"]["accuracy"])
+            else:
+                converted = fmt.convert(variant, job)
             row.update(converted.fields)
         except (_BuildError, EdgeclsError) as exc:
             row.update(status="error", reason=str(exc))
@@ -303,7 +331,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         else:
             if repair_set is not None and _repairable(variant, config):
                 journal.step(name, "repairing it under --max-drop", file=file.name)
-                row.update(_repair(fmt, variant, job, file, representative, repair_set, repair_reference))
+                row.update(_repair(fmt, variant, job, file, job.representative, repair_set, repair_reference))
                 weights = fmt.weight_stats(file)
             journal.step(name, "validating the converted file", file=file.name)
             try:
@@ -320,7 +348,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             row.update(status="failed", reason=row["repair"]["reason"])
         if "validation" in row and _diagnosable(variant, config):
             journal.step(name, "diagnosing its layers", file=file.name)
-            row.update(_diagnosis(fmt, variant, job, file, representative))
+            row.update(_diagnosis(fmt, variant, job, file, job.representative))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
@@ -351,6 +379,12 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
 class _BuildError(Exception):
     pass
+
+
+def _searchable(variant: Variant) -> bool:
+    """Post-training int8 variants calibrated on normalized training images."""
+    return (variant.precision in ("int8", "int16x8") and variant.source in ("base", "pruned")
+            and variant.input == "normalized")
 
 
 def _repairable(variant: Variant, config) -> bool:
