@@ -63,3 +63,20 @@ def test_calibration_search_options_are_checked():
         ExportConfig(calibration_search=(100,), calibration_data="photos/")
     proc = run_cli("export", "x", "--calibration-search", "100,lots")
     assert proc.returncode == 2 and "expected comma-separated image counts" in proc.stderr
+
+
+@pytest.mark.slow
+def test_calibration_search_on_real_images(trained_tiny, tmp_path):
+    from edgecls.export import export
+
+    from .conftest import TINY_ZIP
+
+    result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("tflite_int8", "tflite_fp32"),
+                    calibration_count=32, calibration_search=(32, 48), calibration_draws=2, isolate=False)
+    rows = {r["name"]: r for r in result.rows}
+    record = rows["tflite_int8"]["calibration_search"]
+    assert [(c["count"], c["seed"]) for c in record["candidates"]] == [(32, 0), (32, 1), (48, 0), (48, 1)]
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in record["candidates"])
+    best = max(record["by_count"], key=lambda c: (record["by_count"][c]["mean"], -int(c)))
+    assert record["chosen"]["count"] == int(best) and record["split"] == "validation (training data)"
+    assert "calibration_search" not in rows["tflite_fp32"]
