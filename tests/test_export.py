@@ -676,3 +676,20 @@ def test_every_quantization_engine_is_a_validated_variant(trained_tiny, tmp_path
     rows = _rows(result)
     assert rows["onnx_int8_nncf"]["status"] == "error" and "pip install 'edgecls[train]'" in rows["onnx_int8_nncf"]["reason"]
     assert rows["onnx_fp32"]["status"] == "ok"
+
+
+def test_the_export_worker_gets_every_argument_the_caller_gave(trained_tiny, tmp_path):
+    """The isolated export rebuilds the call in its worker: a PreprocessingSpec object, a labels
+    list and an in-memory dataset arrive as given."""
+    from edgecls.preprocess import PreprocessingSpec
+
+    from .conftest import TINY_ZIP
+
+    spec = PreprocessingSpec.load(trained_tiny.out / "preprocessing.json")
+    labels = json.loads((trained_tiny.out / "labels.json").read_text())
+    dataset = load_dataset(TINY_ZIP)
+    result = export(trained_tiny.out / "model.keras", dataset=dataset, out=tmp_path / "b", preprocessing=spec,
+                    labels=list(labels), formats=("tflite_fp32",), calibration_count=64)
+    assert result.rows[0]["status"] == "ok"
+    assert json.loads((tmp_path / "b" / "labels.json").read_text()) == labels
+    assert json.loads((tmp_path / "b" / "preprocessing.json").read_text())["mean"] == list(spec.mean)

@@ -106,6 +106,7 @@ def export_supervised(staging: Path, out: Path, model, data, config: ExportConfi
             "data": str(data) if isinstance(data, (str, Path)) else None,
             "config": config.to_dict(), "safe_mode": safe_mode,
             "preprocessing": preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else preprocessing,
+            "preprocessing_is_spec": hasattr(preprocessing, "to_dict"),
             "labels": str(labels) if isinstance(labels, (str, Path)) else labels,
             "log_level": log.getEffectiveLevel(),
         }
@@ -210,10 +211,15 @@ def _main(argv) -> int:
         from . import export_into
 
         config = ExportConfig(**payload["config"])
+        preprocessing = payload["preprocessing"]
+        if payload.get("preprocessing_is_spec"):
+            from ..preprocess import PreprocessingSpec
+
+            preprocessing = PreprocessingSpec.from_dict(preprocessing)
         dataset = _load_dataset(payload["dataset"]) if payload.get("dataset") else None
         staging = Path(payload["staging"])
         exported = export_into(staging, Path(payload["out"]), payload["model"], payload["data"], config,
-                               payload["preprocessing"], payload["labels"], payload["safe_mode"], dataset,
+                               preprocessing, payload["labels"], payload["safe_mode"], dataset,
                                journal=Journal(staging))
         result = {"manifest": exported.manifest, "rows": exported.rows}
         code = 0
