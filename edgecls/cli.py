@@ -557,6 +557,8 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.INFO if args.native_logs else logging.ERROR)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored on purpose (nohup ignores SIGHUP): keep it so
             signal.signal(sig, _interrupt)
     try:
         return args.func(args)

@@ -123,8 +123,11 @@ def _wait_for(predicate, proc, timeout=240):
 def test_a_signal_during_export_leaves_no_partial_output(sample_model, tmp_path, signum):
     out = tmp_path / "bundle"
     (tmp_path / "keep.txt").write_text("mine")
+    # The signal's default disposition in the child, whatever this test inherited (a shell starting a
+    # job in the background ignores SIGINT, and an ignored signal stays ignored across exec).
     proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "export", str(sample_model.out), "--data", str(TINY_ZIP),
-                             "--out", str(out), "--formats", "all", "--calibration-count", "100"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out), "--calibration-count", "100"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     started = _wait_for(lambda: any(".partial" in p.name for p in tmp_path.iterdir()), proc)
     assert started, proc.stderr.read() if proc.poll() is not None else "no staging folder appeared"
     time.sleep(1.0)
@@ -147,6 +150,23 @@ def test_sigterm_after_a_finished_epoch_keeps_only_the_checkpoint_and_says_how_t
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "--resume" in err and "delete that folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
+
+
+def test_a_hangup_ignored_on_purpose_stays_ignored(tmp_path):
+    """Under nohup (SIGHUP ignored when edgecls starts) a hangup does not stop the run; SIGTERM still does."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "edgecls.cli", "train", "--data", str(TINY_ZIP), "--arch", "seed_cnn", "--epochs", "200",
+            "--batch-size", "32", "--out", str(out), "--verbose", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    history = tmp_path / "run.partial" / "history.json"
+    assert _wait_for(lambda: history.is_file() and json.loads(history.read_text() or "[]"), proc), "no epoch finished"
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(2.0)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
 
 
 @pytest.mark.parametrize("failure", [ValueError, KeyboardInterrupt])

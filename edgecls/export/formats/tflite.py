@@ -332,6 +332,9 @@ class TFLiteFormat(Format):
         else:
             data = convert(job.model, variant.precision, job.representative, int8_io=not config.float_io,
                            quantization_aware=quantization_aware, per_channel=per_channel)
+        if variant.precision == "fp32" and variant.input == "normalized":
+            # The float file of this model, which the diagnosis of its quantized variants measures against.
+            job.shared.setdefault("tflite_fp32" if variant.source == "base" else f"tflite_fp32:{variant.source}", data)
         if variant.precision == "int8":
             fields["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
         if variant.engine:
