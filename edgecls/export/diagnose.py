@@ -188,8 +188,9 @@ def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> li
 # ONNX -----------------------------------------------------------------------------------------
 
 def _onnx_run_all(path: Path, images: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    from .engines import image_reader
 
     import onnx
 
@@ -197,16 +198,7 @@ def _onnx_run_all(path: Path, images: np.ndarray, folder: Path) -> dict[str, np.
     name = model.graph.input[0].name
     augmented = folder / f"{path.stem}.augmented.onnx"
     modify_model_output_intermediate_tensors(str(path), str(augmented))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(images[i:i + 1] for i in range(len(images)))
-
-        def get_next(self):
-            batch = next(self._it, None)
-            return None if batch is None else {name: batch}
-
-    activations = collect_activations(str(augmented), Reader())
+    activations = collect_activations(str(augmented), image_reader(images, name))
     values = {k: np.concatenate([np.asarray(v, np.float32) for v in vs]) for k, vs in activations.items() if vs}
     values.setdefault(name, images)  # the input as given, for its own quantization's error
     return values

@@ -107,12 +107,27 @@ def _signature_input(tflite: bytes) -> tuple[str, str]:
     return key, sig["inputs"][0]
 
 
+def image_reader(images: np.ndarray, input_name: str):
+    """onnxruntime's CalibrationDataReader over `images`, one image per call, fed as `input_name`."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(images[i:i + 1] for i in range(len(images)))
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()
+
+
 def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, scheme: str, input_name: str,
                  per_channel: bool = True, keep_float: tuple[str, ...] = ()) -> bytes:
     """onnxruntime static QDQ quantization with calibration `method` ("minmax", "entropy",
     "percentile") in `scheme` (formats.onnx.INT8_SCHEMES); `representative` in the file's layout;
     `keep_float`: node names left in float (onnxruntime's nodes_to_exclude)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .formats.onnx import INT8_SCHEMES
@@ -128,14 +143,6 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
     activations, weights, reduce_range = INT8_SCHEMES[scheme]
     images = np.asarray(representative, dtype=np.float32)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(images[i:i + 1] for i in range(len(images)))
-
-        def get_next(self):
-            batch = next(self._it, None)
-            return None if batch is None else {input_name: batch}
-
     # Entropy and Percentile keep a histogram per tensor; their defaults are onnxruntime's own
     # (Percentile 99.999, 2048 bins for Entropy's KL search).
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +151,7 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
         try:
             with _quiet():
                 quant_pre_process(src, pre, skip_symbolic_shape=True)
-                quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ,
+                quantize_static(pre, dst, image_reader(images, input_name), quant_format=QuantFormat.QDQ,
                                 activation_type=getattr(QuantType, activations), weight_type=getattr(QuantType, weights),
                                 per_channel=per_channel, reduce_range=reduce_range, calibrate_method=methods[method],
                                 nodes_to_exclude=list(keep_float))
