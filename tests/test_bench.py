@@ -206,8 +206,11 @@ def test_report_from_two_devices(bench_report, tmp_path):
     assert "ratio pi5 (aarch64, Cortex-A76), 1 thread / " in md and "| 4.00 |" in md
     assert "Fastest on pi5 (aarch64, Cortex-A76), 1 thread:" in md
     html_text = (out / "report.html").read_text()
-    assert html_text.count("data:image/png;base64,") == 4 and "http://" not in html_text and "https://" not in html_text
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_vs_latency.png", "confusion.png", "devices.png", "sizes.png"]
+    # The bundle's int8 variants carry their per-layer diagnosis from the export: its plot and section too.
+    assert html_text.count("data:image/png;base64,") == 5 and "http://" not in html_text and "https://" not in html_text
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_vs_latency.png", "confusion.png", "devices.png",
+                                                                 "layer_error.png", "sizes.png"]
+    assert "Where quantized variants lose accuracy" in html_text
     header = (out / "report.csv").read_text().splitlines()[0]
     assert header.startswith("device,name,format,precision,sparsity,size_bytes")
     assert json.loads((out / "report.json").read_text())["devices"][1].startswith("pi5")
