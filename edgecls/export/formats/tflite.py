@@ -15,7 +15,7 @@ import numpy as np
 from ..._deps import tensorflow
 from ...errors import ConfigError, ExportError, first_line
 from ...preprocess import PixelInput
-from .base import Format
+from .base import QUANTIZED, Converted, Format
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -293,6 +293,19 @@ def _tensor(t) -> dict:
     return d
 
 
+def _float_key(source: str) -> str:
+    """Where ConvertJob.shared keeps the float .tflite of the Keras model `source`."""
+    return "tflite_fp32" if source == "base" else f"tflite_fp32:{source}"
+
+
+def _finished(data: bytes, fields: dict, config, layout=None):
+    """The Converted file, its names stripped when the config asks."""
+    if config.strip_names:
+        data = strip_names(data)
+        fields["names_stripped"] = True
+    return Converted(data, fields, layout)
+
+
 class TFLiteFormat(Format):
     """The TFLite format: the converter's quantizer for every precision; `*_pixels` variants take
     raw pixels (normalization folded into the first convolution, or in the graph)."""
@@ -300,26 +313,13 @@ class TFLiteFormat(Format):
     name = "tflite"
 
     def convert(self, variant, job):
-        from .base import Converted
-
         config = job.config
         # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
         per_channel = config.int8_weights == "per-channel"
         quantization_aware = variant.source in ("qat", "pruned_qat")
         fields, layout = {}, None
         if variant.engine == "aeq":
-            # AI Edge Quantizer quantizes the float file (converted once, shared with tflite_fp32's
-            # conversion settings) rather than the Keras model.
-            from ..engines import aeq_quantize
-
-            if "tflite_fp32" not in job.shared:
-                job.shared["tflite_fp32"] = convert(job.base, "fp32")
-            data = aeq_quantize(job.shared["tflite_fp32"], variant.precision, job.representative)
-            fields.update(engine="aeq", weight_scales="per-channel")
-            if config.strip_names:
-                data = strip_names(data)
-                fields["names_stripped"] = True
-            return Converted(data, fields, None)
+            return self._aeq(variant, job, ())
         if variant.input == "pixels":
             pixels = pixel_input(job.model, job.spec)
             # Folded: int8 input `pixel - 128` (the runtime flips a bit); in the graph: uint8 pixels
@@ -334,15 +334,12 @@ class TFLiteFormat(Format):
                            quantization_aware=quantization_aware, per_channel=per_channel)
         if variant.precision == "fp32" and variant.input == "normalized":
             # The float file of this model, which the diagnosis of its quantized variants measures against.
-            job.shared.setdefault("tflite_fp32" if variant.source == "base" else f"tflite_fp32:{variant.source}", data)
+            job.shared.setdefault(_float_key(variant.source), data)
         if variant.precision == "int8":
             fields["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
         if variant.engine:
             fields["engine"] = variant.engine
-        if config.strip_names:
-            data = strip_names(data)
-            fields["names_stripped"] = True
-        return Converted(data, fields, layout)
+        return _finished(data, fields, config, layout)
 
     def layout(self, config) -> str:
         return "NHWC"
@@ -350,25 +347,25 @@ class TFLiteFormat(Format):
     def requantize(self, variant, job, keep_float: tuple[str, ...]):
         """The variant with the layers `keep_float` (output tensor names) left in float, by the
         engine that made it: the converter's denylisted nodes, or AI Edge Quantizer's scoped recipe."""
-        from ..engines import aeq_quantize
-        from .base import Converted
-
-        if variant.precision not in ("int8", "int16x8") or variant.input != "normalized":
+        if variant.precision not in QUANTIZED or variant.input != "normalized":
             raise ConfigError(f"{variant.name} cannot keep layers in float")
-        if variant.engine == "converter":
-            per_channel = job.config.int8_weights == "per-channel"
-            data = convert_selective(job.model, job.representative, keep_float, per_channel=per_channel)
-            fields = {"engine": "converter", "weight_scales": job.config.int8_weights, "io": "float"}
-        else:
-            data = aeq_quantize(self.float_twin(variant, job), variant.precision, job.representative, keep_float)
-            fields = {"engine": "aeq", "weight_scales": "per-channel"}
-        if job.config.strip_names:
-            data = strip_names(data)
-            fields["names_stripped"] = True
-        return Converted(data, fields, None)
+        if variant.engine != "converter":
+            return self._aeq(variant, job, keep_float)
+        per_channel = job.config.int8_weights == "per-channel"
+        data = convert_selective(job.model, job.representative, keep_float, per_channel=per_channel)
+        return _finished(data, {"engine": "converter", "weight_scales": job.config.int8_weights, "io": "float"},
+                         job.config)
+
+    def _aeq(self, variant, job, keep_float: tuple[str, ...]):
+        """AI Edge Quantizer on the float file of the variant's model (not on the Keras model), with
+        the layers `keep_float` left in float."""
+        from ..engines import aeq_quantize
+
+        data = aeq_quantize(self.float_twin(variant, job), variant.precision, job.representative, keep_float)
+        return _finished(data, {"engine": "aeq", "weight_scales": "per-channel"}, job.config)
 
     def float_twin(self, variant, job) -> bytes:
-        key = "tflite_fp32" if variant.source == "base" else f"tflite_fp32:{variant.source}"
+        key = _float_key(variant.source)
         if key not in job.shared:
             job.shared[key] = convert(job.model, "fp32")
         return job.shared[key]
