@@ -102,10 +102,10 @@ class _FakeFormat:
 
 
 def _scripted(monkeypatch, accuracies):
-    """_accuracy returns accuracies[file name without suffix]: 'plain', 'step1', 'step2', ..."""
+    """file_accuracy returns accuracies[file name without suffix]: 'plain', 'step1', 'step2', ..."""
     from edgecls.export import repair as module
 
-    monkeypatch.setattr(module, "_accuracy", lambda path, images, labels, layout, timeout: accuracies[path.stem])
+    monkeypatch.setattr(module, "file_accuracy", lambda path, images, labels, layout, timeout: accuracies[path.stem])
 
 
 DIAGNOSIS = {"layers": [{"name": "a", "op": "CONV_2D", "sqnr_db": 40.0, "own_db": 40.0, "scope": "A"},

@@ -33,7 +33,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, images
     """Convert `variant` with each candidate draw and measure it on (`images`, `labels`), the
     validation split as the model sees it. Returns (record, Converted of the chosen draw, its
     normalized representative images)."""
-    from ..runtime import isolated
+    from .validate import file_accuracy
 
     layout = fmt.layout(job.config)
     results = []
@@ -46,9 +46,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, images
                 converted = fmt.convert(variant, trial_job)
                 path = Path(tmp) / f"{count}-{seed}.{variant.format}"
                 path.write_bytes(converted.data)
-                outputs = isolated.outputs(path, images, layout=layout, threads=None,
-                                           timeout=job.config.validation_timeout_s)
-                entry["accuracy"] = round(float((outputs.argmax(1) == labels).mean()), 6)
+                entry["accuracy"] = round(file_accuracy(path, images, labels, layout, job.config.validation_timeout_s), 6)
                 results.append((entry, converted, representative))
             except EdgeclsError as exc:
                 entry["error"] = str(exc)

@@ -115,6 +115,7 @@ def _tflite_run_all(path: Path, images: np.ndarray):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from .._deps import native_logs_hidden
+    from ..runtime.backends import dequantize, quantize
 
     with native_logs_hidden():
         interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
@@ -129,9 +130,7 @@ def _tflite_run_all(path: Path, images: np.ndarray):
     for k in range(len(images)):
         x = images[k:k + 1]
         if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+            x = quantize(x, inp["dtype"], *inp["quantization"])  # as the runtime feeds it
         if list(x.shape) != shape:
             interp.resize_tensor_input(inp["index"], list(x.shape))
             interp.allocate_tensors()
@@ -142,7 +141,7 @@ def _tflite_run_all(path: Path, images: np.ndarray):
             value = interp.get_tensor(i)
             scale, zero = details[i]["quantization"]
             if value.dtype != np.float32 and scale:
-                value = (value.astype(np.float32) - zero) * scale
+                value = dequantize(value, scale, zero)
             collected[i].append(np.asarray(value, np.float32).copy())
     return ops, details, inp["index"], {i: np.concatenate(v) for i, v in collected.items() if v}
 

@@ -22,13 +22,7 @@ import numpy as np
 
 from ..errors import EdgeclsError
 from .diagnose import CAP_DB, ranked
-
-
-def _accuracy(path: Path, images: np.ndarray, labels: np.ndarray, layout: str, timeout: float) -> float:
-    from ..runtime import isolated
-
-    outputs = isolated.outputs(path, images, layout=layout, threads=None, timeout=timeout)
-    return float((outputs.argmax(1) == labels).mean())
+from .validate import file_accuracy
 
 
 def repair(fmt, variant, job, file: Path, diagnosis: dict, images: np.ndarray, labels: np.ndarray,
@@ -37,7 +31,7 @@ def repair(fmt, variant, job, file: Path, diagnosis: dict, images: np.ndarray, l
     and that met the budget, None when the plain file meets it or nothing did (record["met"])."""
     layout = fmt.layout(job.config)
     timeout = job.config.validation_timeout_s
-    plain = _accuracy(file, images, labels, layout, timeout)
+    plain = file_accuracy(file, images, labels, layout, timeout)
     drop = round(100 * (float_accuracy - plain), 4)
     record = {"budget_points": max_drop, "images": int(len(labels)), "split": "validation (training data)",
               "float_accuracy": round(float_accuracy, 6), "plain_accuracy": round(plain, 6),
@@ -57,7 +51,7 @@ def repair(fmt, variant, job, file: Path, diagnosis: dict, images: np.ndarray, l
                 converted = fmt.requantize(variant, job, tuple(item["scope"] for item in trial_set))
                 trial = Path(tmp) / f"step{k}{file.suffix}"
                 trial.write_bytes(converted.data)
-                accuracy = _accuracy(trial, images, labels, layout, timeout)
+                accuracy = file_accuracy(trial, images, labels, layout, timeout)
             except EdgeclsError as exc:
                 step.update(error=str(exc), kept=False)
                 continue

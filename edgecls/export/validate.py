@@ -52,6 +52,15 @@ TOLERANCES = {
 }
 
 
+def file_accuracy(path, images: np.ndarray, labels: np.ndarray, layout: str, timeout: float | None) -> float:
+    """Top-1 of the model file `path` on `images` (the float input it takes), run in a child process
+    (edgecls.runtime.isolated) so that a file that crashes its runtime costs an EdgeclsError only."""
+    from ..runtime import isolated
+
+    outputs = isolated.outputs(path, images, layout=layout, threads=None, timeout=timeout)
+    return float((outputs.argmax(1) == labels).mean())
+
+
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tolerance: Tolerance) -> dict:
     """Every check is evaluated and every failure reported (not just the first)."""
     outputs = np.asarray(outputs, dtype=np.float32)

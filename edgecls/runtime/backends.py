@@ -35,13 +35,15 @@ def tflite_interpreter_class():
         raise DependencyError(f"no TFLite interpreter found (ai-edge-litert, tflite-runtime or tensorflow); {_RUNTIME_HINT}") from None
 
 
-def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float values as the integer codes of a quantized tensor (round to nearest, clip to `dtype`)."""
     info = np.iinfo(dtype)
     q = np.round(x / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """A quantized tensor's codes as the float values they stand for."""
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
@@ -82,7 +84,7 @@ class TFLiteBackend:
             # Dequantization of a byte is one of 256 values: precompute them (same arithmetic).
             scale, zero = self.output["quantization"]
             codes = np.arange(256, dtype=np.uint8).view(self.output_dtype)
-            self._output_table = _dequantize(codes, scale, zero)
+            self._output_table = dequantize(codes, scale, zero)
 
     @property
     def input_dtype(self):
@@ -108,7 +110,7 @@ class TFLiteBackend:
         dtype = self.input_dtype
         if dtype in (np.int8, np.uint8, np.int16):  # int16: int16-activation models (int16x8)
             scale, zero = self.input["quantization"]
-            return _quantize(x, dtype, scale, zero)
+            return quantize(x, dtype, scale, zero)
         return x.astype(dtype, copy=False)
 
     def finish(self, y: np.ndarray) -> np.ndarray:
@@ -118,7 +120,7 @@ class TFLiteBackend:
             return y
         if self.output_dtype == np.int16:
             scale, zero = self.output["quantization"]
-            return _dequantize(y, scale, zero)
+            return dequantize(y, scale, zero)
         return y.astype(np.float32, copy=False)
 
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
