@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "split of the training data: a variant that misses it keeps its worst layers (per-layer "
                         "diagnosis) in float one at a time until it meets it, or fails saying by how much")
     p.add_argument("--repair-images", type=int, default=E.repair_images,
-                   help=f"training images (not calibration ones) --max-drop is checked on (default {E.repair_images})")
+                   help=f"training images (not calibration ones) that --max-drop and --calibration-search are judged "
+                        f"on (default {E.repair_images})")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
     p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")

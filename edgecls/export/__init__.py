@@ -24,6 +24,7 @@ from ..config import ExportConfig
 from ..data import Dataset, calibration_indices, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError, first_line
 from .formats import GROUPS, VARIANTS, ConvertJob, Variant, formats, resolve_formats  # noqa: F401
+from .formats.base import QUANTIZED
 from .validate import TOLERANCES, Tolerance, compare
 
 log = logging.getLogger("edgecls")
@@ -331,7 +332,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         else:
             if repair_set is not None and _repairable(variant, config):
                 journal.step(name, "repairing it under --max-drop", file=file.name)
-                row.update(_repair(fmt, variant, job, file, job.representative, repair_set, repair_reference))
+                row.update(_repair(fmt, variant, job, file, repair_set, repair_reference))
                 weights = fmt.weight_stats(file)
             journal.step(name, "validating the converted file", file=file.name)
             try:
@@ -346,9 +347,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         row.update(fmt.manifest_fields(file, config))
         if row.get("repair", {}).get("met") is False and row["status"] == "ok":
             row.update(status="failed", reason=row["repair"]["reason"])
-        if "validation" in row and _diagnosable(variant, config):
+        if "validation" in row and _diagnosable(variant, config) and "diagnosis" not in row:
             journal.step(name, "diagnosing its layers", file=file.name)
-            row.update(_diagnosis(fmt, variant, job, file, job.representative))
+            row.update(_diagnosis(fmt, variant, job, file))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
@@ -381,74 +382,75 @@ class _BuildError(Exception):
     pass
 
 
+def _post_training(variant: Variant) -> bool:
+    """Quantized after training from a float Keras model and taking its normalized input (QAT files
+    carry their own fake-quantized graph; pixel variants take other inputs)."""
+    return variant.source in ("base", "pruned") and variant.input == "normalized"
+
+
 def _searchable(variant: Variant) -> bool:
-    """Post-training int8 variants calibrated on normalized training images."""
-    return (variant.precision in ("int8", "int16x8") and variant.source in ("base", "pruned")
-            and variant.input == "normalized")
+    """Post-training variants with quantized activations, calibrated on training images."""
+    return variant.precision in QUANTIZED and _post_training(variant)
+
+
+def _diagnosable(variant: Variant, config) -> bool:
+    """Post-training quantized variants (dynamic range too) when the config asks for the diagnosis."""
+    return config.diagnose and variant.precision in (*QUANTIZED, "dynamic") and _post_training(variant)
 
 
 def _repairable(variant: Variant, config) -> bool:
     """Variants whose activations are quantized and whose layers a quantizer can keep in float."""
-    return config.max_drop is not None and variant.precision in ("int8", "int16x8") and _diagnosable(variant, config)
+    return config.max_drop is not None and _searchable(variant) and _diagnosable(variant, config)
 
 
-def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, representative: np.ndarray, repair_set,
-            reference) -> dict:
-    """Meet --max-drop on the validation split by keeping the worst layers in float (export/repair.py);
-    rewrites `file` when layers were kept. The row's "repair" record, or "repair_error"."""
-    from .diagnose import DIAGNOSIS_IMAGES, diagnose
-    from .repair import repair
-
+def _layers(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
+    """The per-layer error of `file` against the float file of the same model (edgecls.export.diagnose)
+    on the job's calibration images; EdgeclsError when it cannot be measured."""
     import tempfile
+
+    from .diagnose import DIAGNOSIS_IMAGES, diagnose
+
+    with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
+        twin = Path(tmp) / f"float{file.suffix}"
+        twin.write_bytes(fmt.float_twin(variant, job))
+        found = diagnose(twin, file, job.representative[:DIAGNOSIS_IMAGES], layout=fmt.layout(job.config))
+    found["against"] = f"{variant.format} fp32 of the keras {variant.source} model"
+    return found
+
+
+def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, repair_set, reference) -> dict:
+    """Meet --max-drop on the validation split by keeping the worst layers in float (export/repair.py);
+    rewrites `file` when layers were kept. The row's "repair" record, and the diagnosis of `file` when
+    it was left as it was (so it is not measured twice)."""
+    from .repair import repair
 
     images, labels = repair_set
     try:
-        with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
-            twin = Path(tmp) / f"float{file.suffix}"
-            twin.write_bytes(fmt.float_twin(variant, job))
-            found = diagnose(twin, file, representative[:DIAGNOSIS_IMAGES], layout=fmt.layout(job.config))
+        found = _layers(fmt, variant, job, file)
         float_accuracy = float((reference(variant.source).argmax(1) == labels).mean())
         record, converted = repair(fmt, variant, job, file, found, images, labels, float_accuracy,
                                    job.config.max_drop, job.config.repair_max_layers)
     except EdgeclsError as exc:
         log.warning("%s: repair under --max-drop could not run: %s", variant.name, exc)
         return {"repair": {"met": False, "reason": f"repair under --max-drop could not run: {exc}"}}
-    fields = {"repair": record}
     if converted is not None:
         file.write_bytes(converted.data)
-        fields.update(converted.fields)
         log.info("%s: %d layer(s) kept in float to meet --max-drop %g (%s): %.2f points on the validation split",
                  variant.name, len(record["kept_float"]), record["budget_points"], ", ".join(record["kept_float"]),
                  record["drop_points"])
-    elif record["met"]:
+        return {"repair": record, **converted.fields}
+    if record["met"]:
         log.info("%s: meets --max-drop %g fully quantized (%.2f points on %d validation images)", variant.name,
                  record["budget_points"], record["plain_drop_points"], record["images"])
     else:
         log.warning("%s: %s", variant.name, record["reason"])
-    return fields
+    return {"repair": record, "diagnosis": found}  # the file stays as it was: its diagnosis holds
 
 
-def _diagnosable(variant: Variant, config) -> bool:
-    """Post-training quantized variants that take the float model's input (QAT files carry their
-    own fake-quantized graph; pixel variants take other inputs)."""
-    return (config.diagnose and variant.precision in ("int8", "int16x8", "dynamic")
-            and variant.source in ("base", "pruned") and variant.input == "normalized")
-
-
-def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path, representative: np.ndarray) -> dict:
-    """The row's per-layer error against its float twin (edgecls.export.diagnose) on calibration
-    images, or the reason it could not be measured."""
-    import tempfile
-
-    from .diagnose import DIAGNOSIS_IMAGES, diagnose
-
+def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
+    """The row's per-layer error against its float twin, or the reason it could not be measured."""
     try:
-        with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
-            twin = Path(tmp) / f"float{file.suffix}"
-            twin.write_bytes(fmt.float_twin(variant, job))
-            found = diagnose(twin, file, representative[:DIAGNOSIS_IMAGES], layout=fmt.layout(job.config))
-        found["against"] = f"{variant.format} fp32 of the keras {variant.source} model"
-        return {"diagnosis": found}
+        return {"diagnosis": _layers(fmt, variant, job, file)}
     except EdgeclsError as exc:
         log.warning("%s: %s", variant.name, exc)
         return {"diagnosis_error": str(exc)}
