@@ -46,8 +46,8 @@ VARIANTS = {v.name: v for v in (
     Variant("tflite_pruned_qat_int8", "tflite", "int8", "pruned_qat", "TFLite int8, pruned then sparsity-preserving QAT",
             engine="converter"),
     Variant("onnx_fp32", "onnx", "fp32", "base", "ONNX float32 (tf2onnx)"),
-    Variant("onnx_int8", "onnx", "int8", "base", "ONNX int8 QDQ (onnxruntime static quantization, MinMax calibration)",
-            engine="ort_minmax"),
+    Variant("onnx_int8", "onnx", "int8", "base",
+            "ONNX int8 QDQ (onnxruntime static quantization, Percentile calibration)", engine="ort_percentile"),
     # Other post-training engines, side by side with the two above (group "engines").
     Variant("tflite_int8_aeq", "tflite", "int8", "base",
             "TFLite int8 by AI Edge Quantizer (int8 weights and activations, float I/O)", engine="aeq"),
@@ -57,8 +57,8 @@ VARIANTS = {v.name: v for v in (
             "TFLite dynamic range (int8 weights, float activations) by AI Edge Quantizer", engine="aeq"),
     Variant("onnx_int8_entropy", "onnx", "int8", "base", "ONNX int8 QDQ, onnxruntime Entropy calibration",
             engine="ort_entropy"),
-    Variant("onnx_int8_percentile", "onnx", "int8", "base", "ONNX int8 QDQ, onnxruntime Percentile calibration",
-            engine="ort_percentile"),
+    Variant("onnx_int8_minmax", "onnx", "int8", "base", "ONNX int8 QDQ, onnxruntime MinMax calibration",
+            engine="ort_minmax"),
     Variant("onnx_int8_nncf", "onnx", "int8", "base", "ONNX int8 QDQ by NNCF post-training quantization",
             engine="nncf"),
 )}

@@ -141,7 +141,7 @@ class ONNXFormat(Format):
             return Converted(fp32)
         if variant.precision != "int8":
             raise ConfigError(f"ONNX has no {variant.precision} variant")
-        if variant.engine != "ort_minmax" or config.onnx_int8_method == "ort_qdq":
+        if variant.name != "onnx_int8" or config.onnx_int8_method == "ort_qdq":
             return self._quantize(variant, fp32, job)
         if config.nchw:
             raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
