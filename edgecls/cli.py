@@ -150,6 +150,43 @@ def _cmd_export(args) -> int:
     return 0 if ok else 1
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.75, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _cmd_tune(args) -> int:
+    from .config import TuneConfig
+    from .tune import tune
+
+    config = TuneConfig(max_drop=args.max_drop, max_bytes=args.max_bytes, size_measure=args.size,
+                        max_latency_ms=args.max_latency_ms, objective=args.objective, threads=args.threads,
+                        variants=tuple(args.variants) if args.variants else TuneConfig.variants,
+                        sparsities=args.sparsities, sparsity_allocations=tuple(args.sparsity_allocations),
+                        fine_tune=args.fine_tune, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
+                        validation_images=args.validation_images, calibration_count=args.calibration_count,
+                        runs=args.runs, repeats=args.repeats, hosts=tuple(args.host or ()), remote_python=args.remote_python,
+                        remote_dir=args.remote_dir, ssh_config=args.ssh_config,
+                        jobs=args.jobs, keep_frontier=args.keep_frontier, max_test_images=args.max_test_images,
+                        seed=args.seed)
+    try:
+        result = tune(args.model, data=args.data, out=args.out, config=config, preprocessing=_preprocessing_arg(args),
+                      labels=args.labels, safe_mode=not args.unsafe,
+                      progress=lambda text: sys.stderr.write(text + "\n"))
+    except KeyboardInterrupt as exc:
+        exc.message = f"every finished step is in {args.out}/tune.json; run the same command to resume"
+        raise
+    print(f"\nwrote {result.out}/tune.json, {result.out}/tune.html" + (f", {result.out}/bundle" if result.winner else ""))
+    for line in result.answer:
+        print(line)
+    return 0 if result.winner else 1
+
+
 def _cmd_optimize(args) -> int:
     from .optimize.run import optimize
 
@@ -525,6 +562,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", help="report JSON files from 'edgecls bench' (several devices allowed)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_report)
+
+    from .config import SPARSITY_ALLOCATIONS, TUNE_VARIANTS, TuneConfig as TC
+
+    p = sub.add_parser("tune", help="search the variants for the best one within accuracy, size and latency budgets",
+                       description="Export and measure candidate variants (post-training first, fine-tuned ones only "
+                                   "where they can win), choose on a validation split held out of the training data, "
+                                   "then read the test split once for the winner. Resumes an interrupted search in --out.")
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("--data", default=T.data, help="labelled data: the validation split and calibration from its training "
+                                                  "images, the winner's figure from its test split")
+    p.add_argument("--out", required=True, help="output directory (tune.json, tune.html, bundle/); resumed if it holds a search")
+    _add_preprocessing_options(p)
+    p.add_argument("--max-drop", type=float, metavar="POINTS", help="top-1 points a candidate may lose against the float model")
+    p.add_argument("--max-bytes", type=int, metavar="N", help="largest file (or gzip size with --size gzip)")
+    p.add_argument("--size", choices=("file", "gzip"), default=TC.size_measure,
+                   help=f"what --max-bytes and --objective size count (default {TC.size_measure})")
+    p.add_argument("--max-latency-ms", type=float, metavar="MS", help="largest p50 batch-1 latency")
+    p.add_argument("--objective", choices=("latency", "size", "accuracy"), default=TC.objective,
+                   help=f"what the pick minimizes (or maximizes, accuracy) within the budgets (default {TC.objective})")
+    p.add_argument("--threads", type=_sizes, default=TC.threads, metavar="N[,N...]",
+                   help="thread counts to measure each file at (default 1)")
+    p.add_argument("--host", action="append", metavar="[USER@]DEVICE",
+                   help="measure latency on this device over SSH (repeat for several alike devices: the work is shared)")
+    p.add_argument("--remote-python", default=TC.remote_python, help="python on the device (default python3)")
+    p.add_argument("--remote-dir", help=f"where bundles go on the devices (default {R.remote_dir})")
+    p.add_argument("--ssh-config", help="an ssh_config file (ssh -F) naming the devices")
+    p.add_argument("--variants", nargs="+", choices=TUNE_VARIANTS, metavar="VARIANT",
+                   help=f"post-training candidates (default all: {', '.join(TUNE_VARIANTS)})")
+    p.add_argument("--sparsities", type=_floats, default=TC.sparsities, metavar="S[,S...]",
+                   help="pruning levels of the fine-tuned candidates (default 0.5,0.75)")
+    p.add_argument("--sparsity-allocations", nargs="+", choices=SPARSITY_ALLOCATIONS, default=list(TC.sparsity_allocations))
+    p.add_argument("--fine-tune", choices=("auto", "always", "never"), default=TC.fine_tune,
+                   help="pruning and QAT candidates: only where post-training ones cannot meet the budgets or may be "
+                        "beaten (auto, default), always, or never")
+    p.add_argument("--prune-epochs", type=int, default=TC.prune_epochs)
+    p.add_argument("--qat-epochs", type=int, default=TC.qat_epochs)
+    p.add_argument("--validation-images", type=int, default=TC.validation_images,
+                   help="training images held out to choose on (default 2,000, or a fifth of them if fewer)")
+    p.add_argument("--calibration-count", type=int, default=TC.calibration_count)
+    p.add_argument("--runs", type=int, default=TC.runs, help=f"timed batch-1 calls per measurement (default {TC.runs})")
+    p.add_argument("--repeats", type=int, default=TC.repeats, help=f"fresh processes per measurement (default {TC.repeats})")
+    p.add_argument("--jobs", type=int, default=TC.jobs, help="post-training exports side by side (default 2)")
+    p.add_argument("--keep-frontier", action="store_true", help="the bundle holds the whole front, not only the winner")
+    p.add_argument("--max-test-images", type=int, help="read at most this many test images for the winner's figure")
+    p.add_argument("--seed", type=int, default=TC.seed)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("pipeline", help="train, export (validated), bench and report in one go")
     p.add_argument("--data", help="training/evaluation data (default: the built-in CIFAR-10 sample)")

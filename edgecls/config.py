@@ -244,5 +244,80 @@ class ExportConfig:
         return d
 
 
+# The post-training variants `edgecls tune` searches (edgecls.tune.PTQ_STAGES builds them).
+TUNE_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_dynamic_aeq", "tflite_int8", "tflite_int8_pixels",
+                 "tflite_int8_aeq",
+                 "tflite_int16x8_aeq", "onnx_fp32", "onnx_int8", "onnx_int8_minmax", "onnx_int8_entropy", "onnx_int8_nncf")
+
 # Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
 MIN_CALIBRATION = 32
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`edgecls tune` options (edgecls.tune): budgets, objective, and the search space."""
+
+    max_drop: float | None = None  # points of top-1 against the float model, on the validation split
+    max_bytes: int | None = None
+    size_measure: str = "file"  # what --max-bytes and the size objective count: "file" or "gzip"
+    max_latency_ms: float | None = None  # p50 at batch 1
+    objective: str = "latency"  # latency | size | accuracy
+    threads: tuple[int, ...] = (1,)
+    variants: tuple[str, ...] = TUNE_VARIANTS  # the post-training candidates
+    sparsities: tuple[float, ...] = (0.5, 0.75)
+    sparsity_allocations: tuple[str, ...] = ("uniform",)
+    fine_tune: str = "auto"  # auto | always | never (pruning and QAT candidates)
+    prune_epochs: int = ExportConfig.prune_epochs
+    qat_epochs: int = ExportConfig.qat_epochs
+    validation_images: int | None = None  # held out of the training images to choose on (None: 2,000 or a fifth, fewer)
+    calibration_count: int = ExportConfig.calibration_count
+    runs: int = 200  # timed batch-1 calls per latency measurement
+    warmup: int = 20
+    repeats: int = 3  # fresh processes per measurement, variants taking turns; the median round counts
+    hosts: tuple[str, ...] = ()  # [user@]device: latency measured there over SSH (edgecls.bench.remote)
+    remote_python: str = "python3"
+    remote_dir: str | None = None  # where on the devices bundles go (None: edgecls.bench.remote's default)
+    ssh_config: str | None = None  # an ssh_config file (ssh -F); default: the user's own
+    jobs: int = 2  # post-training exports run side by side (TFLite and ONNX)
+    keep_frontier: bool = False  # OUT/bundle holds the whole front, not only the winner
+    test: bool = True  # read the test split once, for the winner, after the choice
+    max_test_images: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        from .tune.select import OBJECTIVES, SIZE_MEASURES
+
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        for name in ("threads", "variants", "sparsities", "sparsity_allocations", "hosts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
+             f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
+        need(self.max_bytes is None or (isinstance(self.max_bytes, int) and self.max_bytes > 0),
+             f"max_bytes must be a positive number of bytes, got {self.max_bytes!r}")
+        need(self.max_latency_ms is None or (isinstance(self.max_latency_ms, (int, float)) and self.max_latency_ms > 0),
+             f"max_latency_ms must be a positive number of milliseconds, got {self.max_latency_ms!r}")
+        need(self.size_measure in SIZE_MEASURES, f"size_measure must be one of {', '.join(SIZE_MEASURES)}, got {self.size_measure!r}")
+        need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        need(self.threads and all(isinstance(t, int) and t >= 1 for t in self.threads),
+             f"threads must be positive integers, got {self.threads!r}")
+        unknown = [v for v in self.variants if v not in TUNE_VARIANTS]
+        need(self.variants and not unknown, f"variants must be post-training variants among {', '.join(TUNE_VARIANTS)}; "
+                                            f"got {', '.join(unknown) or 'none'}")
+        need(all(isinstance(s, (int, float)) and 0 < s < 1 for s in self.sparsities),
+             f"sparsities must lie between 0 and 1 (exclusive), got {self.sparsities!r}")
+        need(self.sparsity_allocations and all(a in SPARSITY_ALLOCATIONS for a in self.sparsity_allocations),
+             f"sparsity_allocations must be among {', '.join(SPARSITY_ALLOCATIONS)}, got {self.sparsity_allocations!r}")
+        need(self.fine_tune in ("auto", "always", "never"), f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
+        need(self.validation_images is None or isinstance(self.validation_images, int) and self.validation_images >= 100,
+             f"validation_images must be at least 100, got {self.validation_images!r}")
+        need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,
+             f"calibration_count must be at least {MIN_CALIBRATION}, got {self.calibration_count!r}")
+        for name in ("runs", "repeats", "jobs", "prune_epochs", "qat_epochs"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        need(isinstance(self.warmup, int) and self.warmup >= 0, f"warmup must be >= 0, got {self.warmup!r}")
+        need(self.max_test_images is None or (isinstance(self.max_test_images, int) and self.max_test_images >= 1),
+             f"max_test_images must be a positive integer, got {self.max_test_images!r}")

@@ -57,6 +57,25 @@ DEGENERATE_SHARE = 0.5
 CONSTANT_STD = 1e-3
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: binomial(n = only_a + only_b, 1/2) tail at min(only_a, only_b)."""
+    import math
+
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired(correct_a, correct_b) -> dict:
+    """Two classifiers on the same images (per-image correctness): each one's top-1, the images only
+    one of them gets right, and the exact McNemar p-value of the difference."""
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    return {"images": int(correct_a.size), "top1_a": round(float(correct_a.mean()), 6), "top1_b": round(float(correct_b.mean()), 6),
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
 def degenerate(outputs: np.ndarray, labels: np.ndarray | None = None) -> str | None:
     """Why the outputs (N x classes) are degenerate, or None: one class predicted for most images,
     or outputs that barely depend on the input."""

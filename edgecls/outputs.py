@@ -9,7 +9,7 @@
 - the nearest existing folder above it must be writable.
 
 The kind of an existing output is read from the record edgecls writes in it (manifest.json,
-train.json, optimize.json, report.json, a bench report's "kind"), parsed as JSON.
+train.json, optimize.json, report.json, tune.json, a bench report's "kind"), parsed as JSON.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ FOLDER_KINDS = {
     "train": ("train.json", lambda d: "arch" in d and "test_accuracy" in d, "a model written by 'edgecls train'"),
     "optimize": ("optimize.json", lambda d: "variants" in d, "models written by 'edgecls optimize'"),
     "report": ("report.json", lambda d: d.get("kind") == "edgecls-report", "a report written by 'edgecls report'"),
+    "tune": ("tune.json", lambda d: d.get("kind") == "edgecls-tune", "a search written by 'edgecls tune'"),
 }
 # kind -> (test of the file's parsed content, what it is)
 FILE_KINDS = {

@@ -201,3 +201,24 @@ def test_pi_setup_refuses_32_bit_and_other_machines(tmp_path):
                           env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "EDGECLS_VENV": str(tmp_path / "v")})
     assert proc.returncode == 1 and "no 32-bit ARM wheels" in proc.stderr and "64-bit Raspberry Pi OS" in proc.stderr
     assert not (tmp_path / "v").exists()
+
+
+def test_tune_spreads_latency_over_several_devices(trained_tiny, sshd, tmp_path):
+    """`edgecls tune --host A --host B`: every candidate measured on one of the devices over SSH, the
+    work shared between them, and the choice made from their figures."""
+    from .conftest import TINY_ZIP
+
+    both = tmp_path / "ssh_config"
+    first = sshd["config"].read_text()
+    both.write_text(first + "\n" + first.replace("Host edgecls-test", "Host edgecls-test-2"))
+    out = tmp_path / "tune"
+    proc = run_cli("tune", trained_tiny.out, "--data", TINY_ZIP, "--out", out, "--variants", "tflite_fp32", "onnx_fp32",
+                   "--validation-images", "100", "--calibration-count", "64", "--runs", "5", "--repeats", "1",
+                   "--fine-tune", "never", "--host", "edgecls-test", "--host", "edgecls-test-2", "--ssh-config", both,
+                   "--remote-python", sys.executable, "--remote-dir", sshd["folder"] / "device", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "tune.json").read_text())
+    devices = {c["device"] for c in record["candidates"] if c["status"] == "ok"}
+    assert devices == {"edgecls-test", "edgecls-test-2"}  # two bundles (tflite, onnx), one per device
+    assert all(c["latency_ms"] > 0 for c in record["candidates"] if c["status"] == "ok")
+    assert record["choice"]["winner"]["id"] in proc.stdout

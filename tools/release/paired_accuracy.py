@@ -18,7 +18,6 @@ with its mirror image), e.g. a model against itself with and without it:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -27,20 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value: binomial(n = only_a + only_b, 1/2) tail at min(only_a, only_b)."""
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def paired(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
-    return {"images": int(correct_a.size), "top1_a": round(float(correct_a.mean()), 6), "top1_b": round(float(correct_b.mean()), 6),
-            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+from edgecls.evaluation import mcnemar_exact, paired  # noqa: E402,F401
 
 
 def correct(runner, dataset, batch: int = 500) -> np.ndarray:

@@ -1,0 +1,378 @@
+"""`edgecls tune`: the best variant for a budget and a device, found by measurement.
+
+    tune(model, data, out, TuneConfig(max_drop=0.5, objective="latency"))
+
+The search, in stages, each an ordinary `edgecls export` into `OUT/work/<stage>/` (validated like
+every bundle) followed by latency measurements at each thread count (`edgecls bench`, here or on
+`--host` devices over SSH):
+
+1. post-training candidates (no fine-tuning): float, fp16, dynamic range and int8 by every engine,
+   TFLite and ONNX; the TFLite and ONNX exports run in parallel when `jobs` allows;
+2. selective repair (`--max-drop` given and a post-training int8 file misses it): those int8
+   variants again with their most sensitive layers kept in float (edgecls.export.repair);
+3. fine-tuned candidates (pruning at each sparsity and allocation, QAT, pruning with QAT), only when
+   `select.fine_tune_reason` says the cheap ones cannot meet the budgets or may be beaten; one
+   fine-tune per sparsity serves every format and quantization of it.
+
+Choices are made on a validation split drawn from the training data (stratified, `validation_images`)
+that neither calibration nor fine-tuning sees; the test split is read once, after the choice, for the
+winner and its float model. Every finished stage and measurement is recorded in `OUT/tune.json`, so
+an interrupted run resumes where it stopped (the same command; budgets and the objective may change,
+the search space may not).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ExportConfig, TuneConfig
+from ..errors import ConfigError, DataError
+from .select import Budgets, choose, explain, fine_tune_reason
+
+log = logging.getLogger("edgecls")
+
+KIND = "edgecls-tune"
+SCHEMA = 1
+# What a post-training stage exports, by format (the float file of each format is the reference its
+# int8 files are diagnosed against).
+PTQ_STAGES = {
+    "tflite": ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_dynamic_aeq", "tflite_int8", "tflite_int8_pixels",
+               "tflite_int8_aeq", "tflite_int16x8_aeq"),
+    "onnx": ("onnx_fp32", "onnx_int8", "onnx_int8_minmax", "onnx_int8_entropy", "onnx_int8_nncf"),
+}
+PRUNED = ("tflite_pruned_fp32", "tflite_pruned_int8", "tflite_pruned_qat_int8")
+QAT = ("tflite_qat_int8",)
+# Settings that change what a candidate measures: a resumed run must have the same ones.
+SPACE_KEYS = ("variants", "threads", "sparsities", "sparsity_allocations", "prune_epochs", "qat_epochs",
+              "validation_images", "calibration_count", "runs", "warmup", "repeats", "seed", "hosts")
+
+
+class TuneResult:
+    def __init__(self, record: dict, out: Path):
+        self.record, self.out = record, out
+
+    @property
+    def winner(self) -> dict | None:
+        return self.record["choice"]["winner"]
+
+    @property
+    def answer(self) -> list[str]:
+        return self.record["choice"]["answer"]
+
+
+def _budgets(config: TuneConfig) -> Budgets:
+    return Budgets(config.max_drop, config.max_bytes, config.size_measure, config.max_latency_ms)
+
+
+def _space(config: TuneConfig) -> dict:
+    d = asdict(config)
+    return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in SPACE_KEYS}
+
+
+def _stage_name(sparsity: float, allocation: str) -> str:
+    return f"pruned{round(100 * sparsity)}" + ("" if allocation == "uniform" else f"-{allocation}")
+
+
+def artifact_id(stage: str, variant: str) -> str:
+    """The name a candidate file goes by: the variant, with its sparsity for pruned stages and
+    '+repair' for repaired ones."""
+    if stage.startswith("pruned"):
+        return f"{variant}:{stage.removeprefix('pruned')}"
+    return f"{variant}+repair" if stage == "repair" else variant
+
+
+class _State:
+    """tune.json: settings, finished stages, every candidate; written atomically after each step."""
+
+    def __init__(self, out: Path, record: dict):
+        self.out, self.record = out, record
+
+    @classmethod
+    def open(cls, out: Path, model, data, config: TuneConfig) -> "_State":
+        from .._io import read_json
+
+        path = out / "tune.json"
+        space = _space(config)
+        if path.is_file():
+            old = read_json(path, "tune record", ConfigError)
+            if old.get("kind") != KIND or old.get("schema") != SCHEMA:
+                raise ConfigError(f"{path} is not a tune record this edgecls wrote; choose a new --out")
+            changed = [k for k in SPACE_KEYS if old.get("space", {}).get(k) != space[k]]
+            if old.get("model") != str(model) or old.get("data") != str(data):
+                changed = ["model or data"] + changed
+            if changed:
+                raise ConfigError(f"--out {out} holds a search with other settings ({', '.join(changed)}); resume it with "
+                                  f"the same ones, or choose a new --out")
+            done = sum(1 for c in old["candidates"] if c.get("latency_ms") is not None)
+            log.info("resuming the search in %s: %d stage(s) and %d measurement(s) already done", out,
+                     len(old["stages"]), done)
+            old["resumed"] = old.get("resumed", 0) + 1
+            return cls(out, old)
+        record = {"kind": KIND, "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "model": str(model), "data": str(data), "space": space, "stages": {}, "candidates": [],
+                  "elapsed_s": 0.0}
+        state = cls(out, record)
+        state.save()
+        return state
+
+    def save(self) -> None:
+        from .._io import atomic_write_json
+
+        atomic_write_json(self.out / "tune.json", self.record)
+
+    def candidates(self, artifact: str | None = None) -> list[dict]:
+        return [c for c in self.record["candidates"] if artifact is None or c["artifact"] == artifact]
+
+    def add_stage(self, stage: str, bundle: Path, rows: list[dict], reference: dict, config: TuneConfig,
+                  why: str, seconds: float) -> None:
+        from ..bundle import load_bundle  # noqa: F401  (the bundle was written whole by export)
+
+        ref = reference["accuracy"]
+        for row in rows:
+            v = row.get("validation") or {}
+            art = artifact_id(stage, row["name"])
+            base = {"artifact": art, "stage": stage, "variant": row["name"], "format": row.get("format"),
+                    "precision": row.get("precision"), "engine": row.get("engine"), "sparsity": row.get("sparsity"),
+                    "file": row.get("file"), "sha256": row.get("sha256"),
+                    "status": "ok" if row.get("status") == "ok" else (row.get("status") or "error"),
+                    "reason": row.get("reason") or v.get("reason") or "",
+                    "accuracy": v.get("accuracy"), "agreement": v.get("agreement"),
+                    "drop": None if v.get("accuracy") is None else round(100 * (ref - v["accuracy"]), 4),
+                    "bytes": (row.get("size") or {}).get("bytes"), "gzip_bytes": (row.get("size") or {}).get("gzip_bytes"),
+                    "repair": row.get("repair")}
+            for t in config.threads:
+                self.record["candidates"].append({"id": f"{art}@{t}t", **base, "threads": t, "latency_ms": None})
+        self.record["stages"][stage] = {"bundle": str(bundle.relative_to(self.out)), "why": why, "seconds": round(seconds, 1),
+                                        "variants": [r["name"] for r in rows]}
+        self.record["reference"] = reference
+        self.save()
+
+
+def _interrupt_children() -> None:
+    """Pass Ctrl-C on to this process's children (export workers run from threads)."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGINT)
+            except OSError:
+                pass
+
+
+def _split(dataset, count: int, seed: int):
+    """(dataset whose test split is the validation split, its train split the rest of the training
+    images) — what every export of the search sees."""
+    from ..data import Dataset, stratified_split
+
+    n = len(dataset.train)
+    if count is None:
+        count = max(min(2000, n // 5), min(100, n // 2))
+    if count > n // 2:
+        raise DataError(f"--validation-images {count}: {dataset.source} has {n} training images; the validation split "
+                        f"may take at most half of them")
+    keep, held = stratified_split(dataset.train.labels, count / n, seed)
+    return Dataset(name=dataset.name, source=f"validation split of {dataset.source} ({len(held)} training images)",
+                   class_names=dataset.class_names, train=dataset.train.subset(keep), test=dataset.train.subset(held),
+                   split=f"tune validation: {len(held)} of {n} training images held out (seed {seed})")
+
+
+class _Search:
+    def __init__(self, model, data, out: Path, config: TuneConfig, state: _State, source, dataset, val, progress):
+        self.model, self.data, self.out, self.config, self.state = model, data, out, config, state
+        self.source, self.dataset, self.val, self.progress = source, dataset, val, progress
+        self.started = time.perf_counter()
+
+    # -- stages -----------------------------------------------------------------------------------
+    def export_stage(self, stage: str, variants, why: str, **settings) -> None:
+        from ..export import export
+
+        if stage in self.state.record["stages"]:
+            return
+        bundle = self.out / "work" / stage
+        self.say(f"{stage}: exporting {len(variants)} variant(s) ({why})")
+        config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
+                              seed=self.config.seed, prune_epochs=self.config.prune_epochs,
+                              qat_epochs=self.config.qat_epochs, **settings)
+        t0 = time.perf_counter()
+        result = export(self.model, data=self.data, out=bundle, config=config, dataset=self.val,
+                        preprocessing=self.source.preprocessing, labels=list(self.source.labels))
+        ok = sum(r["status"] == "ok" for r in result.rows)
+        self.say(f"{stage}: {ok} of {len(result.rows)} variant(s) validated in {time.perf_counter() - t0:.0f} s")
+        from ..bundle import load_bundle
+
+        manifest = load_bundle(bundle).manifest
+        self.state.add_stage(stage, bundle, result.rows, manifest["reference"], self.config, why, time.perf_counter() - t0)
+
+    def post_training(self) -> None:
+        stages = [(name, [v for v in names if v in self.config.variants]) for name, names in PTQ_STAGES.items()]
+        stages = [(n, v) for n, v in stages if v and n not in self.state.record["stages"]]
+        if self.config.jobs > 1 and len(stages) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.config.jobs, len(stages))) as pool:
+                futures = [pool.submit(self.export_stage, n, v, "post-training: no fine-tuning") for n, v in stages]
+                try:
+                    for f in futures:
+                        f.result()
+                except KeyboardInterrupt:
+                    _interrupt_children()
+                    raise
+        else:
+            for n, v in stages:
+                self.export_stage(n, v, "post-training: no fine-tuning")
+
+    def repair(self, budgets: Budgets) -> None:
+        if budgets.max_drop is None:
+            return
+        missing = sorted({c["variant"] for c in self.state.candidates() if c["stage"] in PTQ_STAGES and c["status"] == "ok"
+                          and c["precision"] == "int8" and c["drop"] is not None and c["drop"] > budgets.max_drop})
+        if missing:
+            self.export_stage("repair", missing, f"int8 files over --max-drop {budgets.max_drop:g}: keep their most "
+                                                 f"sensitive layers in float", max_drop=budgets.max_drop)
+
+    def fine_tuned(self, why: str) -> None:
+        self.export_stage("qat", QAT, why)
+        for allocation in self.config.sparsity_allocations:
+            for sparsity in self.config.sparsities:
+                self.export_stage(_stage_name(sparsity, allocation), PRUNED, why, sparsity=sparsity,
+                                  sparsity_allocation=allocation)
+
+    # -- latency ----------------------------------------------------------------------------------
+    def measure(self) -> None:
+        """p50 batch-1 latency of every validated candidate not measured yet, at each thread count;
+        several hosts share the work (each host measures whole bundles at one thread count)."""
+        jobs = []
+        for stage, info in self.state.record["stages"].items():
+            for t in self.config.threads:
+                names = sorted({c["variant"] for c in self.state.candidates() if c["stage"] == stage and c["threads"] == t
+                                and c["status"] == "ok" and c["latency_ms"] is None})
+                if names:
+                    jobs.append((stage, self.out / info["bundle"], t, names))
+        if not jobs:
+            return
+        total = sum(len(j[3]) for j in jobs)
+        done = [0]
+        t0 = time.perf_counter()
+        hosts = list(self.config.hosts) or [None]
+
+        def run(host, job):
+            stage, bundle, threads, names = job
+            rows = self._bench(host, bundle, threads, names)
+            for row in rows:
+                cand = next(c for c in self.state.candidates() if c["stage"] == stage and c["variant"] == row["name"]
+                            and c["threads"] == threads)
+                if row.get("status") == "ok":
+                    cand["latency_ms"] = row["latency_ms"]["p50"]
+                    cand["latency_p90_ms"] = row["latency_ms"]["p90"]
+                    cand["peak_rss_mb"] = row.get("peak_rss_mb")
+                    cand["device"] = host or "local"
+                else:
+                    cand["status"], cand["reason"] = "failed", f"bench: {row.get('error', '')}"
+            done[0] += len(names)
+            self.state.save()
+            rate = (time.perf_counter() - t0) / done[0]
+            self.say(f"latency: {done[0]}/{total} measured, ~{rate * (total - done[0]):.0f} s left")
+
+        if len(hosts) == 1:
+            for job in jobs:
+                run(hosts[0], job)
+            return
+        import queue
+
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+
+        def worker(host):
+            while True:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                run(host, job)
+
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            for f in [pool.submit(worker, h) for h in hosts]:
+                f.result()
+
+    def _bench(self, host, bundle: Path, threads: int, names) -> list[dict]:
+        from ..bench import BenchConfig
+
+        config = BenchConfig(variants=tuple(names), threads=threads, runs=self.config.runs, warmup=self.config.warmup,
+                             repeats=self.config.repeats)
+        if host is None:
+            from ..bench import bench
+
+            return bench(bundle, None, config)["variants"]
+        from ..bench.remote import RemoteConfig, remote_bench
+
+        remote = RemoteConfig(host, python=self.config.remote_python, ssh_config=self.config.ssh_config,
+                              **({"remote_dir": self.config.remote_dir} if self.config.remote_dir else {}))
+        return remote_bench(bundle, remote, None, config, log=lambda msg: self.say(f"{host}: {msg}"))["variants"]
+
+    def say(self, text: str) -> None:
+        elapsed = self.state.record["elapsed_s"] + time.perf_counter() - self.started
+        if self.progress:
+            self.progress(f"tune [{elapsed / 60:5.1f} min] {text}")
+        else:
+            log.info("%s", text)
+
+    def elapsed(self) -> float:
+        return self.state.record["elapsed_s"] + time.perf_counter() - self.started
+
+
+def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | None = None, preprocessing=None,
+         labels=None, safe_mode: bool = True, progress=None, **overrides) -> TuneResult:
+    """Search the variants of `model` for the best one within the budgets (see the module docstring)."""
+    config = replace(config, **overrides) if config and overrides else (config or TuneConfig(**overrides))
+    from ..data import load_dataset
+    from ..modelio import load_model
+    from ..outputs import check_output_dir
+
+    out = check_output_dir(out, "tune", inputs=(model, data if isinstance(data, (str, Path)) else None))
+    out.mkdir(parents=True, exist_ok=True)
+    source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
+    dataset = load_dataset(data, image_size=source.preprocessing.input_size, seed=config.seed)
+    val = _split(dataset, config.validation_images, config.seed)
+    state = _State.open(out, model, data, config)
+    state.record["validation"] = {"images": len(val.test), "split": val.split, "train_images_left": len(val.train)}
+    state.save()
+    search = _Search(str(model), data, out, config, state, source, dataset, val, progress)
+    budgets = _budgets(config)
+    try:
+        search.post_training()
+        search.measure()
+        search.repair(budgets)
+        search.measure()
+        reason = None if config.fine_tune == "never" else (
+            "asked for (--fine-tune always)" if config.fine_tune == "always" else
+            fine_tune_reason(state.candidates(), budgets, config.objective))
+        state.record["fine_tune"] = reason or (
+            "not needed: nothing fine-tuned can beat the best post-training candidate on "
+            f"{config.objective} within the budgets" if config.fine_tune == "auto" else "skipped (--fine-tune never)")
+        if reason:
+            search.say(f"fine-tuned candidates: {reason}")
+            search.fine_tuned(reason)
+            search.measure()
+    except KeyboardInterrupt:
+        state.record["elapsed_s"] = round(search.elapsed(), 1)
+        state.save()
+        raise
+    from .finish import finish
+
+    state.record["elapsed_s"] = round(search.elapsed(), 1)
+    record = finish(state, search, budgets)
+    return TuneResult(record, out)
+
+
+__all__ = ["tune", "TuneResult", "TuneConfig", "Budgets", "choose", "explain"]

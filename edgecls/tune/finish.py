@@ -1,0 +1,142 @@
+"""The end of a search: the choice and its explanation, the paired comparison of the winner with the
+runner-up on the validation split, the winner's one reading of the test split, the winner's bundle
+(`OUT/bundle`), `OUT/tune.json` and `OUT/tune.html`."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .select import Budgets, choose, explain, measured, rank_key
+
+
+def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
+    from .. import runtime
+    from ..evaluation import align_labels
+
+    runner = runtime.load(bundle, variant=variant, threads=1)
+    y = align_labels(dataset, runner.labels)[labels]
+    pred = np.concatenate([runner.predict(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
+    return pred == y
+
+
+def front(candidates, budgets: Budgets, objective: str) -> list[str]:
+    """Artifacts on the Pareto front of accuracy against the objective's cost (latency, or size for
+    the size objective), each at its best thread count: none other is both cheaper and more accurate."""
+    cost = (lambda c: c[budgets.size_key()]) if objective == "size" else (lambda c: c["latency_ms"])
+    best = {}
+    for c in candidates:
+        if measured(c) and (c["artifact"] not in best or cost(c) < cost(best[c["artifact"]])):
+            best[c["artifact"]] = c
+    pts = sorted(best.values(), key=lambda c: (cost(c), -c["accuracy"]))
+    out, top = [], -1.0
+    for c in pts:
+        if c["accuracy"] > top:
+            out.append(c["artifact"])
+            top = c["accuracy"]
+    return out
+
+
+def finish(state, search, budgets: Budgets) -> dict:
+    from .._io import atomic_write_json, atomic_write_text
+
+    config, record = search.config, state.record
+    cands = record["candidates"]
+    choice = choose(cands, budgets, config.objective)
+    answer = explain(choice, budgets, config.objective)
+    record["budgets"] = {"max_drop": budgets.max_drop, "max_bytes": budgets.max_bytes, "size_measure": budgets.size_measure,
+                         "max_latency_ms": budgets.max_latency_ms, "objective": config.objective}
+    record["front"] = front(cands, budgets, config.objective)
+    chosen = {"winner": choice.winner and choice.winner["id"], "runner_up": choice.runner_up and choice.runner_up["id"],
+              "compared": choice.compared, "feasible": choice.feasible, "bound_by": choice.bound_by,
+              "better_but_excluded": choice.better_excluded, "message": choice.message,
+              "closest": choice.closest and choice.closest["id"]}
+    for c in cands:
+        c["rank"] = None
+    for i, c in enumerate(sorted((c for c in cands if measured(c)), key=lambda c: rank_key(c, config.objective, budgets))):
+        c["rank"] = i + 1
+    if choice.winner is not None:
+        w = choice.winner
+        wbundle = search.out / record["stages"][w["stage"]]["bundle"]
+        val = search.val
+        mine = _correct(wbundle, w["variant"], val, val.test.images, val.test.labels)
+        if choice.runner_up is not None:
+            from ..evaluation import paired
+
+            r = choice.runner_up
+            theirs = _correct(search.out / record["stages"][r["stage"]]["bundle"], r["variant"], val, val.test.images,
+                              val.test.labels)
+            chosen["paired_vs_runner_up"] = {"runner_up": r["id"], **paired(mine, theirs)}
+            p = chosen["paired_vs_runner_up"]
+            chosen["indistinguishable"] = p["mcnemar_p"] >= 0.05
+            answer[1] += (f"; against it on {p['images']:,} validation images: only the pick right on {p['only_a_right']}, "
+                          f"only it on {p['only_b_right']} (McNemar p = {p['mcnemar_p']:.2g}"
+                          f"{': not distinguishable' if chosen['indistinguishable'] else ''})")
+        if config.test:
+            data = search.dataset
+            keep = np.arange(len(data.test)) if not config.max_test_images else \
+                np.sort(np.random.default_rng(config.seed).permutation(len(data.test))[:config.max_test_images])
+            images, labels = data.test.images[keep], data.test.labels[keep]
+            test = {"images": int(len(keep)), "data": str(search.data),
+                    "accuracy": round(float(_correct(wbundle, w["variant"], data, images, labels).mean()), 6)}
+            float_name = f"{w['format']}_fp32"
+            stage = record["stages"].get(w["format"], {})
+            if float_name in stage.get("variants", ()) and any(
+                    c["stage"] == w["format"] and c["variant"] == float_name and c["status"] == "ok" for c in cands):
+                fbundle = search.out / stage["bundle"]
+                test["float_variant"] = float_name
+                test["float_accuracy"] = round(float(_correct(fbundle, float_name, data, images, labels).mean()), 6)
+                test["drop"] = round(100 * (test["float_accuracy"] - test["accuracy"]), 4)
+            chosen["test"] = test
+            answer[0] += (f"; test split (read once, after the choice): {100 * test['accuracy']:.2f}%" +
+                          (f" against {100 * test['float_accuracy']:.2f}% for {float_name}" if "float_accuracy" in test else ""))
+        keep_names = [w["artifact"]] + ([a for a in record["front"] if a != w["artifact"]] if config.keep_frontier else [])
+        _write_bundle(search.out / "bundle", record, keep_names, w, chosen)
+    chosen["answer"] = answer
+    record["choice"] = {**chosen, "winner": choice.winner, "runner_up": choice.runner_up, "closest": choice.closest,
+                        "answer": answer}
+    atomic_write_json(search.out / "tune.json", record)
+    from .page import html_page
+
+    atomic_write_text(search.out / "tune.html", html_page(record))
+    return record
+
+
+def _write_bundle(dest: Path, record: dict, artifacts, winner: dict, chosen: dict) -> None:
+    """A normal bundle holding the winner (and the front's other files): their files and manifest
+    entries from the search's bundles, renamed where two stages share a variant name."""
+    from .._io import atomic_write_json, make_staging_dir, replace_dir
+    from ..bundle import MANIFEST, load_bundle
+    from ..outputs import check_output_dir
+
+    out = dest.parent
+    check_output_dir(dest, "bundle")
+    staging = make_staging_dir(dest)
+    try:
+        cands = {c["artifact"]: c for c in record["candidates"]}
+        manifest, entries = None, []
+        for art in artifacts:
+            c = cands[art]
+            src = load_bundle(out / record["stages"][c["stage"]]["bundle"])
+            if manifest is None:
+                manifest = json.loads(json.dumps(src.manifest))
+                for name in ("labels.json", "preprocessing.json"):
+                    shutil.copy2(src.path / name, staging / name)
+            entry = json.loads(json.dumps(src.artifact(c["variant"])))
+            name = art.replace(":", "_s").replace("+", "_")
+            suffix = Path(entry["file"]).suffix
+            shutil.copy2(src.file_for(entry), staging / f"{name}{suffix}")
+            entry.update(name=name, file=f"{name}{suffix}", tune={"candidate": art, "stage": c["stage"],
+                                                                 "threads": c["threads"] if art == winner["artifact"] else None})
+            entries.append(entry)
+        manifest["artifacts"], manifest["rejected"] = entries, []
+        manifest["tune"] = {"winner": entries[0]["name"], "threads": winner["threads"], "objective": record["budgets"],
+                            "test": chosen.get("test"), "validation_split": record.get("validation")}
+        atomic_write_json(staging / MANIFEST, manifest)
+        load_bundle(staging)  # checked as any bundle is
+        replace_dir(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,182 @@
+"""The budget logic of `edgecls tune`: which candidates meet the budgets, which one wins, why, and
+what the closest one misses by when none does. Pure functions on candidate records (dicts):
+
+    id            "stage/variant@Nt", unique
+    artifact      "stage/variant": one file; its thread counts are separate candidates
+    status        "ok" once validated and measured; anything else is never chosen
+    accuracy      top-1 on the validation split (0..1)
+    drop          points lost against the float model on the same images (positive = worse)
+    bytes, gzip_bytes
+    latency_ms    p50 at batch 1 (None until measured)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OBJECTIVES = ("latency", "size", "accuracy")
+SIZE_MEASURES = ("file", "gzip")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_drop: float | None = None  # points of top-1 against the float model
+    max_bytes: int | None = None
+    size_measure: str = "file"  # what max_bytes and the size objective count: "file" or "gzip"
+    max_latency_ms: float | None = None  # p50 at batch 1
+
+    def size_key(self) -> str:
+        return "gzip_bytes" if self.size_measure == "gzip" else "bytes"
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"--max-drop {self.max_drop:g}")
+        if self.max_bytes is not None:
+            parts.append(f"--max-bytes {self.max_bytes} ({self.size_measure})")
+        if self.max_latency_ms is not None:
+            parts.append(f"--max-latency-ms {self.max_latency_ms:g}")
+        return " and ".join(parts) or "no budget"
+
+
+def misses(c: dict, budgets: Budgets) -> dict[str, float]:
+    """Each budget `c` exceeds, with by how much in the budget's own unit (points, bytes, ms)."""
+    out = {}
+    if budgets.max_drop is not None and c["drop"] > budgets.max_drop + 1e-9:
+        out["max_drop"] = round(c["drop"] - budgets.max_drop, 4)
+    if budgets.max_bytes is not None and c[budgets.size_key()] > budgets.max_bytes:
+        out["max_bytes"] = c[budgets.size_key()] - budgets.max_bytes
+    if budgets.max_latency_ms is not None and c.get("latency_ms") is not None and c["latency_ms"] > budgets.max_latency_ms:
+        out["max_latency_ms"] = round(c["latency_ms"] - budgets.max_latency_ms, 4)
+    return out
+
+
+def measured(c: dict) -> bool:
+    return c.get("status") == "ok" and c.get("latency_ms") is not None and c.get("accuracy") is not None
+
+
+def feasible(candidates, budgets: Budgets) -> list[dict]:
+    return [c for c in candidates if measured(c) and not misses(c, budgets)]
+
+
+def rank_key(c: dict, objective: str, budgets: Budgets):
+    """Sort key, best first: the objective, then accuracy, then the other figures, then the id (so
+    the order, and the choice, never depend on the order candidates were measured in)."""
+    size = c[budgets.size_key()]
+    if objective == "latency":
+        return (c["latency_ms"], -c["accuracy"], size, c["id"])
+    if objective == "size":
+        return (size, -c["accuracy"], c["latency_ms"], c["id"])
+    if objective == "accuracy":
+        return (-c["accuracy"], c["latency_ms"], size, c["id"])
+    raise ValueError(objective)
+
+
+def ranked(candidates, objective: str, budgets: Budgets) -> list[dict]:
+    return sorted((c for c in candidates if measured(c)), key=lambda c: rank_key(c, objective, budgets))
+
+
+def _excess(c: dict, budgets: Budgets) -> tuple[int, float]:
+    """How far `c` is from meeting every budget: budgets missed, then the sum of the relative misses
+    (points over the drop budget count against max(budget, 1 point))."""
+    miss = misses(c, budgets)
+    total = 0.0
+    for key, over in miss.items():
+        limit = {"max_drop": max(budgets.max_drop or 0.0, 1.0), "max_bytes": budgets.max_bytes,
+                 "max_latency_ms": budgets.max_latency_ms}[key]
+        total += over / limit
+    return len(miss), total
+
+
+def closest(candidates, budgets: Budgets) -> dict | None:
+    pool = [c for c in candidates if measured(c)]
+    return min(pool, key=lambda c: (*_excess(c, budgets), c["id"])) if pool else None
+
+
+def miss_text(c: dict, budgets: Budgets) -> str:
+    parts = []
+    for key, over in misses(c, budgets).items():
+        if key == "max_drop":
+            parts.append(f"loses {c['drop']:.2f} points, {over:.2f} over --max-drop {budgets.max_drop:g}")
+        elif key == "max_bytes":
+            parts.append(f"{c[budgets.size_key()]:,} {budgets.size_measure} bytes, {over:,} over --max-bytes "
+                         f"{budgets.max_bytes:,}")
+        else:
+            parts.append(f"p50 {c['latency_ms']:.3f} ms, {over:.3f} ms over --max-latency-ms {budgets.max_latency_ms:g}")
+    return "; ".join(parts)
+
+
+@dataclass
+class Choice:
+    winner: dict | None
+    runner_up: dict | None  # the best feasible candidate of another file (a paired test needs two files)
+    feasible: int
+    compared: int
+    bound_by: dict = field(default_factory=dict)  # budget -> candidates better on the objective it excluded
+    better_excluded: list = field(default_factory=list)  # those candidates' ids, best first
+    closest: dict | None = None  # when nothing is feasible
+    message: str = ""
+
+
+def choose(candidates, budgets: Budgets, objective: str) -> Choice:
+    """The best feasible candidate on `objective`; with the budgets that excluded better ones, or,
+    when none is feasible, the closest candidate and what it misses."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    order = ranked(candidates, objective, budgets)
+    ok = [c for c in order if not misses(c, budgets)]
+    if not ok:
+        near = closest(order, budgets)
+        message = (f"no candidate meets {budgets.describe()} ({len(order)} compared)" +
+                   (f"; the closest is {near['id']}: {miss_text(near, budgets)}" if near else ""))
+        return Choice(None, None, 0, len(order), closest=near, message=message)
+    winner = ok[0]
+    runner = next((c for c in ok[1:] if c["artifact"] != winner["artifact"]), None)
+    better = order[:order.index(winner)]
+    bound: dict[str, int] = {}
+    for c in better:
+        for key in misses(c, budgets):
+            bound[key] = bound.get(key, 0) + 1
+    return Choice(winner, runner, len(ok), len(order), bound, [c["id"] for c in better])
+
+
+def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None:
+    """Why fine-tuned candidates (pruning, QAT) are worth their cost after the post-training ones
+    were measured, or None when they cannot beat the best of those.
+
+    - nothing meets the budgets: QAT may recover an int8 file's accuracy, pruning may shrink gzip size;
+    - the size objective counted in gzip bytes: pruning shrinks only compressed size;
+    - a candidate better on the objective missed only the accuracy budget: QAT, or pruning with
+      QAT, may bring that file's kind within it.
+    Pruning does not speed up dense kernels and a QAT int8 file runs like a post-training one, so a
+    latency or accuracy objective met within budget needs nothing else."""
+    choice = choose(candidates, budgets, objective)
+    if choice.winner is None:
+        return choice.message + "; fine-tuned candidates may meet it"
+    if objective == "size" and budgets.size_measure == "gzip":
+        return "the objective is gzip size, which only pruning can shrink further"
+    order = ranked(candidates, objective, budgets)
+    for c in order[:order.index(choice.winner)]:
+        if set(misses(c, budgets)) == {"max_drop"} and c.get("precision") == "int8":
+            return (f"{c['id']} beats the choice on {objective} but {miss_text(c, budgets)}: quantization-aware "
+                    f"training may recover it")
+    return None
+
+
+def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:
+    """The answer in words: the pick and its figures, then the reason."""
+    if choice.winner is None:
+        return [choice.message]
+    w = choice.winner
+    first = (f"{w['id']}: top-1 {100 * w['accuracy']:.2f}% on validation ({-w['drop']:+.2f} points against the float model), "
+             f"{w['bytes']:,} bytes ({w['gzip_bytes']:,} gzip), p50 {w['latency_ms']:.3f} ms")
+    why = [f"{'fastest' if objective == 'latency' else 'smallest' if objective == 'size' else 'most accurate'} "
+           f"of {choice.feasible} candidates within {budgets.describe()} ({choice.compared} compared)"]
+    if choice.bound_by:
+        names = {"max_drop": "--max-drop", "max_bytes": "--max-bytes", "max_latency_ms": "--max-latency-ms"}
+        why.append("bound by " + ", ".join(f"{names[k]} ({n} better candidate{'s' if n > 1 else ''} excluded)"
+                                           for k, n in sorted(choice.bound_by.items())))
+    r = choice.runner_up
+    if r is not None:
+        why.append(f"next: {r['id']} ({100 * r['accuracy']:.2f}%, {r[budgets.size_key()]:,} {budgets.size_measure} bytes, "
+                   f"p50 {r['latency_ms']:.3f} ms)")
+    return [first, "; ".join(why)]

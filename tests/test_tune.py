@@ -1,0 +1,192 @@
+"""`edgecls tune`: the budget logic with exact numbers, and the search end to end on the tiny real
+fixture (export, latency, choice on the validation split, the test split read once, resume)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgecls.config import TuneConfig
+from edgecls.errors import ConfigError
+from edgecls.tune.select import Budgets, choose, closest, explain, fine_tune_reason, misses
+
+from .conftest import ROOT, TINY_ZIP
+
+
+def cand(artifact, threads, accuracy, drop, nbytes, latency, gzip=None, precision="int8", status="ok"):
+    return {"id": f"{artifact}@{threads}t", "artifact": artifact, "threads": threads, "accuracy": accuracy, "drop": drop,
+            "bytes": nbytes, "gzip_bytes": gzip if gzip is not None else nbytes // 2, "latency_ms": latency,
+            "precision": precision, "status": status}
+
+
+GRID = [
+    cand("tflite_fp32", 1, 0.850, 0.00, 317_000, 0.320, precision="fp32"),
+    cand("tflite_int8", 1, 0.843, 0.70, 94_000, 0.088),   # fastest, loses 0.7 points
+    cand("tflite_int8", 2, 0.843, 0.70, 94_000, 0.070),
+    cand("onnx_int8", 1, 0.848, 0.20, 108_000, 0.150),    # within 0.5 points
+    cand("onnx_int8", 2, 0.848, 0.20, 108_000, 0.120),
+    cand("tflite_dynamic", 1, 0.851, -0.10, 93_000, 0.110, precision="dynamic"),
+    cand("broken", 1, 0.99, -5.0, 1_000, 0.001, status="failed"),  # never chosen: not validated
+]
+
+
+def test_the_fastest_candidate_within_every_budget_wins_and_over_budget_ones_never_do():
+    budgets = Budgets(max_drop=0.5)
+    choice = choose(GRID, budgets, "latency")
+    assert choice.winner["id"] == "tflite_dynamic@1t"  # 0.110 ms; the two faster int8 rows lose 0.7 points
+    assert choice.feasible == 4 and choice.compared == 6  # the failed row is not a candidate
+    assert choice.bound_by == {"max_drop": 2} and choice.better_excluded == ["tflite_int8@2t", "tflite_int8@1t"]
+    assert choice.runner_up["id"] == "onnx_int8@2t"  # the next feasible candidate of another file
+    # A budget on latency as well: 0.110 ms is over 0.1, the only survivor at 0.07 loses too much.
+    none = choose(GRID, Budgets(max_drop=0.5, max_latency_ms=0.1), "latency")
+    assert none.winner is None and none.feasible == 0
+    assert none.closest["id"] == "tflite_dynamic@1t"
+    assert none.message == ("no candidate meets --max-drop 0.5 and --max-latency-ms 0.1 (6 compared); the closest is "
+                            "tflite_dynamic@1t: p50 0.110 ms, 0.010 ms over --max-latency-ms 0.1")
+    # Without a drop budget the fastest wins outright.
+    assert choose(GRID, Budgets(), "latency").winner["id"] == "tflite_int8@2t"
+
+
+def test_size_and_accuracy_objectives_and_the_size_measure():
+    assert choose(GRID, Budgets(max_drop=0.5), "size").winner["id"] == "tflite_dynamic@1t"  # 93,000 bytes
+    assert choose(GRID, Budgets(max_drop=0.5), "accuracy").winner["id"] == "tflite_dynamic@1t"  # 85.1%
+    # Counted in gzip bytes, a file at 40,000 gzip bytes fits where its 94,000 file bytes do not.
+    grid = GRID + [cand("tflite_pruned_int8:75", 1, 0.840, 1.0, 94_000, 0.09, gzip=40_000)]
+    assert choose(grid, Budgets(max_bytes=45_000, size_measure="gzip"), "size").winner["artifact"] == "tflite_pruned_int8:75"
+    assert choose(grid, Budgets(max_bytes=45_000), "size").winner is None
+    miss = closest(grid, Budgets(max_bytes=45_000, max_drop=2.0))
+    assert miss["artifact"] == "tflite_dynamic" and misses(miss, Budgets(max_bytes=45_000)) == {"max_bytes": 48_000}
+
+
+def test_ties_are_broken_by_accuracy_then_name_not_by_order():
+    a = cand("a", 1, 0.80, 0.0, 100, 0.1)
+    b = cand("b", 1, 0.81, 0.0, 100, 0.1)
+    assert choose([a, b], Budgets(), "latency").winner["id"] == choose([b, a], Budgets(), "latency").winner["id"] == "b@1t"
+
+
+def test_fine_tuning_is_tried_only_where_it_can_win():
+    budgets = Budgets(max_drop=0.5)
+    # A faster int8 file missed only the accuracy budget: QAT may recover it.
+    assert "tflite_int8@2t beats the choice on latency but loses 0.70 points" in fine_tune_reason(GRID, budgets, "latency")
+    # When the fastest candidate is within budget, nothing fine-tuned can run faster.
+    assert fine_tune_reason(GRID, Budgets(max_drop=1.0), "latency") is None
+    # Nothing meets the budgets: try them.
+    assert fine_tune_reason(GRID, Budgets(max_drop=0.5, max_latency_ms=0.01), "latency").startswith("no candidate meets")
+    # Only pruning shrinks gzip size.
+    assert "gzip" in fine_tune_reason(GRID, Budgets(size_measure="gzip"), "size")
+    assert fine_tune_reason(GRID, Budgets(), "size") is None
+
+
+def test_the_answer_names_the_pick_its_figures_and_the_reason():
+    choice = choose(GRID, Budgets(max_drop=0.5), "latency")
+    first, why = explain(choice, Budgets(max_drop=0.5), "latency")
+    assert first.startswith("tflite_dynamic@1t: top-1 85.10% on validation (+0.10 points against the float model), "
+                            "93,000 bytes (46,500 gzip), p50 0.110 ms")
+    assert why.startswith("fastest of 4 candidates within --max-drop 0.5 (6 compared); bound by --max-drop "
+                          "(2 better candidates excluded); next: onnx_int8@2t")
+
+
+def test_bad_budgets_are_one_line_errors():
+    for kwargs, text in (({"max_bytes": -5}, "max_bytes"), ({"objective": "speed"}, "objective"),
+                         ({"threads": (0,)}, "threads"), ({"variants": ("tflite_qat_int8",)}, "post-training"),
+                         ({"size_measure": "zip"}, "size_measure"), ({"validation_images": 10}, "validation_images")):
+        with pytest.raises(ConfigError, match=text):
+            TuneConfig(**kwargs)
+
+
+SMALL = dict(variants=("tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"), validation_images=100,
+             calibration_count=64, runs=20, warmup=2, repeats=1, sparsities=(0.5,), prune_epochs=1, qat_epochs=1)
+
+
+def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path):
+    """Post-training and fine-tuned candidates on the real fixture: every candidate measured, the
+    winner within budget, its bundle runs, the test split read for the winner only; the same
+    command again redoes nothing, and another budget re-chooses from the recorded measurements."""
+    from edgecls import runtime
+    from edgecls.bundle import load_bundle
+    from edgecls.tune import tune
+
+    out = tmp_path / "t"
+    result = tune(trained_tiny.out, data=str(TINY_ZIP), out=out, config=TuneConfig(max_drop=5.0, fine_tune="always", **SMALL))
+    rec = json.loads((out / "tune.json").read_text())
+    assert set(rec["stages"]) == {"tflite", "onnx", "qat", "pruned50"}
+    assert rec["validation"]["images"] == 100 and rec["validation"]["train_images_left"] == 100
+    arts = {c["artifact"] for c in rec["candidates"]}
+    assert {"tflite_int8", "onnx_int8", "tflite_qat_int8", "tflite_pruned_int8:50", "tflite_pruned_qat_int8:50"} <= arts
+    ok = [c for c in rec["candidates"] if c["status"] == "ok"]
+    assert ok and all(c["latency_ms"] > 0 and 0 <= c["accuracy"] <= 1 for c in ok)
+    w = result.winner
+    assert w is not None and w["drop"] <= 5.0 and w["status"] == "ok"
+    feasible = [c for c in ok if c["drop"] <= 5.0]
+    assert w["latency_ms"] == min(c["latency_ms"] for c in feasible)
+    test = rec["choice"]["test"]
+    assert test["images"] == 100 and 0 < test["accuracy"] <= 1  # the fixture's 100 test images, read for the winner
+    assert load_bundle(out / "bundle").names() == [w["artifact"].replace(":", "_s")]
+    probs = runtime.load(out / "bundle").predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probs.shape == (2, 10)
+    html = (out / "tune.html").read_text()
+    assert html.count("data:image/png;base64") == 2 and w["id"] in html
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")}
+
+    again = tune(trained_tiny.out, data=str(TINY_ZIP), out=out,
+                 config=TuneConfig(max_drop=5.0, max_bytes=120_000, fine_tune="always", **SMALL))
+    assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")} == stamps  # nothing re-exported
+    rec2 = json.loads((out / "tune.json").read_text())
+    assert rec2["resumed"] == 1
+    assert [c["latency_ms"] for c in rec2["candidates"]] == [c["latency_ms"] for c in rec["candidates"]]
+    if again.winner is not None:
+        assert again.winner["bytes"] <= 120_000
+    else:
+        assert "no candidate meets" in again.answer[0]
+
+
+def test_a_search_with_another_space_is_not_resumed_over(trained_tiny, tmp_path):
+    from edgecls.tune import tune
+
+    out = tmp_path / "t"
+    tune(trained_tiny.out, data=str(TINY_ZIP), out=out, config=TuneConfig(fine_tune="never", test=False, **SMALL))
+    with pytest.raises(ConfigError, match="other settings \\(threads\\)"):
+        tune(trained_tiny.out, data=str(TINY_ZIP), out=out, config=TuneConfig(fine_tune="never", threads=(1, 2), **SMALL))
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_the_same_command_resumes_without_repeating_work(trained_tiny, tmp_path):
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "edgecls.cli", "tune", str(trained_tiny.out), "--data", str(TINY_ZIP), "--out", str(out),
+           "--variants", "tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8", "--validation-images", "100",
+           "--calibration-count", "64", "--runs", "20", "--repeats", "1", "--sparsities", "0.5", "--prune-epochs", "1",
+           "--qat-epochs", "1", "--fine-tune", "always", "--max-drop", "5"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    record = out / "tune.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once the post-training stages are recorded
+        if record.is_file():
+            try:
+                if {"tflite", "onnx"} <= set(json.loads(record.read_text())["stages"]):
+                    break
+            except ValueError:
+                pass
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].endswith("run the same command to resume")
+    first = json.loads(record.read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")}
+    assert {"tflite", "onnx"} <= set(first["stages"]) and not (out / "bundle").exists()
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming the search" in done.stderr or "resuming" in done.stderr
+    after = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")}
+    assert all(after[p] == t for p, t in stamps.items())  # finished stages were not exported again
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2].split("@")[0] in {c["artifact"] for c in json.loads(record.read_text())["candidates"]}
+    assert (out / "bundle" / "manifest.json").is_file()
