@@ -169,6 +169,7 @@ def _cmd_tune(args) -> int:
                         variants=tuple(args.variants) if args.variants else TuneConfig.variants,
                         sparsities=args.sparsities, sparsity_allocations=tuple(args.sparsity_allocations),
                         fine_tune=args.fine_tune, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
+                        distill=args.distill,
                         validation_images=args.validation_images, calibration_count=args.calibration_count,
                         runs=args.runs, repeats=args.repeats, hosts=tuple(args.host or ()), remote_python=args.remote_python,
                         remote_dir=args.remote_dir, ssh_config=args.ssh_config,
@@ -598,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "beaten (auto, default), always, or never")
     p.add_argument("--prune-epochs", type=int, default=TC.prune_epochs)
     p.add_argument("--qat-epochs", type=int, default=TC.qat_epochs)
+    p.add_argument("--distill", action="store_true", help="pruning and QAT fine-tunes also learn the float model's outputs")
     p.add_argument("--validation-images", type=int, default=TC.validation_images,
                    help="training images held out to choose on (default 2,000, or a fifth of them if fewer)")
     p.add_argument("--calibration-count", type=int, default=TC.calibration_count)

@@ -269,6 +269,7 @@ class TuneConfig:
     fine_tune: str = "auto"  # auto | always | never (pruning and QAT candidates)
     prune_epochs: int = ExportConfig.prune_epochs
     qat_epochs: int = ExportConfig.qat_epochs
+    distill: bool = False  # pruning and QAT fine-tunes also learn the float model's soft outputs
     validation_images: int | None = None  # held out of the training images to choose on (None: 2,000 or a fifth, fewer)
     calibration_count: int = ExportConfig.calibration_count
     runs: int = 200  # timed batch-1 calls per latency measurement

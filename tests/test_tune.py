@@ -48,7 +48,8 @@ def test_the_fastest_candidate_within_every_budget_wins_and_over_budget_ones_nev
     assert none.winner is None and none.feasible == 0
     assert none.closest["id"] == "tflite_dynamic@1t"
     assert none.message == ("no candidate meets --max-drop 0.5 and --max-latency-ms 0.1 (6 compared); the closest is "
-                            "tflite_dynamic@1t: p50 0.110 ms, 0.010 ms over --max-latency-ms 0.1")
+                            "tflite_dynamic@1t: p50 0.110 ms, 0.010 ms over --max-latency-ms 0.1; within the other budgets, "
+                            "the nearest to --max-drop is tflite_int8@1t: loses 0.70 points, 0.20 over --max-drop 0.5")
     # Without a drop budget the fastest wins outright.
     assert choose(GRID, Budgets(), "latency").winner["id"] == "tflite_int8@2t"
 
@@ -60,6 +61,11 @@ def test_size_and_accuracy_objectives_and_the_size_measure():
     grid = GRID + [cand("tflite_pruned_int8:75", 1, 0.840, 1.0, 94_000, 0.09, gzip=40_000)]
     assert choose(grid, Budgets(max_bytes=45_000, size_measure="gzip"), "size").winner["artifact"] == "tflite_pruned_int8:75"
     assert choose(grid, Budgets(max_bytes=45_000), "size").winner is None
+    # Nothing within both: the closest overall, and the one nearest the drop budget among those that fit.
+    both = choose(grid, Budgets(max_bytes=45_000, max_drop=0.5, size_measure="gzip"), "accuracy")
+    assert both.winner is None and both.message.endswith(
+        "the closest is tflite_dynamic@1t: 46,500 gzip bytes, 1,500 over --max-bytes 45,000; within the other budgets, "
+        "the nearest to --max-drop is tflite_pruned_int8:75@1t: loses 1.00 points, 0.50 over --max-drop 0.5")
     miss = closest(grid, Budgets(max_bytes=45_000, max_drop=2.0))
     assert miss["artifact"] == "tflite_dynamic" and misses(miss, Budgets(max_bytes=45_000)) == {"max_bytes": 48_000}
 
@@ -142,8 +148,8 @@ def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path)
     assert [c["latency_ms"] for c in rec2["candidates"]] == [c["latency_ms"] for c in rec["candidates"]]
     if again.winner is not None:
         assert again.winner["bytes"] <= 120_000
-    else:
-        assert "no candidate meets" in again.answer[0]
+    else:  # the earlier winner's bundle does not stay as if it were this run's answer
+        assert "no candidate meets" in again.answer[0] and not (out / "bundle").exists()
 
 
 def test_a_search_with_another_space_is_not_resumed_over(trained_tiny, tmp_path):

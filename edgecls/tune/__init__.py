@@ -51,7 +51,7 @@ PTQ_STAGES = {
 PRUNED = ("tflite_pruned_fp32", "tflite_pruned_int8", "tflite_pruned_qat_int8")
 QAT = ("tflite_qat_int8",)
 # Settings that change what a candidate measures: a resumed run must have the same ones.
-SPACE_KEYS = ("variants", "threads", "sparsities", "sparsity_allocations", "prune_epochs", "qat_epochs",
+SPACE_KEYS = ("variants", "threads", "sparsities", "sparsity_allocations", "prune_epochs", "qat_epochs", "distill",
               "validation_images", "calibration_count", "runs", "warmup", "repeats", "seed", "hosts")
 
 
@@ -136,7 +136,12 @@ class _State:
         from ..bundle import load_bundle  # noqa: F401  (the bundle was written whole by export)
 
         ref = reference["accuracy"]
+        known = {c["sha256"]: c["artifact"] for c in self.record["candidates"] if c.get("sha256")}
+        same = {}
         for row in rows:
+            if row.get("sha256") in known:  # a repair that kept the file fully quantized: nothing new to measure
+                same[row["name"]] = known[row["sha256"]]
+                continue
             v = row.get("validation") or {}
             art = artifact_id(stage, row["name"])
             base = {"artifact": art, "stage": stage, "variant": row["name"], "format": row.get("format"),
@@ -151,7 +156,7 @@ class _State:
             for t in config.threads:
                 self.record["candidates"].append({"id": f"{art}@{t}t", **base, "threads": t, "latency_ms": None})
         self.record["stages"][stage] = {"bundle": str(bundle.relative_to(self.out)), "why": why, "seconds": round(seconds, 1),
-                                        "variants": [r["name"] for r in rows]}
+                                        "variants": [r["name"] for r in rows], "same_file_as": same}
         self.record["reference"] = reference
         self.save()
 
@@ -204,7 +209,7 @@ class _Search:
         self.say(f"{stage}: exporting {len(variants)} variant(s) ({why})")
         config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
                               seed=self.config.seed, prune_epochs=self.config.prune_epochs,
-                              qat_epochs=self.config.qat_epochs, **settings)
+                              qat_epochs=self.config.qat_epochs, distill=self.config.distill, **settings)
         t0 = time.perf_counter()
         result = export(self.model, data=self.data, out=bundle, config=config, dataset=self.val,
                         preprocessing=self.source.preprocessing, labels=list(self.source.labels))
@@ -241,11 +246,17 @@ class _Search:
                                                  f"sensitive layers in float", max_drop=budgets.max_drop)
 
     def fine_tuned(self, why: str) -> None:
-        self.export_stage("qat", QAT, why)
-        for allocation in self.config.sparsity_allocations:
-            for sparsity in self.config.sparsities:
-                self.export_stage(_stage_name(sparsity, allocation), PRUNED, why, sparsity=sparsity,
-                                  sparsity_allocation=allocation)
+        plan = [("qat", QAT, {})] + [(_stage_name(s, a), PRUNED, {"sparsity": s, "sparsity_allocation": a})
+                                     for a in self.config.sparsity_allocations for s in self.config.sparsities]
+        for i, (stage, variants, settings) in enumerate(plan):
+            if stage in self.state.record["stages"]:
+                continue
+            self.export_stage(stage, variants, why, **settings)
+            pruned = [self.state.record["stages"][n]["seconds"] for n, _, _ in plan[1:] if n in self.state.record["stages"]]
+            left = len(plan) - i - 1
+            if left and pruned:  # every pruned stage fine-tunes alike: the mean so far estimates the rest
+                self.say(f"fine-tuning: {i + 1} of {len(plan)} stages done, ~{left * sum(pruned) / len(pruned) / 60:.0f} min "
+                         f"left before their latency")
 
     # -- latency ----------------------------------------------------------------------------------
     def measure(self) -> None:

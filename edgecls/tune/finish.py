@@ -94,6 +94,11 @@ def finish(state, search, budgets: Budgets) -> dict:
                           (f" against {100 * test['float_accuracy']:.2f}% for {float_name}" if "float_accuracy" in test else ""))
         keep_names = [w["artifact"]] + ([a for a in record["front"] if a != w["artifact"]] if config.keep_frontier else [])
         _write_bundle(search.out / "bundle", record, keep_names, w, chosen)
+    elif (search.out / "bundle").is_dir():
+        from ..outputs import is_output
+
+        if is_output(search.out / "bundle", "bundle"):  # an earlier run's winner, under budgets no longer asked for
+            shutil.rmtree(search.out / "bundle")
     chosen["answer"] = answer
     record["choice"] = {**chosen, "winner": choice.winner, "runner_up": choice.runner_up, "closest": choice.closest,
                         "answer": answer}

@@ -128,6 +128,12 @@ def choose(candidates, budgets: Budgets, objective: str) -> Choice:
         near = closest(order, budgets)
         message = (f"no candidate meets {budgets.describe()} ({len(order)} compared)" +
                    (f"; the closest is {near['id']}: {miss_text(near, budgets)}" if near else ""))
+        for key, name in (("max_drop", "--max-drop"), ("max_bytes", "--max-bytes"), ("max_latency_ms", "--max-latency-ms")):
+            # With several budgets: the candidate within all the others that comes nearest to this one.
+            others = [c for c in order if set(misses(c, budgets)) == {key}]
+            if others and len(misses(near, budgets)) and set(misses(near, budgets)) != {key}:
+                best = min(others, key=lambda c: (misses(c, budgets)[key], c["id"]))
+                message += f"; within the other budgets, the nearest to {name} is {best['id']}: {miss_text(best, budgets)}"
         return Choice(None, None, 0, len(order), closest=near, message=message)
     winner = ok[0]
     runner = next((c for c in ok[1:] if c["artifact"] != winner["artifact"]), None)

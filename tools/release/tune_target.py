@@ -12,8 +12,9 @@ resume the first: nothing measured is measured again):
    space then holds every variant of the default export grid (`edgecls export` without --formats,
    pruned at 50%), so the pick can be checked against each grid variant within the same budget,
    measured in the same run;
-3. `--max-bytes 40000 --size gzip --objective accuracy`: the most accurate file within 40,000 gzip
-   bytes, which must be pruned int8 within 2 points of fp32, or the closest miss is named.
+3. `--max-bytes 40000 --size gzip --max-drop 2 --objective accuracy`: the most accurate file within
+   40,000 gzip bytes and 2 points of the float model (a pruned int8 file, since nothing else is that
+   small), or the closest candidate and by how much it misses.
 
 Latency is measured here at 1 thread. Exit status 1 when a target is missed.
 """
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     auto = json.loads((args.out / "tune.json").read_text())
     code2, timing["always"] = _tune(common, "--max-drop", args.max_drop, "--objective", "latency", "--fine-tune", "always")
     full = json.loads((args.out / "tune.json").read_text())
-    code3, timing["gzip"] = _tune(common, "--max-bytes", args.max_gzip, "--size", "gzip", "--objective", "accuracy")
+    code3, timing["gzip"] = _tune(common, "--max-bytes", args.max_gzip, "--size", "gzip", "--max-drop", "2",
+                                  "--objective", "accuracy")
     size = json.loads((args.out / "tune.json").read_text())
 
     (args.out / "timing.json").write_text(json.dumps(timing, indent=2))
@@ -104,6 +106,9 @@ def main(argv=None) -> int:
     else:
         t2 = False
         print(f"target 2: missed: {size['choice']['message']}")
+        near = size["choice"].get("closest")
+        if near:
+            print(f"  closest on the test split: not read (no choice was made); its validation drop {near['drop']:+.2f}")
     return 0 if t1 and t2 and code2 == 0 and full["elapsed_s"] <= 7200 else 1
 
 
