@@ -103,15 +103,20 @@ def _preprocessing_arg(args):
     return given or None
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    """'100,300,1000' -> (100, 300, 1000), for argparse."""
-    try:
-        sizes = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated image counts such as 100,300,1000, got {text!r}")
-    if not sizes:
-        raise argparse.ArgumentTypeError("expected at least one image count")
-    return sizes
+def _number_list(kind, what: str, example: str):
+    """An argparse type: comma-separated numbers of `kind` ('100,300,1000')."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one of the {what}")
+        return values
+    return parse
+
+
+_sizes = _number_list(int, "image counts", "100,300,1000")
 
 
 def _export_config(args):
@@ -148,16 +153,6 @@ def _cmd_export(args) -> int:
     print(f"\nKeras fp32 reference accuracy {ref['accuracy']:.4f} on {ref['images']} held-out images; "
           f"{ok} of {len(result.rows)} variants validated; bundle: {result.out}")
     return 0 if ok else 1
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.75, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
 
 
 def _cmd_tune(args) -> int:
@@ -582,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ms", type=float, metavar="MS", help="largest p50 batch-1 latency")
     p.add_argument("--objective", choices=("latency", "size", "accuracy"), default=TC.objective,
                    help=f"what the pick minimizes (or maximizes, accuracy) within the budgets (default {TC.objective})")
-    p.add_argument("--threads", type=_sizes, default=TC.threads, metavar="N[,N...]",
+    p.add_argument("--threads", type=_number_list(int, "thread counts", "1,2,4"), default=TC.threads, metavar="N[,N...]",
                    help="thread counts to measure each file at (default 1)")
     p.add_argument("--host", action="append", metavar="[USER@]DEVICE",
                    help="measure latency on this device over SSH (repeat for several alike devices: the work is shared)")
@@ -591,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-config", help="an ssh_config file (ssh -F) naming the devices")
     p.add_argument("--variants", nargs="+", choices=TUNE_VARIANTS, metavar="VARIANT",
                    help=f"post-training candidates (default all: {', '.join(TUNE_VARIANTS)})")
-    p.add_argument("--sparsities", type=_floats, default=TC.sparsities, metavar="S[,S...]",
+    p.add_argument("--sparsities", type=_number_list(float, "sparsities", "0.5,0.75"), default=TC.sparsities, metavar="S[,S...]",
                    help="pruning levels of the fine-tuned candidates (default 0.5,0.75)")
     p.add_argument("--sparsity-allocations", nargs="+", choices=SPARSITY_ALLOCATIONS, default=list(TC.sparsity_allocations))
     p.add_argument("--fine-tune", choices=("auto", "always", "never"), default=TC.fine_tune,

@@ -57,6 +57,17 @@ DEGENERATE_SHARE = 0.5
 CONSTANT_STD = 1e-3
 
 
+def pareto_front(points, cost, accuracy) -> list:
+    """The points no other point beats on both counts (cheaper by `cost` and more accurate by
+    `accuracy`), cheapest first; among equal costs the more accurate one."""
+    out, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (cost(p), -accuracy(p))):
+        if accuracy(p) > best:
+            out.append(p)
+            best = accuracy(p)
+    return out
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: binomial(n = only_a + only_b, 1/2) tail at min(only_a, only_b)."""
     import math

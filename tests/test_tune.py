@@ -83,7 +83,8 @@ def test_fine_tuning_is_tried_only_where_it_can_win():
     # When the fastest candidate is within budget, nothing fine-tuned can run faster.
     assert fine_tune_reason(GRID, Budgets(max_drop=1.0), "latency") is None
     # Nothing meets the budgets: try them.
-    assert fine_tune_reason(GRID, Budgets(max_drop=0.5, max_latency_ms=0.01), "latency").startswith("no candidate meets")
+    assert fine_tune_reason(GRID, Budgets(max_drop=0.5, max_latency_ms=0.01), "latency") == (
+        "no candidate so far meets --max-drop 0.5 and --max-latency-ms 0.01: pruned or quantization-aware trained ones may")
     # Only pruning shrinks gzip size.
     assert "gzip" in fine_tune_reason(GRID, Budgets(size_measure="gzip"), "size")
     assert fine_tune_reason(GRID, Budgets(), "size") is None
@@ -196,3 +197,42 @@ def test_ctrl_c_then_the_same_command_resumes_without_repeating_work(trained_tin
     lines = done.stdout.strip().splitlines()
     assert lines[-2].split("@")[0] in {c["artifact"] for c in json.loads(record.read_text())["candidates"]}
     assert (out / "bundle" / "manifest.json").is_file()
+
+
+def test_tune_bad_input_is_one_line_before_any_work(trained_tiny, tmp_path):
+    from .conftest import assert_one_line_error, run_cli
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    base = ("tune", trained_tiny.out, "--data", TINY_ZIP)
+    assert_one_line_error(run_cli(*base, "--out", foreign), "edgecls did not write")
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+    assert_one_line_error(run_cli(*base, "--out", tmp_path / "a", "--threads", "1,two"), "thread counts")
+    assert_one_line_error(run_cli(*base, "--out", tmp_path / "b", "--max-bytes", "0"), "max_bytes")
+    assert_one_line_error(run_cli(*base, "--out", tmp_path / "c", "--validation-images", "150"), "at most half")
+    assert not any((tmp_path / n).exists() for n in "abc")
+
+
+@pytest.mark.slow
+def test_the_readme_quick_tour_search_on_the_built_in_sample(tmp_path):
+    """The README's `edgecls tune` line, as written, on the built-in sample: it ends with the
+    two-line answer and a bundle of the pick within the budget."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("edgecls tune models/seed_cnn"))
+    args = shlex.split(line.split("#")[0])[1:]
+    out = tmp_path / "tune"
+    args[args.index("--out") + 1] = str(out)
+    budget = float(args[args.index("--max-drop") + 1])
+    proc = subprocess.run([sys.executable, "-m", "edgecls.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pick, why = proc.stdout.strip().splitlines()[-2:]
+    assert re.match(r"\S+@1t: top-1 [\d.]+% on validation", pick) and why.startswith("fastest of ")
+    record = json.loads((out / "tune.json").read_text())
+    winner = record["choice"]["winner"]
+    assert winner["drop"] <= budget and (out / "bundle" / "manifest.json").is_file()
+    assert record["choice"]["test"]["images"] == 1000  # the sample's test split, read once

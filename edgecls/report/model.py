@@ -152,13 +152,9 @@ class Report:
         # A variant that departs from its validation is not offered as a choice on this device.
         pts = [r for r in self.rows if r["device"] == device and r.get("status") == "ok" and not r.get("warning")
                and r.get("p50") is not None and r.get("accuracy") is not None]
-        pts.sort(key=lambda r: (r["p50"], -r["accuracy"]))
-        front, best = [], -1.0
-        for r in pts:
-            if r["accuracy"] > best:
-                front.append(r["name"])
-                best = r["accuracy"]
-        return front
+        from ..evaluation import pareto_front
+
+        return [r["name"] for r in pareto_front(pts, lambda r: r["p50"], lambda r: r["accuracy"])]
 
     def csv(self) -> str:
         from .tables import csv_text

@@ -139,8 +139,12 @@ class _State:
         known = {c["sha256"]: c["artifact"] for c in self.record["candidates"] if c.get("sha256")}
         same = {}
         for row in rows:
-            if row.get("sha256") in known:  # a repair that kept the file fully quantized: nothing new to measure
+            if row.get("sha256") in known:  # the same bytes as a file already in the search
                 same[row["name"]] = known[row["sha256"]]
+                continue
+            if stage == "repair" and isinstance(row.get("repair"), dict) and not row["repair"].get("kept_float"):
+                # The repair met the budget with every layer quantized (on its own split): the plain file again.
+                same[row["name"]] = row["name"]
                 continue
             v = row.get("validation") or {}
             art = artifact_id(stage, row["name"])
@@ -324,12 +328,16 @@ class _Search:
         if host is None:
             from ..bench import bench
 
-            return bench(bundle, None, config)["variants"]
-        from ..bench.remote import RemoteConfig, remote_bench
+            report = bench(bundle, None, config)
+        else:
+            from ..bench.remote import RemoteConfig, remote_bench
 
-        remote = RemoteConfig(host, python=self.config.remote_python, ssh_config=self.config.ssh_config,
-                              **({"remote_dir": self.config.remote_dir} if self.config.remote_dir else {}))
-        return remote_bench(bundle, remote, None, config, log=lambda msg: self.say(f"{host}: {msg}"))["variants"]
+            remote = RemoteConfig(host, python=self.config.remote_python, ssh_config=self.config.ssh_config,
+                                  **({"remote_dir": self.config.remote_dir} if self.config.remote_dir else {}))
+            report = remote_bench(bundle, remote, None, config, log=lambda msg: self.say(f"{host}: {msg}"))
+        # Where the latencies were measured: CPU, flags, cores, runtime versions.
+        self.state.record.setdefault("devices", {})[host or "local"] = report["host"]
+        return report["variants"]
 
     def say(self, text: str) -> None:
         elapsed = self.state.record["elapsed_s"] + time.perf_counter() - self.started
@@ -351,10 +359,10 @@ def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | Non
     from ..outputs import check_output_dir
 
     out = check_output_dir(out, "tune", inputs=(model, data if isinstance(data, (str, Path)) else None))
-    out.mkdir(parents=True, exist_ok=True)
     source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
     dataset = load_dataset(data, image_size=source.preprocessing.input_size, seed=config.seed)
     val = _split(dataset, config.validation_images, config.seed)
+    out.mkdir(parents=True, exist_ok=True)  # only once the model, the data and the split are known good
     state = _State.open(out, model, data, config)
     state.record["validation"] = {"images": len(val.test), "split": val.split, "train_images_left": len(val.train)}
     state.save()

@@ -25,18 +25,14 @@ def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
 def front(candidates, budgets: Budgets, objective: str) -> list[str]:
     """Artifacts on the Pareto front of accuracy against the objective's cost (latency, or size for
     the size objective), each at its best thread count: none other is both cheaper and more accurate."""
-    cost = (lambda c: c[budgets.size_key()]) if objective == "size" else (lambda c: c["latency_ms"])
+    cost = (lambda c: c[budgets.size_key()]) if objective == "size" else (lambda c: c["latency_ms"])  # accuracy: latency
     best = {}
     for c in candidates:
         if measured(c) and (c["artifact"] not in best or cost(c) < cost(best[c["artifact"]])):
             best[c["artifact"]] = c
-    pts = sorted(best.values(), key=lambda c: (cost(c), -c["accuracy"]))
-    out, top = [], -1.0
-    for c in pts:
-        if c["accuracy"] > top:
-            out.append(c["artifact"])
-            top = c["accuracy"]
-    return out
+    from ..evaluation import pareto_front
+
+    return [c["artifact"] for c in pareto_front(best.values(), cost, lambda c: c["accuracy"])]
 
 
 def finish(state, search, budgets: Budgets) -> dict:

@@ -23,26 +23,34 @@ def _plots(record: dict) -> dict[str, bytes]:
     cands = [c for c in record["candidates"] if measured(c)]
     if not cands:
         return {}
+    from .finish import front as pareto
+
     winner = (record["choice"].get("winner") or {}).get("id")
-    front = set(record.get("front", ()))
+    near = (record["choice"].get("closest") or {}).get("id")
     ref = record.get("reference", {}).get("accuracy")
     out = {}
     for key, label, limit, name in (("latency_ms", "p50 latency at batch 1 (ms)", budgets.max_latency_ms, "latency"),
                                     (budgets.size_key(), f"{budgets.size_measure} bytes", budgets.max_bytes, "size")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        front = set(pareto(cands, budgets, name))  # each plot joins its own front: accuracy against its cost
         ok = [c for c in cands if not misses(c, budgets)]
         bad = [c for c in cands if misses(c, budgets)]
         ax.scatter([c[key] for c in bad], [100 * c["accuracy"] for c in bad], c="#bbbbbb", s=18, label="misses a budget")
         ax.scatter([c[key] for c in ok], [100 * c["accuracy"] for c in ok], c="#1f77b4", s=22, label="within budget")
-        fr = sorted((c for c in cands if c["artifact"] in front), key=lambda c: c[key])
+        fr = sorted((min((c for c in cands if c["artifact"] == a), key=lambda c: c[key]) for a in front), key=lambda c: c[key])
         if fr:
             ax.plot([c[key] for c in fr], [100 * c["accuracy"] for c in fr], "--", c="#2ca02c", lw=1, label="front")
         for c in cands:
-            if c["artifact"] in front or c["id"] == winner:
+            if c["artifact"] in front and c["threads"] == min(x["threads"] for x in cands if x["artifact"] == c["artifact"]) \
+                    or c["id"] == winner:
                 ax.annotate(c["id"], (c[key], 100 * c["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         w = next((c for c in cands if c["id"] == winner), None)
         if w is not None:
             ax.scatter([w[key]], [100 * w["accuracy"]], marker="*", s=220, c="#d62728", label="choice", zorder=5)
+        n = next((c for c in cands if c["id"] == near), None)
+        if n is not None:  # nothing met the budgets: the closest candidate
+            ax.scatter([n[key]], [100 * n["accuracy"]], marker="X", s=120, c="#d62728", label="closest (misses)", zorder=5)
+            ax.annotate(n["id"], (n[key], 100 * n["accuracy"]), fontsize=6, xytext=(3, -9), textcoords="offset points")
         if limit is not None:
             ax.axvline(limit, c="#d62728", lw=1, ls=":", label=f"--max-{'latency-ms' if name == 'latency' else 'bytes'}")
         if budgets.max_drop is not None and ref is not None:
@@ -86,6 +94,8 @@ def html_page(record: dict) -> str:
     stages = "".join(f"<li>{html.escape(name)}: {html.escape(s['why'])} ({s['seconds']:.0f} s)</li>"
                      for name, s in record["stages"].items())
     val = record.get("validation", {})
+    devices = "; ".join(f"{name}: {h.get('cpu')} ({h.get('int8_class')}), {h.get('cores')} cores, {h.get('arch')}"
+                        for name, h in record.get("devices", {}).items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgecls tune</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
@@ -96,7 +106,7 @@ tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}fi
 validation images held out of the training data ({html.escape(str(val.get('split', '')))}); the float model scores
 {100 * record.get('reference', {}).get('accuracy', float('nan')):.2f}% there.
 {'' if not test else f"Test split, read once for the choice: {100 * test['accuracy']:.2f}% on {test['images']:,} images."}</p>
-{answer}<ul>{stages}</ul><p>Fine-tuning: {html.escape(str(record.get('fine_tune', '')))}</p>
+{answer}<p>Latency measured on {html.escape(devices or 'no device')}.</p><ul>{stages}</ul><p>Fine-tuning: {html.escape(str(record.get('fine_tune', '')))}</p>
 {imgs}
 <table><thead><tr><th>rank</th><th>candidate</th><th>engine</th><th>precision</th><th>top-1 %</th><th>drop (points)</th>
 <th>bytes</th><th>gzip</th><th>p50 ms</th><th>budgets</th></tr></thead><tbody>{''.join(body)}</tbody></table>

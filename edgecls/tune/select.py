@@ -157,7 +157,7 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
     latency or accuracy objective met within budget needs nothing else."""
     choice = choose(candidates, budgets, objective)
     if choice.winner is None:
-        return choice.message + "; fine-tuned candidates may meet it"
+        return f"no candidate so far meets {budgets.describe()}: pruned or quantization-aware trained ones may"
     if objective == "size" and budgets.size_measure == "gzip":
         return "the objective is gzip size, which only pruning can shrink further"
     order = ranked(candidates, objective, budgets)
