@@ -3,7 +3,6 @@ fixture (export, latency, choice on the validation split, the test split read on
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -97,6 +96,15 @@ def test_the_answer_names_the_pick_its_figures_and_the_reason():
                             "93,000 bytes (46,500 gzip), p50 0.110 ms")
     assert why.startswith("fastest of 4 candidates within --max-drop 0.5 (6 compared); bound by --max-drop "
                           "(2 better candidates excluded); next: onnx_int8@2t")
+
+
+def test_speeds_are_tied_when_their_repeated_p50s_overlap():
+    from edgecls.tune.select import speed_tie
+
+    fast, slow = {"latency_rounds_ms": [0.080, 0.083, 0.090]}, {"latency_rounds_ms": [0.086, 0.088, 0.095]}
+    assert speed_tie(fast, slow) and speed_tie(slow, fast)
+    assert not speed_tie(fast, {"latency_rounds_ms": [0.100, 0.110, 0.105]})
+    assert not speed_tie({"latency_rounds_ms": [0.08]}, {"latency_rounds_ms": [0.08]})  # one process: no spread known
 
 
 def test_bad_budgets_are_one_line_errors():

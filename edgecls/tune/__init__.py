@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
-
-import numpy as np
 
 from ..config import ExportConfig, TuneConfig
 from ..errors import ConfigError, DataError
@@ -93,7 +90,10 @@ class _State:
     """tune.json: settings, finished stages, every candidate; written atomically after each step."""
 
     def __init__(self, out: Path, record: dict):
+        import threading
+
         self.out, self.record = out, record
+        self.lock = threading.RLock()  # stages finish and measurements land from several threads
 
     @classmethod
     def open(cls, out: Path, model, data, config: TuneConfig) -> "_State":
@@ -126,15 +126,18 @@ class _State:
     def save(self) -> None:
         from .._io import atomic_write_json
 
-        atomic_write_json(self.out / "tune.json", self.record)
+        with self.lock:
+            atomic_write_json(self.out / "tune.json", self.record)
 
     def candidates(self, artifact: str | None = None) -> list[dict]:
         return [c for c in self.record["candidates"] if artifact is None or c["artifact"] == artifact]
 
     def add_stage(self, stage: str, bundle: Path, rows: list[dict], reference: dict, config: TuneConfig,
                   why: str, seconds: float) -> None:
-        from ..bundle import load_bundle  # noqa: F401  (the bundle was written whole by export)
+        with self.lock:
+            self._add_stage(stage, bundle, rows, reference, config, why, seconds)
 
+    def _add_stage(self, stage, bundle, rows, reference, config, why, seconds) -> None:
         ref = reference["accuracy"]
         known = {c["sha256"]: c["artifact"] for c in self.record["candidates"] if c.get("sha256")}
         same = {}
@@ -148,6 +151,8 @@ class _State:
                 continue
             v = row.get("validation") or {}
             art = artifact_id(stage, row["name"])
+            if row.get("sha256"):
+                known[row["sha256"]] = art
             base = {"artifact": art, "stage": stage, "variant": row["name"], "format": row.get("format"),
                     "precision": row.get("precision"), "engine": row.get("engine"), "sparsity": row.get("sparsity"),
                     "file": row.get("file"), "sha256": row.get("sha256"),
@@ -202,6 +207,7 @@ class _Search:
         self.model, self.data, self.out, self.config, self.state = model, data, out, config, state
         self.source, self.dataset, self.val, self.progress = source, dataset, val, progress
         self.started = time.perf_counter()
+        self.before = state.record["elapsed_s"]  # search time of the earlier, interrupted runs
 
     # -- stages -----------------------------------------------------------------------------------
     def export_stage(self, stage: str, variants, why: str, **settings) -> None:
@@ -283,20 +289,12 @@ class _Search:
         def run(host, job):
             stage, bundle, threads, names = job
             rows = self._bench(host, bundle, threads, names)
-            for row in rows:
-                cand = next(c for c in self.state.candidates() if c["stage"] == stage and c["variant"] == row["name"]
-                            and c["threads"] == threads)
-                if row.get("status") == "ok":
-                    cand["latency_ms"] = row["latency_ms"]["p50"]
-                    cand["latency_p90_ms"] = row["latency_ms"]["p90"]
-                    cand["peak_rss_mb"] = row.get("peak_rss_mb")
-                    cand["device"] = host or "local"
-                else:
-                    cand["status"], cand["reason"] = "failed", f"bench: {row.get('error', '')}"
-            done[0] += len(names)
-            self.state.save()
-            rate = (time.perf_counter() - t0) / done[0]
-            self.say(f"latency: {done[0]}/{total} measured, ~{rate * (total - done[0]):.0f} s left")
+            with self.state.lock:
+                self._record_latency(stage, threads, host, rows)
+                done[0] += len(names)
+                self.state.save()
+                rate = (time.perf_counter() - t0) / done[0]
+                self.say(f"latency: {done[0]}/{total} measured, ~{rate * (total - done[0]):.0f} s left")
 
         if len(hosts) == 1:
             for job in jobs:
@@ -320,6 +318,19 @@ class _Search:
             for f in [pool.submit(worker, h) for h in hosts]:
                 f.result()
 
+    def _record_latency(self, stage: str, threads: int, host, rows) -> None:
+        for row in rows:
+            cand = next(c for c in self.state.candidates() if c["stage"] == stage and c["variant"] == row["name"]
+                        and c["threads"] == threads)
+            if row.get("status") == "ok":
+                cand["latency_ms"] = row["latency_ms"]["p50"]
+                cand["latency_p90_ms"] = row["latency_ms"]["p90"]
+                cand["latency_rounds_ms"] = (row.get("repeats") or {}).get("p50_ms") or [row["latency_ms"]["p50"]]
+                cand["peak_rss_mb"] = row.get("peak_rss_mb")
+                cand["device"] = host or "local"
+            else:
+                cand["status"], cand["reason"] = "failed", f"bench: {row.get('error', '')}"
+
     def _bench(self, host, bundle: Path, threads: int, names) -> list[dict]:
         from ..bench import BenchConfig
 
@@ -336,18 +347,19 @@ class _Search:
                                   **({"remote_dir": self.config.remote_dir} if self.config.remote_dir else {}))
             report = remote_bench(bundle, remote, None, config, log=lambda msg: self.say(f"{host}: {msg}"))
         # Where the latencies were measured: CPU, flags, cores, runtime versions.
-        self.state.record.setdefault("devices", {})[host or "local"] = report["host"]
+        with self.state.lock:
+            self.state.record.setdefault("devices", {})[host or "local"] = report["host"]
         return report["variants"]
 
     def say(self, text: str) -> None:
-        elapsed = self.state.record["elapsed_s"] + time.perf_counter() - self.started
+        elapsed = self.elapsed()
         if self.progress:
             self.progress(f"tune [{elapsed / 60:5.1f} min] {text}")
         else:
             log.info("%s", text)
 
     def elapsed(self) -> float:
-        return self.state.record["elapsed_s"] + time.perf_counter() - self.started
+        return self.before + time.perf_counter() - self.started
 
 
 def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | None = None, preprocessing=None,
@@ -383,14 +395,14 @@ def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | Non
             search.say(f"fine-tuned candidates: {reason}")
             search.fine_tuned(reason)
             search.measure()
-    except KeyboardInterrupt:
+        from .finish import finish
+
+        state.record["elapsed_s"] = round(search.elapsed(), 1)
+        record = finish(state, search, budgets)
+    except BaseException:  # Ctrl-C or a failure: the time spent so far stays on record for the resumed run
         state.record["elapsed_s"] = round(search.elapsed(), 1)
         state.save()
         raise
-    from .finish import finish
-
-    state.record["elapsed_s"] = round(search.elapsed(), 1)
-    record = finish(state, search, budgets)
     return TuneResult(record, out)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .select import Budgets, choose, explain, measured, rank_key
+from .select import Budgets, choose, explain, measured, rank_key, speed_tie
 
 
 def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
@@ -70,6 +70,13 @@ def finish(state, search, budgets: Budgets) -> dict:
             answer[1] += (f"; against it on {p['images']:,} validation images: only the pick right on {p['only_a_right']}, "
                           f"only it on {p['only_b_right']} (McNemar p = {p['mcnemar_p']:.2g}"
                           f"{': not distinguishable' if chosen['indistinguishable'] else ''})")
+        if choice.runner_up is not None and config.objective == "latency":
+            # Repeated processes give each p50 a spread: two files whose spreads overlap are not ranked by speed.
+            chosen["latency_rounds_overlap"] = speed_tie(choice.winner, choice.runner_up)
+            if chosen["latency_rounds_overlap"]:
+                a, b = choice.winner["latency_rounds_ms"], choice.runner_up["latency_rounds_ms"]
+                answer[1] += (f"; their p50s over {len(a)} processes overlap ({min(a):.3f}-{max(a):.3f} ms against "
+                              f"{min(b):.3f}-{max(b):.3f} ms): as fast as each other on this machine")
         if config.test:
             data = search.dataset
             keep = np.arange(len(data.test)) if not config.max_test_images else \

@@ -168,6 +168,13 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
     return None
 
 
+def speed_tie(a: dict, b: dict) -> bool:
+    """Whether two candidates' batch-1 p50s, each measured in several processes, overlap: then the
+    faster median is not a reliable ranking on this machine."""
+    ra, rb = a.get("latency_rounds_ms") or [], b.get("latency_rounds_ms") or []
+    return len(ra) > 1 and len(rb) > 1 and max(ra) >= min(rb) and max(rb) >= min(ra)
+
+
 def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:
     """The answer in words: the pick and its figures, then the reason."""
     if choice.winner is None:
