@@ -91,7 +91,11 @@ def html_page(record: dict) -> str:
                    for n, d in _plots(record).items())
     answer = "".join(f"<p>{html.escape(line)}</p>" for line in choice.get("answer", ()))
     test = choice.get("test")
-    stages = "".join(f"<li>{html.escape(name)}: {html.escape(s['why'])} ({s['seconds']:.0f} s)</li>"
+    def same(s):
+        pairs = (s.get("same_file_as") or {}).items()
+        return "; " + ", ".join(f"{a}: the same file as {b}" for a, b in pairs) if pairs else ""
+
+    stages = "".join(f"<li>{html.escape(name)}: {html.escape(s['why'])} ({s['seconds']:.0f} s{html.escape(same(s))})</li>"
                      for name, s in record["stages"].items())
     val = record.get("validation", {})
     devices = "; ".join(f"{name}: {h.get('cpu')} ({h.get('int8_class')}), {h.get('cores')} cores, {h.get('arch')}"
