@@ -128,7 +128,8 @@ def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path)
     from edgecls.tune import tune
 
     out = tmp_path / "t"
-    result = tune(trained_tiny.out, data=str(TINY_ZIP), out=out, config=TuneConfig(max_drop=5.0, fine_tune="always", **SMALL))
+    result = tune(trained_tiny.out, data=str(TINY_ZIP), out=out,
+                  config=TuneConfig(max_drop=5.0, fine_tune="always", keep_frontier=True, **SMALL))
     rec = json.loads((out / "tune.json").read_text())
     assert set(rec["stages"]) == {"tflite", "onnx", "qat", "pruned50"}
     assert rec["validation"]["images"] == 100 and rec["validation"]["train_images_left"] == 100
@@ -142,7 +143,9 @@ def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path)
     assert w["latency_ms"] == min(c["latency_ms"] for c in feasible)
     test = rec["choice"]["test"]
     assert test["images"] == 100 and 0 < test["accuracy"] <= 1  # the fixture's 100 test images, read for the winner
-    assert load_bundle(out / "bundle").names() == [w["artifact"].replace(":", "_s")]
+    # The winner first, then the rest of the front (accuracy against latency), each renamed to a plain name.
+    front = [a for a in rec["front"] if a != w["artifact"]]
+    assert load_bundle(out / "bundle").names() == [a.replace(":", "_s").replace("+", "_") for a in [w["artifact"], *front]]
     probs = runtime.load(out / "bundle").predict(np.zeros((2, 32, 32, 3), np.uint8))
     assert probs.shape == (2, 10)
     html = (out / "tune.html").read_text()
@@ -150,7 +153,7 @@ def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")}
 
     again = tune(trained_tiny.out, data=str(TINY_ZIP), out=out,
-                 config=TuneConfig(max_drop=5.0, max_bytes=120_000, fine_tune="always", **SMALL))
+                 config=TuneConfig(max_drop=5.0, max_bytes=120_000, fine_tune="always", keep_frontier=True, **SMALL))
     assert {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/manifest.json")} == stamps  # nothing re-exported
     rec2 = json.loads((out / "tune.json").read_text())
     assert rec2["resumed"] == 1
