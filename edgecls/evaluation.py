@@ -68,6 +68,14 @@ def pareto_front(points, cost, accuracy) -> list:
     return out
 
 
+def runner_correct(runner, dataset: Dataset, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Per image: is an `edgecls.runtime` runner's top-1 the label? `labels` are indices into
+    `dataset`'s classes, mapped onto the model's own class order (align_labels) as bench and eval do."""
+    y = align_labels(dataset, runner.labels)[labels]
+    pred = np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return pred == y
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: binomial(n = only_a + only_b, 1/2) tail at min(only_a, only_b)."""
     import math

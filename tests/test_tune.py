@@ -223,6 +223,12 @@ def test_tune_bad_input_is_one_line_before_any_work(trained_tiny, tmp_path):
     assert_one_line_error(run_cli(*base, "--out", tmp_path / "b", "--max-bytes", "0"), "max_bytes")
     assert_one_line_error(run_cli(*base, "--out", tmp_path / "c", "--validation-images", "150"), "at most half")
     assert not any((tmp_path / n).exists() for n in "abc")
+    # A tune.json whose stage would lead out of OUT/work is refused, not followed.
+    hostile = tmp_path / "d"
+    hostile.mkdir()
+    (hostile / "tune.json").write_text(json.dumps({"kind": "edgecls-tune", "schema": 1, "candidates": [],
+                                                   "stages": {"../../elsewhere": {"bundle": "/etc"}}}))
+    assert_one_line_error(run_cli(*base, "--out", hostile), "is not a tune record this edgecls wrote")
 
 
 @pytest.mark.slow

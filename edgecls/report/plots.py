@@ -40,7 +40,7 @@ def plots(report) -> dict[str, bytes]:
     ax.set_title("Accuracy against latency")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    out["accuracy_vs_latency.png"] = _png(fig, plt)
+    out["accuracy_vs_latency.png"] = png_bytes(fig, plt)
     # Sizes.
     first = [r for r in ok if r["device"] == report.devices[0]]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -53,7 +53,7 @@ def plots(report) -> dict[str, bytes]:
     ax.set_title("Artifact size")
     ax.legend()
     fig.tight_layout()
-    out["sizes.png"] = _png(fig, plt)
+    out["sizes.png"] = png_bytes(fig, plt)
     # Confusion matrix of the most accurate variant.
     with_cm = [r for r in first if r.get("confusion")]
     if with_cm:
@@ -78,7 +78,7 @@ def plots(report) -> dict[str, bytes]:
         ax.set_title(f"Confusion matrix: {best['name']}")
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
-        out["confusion.png"] = _png(fig, plt)
+        out["confusion.png"] = png_bytes(fig, plt)
     if len(report.devices) > 1:
         names = [r["name"] for r in first]
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -95,10 +95,10 @@ def plots(report) -> dict[str, bytes]:
         ax.set_title("Latency per device")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        out["devices.png"] = _png(fig, plt)
+        out["devices.png"] = png_bytes(fig, plt)
     fig = _layer_error_plot(report, plt)
     if fig is not None:
-        out["layer_error.png"] = _png(fig, plt)
+        out["layer_error.png"] = png_bytes(fig, plt)
     return out
 
 # -- HTML and writing -------------------------------------------------------------------------
@@ -133,7 +133,8 @@ def latency_scale(latencies, spread: float = 20.0) -> str:
     return "log" if max(values) / min(values) > spread else "linear"
 
 
-def _png(fig, plt) -> bytes:
+def png_bytes(fig, plt) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

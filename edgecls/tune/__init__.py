@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,25 @@ def _stage_name(sparsity: float, allocation: str) -> str:
     return f"pruned{round(100 * sparsity)}" + ("" if allocation == "uniform" else f"-{allocation}")
 
 
+def stage_dir(out: Path, stage: str) -> Path:
+    """Where a stage's bundle is: derived from its name, never read from tune.json."""
+    return out / "work" / stage
+
+
+_STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _check_record(record, path: Path) -> None:
+    """ConfigError unless `record` has the shape tune writes (stage names plain words, so a stage's
+    folder stays inside OUT/work)."""
+    ok = (isinstance(record, dict) and record.get("kind") == KIND and record.get("schema") == SCHEMA
+          and isinstance(record.get("stages"), dict) and isinstance(record.get("candidates"), list)
+          and all(isinstance(k, str) and _STAGE_NAME.fullmatch(k) for k in record["stages"])
+          and all(isinstance(c, dict) and c.get("stage") in record["stages"] for c in record["candidates"]))
+    if not ok:
+        raise ConfigError(f"{path} is not a tune record this edgecls wrote (or it is damaged); choose a new --out")
+
+
 def artifact_id(stage: str, variant: str) -> str:
     """The name a candidate file goes by: the variant, with its sparsity for pruned stages and
     '+repair' for repaired ones."""
@@ -103,8 +123,7 @@ class _State:
         space = _space(config)
         if path.is_file():
             old = read_json(path, "tune record", ConfigError)
-            if old.get("kind") != KIND or old.get("schema") != SCHEMA:
-                raise ConfigError(f"{path} is not a tune record this edgecls wrote; choose a new --out")
+            _check_record(old, path)
             changed = [k for k in SPACE_KEYS if old.get("space", {}).get(k) != space[k]]
             if old.get("model") != str(model) or old.get("data") != str(data):
                 changed = ["model or data"] + changed
@@ -129,8 +148,8 @@ class _State:
         with self.lock:
             atomic_write_json(self.out / "tune.json", self.record)
 
-    def candidates(self, artifact: str | None = None) -> list[dict]:
-        return [c for c in self.record["candidates"] if artifact is None or c["artifact"] == artifact]
+    def candidates(self) -> list[dict]:
+        return list(self.record["candidates"])
 
     def add_stage(self, stage: str, bundle: Path, rows: list[dict], reference: dict, config: TuneConfig,
                   why: str, seconds: float) -> None:
@@ -215,7 +234,7 @@ class _Search:
 
         if stage in self.state.record["stages"]:
             return
-        bundle = self.out / "work" / stage
+        bundle = stage_dir(self.out, stage)
         self.say(f"{stage}: exporting {len(variants)} variant(s) ({why})")
         config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
                               seed=self.config.seed, prune_epochs=self.config.prune_epochs,
@@ -223,12 +242,10 @@ class _Search:
         t0 = time.perf_counter()
         result = export(self.model, data=self.data, out=bundle, config=config, dataset=self.val,
                         preprocessing=self.source.preprocessing, labels=list(self.source.labels))
+        seconds = time.perf_counter() - t0
         ok = sum(r["status"] == "ok" for r in result.rows)
-        self.say(f"{stage}: {ok} of {len(result.rows)} variant(s) validated in {time.perf_counter() - t0:.0f} s")
-        from ..bundle import load_bundle
-
-        manifest = load_bundle(bundle).manifest
-        self.state.add_stage(stage, bundle, result.rows, manifest["reference"], self.config, why, time.perf_counter() - t0)
+        self.say(f"{stage}: {ok} of {len(result.rows)} variant(s) validated in {seconds:.0f} s")
+        self.state.add_stage(stage, bundle, result.rows, result.manifest["reference"], self.config, why, seconds)
 
     def post_training(self) -> None:
         stages = [(name, [v for v in names if v in self.config.variants]) for name, names in PTQ_STAGES.items()]
@@ -273,12 +290,12 @@ class _Search:
         """p50 batch-1 latency of every validated candidate not measured yet, at each thread count;
         several hosts share the work (each host measures whole bundles at one thread count)."""
         jobs = []
-        for stage, info in self.state.record["stages"].items():
+        for stage in self.state.record["stages"]:
             for t in self.config.threads:
                 names = sorted({c["variant"] for c in self.state.candidates() if c["stage"] == stage and c["threads"] == t
                                 and c["status"] == "ok" and c["latency_ms"] is None})
                 if names:
-                    jobs.append((stage, self.out / info["bundle"], t, names))
+                    jobs.append((stage, stage_dir(self.out, stage), t, names))
         if not jobs:
             return
         total = sum(len(j[3]) for j in jobs)

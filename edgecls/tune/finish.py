@@ -9,17 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .select import Budgets, choose, explain, measured, rank_key, speed_tie
+from . import stage_dir
+from .select import Budgets, choose, explain, measured, ranked, speed_tie
 
 
 def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
     from .. import runtime
-    from ..evaluation import align_labels
+    from ..evaluation import runner_correct
 
-    runner = runtime.load(bundle, variant=variant, threads=1)
-    y = align_labels(dataset, runner.labels)[labels]
-    pred = np.concatenate([runner.predict(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
-    return pred == y
+    return runner_correct(runtime.load(bundle, variant=variant, threads=1), dataset, images, labels)
 
 
 def front(candidates, budgets: Budgets, objective: str) -> list[str]:
@@ -45,24 +43,22 @@ def finish(state, search, budgets: Budgets) -> dict:
     record["budgets"] = {"max_drop": budgets.max_drop, "max_bytes": budgets.max_bytes, "size_measure": budgets.size_measure,
                          "max_latency_ms": budgets.max_latency_ms, "objective": config.objective}
     record["front"] = front(cands, budgets, config.objective)
-    chosen = {"winner": choice.winner and choice.winner["id"], "runner_up": choice.runner_up and choice.runner_up["id"],
-              "compared": choice.compared, "feasible": choice.feasible, "bound_by": choice.bound_by,
-              "better_but_excluded": choice.better_excluded, "message": choice.message,
-              "closest": choice.closest and choice.closest["id"]}
+    chosen = {"compared": choice.compared, "feasible": choice.feasible, "bound_by": choice.bound_by,
+              "better_but_excluded": choice.better_excluded, "message": choice.message}
     for c in cands:
         c["rank"] = None
-    for i, c in enumerate(sorted((c for c in cands if measured(c)), key=lambda c: rank_key(c, config.objective, budgets))):
-        c["rank"] = i + 1
+    for i, c in enumerate(ranked(cands, config.objective, budgets), 1):
+        c["rank"] = i
     if choice.winner is not None:
         w = choice.winner
-        wbundle = search.out / record["stages"][w["stage"]]["bundle"]
+        wbundle = stage_dir(search.out, w["stage"])
         val = search.val
-        mine = _correct(wbundle, w["variant"], val, val.test.images, val.test.labels)
         if choice.runner_up is not None:
             from ..evaluation import paired
 
             r = choice.runner_up
-            theirs = _correct(search.out / record["stages"][r["stage"]]["bundle"], r["variant"], val, val.test.images,
+            mine = _correct(wbundle, w["variant"], val, val.test.images, val.test.labels)
+            theirs = _correct(stage_dir(search.out, r["stage"]), r["variant"], val, val.test.images,
                               val.test.labels)
             chosen["paired_vs_runner_up"] = {"runner_up": r["id"], **paired(mine, theirs)}
             p = chosen["paired_vs_runner_up"]
@@ -78,17 +74,16 @@ def finish(state, search, budgets: Budgets) -> dict:
                 answer[1] += (f"; their p50s over {len(a)} processes overlap ({min(a):.3f}-{max(a):.3f} ms against "
                               f"{min(b):.3f}-{max(b):.3f} ms): as fast as each other on this machine")
         if config.test:
+            from ..data import sample_indices
+
             data = search.dataset
-            keep = np.arange(len(data.test)) if not config.max_test_images else \
-                np.sort(np.random.default_rng(config.seed).permutation(len(data.test))[:config.max_test_images])
+            keep = sample_indices(len(data.test), config.max_test_images, config.seed)
             images, labels = data.test.images[keep], data.test.labels[keep]
             test = {"images": int(len(keep)), "data": str(search.data),
                     "accuracy": round(float(_correct(wbundle, w["variant"], data, images, labels).mean()), 6)}
             float_name = f"{w['format']}_fp32"
-            stage = record["stages"].get(w["format"], {})
-            if float_name in stage.get("variants", ()) and any(
-                    c["stage"] == w["format"] and c["variant"] == float_name and c["status"] == "ok" for c in cands):
-                fbundle = search.out / stage["bundle"]
+            if any(c["stage"] == w["format"] and c["variant"] == float_name and c["status"] == "ok" for c in cands):
+                fbundle = stage_dir(search.out, w["format"])
                 test["float_variant"] = float_name
                 test["float_accuracy"] = round(float(_correct(fbundle, float_name, data, images, labels).mean()), 6)
                 test["drop"] = round(100 * (test["float_accuracy"] - test["accuracy"]), 4)
@@ -102,7 +97,6 @@ def finish(state, search, budgets: Budgets) -> dict:
 
         if is_output(search.out / "bundle", "bundle"):  # an earlier run's winner, under budgets no longer asked for
             shutil.rmtree(search.out / "bundle")
-    chosen["answer"] = answer
     record["choice"] = {**chosen, "winner": choice.winner, "runner_up": choice.runner_up, "closest": choice.closest,
                         "answer": answer}
     atomic_write_json(search.out / "tune.json", record)
@@ -127,7 +121,7 @@ def _write_bundle(dest: Path, record: dict, artifacts, winner: dict, chosen: dic
         manifest, entries = None, []
         for art in artifacts:
             c = cands[art]
-            src = load_bundle(out / record["stages"][c["stage"]]["bundle"])
+            src = load_bundle(stage_dir(out, c["stage"]))
             if manifest is None:
                 manifest = json.loads(json.dumps(src.manifest))
                 for name in ("labels.json", "preprocessing.json"):

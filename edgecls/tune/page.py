@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 
+from ..report.plots import png_bytes
 from .select import Budgets, measured, miss_text, misses
+
+
+def _budgets(record: dict) -> Budgets:
+    b = record["budgets"]
+    return Budgets(b["max_drop"], b["max_bytes"], b["size_measure"], b["max_latency_ms"])
 
 
 def _plots(record: dict) -> dict[str, bytes]:
@@ -18,8 +23,7 @@ def _plots(record: dict) -> dict[str, bytes]:
         import matplotlib.pyplot as plt
     except ImportError:
         return {}
-    b = record["budgets"]
-    budgets = Budgets(b["max_drop"], b["max_bytes"], b["size_measure"], b["max_latency_ms"])
+    budgets = _budgets(record)
     cands = [c for c in record["candidates"] if measured(c)]
     if not cands:
         return {}
@@ -61,17 +65,14 @@ def _plots(record: dict) -> dict[str, bytes]:
         ax.set_title(f"Accuracy against {name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        buf = io.BytesIO()
         fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        out[f"accuracy_vs_{name}.png"] = buf.getvalue()
+        out[f"accuracy_vs_{name}.png"] = png_bytes(fig, plt)
     return out
 
 
 def html_page(record: dict) -> str:
     b = record["budgets"]
-    budgets = Budgets(b["max_drop"], b["max_bytes"], b["size_measure"], b["max_latency_ms"])
+    budgets = _budgets(record)
     choice = record["choice"]
     winner = (choice.get("winner") or {}).get("id")
     rows = sorted(record["candidates"], key=lambda c: (c.get("rank") is None, c.get("rank") or 0, c["id"]))

@@ -131,7 +131,7 @@ def choose(candidates, budgets: Budgets, objective: str) -> Choice:
         for key, name in (("max_drop", "--max-drop"), ("max_bytes", "--max-bytes"), ("max_latency_ms", "--max-latency-ms")):
             # With several budgets: the candidate within all the others that comes nearest to this one.
             others = [c for c in order if set(misses(c, budgets)) == {key}]
-            if others and len(misses(near, budgets)) and set(misses(near, budgets)) != {key}:
+            if others and set(misses(near, budgets)) != {key}:
                 best = min(others, key=lambda c: (misses(c, budgets)[key], c["id"]))
                 message += f"; within the other budgets, the nearest to {name} is {best['id']}: {miss_text(best, budgets)}"
         return Choice(None, None, 0, len(order), closest=near, message=message)
@@ -160,8 +160,8 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
         return f"no candidate so far meets {budgets.describe()}: pruned or quantization-aware trained ones may"
     if objective == "size" and budgets.size_measure == "gzip":
         return "the objective is gzip size, which only pruning can shrink further"
-    order = ranked(candidates, objective, budgets)
-    for c in order[:order.index(choice.winner)]:
+    by_id = {c["id"]: c for c in candidates}
+    for c in (by_id[i] for i in choice.better_excluded):
         if set(misses(c, budgets)) == {"max_drop"} and c.get("precision") == "int8":
             return (f"{c['id']} beats the choice on {objective} but {miss_text(c, budgets)}: quantization-aware "
                     f"training may recover it")

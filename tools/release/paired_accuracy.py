@@ -30,14 +30,10 @@ from edgecls.evaluation import mcnemar_exact, paired  # noqa: E402,F401
 
 
 def correct(runner, dataset, batch: int = 500) -> np.ndarray:
-    """Per test image: is the runner's top-1 the label? Labels are mapped onto the model's own class
-    order (edgecls.evaluation.align_labels), as `edgecls bench` and `edgecls eval` do."""
-    from edgecls.evaluation import align_labels
+    """Per test image: is the runner's top-1 the label? (edgecls.evaluation.runner_correct on the test split)"""
+    from edgecls.evaluation import runner_correct
 
-    images = dataset.test.images
-    y = align_labels(dataset, runner.labels)[dataset.test.labels]
-    pred = np.concatenate([runner.predict(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-    return pred == y
+    return runner_correct(runner, dataset, dataset.test.images, dataset.test.labels, batch)
 
 
 def main(argv=None) -> int:
