@@ -182,7 +182,7 @@ class ExportConfig:
     isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
     diagnose: bool = True  # per-layer error of each post-training quantized variant (edgecls.export.diagnose)
     max_drop: float | None = None  # accuracy budget in points for int8 variants (edgecls.export.repair)
-    repair_images: int = 1000  # training images (not calibration ones) the budget and the search are judged on
+    repair_images: int = 2000  # training images (not calibration ones) the budget and the search are judged on
     repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
     calibration_search: tuple[int, ...] = ()  # calibration sizes to choose from on the validation split
     calibration_draws: int = 3  # random draws per size in the search (edgecls.export.calibration)

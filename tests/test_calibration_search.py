@@ -1,5 +1,6 @@
-"""--calibration-search: the size with the best mean validation accuracy is chosen, its best draw
-shipped, and every draw's accuracy kept (exact numbers from scripted candidates)."""
+"""--calibration-search: the size with the best mean agreement with the float model is chosen, its
+most faithful draw shipped, and every draw's accuracy, agreement and error kept (exact numbers from
+scripted candidates)."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from edgecls.config import ExportConfig
 from edgecls.errors import ConfigError
-from edgecls.export.calibration import search
+from edgecls.export.calibration import choose, fidelity, search
 from edgecls.export.formats.base import Converted
 
 from .conftest import run_cli
@@ -21,39 +22,76 @@ class _Format:
         return Converted(bytes([len(job.representative)]))
 
 
-def test_the_best_mean_size_wins_and_its_best_draw_ships(monkeypatch):
+def _search(monkeypatch, flips, noise=None, right=None):
+    """Run search() on 100 validation images whose float model predicts class 0 with probability
+    0.9 (right on the 50 labelled 0); each (size, seed) flips flips[(size, seed)] of them to class 1,
+    right[(size, seed)] of those among the ones labelled 1, and adds noise[(size, seed)] to every
+    output."""
+    from edgecls.export import calibration as module
     from edgecls.runtime import isolated
 
+    reference = np.tile(np.array([[0.9, 0.1]], np.float32), (100, 1))
     labels = np.zeros(100, np.int64)
-    # Correct answers out of 100 per (size, seed): size 64 averages 90.5, size 128 averages 91.0.
-    correct = {(64, 0): 92, (64, 1): 89, (128, 0): 90, (128, 1): 92}
+    labels[:50] = 1  # the float model is right on the 50 images labelled 0
 
     def outputs(path, images, layout="NHWC", threads=None, timeout=None):
-        count, seed = map(int, path.stem.split("-"))
-        out = np.zeros((100, 2), np.float32)
-        out[correct[(count, seed)]:, 1] = 1.0  # the rest predicted as class 1: wrong
+        key = tuple(map(int, path.stem.split("-")))
+        out = reference + (noise or {}).get(key, 0.0)
+        gains = (right or {}).get(key, 0)  # flips of images the float model gets wrong (labels 1)
+        flipped = np.r_[np.arange(gains), np.arange(50, 50 + flips[key] - gains)]
+        out[flipped] = [0.1, 0.9]
         return out
 
     monkeypatch.setattr(isolated, "outputs", outputs)
-    train = np.zeros((500, 4, 4, 3), np.uint8)
-    spec = SimpleNamespace(apply=lambda x: x.astype(np.float32))
-    candidates = [(64, 0, np.arange(64)), (64, 1, np.arange(64)), (128, 0, np.arange(128)), (128, 1, np.arange(128))]
-    job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60), representative=None, calibration=None)
-    from edgecls.export import calibration as module
-
     # The job is a stand-in, not a dataclass: replace() copies its attributes.
     monkeypatch.setattr(module, "replace", lambda obj, **kw: SimpleNamespace(**{**vars(obj), **kw}))
-    variant = SimpleNamespace(format="tflite")
-    record, converted, chosen = search(_Format(), variant, job, candidates, train, spec, None, labels, 0.93)
-    assert record["by_count"] == {"64": {"draws": 2, "mean": 0.905, "min": 0.89, "max": 0.92},
-                                  "128": {"draws": 2, "mean": 0.91, "min": 0.9, "max": 0.92}}
-    assert record["chosen"] == {"count": 128, "seed": 1, "accuracy": 0.92}
+    train = np.zeros((500, 4, 4, 3), np.uint8)
+    spec = SimpleNamespace(apply=lambda x: x.astype(np.float32))
+    candidates = [(count, seed, np.arange(count)) for count, seed in flips]
+    job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60), representative=None, calibration=None)
+    return search(_Format(), SimpleNamespace(format="tflite"), job, candidates, train, spec,
+                  np.zeros((100, 4, 4, 3), np.uint8), labels, reference)
+
+
+def test_the_most_faithful_size_wins_and_its_most_faithful_draw_ships(monkeypatch):
+    # Flipped images out of 100: size 64 agrees 96.5% on average, size 128 97.5%.
+    flips = {(64, 0): 2, (64, 1): 5, (128, 0): 3, (128, 1): 2}
+    record, converted, chosen = _search(monkeypatch, flips)
+    assert record["by_count"]["64"]["agreement"] == {"mean": 0.965, "min": 0.95, "max": 0.98}
+    assert record["by_count"]["128"]["agreement"] == {"mean": 0.975, "min": 0.97, "max": 0.98}
+    assert record["chosen"]["count"] == 128 and record["chosen"]["seed"] == 1
+    assert record["chosen"]["agreement"] == 0.98 and record["criterion"] == "agreement with float"
     assert len(chosen) == 128 and converted.data == bytes([128])
-    assert [c["accuracy"] for c in record["candidates"]] == [0.92, 0.89, 0.9, 0.92]
-    # A tie on the mean goes to the smaller set.
-    correct[(128, 1)] = 91
-    record, _, chosen = search(_Format(), variant, job, candidates, train, spec, None, labels, 0.93)
-    assert record["chosen"]["count"] == 64 and record["chosen"]["seed"] == 0 and len(chosen) == 64
+    assert [c["accuracy"] for c in record["candidates"]] == [0.48, 0.45, 0.47, 0.48]
+    assert record["float_accuracy"] == 0.5 and record["images"] == 100
+
+
+def test_accuracy_does_not_choose_and_ties_go_to_lower_error_then_the_smaller_size(monkeypatch):
+    # Same agreement everywhere; (64, 1) is the most accurate (its 3 flips are right) but the
+    # sizes tie on agreement: the lower mean error wins, then the lower error among its draws.
+    flips = {(64, 0): 3, (64, 1): 3, (128, 0): 3, (128, 1): 3}
+    noise = {(64, 0): 0.02, (64, 1): 0.02, (128, 0): 0.01, (128, 1): 0.0}
+    record, _, chosen = _search(monkeypatch, flips, noise, right={(64, 1): 3})
+    top = max(record["candidates"], key=lambda c: c["accuracy"])  # (64, 1): 0.53, the others 0.47
+    assert (top["count"], top["seed"], top["accuracy"]) == (64, 1, 0.53)
+    assert (record["chosen"]["count"], record["chosen"]["seed"]) == (128, 1) and len(chosen) == 128
+    # A full tie goes to the smaller size and the lower seed.
+    record, _, chosen = _search(monkeypatch, flips)
+    assert (record["chosen"]["count"], record["chosen"]["seed"]) == (64, 0) and len(chosen) == 64
+
+
+def test_choose_and_fidelity_on_exact_numbers():
+    measured = [{"count": 100, "seed": 0, "agreement": 0.99, "mse": 2e-5},
+                {"count": 100, "seed": 1, "agreement": 0.97, "mse": 1e-5},
+                {"count": 300, "seed": 0, "agreement": 0.98, "mse": 3e-5},
+                {"count": 300, "seed": 1, "agreement": 0.98, "mse": 1e-5}]
+    count, best = choose(measured)  # means 0.98 both: 300's mean error (2e-5) is above 100's (1.5e-5)
+    assert count == 100 and best is measured[0]
+    out = np.array([[0.6, 0.4], [0.2, 0.8]], np.float32)
+    ref = np.array([[0.7, 0.3], [0.6, 0.4]], np.float32)
+    got = fidelity(out, ref, np.array([0, 0]))
+    assert got["accuracy"] == 0.5 and got["agreement"] == 0.5
+    assert got["mse"] == pytest.approx((0.01 + 0.01 + 0.16 + 0.16) / 4)
 
 
 def test_calibration_search_options_are_checked():
@@ -76,7 +114,9 @@ def test_calibration_search_on_real_images(trained_tiny, tmp_path):
     rows = {r["name"]: r for r in result.rows}
     record = rows["tflite_int8"]["calibration_search"]
     assert [(c["count"], c["seed"]) for c in record["candidates"]] == [(32, 0), (32, 1), (48, 0), (48, 1)]
-    assert all(0.0 <= c["accuracy"] <= 1.0 for c in record["candidates"])
-    best = max(record["by_count"], key=lambda c: (record["by_count"][c]["mean"], -int(c)))
-    assert record["chosen"]["count"] == int(best) and record["split"] == "validation (training data)"
+    assert all(0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["agreement"] <= 1.0 and c["mse"] >= 0.0
+               for c in record["candidates"])
+    count, best = choose(record["candidates"])
+    assert (record["chosen"]["count"], record["chosen"]["seed"]) == (count, best["seed"])
+    assert record["split"] == "validation (training data)"
     assert "calibration_search" not in rows["tflite_fp32"]

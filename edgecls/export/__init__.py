@@ -296,14 +296,12 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
                 journal.step(name, f"searching its calibration ({len(candidates)} draws)")
                 record, converted, chosen = search(fmt, variant, job, candidates, dataset.train.images, spec,
-                                                   repair_set[0], repair_set[1],
-                                                   float((repair_reference(variant.source).argmax(1)
-                                                          == repair_set[1]).mean()))
+                                                   validation[0], repair_set[1], repair_reference(variant.source))
                 row["calibration_search"] = record
                 job = replace(job, representative=chosen)
-                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: validation top-1 %.4f",
-                         name, record["chosen"]["count"], record["chosen"]["seed"], len(candidates),
-                         record["chosen"]["accuracy"])
+                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: validation agreement with "
+                         "float %.4f, top-1 %.4f", name, record["chosen"]["count"], record["chosen"]["seed"],
+                         len(candidates), record["chosen"]["agreement"], record["chosen"]["accuracy"])
             else:
                 converted = fmt.convert(variant, job)
             row.update(converted.fields)
