@@ -38,13 +38,16 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-drop", help="also pass --max-drop to the export")
+    parser.add_argument("--calibration-search", metavar="N,N,...",
+                        help="also pass --calibration-search to the export (e.g. 100,300,1000)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     labels = args.out / "labels.json"
     labels.write_text(json.dumps(LABELS))
     bundle = args.out / "bundle"
     if not (bundle / "manifest.json").is_file():
-        extra = ("--max-drop", args.max_drop) if args.max_drop else ()
+        extra = (("--max-drop", args.max_drop) if args.max_drop else ()) + (
+            ("--calibration-search", args.calibration_search) if args.calibration_search else ())
         _edgecls("export", args.h5, *RAW, "--labels", labels, "--data", args.data, "--out", bundle,
                  "--formats", "tflite_fp32", "onnx_fp32", "engines", *extra)
     reference = args.out / "reference.json"
@@ -66,15 +69,20 @@ def main(argv=None) -> int:
               f"{row.get('size', {}).get('bytes', '-')} | {'yes' if full else ''} |")
     best = [r for n, r in rows.items() if r["status"] == "ok" and r["format"] == "tflite" and r["precision"] == "int8"
             and r["size"]["bytes"] <= their_bytes and r["validation"]["accuracy"] >= their_acc]
-    fp32 = rows.get("onnx_fp32", {}).get("validation", {}).get("accuracy")
-    onnx = rows.get("onnx_int8", {}).get("validation", {}).get("accuracy")
+    def validated(name):  # accuracy of a variant that passed validation, else None
+        row = rows.get(name, {})
+        return row.get("validation", {}).get("accuracy") if row.get("status") == "ok" else None
+
+    fp32, onnx = validated("onnx_fp32"), validated("onnx_int8")
     tflite_ok = bool(best)
     onnx_ok = fp32 is not None and onnx is not None and onnx >= fp32 - 0.003
     print(f"\ntarget 1 (int8 TFLite <= {their_bytes:,} bytes and >= {100 * their_acc:.2f}%): "
           f"{'met by ' + ', '.join(r['name'] for r in best) if tflite_ok else 'missed'}")
     print(f"target 2 (onnx_int8 >= onnx_fp32 - 0.3 points): "
           f"{'met' if onnx_ok else 'missed'} ({'-' if onnx is None else f'{100 * onnx:.2f}'} vs "
-          f"{'-' if fp32 is None else f'{100 * fp32:.2f}'})")
+          f"{'-' if fp32 is None else f'{100 * fp32:.2f}'})"
+          + ("" if onnx is not None else f"; onnx_int8 {rows.get('onnx_int8', {}).get('status', 'absent')}: "
+                                         f"{rows.get('onnx_int8', {}).get('reason', '')}"))
     return 0 if tflite_ok and onnx_ok else 1
 
 
