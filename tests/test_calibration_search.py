@@ -92,6 +92,21 @@ def test_choose_and_fidelity_on_exact_numbers():
     got = fidelity(out, ref, np.array([0, 0]))
     assert got["accuracy"] == 0.5 and got["agreement"] == 0.5
     assert got["mse"] == pytest.approx((0.01 + 0.01 + 0.16 + 0.16) / 4)
+    assert got["max_abs_diff"] == pytest.approx(0.4)
+
+
+def test_a_candidate_outside_the_tolerance_is_not_chosen_while_another_is_within():
+    from edgecls.export.validate import Tolerance
+
+    tolerance = Tolerance(min_agreement=0.95, max_abs_diff=0.5, max_accuracy_drop=2.0)
+    measured = [{"count": 100, "seed": 0, "agreement": 0.99, "mse": 1e-5, "max_abs_diff": 0.55},
+                {"count": 100, "seed": 1, "agreement": 0.98, "mse": 2e-5, "max_abs_diff": 0.45},
+                {"count": 300, "seed": 0, "agreement": 0.97, "mse": 2e-5, "max_abs_diff": 0.30}]
+    count, best = choose(measured, tolerance)  # without (100, 0), size 100 still agrees best
+    assert (count, best["seed"]) == (100, 1)
+    assert choose(measured)[1]["seed"] == 0  # no tolerance given: agreement alone
+    measured[1]["max_abs_diff"] = measured[2]["max_abs_diff"] = 0.9  # none within: the choice stands
+    assert choose(measured, tolerance)[1] is measured[0]
 
 
 def test_calibration_search_options_are_checked():

@@ -296,7 +296,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
                 journal.step(name, f"searching its calibration ({len(candidates)} draws)")
                 record, converted, chosen = search(fmt, variant, job, candidates, dataset.train.images, spec,
-                                                   validation[0], repair_set[1], repair_reference(variant.source))
+                                                   validation[0], repair_set[1], repair_reference(variant.source),
+                                                   _tolerance(variant, config))
                 row["calibration_search"] = record
                 job = replace(job, representative=chosen)
                 log.info("%s: calibration on %d images (seed %d) chosen from %d draws: validation agreement with "
@@ -454,6 +455,13 @@ def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
         return {"diagnosis_error": str(exc)}
 
 
+def _tolerance(variant: Variant, config) -> Tolerance:
+    """The validation tolerance of `variant`: its precision's, or the one config.tolerances gives."""
+    if variant.precision in config.tolerances:
+        return Tolerance(**config.tolerances[variant.precision])
+    return TOLERANCES[variant.precision]
+
+
 def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source,
                            weights: dict) -> dict:
     """The row fields of a written artifact: its outputs (computed in a child process) against its
@@ -464,10 +472,7 @@ def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, ev
     # In a child process: a converted file that crashes its runtime fails this row, not the export.
     outputs = isolated.outputs(file, eval_x, layout=fmt.layout(config), threads=None, timeout=config.validation_timeout_s)
     inputs, outs = fmt.describe(file)
-    tolerance = TOLERANCES[variant.precision]
-    if variant.precision in config.tolerances:
-        tolerance = Tolerance(**config.tolerances[variant.precision])
-    validation = compare(outputs, ref, eval_y, tolerance)
+    validation = compare(outputs, ref, eval_y, _tolerance(variant, config))
     validation["reference"] = f"keras {variant.source}"
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
     validation["accuracy_delta_vs_fp32_points"] = round((validation.get("accuracy", base_acc) - base_acc) * 100, 4)

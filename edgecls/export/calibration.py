@@ -13,7 +13,8 @@ draw's accuracy change against float on one set does not predict it on the other
 agreement with the float model (0.71, 0.67) and its output mean squared error (0.87, 0.75) repeat.
 So the size with the highest mean agreement wins (lower mean squared error, then the smaller size,
 on a tie), and of its draws the one with the highest agreement ships (lower error, then the lower
-seed). The record keeps every candidate's accuracy, agreement and error, each size's spread (mean,
+seed). Candidates outside the variant's validation tolerance on these images (agreement, largest
+output difference) are left out of the choice while any candidate is within it. The record keeps every candidate's accuracy, agreement and error, each size's spread (mean,
 min, max over its draws) and the choice, so the user sees how much the draw matters beside the
 setting that was picked.
 """
@@ -37,7 +38,8 @@ def draws(dataset, counts, draws_per_count: int, seed: int) -> list[tuple[int, i
 
 
 def fidelity(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
-    """Top-1 accuracy, top-1 agreement with `reference` and the mean squared output difference."""
+    """Top-1 accuracy, top-1 agreement with `reference`, the mean squared and the largest output
+    difference."""
     outputs = np.asarray(outputs, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     if outputs.shape != reference.shape:
@@ -45,17 +47,27 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> 
     pred = outputs.argmax(1)
     return {"accuracy": round(float((pred == labels).mean()), 6),
             "agreement": round(float((pred == reference.argmax(1)).mean()), 6),
-            "mse": float(np.mean((outputs - reference) ** 2))}
+            "mse": float(np.mean((outputs - reference) ** 2)),
+            "max_abs_diff": float(np.abs(outputs - reference).max())}
 
 
 def _spread(values) -> dict:
     return {"mean": round(float(np.mean(values)), 6), "min": min(values), "max": max(values)}
 
 
-def choose(measured: list[dict]) -> tuple[int, dict]:
+def within(candidate: dict, tolerance) -> bool:
+    """Whether a measured candidate meets `tolerance` (an export.validate.Tolerance) on agreement and
+    largest output difference; True when there is no tolerance."""
+    return tolerance is None or (candidate["agreement"] >= tolerance.min_agreement
+                                 and candidate["max_abs_diff"] <= tolerance.max_abs_diff)
+
+
+def choose(measured: list[dict], tolerance=None) -> tuple[int, dict]:
     """(chosen size, chosen candidate) among measured candidates (dicts with count, seed, agreement,
-    mse): the size with the highest mean agreement (lower mean error, then smaller size on a tie),
-    then its draw with the highest agreement (lower error, then lower seed)."""
+    mse, max_abs_diff): those within `tolerance` if any are, then the size with the highest mean
+    agreement (lower mean error, then smaller size on a tie), then its draw with the highest agreement
+    (lower error, then lower seed)."""
+    measured = [m for m in measured if within(m, tolerance)] or measured
     def score(count):
         rows = [m for m in measured if m["count"] == count]
         return (np.mean([m["agreement"] for m in rows]), -np.mean([m["mse"] for m in rows]), -count)
@@ -66,10 +78,11 @@ def choose(measured: list[dict]) -> tuple[int, dict]:
 
 
 def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, validation_pixels: np.ndarray,
-           labels: np.ndarray, reference: np.ndarray):
+           labels: np.ndarray, reference: np.ndarray, tolerance=None):
     """Convert `variant` with each candidate draw and run it on the validation split
     (`validation_pixels`, uint8, with `labels`) beside `reference`, the float Keras model's outputs
-    there. Returns (record, Converted of the chosen draw, its normalized representative images)."""
+    there; `tolerance` is the variant's validation Tolerance. Returns (record, Converted of the chosen
+    draw, its normalized representative images)."""
     from ..runtime import isolated
 
     layout = fmt.layout(job.config)
@@ -87,6 +100,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, valida
                 outputs = isolated.outputs(path, normalized, layout=layout, threads=None,
                                            timeout=job.config.validation_timeout_s)
                 entry.update(fidelity(outputs, reference, labels))
+                entry["within_tolerance"] = within(entry, tolerance)
                 results.append((entry, converted, representative))
             except EdgeclsError as exc:
                 entry["error"] = str(exc)
@@ -100,7 +114,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, valida
         by_count[str(count)] = {"draws": len(rows), "agreement": _spread([e["agreement"] for e in rows]),
                                 "accuracy": _spread([e["accuracy"] for e in rows]),
                                 "mse": float(np.mean([e["mse"] for e in rows]))}
-    _, best = choose([e for e, _, _ in measured])
+    _, best = choose([e for e, _, _ in measured], tolerance)
     entry, converted, representative = next(r for r in measured if r[0] is best)
     record = {"split": "validation (training data)", "images": int(len(labels)), "criterion": "agreement with float",
               "float_accuracy": round(float((np.asarray(reference).argmax(1) == labels).mean()), 6),
