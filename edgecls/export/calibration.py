@@ -14,9 +14,9 @@ agreement with the float model (0.71, 0.67) and its output mean squared error (0
 So the size with the highest mean agreement wins (lower mean squared error, then the smaller size,
 on a tie), and of its draws the one with the highest agreement ships (lower error, then the lower
 seed). Candidates outside the variant's validation tolerance on these images (agreement, largest
-output difference) are left out of the choice while any candidate is within it. The record keeps every candidate's accuracy, agreement and error, each size's spread (mean,
-min, max over its draws) and the choice, so the user sees how much the draw matters beside the
-setting that was picked.
+output difference) are left out of the choice while any candidate is within it. The record keeps
+every candidate's accuracy, agreement and error, each size's spread (mean, min, max over its draws)
+and the choice, so the user sees how much the draw matters beside the setting that was picked.
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def choose(measured: list[dict], tolerance=None) -> tuple[int, dict]:
     agreement (lower mean error, then smaller size on a tie), then its draw with the highest agreement
     (lower error, then lower seed)."""
     measured = [m for m in measured if within(m, tolerance)] or measured
+
     def score(count):
         rows = [m for m in measured if m["count"] == count]
         return (np.mean([m["agreement"] for m in rows]), -np.mean([m["mse"] for m in rows]), -count)
