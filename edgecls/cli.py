@@ -488,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and on arm64)")
     p.add_argument("--calibration-search", type=_sizes, default=E.calibration_search, metavar="N,N,...",
                    help="choose each int8 variant's calibration size among these (e.g. 100,300,1000), drawing each "
-                        "--calibration-draws times, by agreement with the float model on a validation split of the "
-                        "training data; the spread of each size is recorded")
+                        "--calibration-draws times, by closeness to the float model's outputs on a validation split of "
+                        "the training data; the spread of each size is recorded")
     p.add_argument("--calibration-draws", type=int, default=E.calibration_draws,
                    help=f"random draws per size for --calibration-search (default {E.calibration_draws})")
     p.add_argument("--max-drop", type=float, default=E.max_drop, metavar="POINTS",

@@ -1,6 +1,6 @@
-"""--calibration-search: the size with the best mean agreement with the float model is chosen, its
-most faithful draw shipped, and every draw's accuracy, agreement and error kept (exact numbers from
-scripted candidates)."""
+"""--calibration-search: the size whose outputs are closest to the float model's on average (mean
+squared difference) is chosen, its closest draw shipped, and every draw's accuracy, agreement and
+error kept (exact numbers from scripted candidates)."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,22 +53,25 @@ def _search(monkeypatch, flips, noise=None, right=None):
                   np.zeros((100, 4, 4, 3), np.uint8), labels, reference)
 
 
-def test_the_most_faithful_size_wins_and_its_most_faithful_draw_ships(monkeypatch):
-    # Flipped images out of 100: size 64 agrees 96.5% on average, size 128 97.5%.
+def test_the_closest_size_wins_and_its_closest_draw_ships(monkeypatch):
+    # Flipped images out of 100 (each flip is the only output difference): size 64 agrees 96.5% on
+    # average, size 128 97.5%, and the squared difference follows the flips.
     flips = {(64, 0): 2, (64, 1): 5, (128, 0): 3, (128, 1): 2}
     record, converted, chosen = _search(monkeypatch, flips)
     assert record["by_count"]["64"]["agreement"] == {"mean": 0.965, "min": 0.95, "max": 0.98}
     assert record["by_count"]["128"]["agreement"] == {"mean": 0.975, "min": 0.97, "max": 0.98}
     assert record["chosen"]["count"] == 128 and record["chosen"]["seed"] == 1
-    assert record["chosen"]["agreement"] == 0.98 and record["criterion"] == "agreement with float"
+    assert record["chosen"]["agreement"] == 0.98
+    assert record["chosen"]["mse"] == pytest.approx(2 * 0.8 ** 2 * 2 / 200)
+    assert record["criterion"] == "mean squared output difference from float"
     assert len(chosen) == 128 and converted.data == bytes([128])
     assert [c["accuracy"] for c in record["candidates"]] == [0.48, 0.45, 0.47, 0.48]
     assert record["float_accuracy"] == 0.5 and record["images"] == 100
 
 
-def test_accuracy_does_not_choose_and_ties_go_to_lower_error_then_the_smaller_size(monkeypatch):
-    # Same agreement everywhere; (64, 1) is the most accurate (its 3 flips are right) but the
-    # sizes tie on agreement: the lower mean error wins, then the lower error among its draws.
+def test_accuracy_does_not_choose_the_lower_error_does_then_the_smaller_size(monkeypatch):
+    # Same flips everywhere; (64, 1) is the most accurate (its 3 flips are right), but size 128's
+    # outputs are closer to float: the lower mean error wins, then the lower error among its draws.
     flips = {(64, 0): 3, (64, 1): 3, (128, 0): 3, (128, 1): 3}
     noise = {(64, 0): 0.02, (64, 1): 0.02, (128, 0): 0.01, (128, 1): 0.0}
     record, _, chosen = _search(monkeypatch, flips, noise, right={(64, 1): 3})
@@ -83,10 +86,15 @@ def test_accuracy_does_not_choose_and_ties_go_to_lower_error_then_the_smaller_si
 def test_choose_and_fidelity_on_exact_numbers():
     measured = [{"count": 100, "seed": 0, "agreement": 0.99, "mse": 2e-5},
                 {"count": 100, "seed": 1, "agreement": 0.97, "mse": 1e-5},
-                {"count": 300, "seed": 0, "agreement": 0.98, "mse": 3e-5},
-                {"count": 300, "seed": 1, "agreement": 0.98, "mse": 1e-5}]
-    count, best = choose(measured)  # means 0.98 both: 300's mean error (2e-5) is above 100's (1.5e-5)
-    assert count == 100 and best is measured[0]
+                {"count": 300, "seed": 0, "agreement": 0.99, "mse": 3e-5},
+                {"count": 300, "seed": 1, "agreement": 0.99, "mse": 1e-5}]
+    # Mean error 1.5e-5 for 100, 2e-5 for 300 (which agrees more): 100 wins, and its closest draw.
+    count, best = choose(measured)
+    assert count == 100 and best is measured[1]
+    measured[1]["mse"], measured[2]["mse"] = 2e-5, 4e-5  # 100 still the closer size; its draws tie
+    assert choose(measured) == (100, measured[0])  # ... and the one agreeing more ships
+    measured[2]["mse"] = 2e-5  # now 300's mean error (1.5e-5) is the lower
+    assert choose(measured) == (300, measured[3])
     out = np.array([[0.6, 0.4], [0.2, 0.8]], np.float32)
     ref = np.array([[0.7, 0.3], [0.6, 0.4]], np.float32)
     got = fidelity(out, ref, np.array([0, 0]))
@@ -102,9 +110,9 @@ def test_a_candidate_outside_the_tolerance_is_not_chosen_while_another_is_within
     measured = [{"count": 100, "seed": 0, "agreement": 0.99, "mse": 1e-5, "max_abs_diff": 0.55},
                 {"count": 100, "seed": 1, "agreement": 0.98, "mse": 2e-5, "max_abs_diff": 0.45},
                 {"count": 300, "seed": 0, "agreement": 0.97, "mse": 2e-5, "max_abs_diff": 0.30}]
-    count, best = choose(measured, tolerance)  # without (100, 0), size 100 still agrees best
+    count, best = choose(measured, tolerance)  # without (100, 0): a tie on error, 100 agrees more
     assert (count, best["seed"]) == (100, 1)
-    assert choose(measured)[1]["seed"] == 0  # no tolerance given: agreement alone
+    assert choose(measured)[1]["seed"] == 0  # no tolerance given: the lowest error
     measured[1]["max_abs_diff"] = measured[2]["max_abs_diff"] = 0.9  # none within: the choice stands
     assert choose(measured, tolerance)[1] is measured[0]
 

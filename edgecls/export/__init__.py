@@ -300,9 +300,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                                                    _tolerance(variant, config))
                 row["calibration_search"] = record
                 job = replace(job, representative=chosen)
-                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: validation agreement with "
-                         "float %.4f, top-1 %.4f", name, record["chosen"]["count"], record["chosen"]["seed"],
-                         len(candidates), record["chosen"]["agreement"], record["chosen"]["accuracy"])
+                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: on the validation split "
+                         "output mean squared difference from float %.3g, agreement %.4f, top-1 %.4f", name,
+                         record["chosen"]["count"], record["chosen"]["seed"], len(candidates), record["chosen"]["mse"],
+                         record["chosen"]["agreement"], record["chosen"]["accuracy"])
             else:
                 converted = fmt.convert(variant, job)
             row.update(converted.fields)
