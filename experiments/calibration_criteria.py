@@ -28,21 +28,10 @@ import numpy as np  # noqa: E402
 CRITERIA = ("delta", "flips", "kl", "mse")
 
 
-def _ranks(values) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for v in np.unique(values):  # ties share their mean rank
-        ranks[values == v] = ranks[values == v].mean()
-    return ranks
-
-
 def spearman(a, b) -> float:
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    from scipy.stats import spearmanr  # a dependency of the train extra (constraints.txt)
+
+    return float(spearmanr(a, b).statistic)
 
 
 def measures(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:

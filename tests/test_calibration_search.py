@@ -50,7 +50,7 @@ def _search(monkeypatch, flips, noise=None, right=None):
     candidates = [(count, seed, np.arange(count)) for count, seed in flips]
     job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60), representative=None, calibration=None)
     return search(_Format(), SimpleNamespace(format="tflite"), job, candidates, train, spec,
-                  np.zeros((100, 4, 4, 3), np.uint8), labels, reference)
+                  np.zeros((100, 4, 4, 3), np.float32), labels, reference)
 
 
 def test_the_closest_size_wins_and_its_closest_draw_ships(monkeypatch):

@@ -296,7 +296,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
 
                 journal.step(name, f"searching its calibration ({len(candidates)} draws)")
                 record, converted, chosen = search(fmt, variant, job, candidates, dataset.train.images, spec,
-                                                   validation[0], repair_set[1], repair_reference(variant.source),
+                                                   repair_set[0], repair_set[1], repair_reference(variant.source),
                                                    _tolerance(variant, config))
                 row["calibration_search"] = record
                 job = replace(job, representative=chosen)

@@ -80,16 +80,15 @@ def choose(measured: list[dict], tolerance=None) -> tuple[int, dict]:
     return count, best
 
 
-def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, validation_pixels: np.ndarray,
-           labels: np.ndarray, reference: np.ndarray, tolerance=None):
-    """Convert `variant` with each candidate draw and run it on the validation split
-    (`validation_pixels`, uint8, with `labels`) beside `reference`, the float Keras model's outputs
-    there; `tolerance` is the variant's validation Tolerance. Returns (record, Converted of the chosen
-    draw, its normalized representative images)."""
+def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, images: np.ndarray, labels: np.ndarray,
+           reference: np.ndarray, tolerance=None):
+    """Convert `variant` with each candidate draw and run it on (`images`, `labels`), the validation
+    split as the model sees it, beside `reference`, the float Keras model's outputs there;
+    `tolerance` is the variant's validation Tolerance. Returns (record, Converted of the chosen draw,
+    its normalized representative images)."""
     from ..runtime import isolated
 
     layout = fmt.layout(job.config)
-    normalized = spec.apply(validation_pixels)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgecls-calib-") as tmp:
         for count, seed, index in candidates:
@@ -100,7 +99,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, valida
                 converted = fmt.convert(variant, trial_job)
                 path = Path(tmp) / f"{count}-{seed}.{variant.format}"
                 path.write_bytes(converted.data)
-                outputs = isolated.outputs(path, normalized, layout=layout, threads=None,
+                outputs = isolated.outputs(path, images, layout=layout, threads=None,
                                            timeout=job.config.validation_timeout_s)
                 entry.update(fidelity(outputs, reference, labels))
                 entry["within_tolerance"] = within(entry, tolerance)
