@@ -52,14 +52,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path: str | Path, what: str, error: type[Exception]):
-    """Parse a JSON file; a missing or unparsable file raises `error` naming `what` it should be."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path} is not valid JSON ({exc})") from None
+def read_json(path: str | Path, what: str, error: type[Exception], kind: str | None = None):
+    """Parse a JSON file within bounds (size, depth, finite numbers) and, given its `kind`, check it
+    against that kind's schema (edgecls.schema); `error` naming `what` it should be otherwise."""
+    from .schema import load
+
+    return load(path, what, error, kind)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

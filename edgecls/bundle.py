@@ -103,7 +103,7 @@ class Bundle:
         if "labels" not in self.manifest and not (self.path / self.labels_file).exists():
             return None
         path = self._verified(self.labels_file, "labels")
-        labels = read_json(path, "labels file", ModelError)
+        labels = read_json(path, "labels file", ModelError, "labels")
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise ModelError(f"{path}: must hold a JSON list of class names (strings)")
         classes = (self.manifest.get("model") or {}).get("classes")
@@ -250,6 +250,9 @@ def check_manifest(manifest: dict, path: Path) -> None:
     def fail(key, what):
         raise ModelError(f"{where}: {key} {what}; the manifest is damaged or was edited: re-export or re-copy the bundle")
 
+    from .schema import check
+
+    check(manifest, "manifest", str(where), ModelError)
     arts = manifest.get("artifacts")
     if not isinstance(arts, list):
         fail("'artifacts'", "is missing or not a list")

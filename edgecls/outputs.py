@@ -13,7 +13,6 @@ train.json, optimize.json, report.json, tune.json, a bench report's "kind"), par
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,9 +37,11 @@ PIPELINE_ENTRIES = {"model": "train", "bundle": "bundle", "report": "report"}
 
 
 def _record(path: Path):
+    from .schema import load
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = load(path, "record", ConfigError)
+    except (OSError, ConfigError):
         return None
     return data if isinstance(data, dict) else None
 

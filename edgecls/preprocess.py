@@ -155,7 +155,7 @@ class PreprocessingSpec:
     def load(cls, path: str | Path) -> "PreprocessingSpec":
         from ._io import read_json
 
-        data = read_json(path, "preprocessing spec", ConfigError)
+        data = read_json(path, "preprocessing spec", ConfigError, "preprocessing")
         if not isinstance(data, dict):
             raise ConfigError(f"preprocessing spec {path} must hold a JSON object")
         return cls.from_dict(data)

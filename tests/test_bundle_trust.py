@@ -106,20 +106,23 @@ def test_edited_labels_and_preprocessing_are_refused(bundle, name, edit):
 
 
 MALFORMED = {
-    "no artifacts": (lambda m: m.pop("artifacts"), "'artifacts' is missing"),
-    "artifacts a dict": (lambda m: m.update(artifacts={}), "'artifacts' is missing or not a list"),
-    "artifact a string": (lambda m: m["artifacts"].insert(0, "x"), r"artifacts\[0\] is not an object"),
-    "no file": (lambda m: m["artifacts"][0].pop("file"), r"artifacts\[0\].file is missing"),
-    "file a number": (lambda m: m["artifacts"][0].update(file=3), r"artifacts\[0\].file is missing or not a string"),
-    "no sha256": (lambda m: m["artifacts"][0].pop("sha256"), r"artifacts\[0\].sha256"),
-    "sha256 not hex": (lambda m: m["artifacts"][0].update(sha256="zz" * 32), r"artifacts\[0\].sha256 is not a sha256"),
+    "no artifacts": (lambda m: m.pop("artifacts"), "the top level lacks a required key .*'artifacts'"),
+    "artifacts a dict": (lambda m: m.update(artifacts={}), "'artifacts' must be a list, got an object"),
+    "artifact a string": (lambda m: m["artifacts"].insert(0, "x"), r"'artifacts\[0\]' must be an object, got a string"),
+    "no file": (lambda m: m["artifacts"][0].pop("file"), r"'artifacts\[0\]' lacks a required key .*'file'"),
+    "file a number": (lambda m: m["artifacts"][0].update(file=3), r"'artifacts\[0\].file' must be a string, got an integer"),
+    "no sha256": (lambda m: m["artifacts"][0].pop("sha256"), r"'artifacts\[0\]' lacks a required key .*'sha256'"),
+    "sha256 not hex": (lambda m: m["artifacts"][0].update(sha256="zz" * 32), r"'artifacts\[0\].sha256' is not a plain name"),
     "name repeated": (lambda m: m["artifacts"][1].update(name=m["artifacts"][0]["name"]), "repeats the variant"),
-    "labels a list": (lambda m: m.update(labels=["a"]), "'labels' must be a file name"),
-    "files not digests": (lambda m: m.update(files={"labels.json": 1}), "'files' must map"),
-    "classes a string": (lambda m: m["model"].update(classes="10"), "'model.classes' must be an integer"),
-    "rejected not list": (lambda m: m.update(rejected="x"), "'rejected' must be a list"),
+    "labels a list": (lambda m: m.update(labels=["a"]), "'labels' must be a string, got a list"),
+    "files not digests": (lambda m: m.update(files={"labels.json": 1}), r"'files.labels.json' must be a string, got an integer"),
+    "classes a string": (lambda m: m["model"].update(classes="10"), "'model.classes' must be an integer, got a string"),
+    "rejected not list": (lambda m: m.update(rejected="x"), "'rejected' must be a list, got a string"),
     "schema": (lambda m: m.update(schema=2), "unsupported manifest schema 2"),
     "not an object": (lambda m: m.clear(), "unsupported manifest schema None"),
+    "classes huge": (lambda m: m["model"].update(classes=10 ** 30), r"'model.classes' is 10{30}, out of range"),
+    "accuracy a string": (lambda m: m["artifacts"][0]["validation"].update(accuracy="0.9"),
+                          r"'artifacts\[0\].validation.accuracy' must be a number or null, got a string"),
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .._deps import keras
 from .._io import atomic_path, atomic_write_json, read_json
+from ..schema import parse as parse_json
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import SPEC_FILE, PreprocessingSpec
 
@@ -156,7 +157,7 @@ def save_model_file(model, path: str | Path) -> None:
 
 
 def load_labels(path: str | Path) -> tuple[str, ...]:
-    data = read_json(path, "labels file", ModelError)
+    data = read_json(path, "labels file", ModelError, "labels")
     if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
         raise ModelError(f"labels file {path} must hold a JSON list of class names")
     return tuple(data)
@@ -211,10 +212,15 @@ def _keras_file_version(path: Path) -> str:
         raise ModelError(f"{path} is not a valid .keras file (corrupt or truncated); re-save the model")
     try:
         with zipfile.ZipFile(path) as zf:
-            meta = json.loads(zf.read("metadata.json"))
-    except (KeyError, ValueError, zipfile.BadZipFile) as exc:
+            info = zf.getinfo("metadata.json")
+            if info.file_size > 1 << 20:
+                raise ModelError(f"{path}: its metadata.json is {info.file_size:,} bytes; not a Keras file")
+            meta = parse_json(zf.read(info), f"{path}: its metadata.json", ModelError)
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, RuntimeError) as exc:
         raise ModelError(f"{path}: unreadable .keras metadata ({first_line(exc)})") from None
-    return str(meta.get("keras_version", ""))
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: its metadata.json is not a JSON object; the file is damaged")
+    return str(meta.get("keras_version", ""))[:64]
 
 
 def _check_image_classifier(model, path: Path) -> tuple[int, int]:
@@ -281,6 +287,6 @@ def read_run_record(path: Path, flag: str) -> dict:
     if not record.is_file():
         return {}
     try:
-        return json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None
+        return read_json(record, f"{flag} {path}: {TRAIN_FILE}", ConfigError, "train")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; pass the --out of a finished run") from None

@@ -44,7 +44,7 @@ def check_optimized(folder, source) -> dict:
     from ..errors import ConfigError
 
     folder = Path(folder)
-    report = read_json(folder / "optimize.json", "optimize report", ConfigError)
+    report = read_json(folder / "optimize.json", "optimize report", ConfigError, "optimize")
     if not isinstance(report, dict) or not isinstance(report.get("variants"), dict):
         raise ConfigError(f"{folder}: not a folder written by 'edgecls optimize' (no optimize.json of its own)")
     if Path(str(report.get("source", ""))).resolve() != Path(source.path).resolve():

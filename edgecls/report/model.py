@@ -87,6 +87,9 @@ class Report:
                 raise DataError(f"{path} is not an 'edgecls bench' report (no kind/variants)")
             if data.get("schema") != 1:
                 raise DataError(f"{path}: unsupported report schema {data.get('schema')!r}; expected 1")
+            from ..schema import check
+
+            check(data, "bench", str(path), DataError)
             _check_report(data, path)
             reports.append(data)
         if not reports:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import __version__
 from .._deps import keras, tensorflow
-from .._io import atomic_write_json, replace_dir
+from .._io import atomic_write_json, read_json, replace_dir
 from ..config import TrainConfig
 from ..data import Dataset, load_dataset, stratified_split
 from ..errors import ConfigError, DataError, Interrupted, ModelError
@@ -225,7 +225,7 @@ class _EpochRecorder:
         self.n_train = n_train
         self.epochs: dict[int, dict] = {}
         if path.exists():
-            for row in json.loads(path.read_text()):
+            for row in read_json(path, "training history", ConfigError, "history"):
                 self.epochs[int(row["epoch"])] = row
 
     def record(self, epoch: int, logs: dict) -> None:
@@ -245,6 +245,10 @@ class _EpochRecorder:
 
 def _check_resume(staging: Path, config: TrainConfig) -> None:
     run_file = staging / "run.json"
+    if staging.is_symlink() or (staging.exists() and not (staging.is_dir() and run_file.is_file())):
+        # Only a folder carrying edgecls's own run record is resumed (and deleted once the run is done).
+        raise ConfigError(f"{staging} is in the way: it is not a run edgecls started (no run.json of its own), and edgecls "
+                          f"neither resumes nor deletes it; move or rename it, or choose another --out")
     if not staging.exists():
         if config.resume:
             log.warning("nothing to resume in %s; starting a new run", staging)
@@ -254,7 +258,7 @@ def _check_resume(staging: Path, config: TrainConfig) -> None:
             f"an interrupted run is waiting in {staging}; pass --resume to continue it, or delete that folder to start over"
         )
     if run_file.exists():
-        before = json.loads(run_file.read_text())
+        before = read_json(run_file, "interrupted run record", ConfigError, "run")
         now = config.to_dict()
         # Without a teacher, before or now, the distillation settings mean nothing.
         distilled = before.get("teacher") is not None or now.get("teacher") is not None
@@ -301,8 +305,8 @@ def train(config: TrainConfig | None = None, callbacks=(), dataset: Dataset | No
 
 def _finished_epochs(staging: Path) -> int:
     try:
-        rows = json.loads((staging / "history.json").read_text())
-    except (OSError, ValueError):
+        rows = read_json(staging / "history.json", "training history", ConfigError, "history")
+    except (OSError, ConfigError):
         return 0
     return len(rows) if isinstance(rows, list) else 0
 

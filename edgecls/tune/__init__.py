@@ -122,7 +122,7 @@ class _State:
         path = out / "tune.json"
         space = _space(config)
         if path.is_file():
-            old = read_json(path, "tune record", ConfigError)
+            old = read_json(path, "tune record", ConfigError, "tune")
             _check_record(old, path)
             changed = [k for k in SPACE_KEYS if old.get("space", {}).get(k) != space[k]]
             if old.get("model") != str(model) or old.get("data") != str(data):
