@@ -8,6 +8,11 @@ from .model import device_label
 from .tables import cell, status
 
 
+def esc(value) -> str:
+    """Any value from a report file, as text in the page (never markup)."""
+    return html.escape(str(value), quote=True)
+
+
 def html_page(report, plots: dict[str, bytes] | None = None) -> str:
     plots = report.plots() if plots is None else plots
     multi = len(report.devices) > 1
@@ -24,9 +29,9 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
     imgs = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
         f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
-    hosts = "".join(f"<li>{html.escape(device_label(r['host'], r.get('settings')))}: {html.escape(r['host'].get('os', ''))}, "
-                    f"{r['host'].get('cores')} cores, Python {html.escape(str(r['host'].get('python')))}, threads "
-                    f"{r.get('settings', {}).get('threads')}, data {html.escape(str(r.get('data')))}</li>" for r in report.reports)
+    hosts = "".join(f"<li>{esc(device_label(r['host'], r.get('settings')))}: {esc(r['host'].get('os', ''))}, "
+                    f"{esc(r['host'].get('cores'))} cores, Python {esc(r['host'].get('python'))}, threads "
+                    f"{esc(r.get('settings', {}).get('threads'))}, data {esc(r.get('data'))}</li>" for r in report.reports)
     comparison = f"<pre>{html.escape(report.device_comparison_markdown())}</pre>" if multi else ""
     diagnosis = _diagnosis_section(report)
     warned = ("<h2>Warnings</h2><p>A variant measured here departs from its validation at export:</p><ul>"
@@ -43,6 +48,14 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 """
 
 
+def _finite(value) -> float:
+    return float("inf") if value is None else value
+
+
+def _db(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def _diagnosis_section(report, top: int = 5) -> str:
     """Where each quantized variant loses accuracy: its worst layers by the error they add."""
     rows = report.diagnosed()
@@ -53,9 +66,9 @@ def _diagnosis_section(report, top: int = 5) -> str:
              "own: the error the layer adds by itself (dB, higher is closer to float). Worst first; "
              "<code>edgecls inspect BUNDLE --variant NAME</code> lists every layer.</p>"]
     for r in rows:
-        layers = sorted(r["diagnosis"]["layers"], key=lambda layer: (layer["own_db"], layer["sqnr_db"]))[:top]
+        layers = sorted(r["diagnosis"]["layers"], key=lambda layer: (_finite(layer["own_db"]), _finite(layer["sqnr_db"])))[:top]
         cells = "".join(f"<tr><td>{html.escape(layer['name'])}</td><td>{html.escape(layer['op'])}</td>"
-                        f"<td>{layer['own_db']:.2f}</td><td>{layer['sqnr_db']:.2f}</td></tr>" for layer in layers)
+                        f"<td>{esc(_db(layer['own_db']))}</td><td>{esc(_db(layer['sqnr_db']))}</td></tr>" for layer in layers)
         parts.append(f"<h3>{html.escape(r['name'])}</h3><table><thead><tr><th>layer</th><th>op</th><th>own dB</th>"
                      f"<th>SQNR dB</th></tr></thead><tbody>{cells}</tbody></table>")
     return "".join(parts)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 
+# Names and labels come from report files: drawn as plain text, never parsed as mathtext ($...$).
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def plots(report) -> dict[str, bytes]:
     """PNG plots by file name."""
     try:
@@ -14,6 +18,11 @@ def plots(report) -> dict[str, bytes]:
         import matplotlib.pyplot as plt
     except ImportError:
         return {}
+    with matplotlib.rc_context(PLAIN_TEXT):
+        return _plots(report, plt)
+
+
+def _plots(report, plt) -> dict[str, bytes]:
     out = {}
     ok = [r for r in report.rows if r.get("status") == "ok"]
     if not ok:

@@ -23,6 +23,13 @@ def _plots(record: dict) -> dict[str, bytes]:
         import matplotlib.pyplot as plt
     except ImportError:
         return {}
+    from ..report.plots import PLAIN_TEXT
+
+    with matplotlib.rc_context(PLAIN_TEXT):
+        return _draw(record, plt)
+
+
+def _draw(record: dict, plt) -> dict[str, bytes]:
     budgets = _budgets(record)
     cands = [c for c in record["candidates"] if measured(c)]
     if not cands:
@@ -107,7 +114,7 @@ def html_page(record: dict) -> str:
 th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(2),td:nth-child(3),td:last-child{{text-align:left}}
 tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>edgecls tune: {html.escape(record['model'])}</h1>
-<p>Budgets: {html.escape(budgets.describe())}; objective: {html.escape(b['objective'])}. Accuracy on {val.get('images', '?')}
+<p>Budgets: {html.escape(budgets.describe())}; objective: {html.escape(b['objective'])}. Accuracy on {html.escape(str(val.get('images', '?')))}
 validation images held out of the training data ({html.escape(str(val.get('split', '')))}); the float model scores
 {100 * record.get('reference', {}).get('accuracy', float('nan')):.2f}% there.
 {'' if not test else f"Test split, read once for the choice: {100 * test['accuracy']:.2f}% on {test['images']:,} images."}</p>
