@@ -69,6 +69,8 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     old = None
+    if dst.is_symlink():
+        raise FileExistsError(17, "is a symbolic link; edgecls does not replace it", str(dst))
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)

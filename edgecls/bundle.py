@@ -154,6 +154,35 @@ class Bundle:
         return path
 
 
+    def copy_verified(self, artifact: dict, dest: Path, verify: bool = True) -> Path:
+        """Copy the artifact and every file it loads beside it (its manifest's "external_data", each
+        with a sha256) into the empty folder `dest`, checking the copies' sha256; returns the copy
+        of the artifact. Loaded from there, a model can read no file the manifest does not hash: a
+        reference to any other is missing in `dest` and fails to load."""
+        import shutil
+
+        source = self.file_for(artifact, verify=False)
+        copy = dest / source.name
+        shutil.copyfile(source, copy)
+        if verify and sha256_file(copy) != artifact["sha256"]:
+            raise ModelError(f"{source}: sha256 does not match the manifest; refusing to run a modified file: "
+                             f"re-export or re-copy the bundle")
+        for i, extra in enumerate(artifact.get("external_data", [])):
+            key = f"artifact {artifact['name']!r} external_data[{i}]"
+            rel = extra["file"]
+            if "/" in rel:
+                raise ModelError(f"{self.path / MANIFEST}: {key} {rel!r} must be a file beside the model")
+            path = self.resolve(rel, key)
+            if not path.is_file():
+                raise ModelError(f"{path}: the weights of {artifact['name']!r} (external data) are missing; "
+                                 f"re-copy the bundle")
+            shutil.copyfile(path, dest / rel)
+            if verify and sha256_file(dest / rel) != extra["sha256"]:
+                raise ModelError(f"{path}: sha256 does not match the manifest (the weights of {artifact['name']!r}); "
+                                 f"it was edited after export: re-export or re-copy the bundle")
+        return copy
+
+
 def write_bundle(folder: str | Path, *, labels, preprocessing, rows: list[dict], **sections) -> dict:
     """Write labels.json, preprocessing.json and manifest.json into `folder` (the artifacts are already
     there) and return the manifest. `rows` are the variants: those with status "ok" are listed under

@@ -86,7 +86,10 @@ def check_output_dir(out: str | Path, kind: str, inputs=()) -> Path:
     `out` as a Path. Raises ConfigError with the reason and what to do."""
     out = Path(out)
     real = _refuse_odd(out, inputs)
-    if real.exists() or out.is_symlink():
+    if out.is_symlink():
+        # Replacing it would replace the link, not the folder it names: name the folder itself.
+        raise ConfigError(f"--out {out} is a symbolic link (to {real}); give the folder itself, or a new folder")
+    if real.exists():
         if not real.is_dir():
             raise ConfigError(f"--out {out} is an existing file; edgecls writes a folder there: choose a new folder")
         entries = [p for p in real.iterdir()]
@@ -95,8 +98,42 @@ def check_output_dir(out: str | Path, kind: str, inputs=()) -> Path:
             hint = f" (no {record} of its own)" if record else ""
             raise ConfigError(f"--out {out} is a folder edgecls did not write{hint} and it is not empty; edgecls only "
                               f"replaces {what}: choose a new or empty folder")
+        foreign = foreign_entries(real, kind) if entries else []
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ConfigError(f"--out {out} is an earlier edgecls output that also holds files edgecls did not write "
+                              f"({shown}); replacing it would delete them: move them out, or choose a new folder")
     _writable(real, out)
     return out
+
+
+# What each kind of output holds when edgecls wrote it, beside the files its record names; an
+# output that edgecls replaces as a whole (bundle, trained model, optimize folder) must hold
+# nothing else.
+OWNED = {"bundle": {"manifest.json", "labels.json", "preprocessing.json", "rejected"},
+         "train": {"model.keras", "labels.json", "preprocessing.json", "train.json", "eval.json"},
+         "optimize": {"optimize.json"}}
+
+
+def foreign_entries(folder: Path, kind: str) -> list[str]:
+    """Names of the entries in the earlier `kind` output `folder` that edgecls did not write
+    (sorted); [] for kinds written in place (report, tune), whose other files are left alone."""
+    if kind not in OWNED:
+        return []
+    owned = set(OWNED[kind])
+    data = _record(folder / FOLDER_KINDS[kind][0]) or {}
+    if kind == "bundle":
+        for key in ("artifacts", "omitted"):
+            owned |= {a["file"] for a in data.get(key, []) if isinstance(a, dict) and isinstance(a.get("file"), str)}
+        owned |= {data[k] for k in ("labels", "preprocessing") if isinstance(data.get(k), str)}
+    if kind == "optimize" and isinstance(data.get("variants"), dict):
+        owned |= set(data["variants"])
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in owned)
+    rejected = folder / "rejected"
+    if kind == "bundle" and rejected.is_dir() and not rejected.is_symlink():
+        names = {Path(r["file"]).name for r in data.get("rejected", []) if isinstance(r, dict) and isinstance(r.get("file"), str)}
+        foreign += sorted(f"rejected/{p.name}" for p in rejected.iterdir() if p.name not in names)
+    return foreign
 
 
 def is_output(folder: Path, kind: str) -> bool:

@@ -20,7 +20,7 @@ models with `compile=False`, so Keras never builds what it names.
 from __future__ import annotations
 
 import inspect
-import json
+import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -51,8 +51,65 @@ _OP_NAMES = frozenset({
     "roll", "reverse", "argmax", "argmin", "one_hot", "cumsum", "round", "floor", "sign", "pow", "rsqrt",
     "depth_to_space", "space_to_depth", "stop_gradient", "convert_to_tensor", "__operators__.getitem",
 })
-# Graph ops that run Python or touch files (a serving function has no business with either).
-_UNSAFE_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "WriteFile", "ReadFile", "MatchingFiles"})
+# The layers an image classifier is built from: convolution, dense, pooling, normalization,
+# activation, merging, reshaping, regularization, image preprocessing and augmentation. A layer
+# outside this list (a lookup table or text vectorizer reading a vocabulary file, an RNN, a layer
+# that names a file) is refused even though it is a Keras built-in.
+LAYERS = frozenset({
+    "InputLayer", "Dense", "EinsumDense", "Activation", "Identity",
+    *(f"{kind}{d}D" for kind in ("Conv", "Convolution", "SeparableConv", "SeparableConvolution", "DepthwiseConv",
+                                 "MaxPooling", "AveragePooling", "MaxPool", "AvgPool", "GlobalAveragePooling",
+                                 "GlobalMaxPooling", "GlobalAvgPool", "GlobalMaxPool", "Cropping", "ZeroPadding",
+                                 "UpSampling", "SpatialDropout") for d in (1, 2, 3)),
+    *(f"{kind}{d}DTranspose" for kind in ("Conv", "Convolution") for d in (1, 2, 3)),
+    "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization", "SyncBatchNormalization",
+    "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+    "Flatten", "Reshape", "Permute", "RepeatVector",
+    "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "Rescaling", "Resizing", "CenterCrop", "Normalization",
+    "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomCrop",
+    "RandomBrightness", "RandomHeight", "RandomWidth", "RandomHue", "RandomSaturation", "RandomGrayscale",
+    "RandomColorJitter", "RandomColorDegeneration", "RandomSharpness", "RandomShear", "RandomErasing",
+    "RandomGaussianBlur", "RandomPerspective", "RandomInvert", "RandomPosterization", "Solarization", "AutoContrast",
+    "Equalization", "MixUp", "CutMix", "AugMix", "RandAugment",
+    "MultiHeadAttention", "Attention", "AdditiveAttention", "GroupQueryAttention", "Embedding", "RMSNormalization",
+    "SpectralNormalization", "Masking", "TimeDistributed", "Bidirectional",
+    *(f"Adaptive{kind}Pooling{d}D" for kind in ("Average", "Max") for d in (1, 2, 3)),
+    "TFOpLambda", "SlicingOpLambda",
+})
+# Layer arguments that are names, not data: the only strings a layer's configuration may hold that
+# look like paths.
+_NAME_KEYS = frozenset({"name", "layers", "input_layers", "output_layers", "inbound_nodes", "layer", "module",
+                        "registered_name", "class_name", "shared_object_id"})
+# The graph ops a SavedModel classifier's functions use (measured on the zoo, MobileNetV2 and
+# EfficientNetB0, widened to the math, array and pooling ops of the layers above). Nothing here
+# runs Python or reads or writes a file.
+GRAPH_OPS = frozenset({
+    "Const", "Identity", "IdentityN", "NoOp", "Placeholder", "PlaceholderWithDefault", "StopGradient",
+    "PartitionedCall", "StatefulPartitionedCall", "If", "StatelessIf", "VarHandleOp", "ReadVariableOp",
+    "AssignVariableOp", "ResourceGather", "Conv2D", "Conv3D", "Conv2DBackpropInput", "Conv3DBackpropInputV2",
+    "DepthwiseConv2dNative", "BiasAdd", "MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "FusedBatchNorm",
+    "FusedBatchNormV3", "MaxPool", "MaxPoolV2", "MaxPool3D", "AvgPool", "AvgPool3D", "Mean", "Sum", "Max", "Min",
+    "Prod", "All", "Any", "ArgMax", "ArgMin", "Relu", "Relu6", "LeakyRelu", "Elu", "Selu", "Softplus", "Softsign",
+    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Erf", "Exp", "Log", "Log1p", "Sqrt", "Rsqrt", "Square",
+    "SquaredDifference", "Reciprocal", "Abs", "Neg", "Sign", "Floor", "Ceil", "Round", "Pow", "Add", "AddV2", "AddN",
+    "Sub", "Mul", "Div", "RealDiv", "DivNoNan", "FloorDiv", "FloorMod", "Mod", "Maximum", "Minimum", "ClipByValue",
+    "Less", "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual", "LogicalAnd", "LogicalOr", "LogicalNot",
+    "Select", "SelectV2", "Where", "Cast", "Reshape", "Shape", "ShapeN", "Size", "Rank", "Squeeze", "ExpandDims",
+    "Transpose", "ConcatV2", "Pack", "Unpack", "Split", "SplitV", "Slice", "StridedSlice", "Pad", "PadV2",
+    "MirrorPad", "Tile", "Fill", "Range", "BroadcastTo", "BroadcastArgs", "ZerosLike", "OnesLike", "OneHot",
+    "Cumsum", "GatherV2", "ReverseV2", "SpaceToDepth", "DepthToSpace", "ResizeBilinear", "ResizeNearestNeighbor",
+    "ResizeBicubic", "ResizeArea", "ScaleAndTranslate", "RandomUniform", "RandomStandardNormal",
+    "StatelessRandomUniformV2", "StatelessRandomNormalV2", "StatelessRandomGetKeyCounter", "LRN", "Bitcast",
+    "EnsureShape", "CheckNumerics",
+})
+# What a SavedModel's own save and restore functions (named __inference__traced_save_N and
+# __inference__traced_restore_N by TensorFlow, called by TensorFlow with the checkpoint's path)
+# use beside GRAPH_OPS. No other function may use them, nor call those two.
+SAVER_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin",
+                       "StaticRegexFullMatch", "DisableCopyOnRead"})
+_SAVER_FUNCTION = re.compile(r"__inference__traced_(save|restore)_\d+")
 _SKIPPED_KEYS = frozenset({"compile_config", "training_config"})
 # Libraries whose own classes may appear in a model: Keras, and tfmot (pruned and QAT models).
 _TRUSTED_MODULES = ("keras.", "tf_keras.", "tensorflow_model_optimization.")
@@ -71,10 +128,9 @@ def check_model_file(path: str | Path) -> None:
         where, why = problem
         raise ModelError(f"{path}: {describe(where)}{why}; refused in safe mode: {UNSAFE_HINT}")
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        op = _saved_model_unsafe_op(path)
-        if op:
-            raise ModelError(f"{path}: the SavedModel's graph calls {op} (Python code or file access); refused in "
-                             f"safe mode: {UNSAFE_HINT}")
+        why = _saved_model_problem(path)
+        if why:
+            raise ModelError(f"{path}: the SavedModel {why}; refused in safe mode: {UNSAFE_HINT}")
 
 
 def model_configs(path: Path) -> list:
@@ -104,12 +160,12 @@ def model_configs(path: Path) -> list:
 
 
 def _parse(text, path: Path, what: str):
-    try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        config = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelError(f"{path}: its {what} is not valid JSON ({first_line(exc)}); the file is damaged") from None
+    from .schema import parse
+
+    if not isinstance(text, (str, bytes)):
+        raise ModelError(f"{path}: its {what} is a {type(text).__name__}, not a model configuration (JSON text); the "
+                         f"file is damaged or not a Keras model")
+    config = parse(text, f"{path}: its {what}", ModelError, max_depth=512)
     if not isinstance(config, dict):
         raise ModelError(f"{path}: its {what} is not a model configuration (a JSON object)")
     return config
@@ -145,7 +201,10 @@ def _saved_model_configs(path: Path) -> list:
             if node.metadata]
 
 
-def _saved_model_unsafe_op(path: Path) -> str | None:
+def _saved_model_problem(path: Path) -> str | None:
+    """Why the SavedModel at `path` is refused: an asset file (a vocabulary or table read from a
+    path), or a graph op outside GRAPH_OPS (SAVER_OPS only in TensorFlow's own save and restore
+    functions, which no other function calls); None for a plain classifier graph."""
     try:
         from tensorflow.core.protobuf import saved_model_pb2
     except ImportError:
@@ -156,12 +215,22 @@ def _saved_model_unsafe_op(path: Path) -> str | None:
     except Exception as exc:
         raise ModelError(f"{path}: unreadable saved_model.pb ({first_line(exc)}); the SavedModel is damaged") from None
     for graph in saved.meta_graphs:
-        nodes = list(graph.graph_def.node)
+        if graph.asset_file_def or any(node.WhichOneof("kind") == "asset" for node in graph.object_graph_def.nodes):
+            names = [a.filename for a in graph.asset_file_def] or ["an asset"]
+            return f"reads asset files ({', '.join(repr(n) for n in names[:3])}: a vocabulary or table, not part of an image classifier)"
+        for node in graph.graph_def.node:
+            if node.op not in GRAPH_OPS:
+                return f"graph runs {node.op} (node {node.name!r}), which is not an operation of an image classifier"
+        savers = {f.signature.name for f in graph.graph_def.library.function if _SAVER_FUNCTION.fullmatch(f.signature.name)}
         for function in graph.graph_def.library.function:
-            nodes.extend(function.node_def)
-        for node in nodes:
-            if node.op in _UNSAFE_OPS:
-                return f"{node.op} (node {node.name!r})"
+            allowed = GRAPH_OPS | SAVER_OPS if function.signature.name in savers else GRAPH_OPS
+            for node in function.node_def:
+                if node.op not in allowed:
+                    return (f"function {function.signature.name!r} runs {node.op} (node {node.name!r}), which is not "
+                            f"an operation of an image classifier (Python code or file access)")
+                called = {value.func.name for value in node.attr.values() if value.HasField("func")}
+                if called & savers:
+                    return f"function {function.signature.name!r} calls TensorFlow's save or restore function"
     return None
 
 
@@ -225,9 +294,29 @@ def _judge(node: dict) -> str | None:
         if not (isinstance(name, str) and name in _activation_names()):
             return f"names the function {name!r}, which is not a Keras activation"
         return None
+    if cls in _layer_names() and cls not in LAYERS and cls not in _STRUCTURAL and cls not in _CODE_LAYERS:
+        return f"is a {cls} layer, which is not a layer of an image classifier (edgecls.safety.LAYERS)"
     if cls in _STRUCTURAL or cls in _TFMOT or cls in _builtin_classes() or _defined_in_keras(module, cls):
-        return None
+        return _names_a_file(node.get("config"))
     return f"is of class {cls!r}, which is not a Keras built-in (a custom class)"
+
+
+def _names_a_file(config) -> str | None:
+    """Why a layer's arguments are refused: one that looks like a file path (a vocabulary, a table,
+    weights to read); None when none does."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node and node is not config:
+                continue  # a nested object: judged on its own
+            stack.extend(v for k, v in node.items() if k not in _NAME_KEYS)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and (node.startswith(("/", "~", "file:", "gs:", "s3:", "http:", "https:"))
+                                        or "/" in node or "\\" in node or re.match(r"^[A-Za-z]:", node)):
+            return f"has an argument that names a file ({node[:80]!r}); layers of an image classifier read no file"
+    return None
 
 
 @lru_cache(maxsize=256)
@@ -262,6 +351,15 @@ def _keras_modules() -> list:
     except ImportError:
         pass
     return mods
+
+
+@lru_cache(maxsize=1)
+def _layer_names() -> frozenset:
+    names = set()
+    for module in _keras_modules():
+        if module.__name__.endswith("layers"):
+            names.update(n for n in dir(module) if not n.startswith("_") and inspect.isclass(getattr(module, n, None)))
+    return frozenset(names)
 
 
 @lru_cache(maxsize=1)

@@ -185,7 +185,7 @@ def hostile_files(tmp_path_factory):
 # The layer path and the class named in the refusal (a custom class is named as the file records it:
 # by its module in a .keras file, by its registered name in an .h5 file or a SavedModel).
 REFUSAL = {"direct": "'payload' .*Payload", "nested": "'inner' > 'payload' .*Payload",
-           "time_distributed": "'per_row' .*PayloadInit", "bidirectional": "'bidi' .*PayloadInit",
+           "time_distributed": "'per_row' .*PayloadInit", "bidirectional": "'bidi' .*(PayloadInit|SimpleRNN layer, which is not a layer of an image classifier)",
            "shared": "'shared_payload' .*Payload", "lambda": "'code' .*Lambda layer"}
 
 
@@ -302,3 +302,94 @@ def test_cli_refuses_in_one_line_and_unsafe_explains_what_it_cannot_build(hostil
     assert_one_line_error(run_cli("eval", hostile_files[("lambda", "run_dir")], "--data", TINY_ZIP), "Lambda", "--unsafe")
     assert not out.exists()
     assert not os.listdir(tmp_path)
+
+
+def _config_with(layer: dict) -> dict:
+    return {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "image", "batch_input_shape": [None, 8, 8, 3]}, "name": "image"},
+        {**layer, "name": layer["config"]["name"]}]}}
+
+
+@pytest.mark.parametrize("layer, why", [
+    ({"class_name": "StringLookup", "config": {"name": "lookup", "vocabulary": "/etc/hostname"}}, "StringLookup layer"),
+    ({"class_name": "TextVectorization", "config": {"name": "tv", "vocabulary": "vocab.txt"}}, "TextVectorization layer"),
+    ({"class_name": "IntegerLookup", "config": {"name": "ids", "vocabulary": "ids.txt"}}, "IntegerLookup layer"),
+    ({"class_name": "TFSMLayer", "config": {"name": "sm", "filepath": "/models/other"}}, "TFSMLayer layer"),
+    ({"class_name": "Rescaling", "config": {"name": "r", "scale": "/etc/passwd"}}, "names a file .*'/etc/passwd'"),
+    ({"class_name": "Normalization", "config": {"name": "n", "mean": "~/stats.npy"}}, "names a file"),
+    ({"class_name": "Dense", "config": {"name": "d", "units": 2, "kernel_initializer": {
+        "class_name": "Constant", "config": {"value": "file:///etc/shadow"}}}}, "names a file"),
+])
+def test_layers_outside_the_classifier_allowlist_or_naming_files_are_refused(layer, why):
+    """The decision is an allowlist (safety.LAYERS): a built-in layer that reads a vocabulary or a
+    model from a path is refused by its class, and any layer argument shaped like a path by its value."""
+    from edgecls.safety import first_problem
+
+    where, reason = first_problem([_config_with(layer)])
+    assert where[-1] == layer["config"]["name"] or where[-1] == "d"
+    assert __import__("re").search(why, reason), reason
+
+
+def test_a_classifier_layer_with_ordinary_arguments_passes():
+    from edgecls.safety import first_problem
+
+    assert first_problem([_config_with({"class_name": "Conv2D", "config": {
+        "name": "conv", "filters": 4, "kernel_size": [3, 3], "padding": "same", "data_format": "channels_last",
+        "activation": "relu", "kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": None}}}})]) is None
+
+
+def test_a_savedmodel_reading_an_asset_or_saving_a_file_is_refused(tmp_path):
+    """A table initialized from a file (an asset, here an absolute path outside the model) and a
+    serving function that writes a checkpoint (SaveV2): both pass a denylist of Python and file
+    ops, neither passes the allowlist of a classifier's graph ops."""
+    import tensorflow as tf
+
+    from edgecls.safety import check_model_file
+
+    secret = tmp_path / "outside.txt"
+    secret.write_text("alpha\nbeta\n")
+
+    class Table(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(str(secret), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                              tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            bias = tf.cast(self.table.lookup(tf.constant("beta")), tf.float32)
+            return {"scores": tf.nn.softmax(tf.reshape(x, [-1, 192])[:, :2] + bias)}
+
+    table = Table()
+    tf.saved_model.save(table, str(tmp_path / "asset_sm"), signatures={"serving_default": table.serve})
+    with pytest.raises(ModelError, match="asset files|not an operation of an image classifier"):
+        check_model_file(tmp_path / "asset_sm")
+
+    class Saver(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            tf.raw_ops.SaveV2(prefix=str(tmp_path / "written"), tensor_names=["x"], shape_and_slices=[""], tensors=[x])
+            return {"scores": tf.nn.softmax(tf.reshape(x, [-1, 192])[:, :2])}
+
+    saver = Saver()
+    tf.saved_model.save(saver, str(tmp_path / "save_sm"), signatures={"serving_default": saver.serve})
+    with pytest.raises(ModelError, match="runs SaveV2 .*not an operation of an image classifier"):
+        check_model_file(tmp_path / "save_sm")
+    assert not list(tmp_path.glob("written*"))
+
+
+def test_savedmodels_of_real_classifiers_pass(tmp_path):
+    """No false alarms from the graph allowlist: the zoo and a Keras application as SavedModels."""
+    import tensorflow as tf
+
+    from edgecls._deps import keras
+    from edgecls.safety import check_model_file
+    from edgecls.zoo import create_model, list_models
+
+    for name in list_models():
+        tf.saved_model.save(create_model(name, input_shape=(32, 32, 3), num_classes=10), str(tmp_path / name))
+        check_model_file(tmp_path / name)
+    app = keras().applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=3)
+    tf.saved_model.save(app, str(tmp_path / "effnet"))
+    check_model_file(tmp_path / "effnet")

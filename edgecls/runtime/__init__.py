@@ -299,7 +299,17 @@ def backend_classes(backend) -> int | None:
 def _from_bundle(bundle: Bundle, artifact: dict, threads, verify, tta=None) -> Runner:
     file = bundle.file_for(artifact, verify=verify)
     spec, labels = bundle.preprocessing(), bundle.labels()
-    backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
+    if artifact["format"] == "onnx":
+        # onnxruntime reads external data named inside the file: open it from a private folder that
+        # holds only the files the manifest hashes.
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgecls-onnx-") as private:
+            copy = bundle.copy_verified(artifact, Path(private), verify=verify)
+            backend = open_backend(copy, threads, layout=artifact.get("layout", "NHWC"))
+        backend.path = file
+    else:
+        backend = open_backend(file, threads, layout=artifact.get("layout", "NHWC"))
     outputs = bundle.manifest.get("model", {}).get("output", "probabilities")
     input_kind = artifact.get("input", "normalized")
     pixel_input = PixelInput.from_dict(artifact.get("pixel_input")) if input_kind == "pixels" else None

@@ -4,11 +4,13 @@ runner-up on the validation split, the winner's one reading of the test split, t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import stage_dir
 from .select import Budgets, choose, explain, measured, ranked, speed_tie
 
@@ -106,6 +108,16 @@ def finish(state, search, budgets: Budgets) -> dict:
     return record
 
 
+_SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+def bundle_name(artifact: str) -> str:
+    """The name a candidate goes by in the winner's bundle, made here from its id: letters, digits
+    and underscores only, so its file stays in the bundle whatever the record said."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", artifact.replace(":", "_s").replace("+", "_"))
+    return name[:100] or "candidate"
+
+
 def _write_bundle(dest: Path, record: dict, artifacts, winner: dict, chosen: dict) -> None:
     """A normal bundle holding the winner (and the front's other files): their files and manifest
     entries from the search's bundles, renamed where two stages share a variant name."""
@@ -127,8 +139,10 @@ def _write_bundle(dest: Path, record: dict, artifacts, winner: dict, chosen: dic
                 for name in ("labels.json", "preprocessing.json"):
                     shutil.copy2(src.path / name, staging / name)
             entry = json.loads(json.dumps(src.artifact(c["variant"])))
-            name = art.replace(":", "_s").replace("+", "_")
-            suffix = Path(entry["file"]).suffix
+            name, suffix = bundle_name(art), _SUFFIXES.get(entry["format"])
+            if suffix is None:
+                raise ConfigError(f"{src.path}: variant {c['variant']!r} has the format {entry['format']!r}, which a "
+                                  f"search does not produce; choose a new --out")
             shutil.copy2(src.file_for(entry), staging / f"{name}{suffix}")
             entry.update(name=name, file=f"{name}{suffix}", tune={"candidate": art, "stage": c["stage"],
                                                                  "threads": c["threads"] if art == winner["artifact"] else None})
