@@ -126,7 +126,7 @@ BIG = 10 ** 9
 RANGES = {
     "--epochs": (1, 100_000), "--prune-epochs": (1, 10_000), "--qat-epochs": (1, 10_000), "--swa-epochs": (0, 10_000),
     "--batch-size": (1, 65_536), "--batch": (1, 65_536), "--calibration-count": (1, BIG), "--calibration-seed": (0, 2 ** 32 - 1),
-    "--seed": (0, 2 ** 32 - 1), "--image-size": (8, 2048), "--classes": (2, 100_000),
+    "--seed": (0, 2 ** 32 - 1), "--image-size": (8, 2048), "--classes": (2, 1000),
     "--lr": (0, 10, "open"), "--prune-lr": (0, 10, "open"), "--qat-lr": (0, 10, "open"), "--swa-lr": (0, 10, "open"),
     "--weight-decay": (0, 1), "--label-smoothing": (0, 0.99), "--cutout": (0, 2048), "--cutmix": (0, 1),
     "--val-fraction": (0, 0.9), "--patience": (0, 100_000), "--distill-alpha": (0, 1),

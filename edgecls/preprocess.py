@@ -98,9 +98,12 @@ class PreprocessingSpec:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
+        from .schema import MAX_INPUT_SIDE
+
         size = tuple(int(v) for v in self.input_size)
-        if len(size) != 2 or min(size) < 1:
-            raise ConfigError(f"input_size must be (height, width) of positive ints, got {self.input_size!r}")
+        if len(size) != 2 or min(size) < 1 or max(size) > MAX_INPUT_SIDE:
+            raise ConfigError(f"input_size must be (height, width) of ints from 1 to {MAX_INPUT_SIDE}, got "
+                              f"{self.input_size!r}")
         object.__setattr__(self, "input_size", size)
         for key in ("mean", "std"):
             value = tuple(float(v) for v in getattr(self, key))
@@ -109,10 +112,12 @@ class PreprocessingSpec:
             if len(value) != 3:
                 raise ConfigError(f"{key} needs 1 or 3 values (one per RGB channel), got {len(value)}")
             object.__setattr__(self, key, value)
+        if not all(math.isfinite(v) and abs(v) <= 1e6 for v in (*self.mean, *self.std)):
+            raise ConfigError(f"mean and std must be finite numbers within +-1e6, got {self.mean} and {self.std}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, got {self.std}")
-        if not self.scale > 0:
-            raise ConfigError(f"scale must be positive, got {self.scale}")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1e6):
+            raise ConfigError(f"scale must be a positive number of at most 1e6, got {self.scale}")
         object.__setattr__(self, "scale", float(self.scale))
         if self.layout not in ("NHWC", "NCHW"):
             raise ConfigError(f"layout must be NHWC or NCHW, got {self.layout!r}")

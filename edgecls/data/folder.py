@@ -35,6 +35,7 @@ class _Tree:
     read: object  # callable(PurePosixPath) -> bytes
     source: str
     other: list = field(default_factory=list)  # non-image files found in class folders
+    outside: list = field(default_factory=list)  # symbolic links leading out of the dataset (skipped)
 
 
 def _is_hidden(p: PurePosixPath) -> bool:
@@ -42,22 +43,45 @@ def _is_hidden(p: PurePosixPath) -> bool:
 
 
 def _dir_tree(root: Path) -> _Tree:
-    files, dirs = [], set()
-    for p in root.rglob("*"):
-        rel = PurePosixPath(p.relative_to(root).as_posix())
-        if _is_hidden(rel):
-            continue
-        if p.is_dir():
-            dirs.add(rel)
-        elif p.is_file():
-            files.append(rel)
+    """The files under `root`, following symbolic links that stay inside it; a link leading out of
+    the dataset (a file or a folder) is skipped, counted and warned about like an unreadable file."""
+    import os
+
+    base = root.resolve()
+    files, dirs, outside, seen = [], set(), [], {base}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        rel_here = PurePosixPath(here.relative_to(root).as_posix())
+        for name in list(dirnames):
+            rel = rel_here / name
+            target = (here / name).resolve()
+            if _is_hidden(rel):
+                dirnames.remove(name)
+            elif not target.is_relative_to(base) or target in seen:
+                dirnames.remove(name)  # out of the dataset, or a loop
+                if not target.is_relative_to(base):
+                    outside.append(rel)
+            else:
+                seen.add(target)
+                dirs.add(rel)
+        for name in filenames:
+            rel = rel_here / name
+            if _is_hidden(rel):
+                continue
+            if not (here / name).resolve().is_relative_to(base):
+                outside.append(rel)
+            elif (here / name).is_file():
+                files.append(rel)
+
     def read(rel):
         path = root / rel
+        if not path.resolve().is_relative_to(base):
+            raise DataError(f"{rel}: a symbolic link leading out of the dataset")
         if path.stat().st_size > MAX_IMAGE_BYTES:
             raise DataError(f"{rel}: over the {MAX_IMAGE_BYTES >> 20} MiB limit for an image file")
         return path.read_bytes()
 
-    return _Tree(sorted(files), dirs, read, str(root))
+    return _Tree(sorted(files), dirs, read, str(root), outside=outside)
 
 
 def _zip_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile]:
@@ -198,11 +222,13 @@ def _read_tree(tree: _Tree, size, test_fraction, seed):
         note = f"one folder split {1 - test_fraction:.0%}/{test_fraction:.0%} (seed {seed})"
     for rel in tree.other[:_MAX_SKIP_WARNINGS]:
         log.warning("skipped %s/%s: not an image file (%s)", tree.source, rel, ", ".join(IMAGE_EXTENSIONS))
+    for rel in tree.outside[:_MAX_SKIP_WARNINGS]:
+        log.warning("skipped %s/%s: a symbolic link leading out of the dataset", tree.source, rel)
     x_train, y_train, skip_train = _decode(tree, train_items, size)
     x_test, y_test, skip_test = _decode(tree, test_items, size)
     if len(x_train) == 0:
         raise DataError(f"{tree.source}: no readable training images")
-    return x_train, y_train, x_test, y_test, names, skip_train + skip_test + len(tree.other), note
+    return x_train, y_train, x_test, y_test, names, skip_train + skip_test + len(tree.other) + len(tree.outside), note
 
 
 def read_unlabelled(path: str | Path, size, count: int, seed: int = 0) -> tuple[np.ndarray, int]:

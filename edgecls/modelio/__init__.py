@@ -229,9 +229,16 @@ def _check_image_classifier(model, path: Path) -> tuple[int, int]:
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
         raise ModelError(f"{path}: the model input is {shape}, not an image; edgecls needs (batch, height, width, 3) with a fixed size")
+    from ..schema import MAX_CLASSES, MAX_INPUT_SIDE
+
+    if max(shape[1], shape[2]) > MAX_INPUT_SIDE:
+        raise ModelError(f"{path}: the model takes {shape[1]}x{shape[2]} images; edgecls handles small classifiers up "
+                         f"to {MAX_INPUT_SIDE} pixels a side")
     out = tuple(model.outputs[0].shape)
     if len(out) != 2 or (out[-1] or 0) < 2:
         raise ModelError(f"{path}: the model output is {out}; edgecls needs (batch, classes) class scores")
+    if out[-1] > MAX_CLASSES:
+        raise ModelError(f"{path}: the model has {out[-1]} classes; edgecls handles up to {MAX_CLASSES}")
     return int(shape[1]), int(shape[2])
 
 

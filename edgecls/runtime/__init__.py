@@ -222,6 +222,11 @@ class Runner:
         return self._probabilities(self.backend.run(x))
 
     def _probabilities(self, y: np.ndarray) -> np.ndarray:
+        if not np.isfinite(y).all():
+            bad = int((~np.isfinite(y)).reshape(len(y), -1).any(axis=1).sum())
+            raise ModelError(f"{self.name}: the model gave non-finite scores (NaN or infinity) for {bad} of {len(y)} "
+                             f"image(s); check the preprocessing it was given (scale {self.preprocessing.scale:g}, mean "
+                             f"{list(self.preprocessing.mean)}, std {list(self.preprocessing.std)}) and the file")
         if self.outputs == "logits":  # a user's model that ends without softmax
             y = np.exp(y - y.max(axis=1, keepdims=True))
             y /= y.sum(axis=1, keepdims=True)
@@ -284,6 +289,11 @@ def spec_for_file(backend, layout: str, given: dict) -> PreprocessingSpec:
     height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
     if height <= 0 or width <= 0:
         raise ModelError(f"{backend.path}: the input size is not fixed ({shape}); edgecls needs a fixed height and width")
+    from ..schema import MAX_INPUT_SIDE
+
+    if max(height, width) > MAX_INPUT_SIDE:
+        raise ModelError(f"{backend.path}: the model takes {height}x{width} images; edgecls handles small classifiers "
+                         f"up to {MAX_INPUT_SIDE} pixels a side")
     return PreprocessingSpec(input_size=(height, width), layout=layout,
                              **{k: v for k, v in given.items() if k in ("scale", "mean", "std")})
 
