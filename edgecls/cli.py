@@ -120,23 +120,24 @@ def _number_list(kind, what: str, example: str):
 _sizes = _number_list(int, "image counts", "100,300,1000")
 
 BIG = 10 ** 9
-# Every numeric option's range (inclusive; `open` marks a bound the value must stay away from),
+# Every numeric option's range (inclusive; "above": the value must exceed the low bound; "open": it
+# must stay strictly between both bounds),
 # checked when the command line is parsed, before any work starts. An option missing here gets
 # DEFAULT_RANGE: a finite, non-negative number.
 RANGES = {
     "--epochs": (1, 100_000), "--prune-epochs": (1, 10_000), "--qat-epochs": (1, 10_000), "--swa-epochs": (0, 10_000),
     "--batch-size": (1, 65_536), "--batch": (1, 65_536), "--calibration-count": (1, BIG), "--calibration-seed": (0, 2 ** 32 - 1),
     "--seed": (0, 2 ** 32 - 1), "--image-size": (8, 2048), "--classes": (2, 1000),
-    "--lr": (0, 10, "open"), "--prune-lr": (0, 10, "open"), "--qat-lr": (0, 10, "open"), "--swa-lr": (0, 10, "open"),
+    "--lr": (0, 1e6, "above"), "--prune-lr": (0, 10, "above"), "--qat-lr": (0, 10, "above"), "--swa-lr": (0, 10, "above"),
     "--weight-decay": (0, 1), "--label-smoothing": (0, 0.99), "--cutout": (0, 2048), "--cutmix": (0, 1),
     "--val-fraction": (0, 0.9), "--patience": (0, 100_000), "--distill-alpha": (0, 1),
-    "--distill-temperature": (0, 1000, "open"), "--sparsity": (0, 1, "open"), "--sparsities": (0, 1, "open"),
+    "--distill-temperature": (0, 1000, "above"), "--sparsity": (0, 1, "open"), "--sparsities": (0, 1, "open"),
     "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--repair-images": (1, BIG),
     "--opset": (9, 30), "--max-eval-images": (1, BIG), "--top": (0, BIG), "--top-k": (1, 100_000),
     "--threads": (1, 1024), "--warmup": (0, BIG), "--runs": (1, BIG), "--repeats": (1, 1000), "--max-images": (1, BIG),
-    "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "open"), "--validation-images": (1, BIG),
-    "--jobs": (1, 64), "--max-test-images": (1, BIG), "--scale": (0, 1e6, "open"), "--mean": (-1e6, 1e6),
-    "--std": (0, 1e6, "open"), "--verbose": (0, 2),
+    "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
+    "--jobs": (1, 64), "--max-test-images": (1, BIG), "--scale": (0, 1e6, "above"), "--mean": (-1e6, 1e6),
+    "--std": (0, 1e6, "above"), "--verbose": (0, 2),
 }
 DEFAULT_RANGE = (0, BIG)
 
@@ -144,17 +145,21 @@ DEFAULT_RANGE = (0, BIG)
 class Bounded:
     """An argparse type: a finite number (or a comma-separated list of them) within a range."""
 
-    def __init__(self, parse, low, high, open_bounds: bool = False, many: bool = False):
-        self.parse, self.low, self.high, self.open, self.many = parse, low, high, open_bounds, many
+    def __init__(self, parse, low, high, exclude: str = "", many: bool = False):
+        self.parse, self.low, self.high, self.many = parse, low, high, many
+        self.open = exclude in ("open", "above")  # the low bound itself is refused
+        self.open_high = exclude == "open"
 
     def __call__(self, text: str):
         value = self.parse(text)
         for v in (value if self.many else (value,)):
             if isinstance(v, float) and not np.isfinite(v):
                 raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-            inside = (self.low < v < self.high) if self.open else (self.low <= v <= self.high)
+            inside = (self.low < v if self.open else self.low <= v) and (v < self.high if self.open_high else v <= self.high)
             if not inside:
-                bounds = f"between {self.low:,} and {self.high:,}" + (", both excluded" if self.open else "")
+                bounds = (f"between {self.low:,} and {self.high:,}, both excluded" if self.open_high else
+                          f"above {self.low:,} and at most {self.high:,}" if self.open else
+                          f"between {self.low:,} and {self.high:,}")
                 raise argparse.ArgumentTypeError(f"{v!r} is out of range: give a value {bounds}")
         return value
 
@@ -189,12 +194,13 @@ def _check_every_option(parser: argparse.ArgumentParser) -> None:
             flag = next((o for o in action.option_strings if o.startswith("--")), None)
             low, high, *rest = RANGES.get(flag, DEFAULT_RANGE)
             many = getattr(action.type, "many", False)
+            exclude = rest[0] if rest else ""
             if action.type in (int, float):
-                action.type = Bounded(_number_or_int(action.type), low, high, bool(rest))
+                action.type = Bounded(_number_or_int(action.type), low, high, exclude)
             elif action.type is _number:
-                action.type = Bounded(_number, low, high, bool(rest))
+                action.type = Bounded(_number, low, high, exclude)
             elif many:
-                action.type = Bounded(action.type, low, high, bool(rest), many=True)
+                action.type = Bounded(action.type, low, high, exclude, many=True)
             elif action.type is None and not action.choices:
                 action.type = _text
 

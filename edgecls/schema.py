@@ -189,7 +189,7 @@ DIAGNOSIS = _o({"layers": _a(_o({"name": _s(1000), "op": _s(200), "sqnr_db": _n(
                                    "own_db": _n(-1e6, 1e6), "scope": _opt(_s(1000))},
                                   required=("name", "op", "sqnr_db", "own_db")), 100000, minItems=1),
                 "against": _s(200), "images": _i(0, BIG), "metric": _opt(_s(200))},
-               required=("layers", "against", "images"))
+               required=("layers",))
 CONFUSION = _a(_a(_i(0, BIG), MAX_CLASSES), MAX_CLASSES)
 PER_CLASS = _map(_n(0, 1), MAX_CLASSES)
 TENSOR = _o({"name": _s(1000), "shape": _a(_i(-1, 1 << 31, null=True), 8), "dtype": _s(32),

@@ -197,5 +197,5 @@ def test_the_report_shows_each_diagnosed_variants_worst_layers(tmp_path):
     assert section.index("s3_relu") < section.index("stem")  # worst first
     data["variants"][1]["diagnosis"] = {"layers": [{"name": "x", "op": "ADD", "sqnr_db": "high", "own_db": 1}]}
     path.write_text(json.dumps(data))
-    with pytest.raises(DataError, match=r"variants\[1\].diagnosis is not a per-layer diagnosis"):
+    with pytest.raises(DataError, match=r"variants\[1\].diagnosis.layers\[0\].sqnr_db' must be a number"):
         Report.load([path])

@@ -182,7 +182,10 @@ def test_every_command_answers_malformed_input_in_one_line(inputs, capsys, monke
     for command, table in cases.items():
         for args in table:
             argv = [command, *args]
-            code = main(argv)
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # refused while parsing the command line
+                code = exit_.code
             captured = capsys.readouterr()
             tried += 1
             tracebacks += "Traceback" in captured.err

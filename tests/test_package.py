@@ -41,7 +41,7 @@ def test_command_line_mistakes_are_one_line_errors():
     assert "usage:" not in line
     assert_one_line_error(run_cli("bench"), "the following arguments are required: bundle")
     assert_one_line_error(run_cli("frobnicate"), "invalid choice: 'frobnicate'", "see 'edgecls --help'")
-    assert_one_line_error(run_cli("train", "--epochs", "ten"), "invalid int value: 'ten'")
+    assert_one_line_error(run_cli("train", "--epochs", "ten"), "--epochs: 'ten' is not an integer")
 
 
 def test_public_functions_are_functions_whatever_was_imported_first():

@@ -187,7 +187,7 @@ def test_training_with_cutmix_and_a_teacher_records_it_and_resume_refuses_a_chan
     record = json.loads((out / "train.json").read_text())
     assert record["config"]["cutmix"] == 0.5 and record["distillation"] is not None
     proc = run_cli("train", "--data", TINY_ZIP, "--cutmix", "2", "--out", tmp_path / "bad")
-    assert proc.returncode != 0 and "cutmix is the probability" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "--cutmix: 2.0 is out of range" in proc.stderr and "Traceback" not in proc.stderr
     staging = tmp_path / "p.partial"
     staging.mkdir()
     (staging / "run.json").write_text(json.dumps(TrainConfig(data=str(TINY_ZIP), arch="seed_cnn", out=str(tmp_path / "p"),

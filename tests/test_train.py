@@ -143,7 +143,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, trained_tiny):
     assert_one_line_error(run_cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "o", "--epochs", "1"),
                           "dataset not found")
     assert_one_line_error(run_cli("train", "--data", TINY_ZIP, "--out", tmp_path / "o", "--epochs", "0"),
-                          "epochs must be a positive integer")
+                          "--epochs: 0 is out of range")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -158,7 +158,7 @@ def test_cli_teacher_bad_inputs_are_one_line_errors(tmp_path, trained_tiny, cons
     assert_one_line_error(run_cli(*args, "--teacher", other), "its classes", "same classes")
     assert_one_line_error(run_cli(*args, "--image-size", "24", "--teacher", trained_tiny.out), "takes (32, 32) images",
                           "--image-size 32")
-    assert_one_line_error(run_cli(*args, "--teacher", constant_teacher, "--distill-alpha", "2"), "distill_alpha must be in [0, 1]")
+    assert_one_line_error(run_cli(*args, "--teacher", constant_teacher, "--distill-alpha", "2"), "--distill-alpha: 2.0 is out of range")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 
 

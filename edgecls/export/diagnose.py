@@ -239,8 +239,8 @@ def format_diagnosis(row: dict, top: int | None = None) -> str:
     layers = ranked(found)
     shown = layers[:top] if top else layers
     width = max([len(layer["name"]) for layer in shown] + [5])
-    lines = [f"{row['name']} ({row.get('description', '')}): per-layer error against the {found['against']}, "
-             f"on {found['images']} calibration images; worst first",
+    lines = [f"{row['name']} ({row.get('description', '')}): per-layer error against the "
+             f"{found.get('against', 'float model')}, on {found.get('images', '?')} calibration images; worst first",
              f"  {'layer':<{width}}  {'op':<18}{'own dB':>9}{'SQNR dB':>9}"]
     lines += [f"  {layer['name']:<{width}}  {layer['op']:<18}{layer['own_db']:>9.2f}{layer['sqnr_db']:>9.2f}"
               for layer in shown]

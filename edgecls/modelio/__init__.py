@@ -294,6 +294,6 @@ def read_run_record(path: Path, flag: str) -> dict:
     if not record.is_file():
         return {}
     try:
-        return read_json(record, f"{flag} {path}: {TRAIN_FILE}", ConfigError, "train")
+        return read_json(record, TRAIN_FILE, ConfigError, "train")
     except ConfigError as e:
-        raise ConfigError(f"{e}; pass the --out of a finished run") from None
+        raise ConfigError(f"{flag} {path}: cannot read {TRAIN_FILE} ({e}); pass the --out of a finished run") from None

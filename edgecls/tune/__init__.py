@@ -98,6 +98,16 @@ def _check_record(record, path: Path) -> None:
         raise ConfigError(f"{path} is not a tune record this edgecls wrote (or it is damaged); choose a new --out")
 
 
+def read_record(path: Path) -> dict:
+    """A tune.json, read within bounds and checked against its schema (names, numbers, types, lists)
+    and the rules across it, before anything uses it; ConfigError naming what is wrong otherwise."""
+    from .._io import read_json
+
+    record = read_json(path, "tune record", ConfigError, "tune")
+    _check_record(record, path)
+    return record
+
+
 def artifact_id(stage: str, variant: str) -> str:
     """The name a candidate file goes by: the variant, with its sparsity for pruned stages and
     '+repair' for repaired ones."""
@@ -117,13 +127,11 @@ class _State:
 
     @classmethod
     def open(cls, out: Path, model, data, config: TuneConfig) -> "_State":
-        from .._io import read_json
 
         path = out / "tune.json"
         space = _space(config)
         if path.is_file():
-            old = read_json(path, "tune record", ConfigError, "tune")
-            _check_record(old, path)
+            old = read_record(path)
             changed = [k for k in SPACE_KEYS if old.get("space", {}).get(k) != space[k]]
             if old.get("model") != str(model) or old.get("data") != str(data):
                 changed = ["model or data"] + changed
