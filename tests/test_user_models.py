@@ -262,3 +262,28 @@ def test_a_savedmodel_exports_every_format_it_can_take(h5_model, tmp_path):
     skipped = {r["name"]: r["reason"] for r in result.manifest["rejected"]}
     assert "cannot be pruned or quantization-aware trained" in skipped["tflite_qat_int8"]
     assert "skipped" in result.format_table()
+
+
+def test_a_model_ending_in_logits_is_validated_in_probabilities(sample_model, tmp_path):
+    """Raw logits (here a trained model's, scaled up 16x: the same predictions, larger numbers) are
+    compared after the softmax the runtime applies: every post-training variant validates, and the
+    int8 files differ from the model by far less in probability than in logits."""
+    from edgecls._deps import keras
+
+    k = keras()
+    trained = k.models.load_model(sample_model.out / "model.keras", compile=False)
+    logits = k.Model(trained.inputs, trained.get_layer("logits").output)
+    dense = logits.get_layer("logits")
+    dense.set_weights([w * 16 for w in dense.get_weights()])
+    path = tmp_path / "logits.keras"
+    logits.save(path)
+    variants = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx_fp32", "onnx_int8")
+    result = export(path, isolate=False, data="cifar10-sample", out=tmp_path / "b", preprocessing={"scale": 1 / 255},
+                    labels=LABELS, formats=variants, calibration_count=200, max_eval_images=500)
+    assert result.manifest["model"]["output"] == "logits"
+    rows = {r["name"]: r for r in result.rows}
+    assert {n: rows[n]["status"] for n in variants} == {n: "ok" for n in variants}, {n: rows[n].get("reason") for n in variants}
+    for name in ("tflite_int8", "onnx_int8"):
+        v = rows[name]["validation"]
+        assert v["compared"] == "probabilities (softmax of the logits)"
+        assert v["max_abs_diff"] <= 0.5 and v["agreement"] >= 0.95

@@ -41,9 +41,10 @@ def draws(dataset, counts, draws_per_count: int, seed: int) -> list[tuple[int, i
 
 def fidelity(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
     """Top-1 accuracy, top-1 agreement with `reference`, the mean squared and the largest output
-    difference."""
-    outputs = np.asarray(outputs, dtype=np.float32)
-    reference = np.asarray(reference, dtype=np.float32)
+    difference (in probabilities, as validation measures them)."""
+    from .validate import in_probabilities
+
+    outputs, reference, _ = in_probabilities(outputs, reference)
     if outputs.shape != reference.shape:
         raise EdgeclsError(f"output shape {outputs.shape} differs from the float model's {reference.shape}")
     pred = outputs.argmax(1)

@@ -61,10 +61,29 @@ def file_accuracy(path, images: np.ndarray, labels: np.ndarray, layout: str, tim
     return float((outputs.argmax(1) == labels).mean())
 
 
-def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tolerance: Tolerance) -> dict:
-    """Every check is evaluated and every failure reported (not just the first)."""
+def softmax(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def in_probabilities(outputs: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(outputs, reference, converted): a model ending in logits (its reference outputs are not
+    probabilities) is compared after the softmax the runtime applies, so the output tolerances
+    always bound differences of probabilities, never of raw logits."""
+    from ..training.distill import are_probabilities
+
     outputs = np.asarray(outputs, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
+    if outputs.shape == reference.shape and outputs.ndim == 2 and not are_probabilities(reference):
+        return softmax(outputs), softmax(reference), True
+    return outputs, reference, False
+
+
+def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tolerance: Tolerance) -> dict:
+    """Every check is evaluated and every failure reported (not just the first). Outputs and
+    reference are compared as probabilities (see in_probabilities)."""
+    outputs, reference, converted = in_probabilities(outputs, reference)
     if outputs.shape != reference.shape:
         return {"status": "failed", "reason": f"output shape {outputs.shape} differs from the reference {reference.shape}"}
     pred, ref_pred = outputs.argmax(1), reference.argmax(1)
@@ -103,6 +122,7 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, tole
         "accuracy_delta_points": round(delta, 4),
         "agreement_lower_bound": round(bound, 6),
         "tolerance": tolerance.to_dict(),
+        "compared": "probabilities (softmax of the logits)" if converted else "probabilities",
     }
     if warnings:
         result["warning"] = "; ".join(warnings)
