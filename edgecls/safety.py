@@ -136,14 +136,17 @@ def check_model_file(path: str | Path) -> None:
 def model_configs(path: Path) -> list:
     """The parsed configuration(s) of the model at `path`: one JSON object for a Keras file, the
     metadata of every saved layer for a Keras SavedModel, none for a plain SavedModel."""
-    if path.is_dir():
-        if (path / "model.keras").is_file():
-            return model_configs(path / "model.keras")
-        if (path / "saved_model.pb").is_file():
-            return _saved_model_configs(path)
-        raise ModelError(f"{path}: neither an edgecls model directory (model.keras) nor a SavedModel (saved_model.pb)")
-    if path.suffix in (".h5", ".hdf5"):
+    from .modelio.kinds import model_kind, refuse
+
+    kind = model_kind(path)
+    if kind == "edgecls":
+        return model_configs(path / "model.keras")
+    if kind == "savedmodel":
+        return _saved_model_configs(path)
+    if kind == "h5":
         return [_parse(_h5_config(path), path, "model_config")]
+    if kind != "keras":
+        refuse(path, kind)
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a valid .keras file (corrupt or truncated); re-save the model")
     try:

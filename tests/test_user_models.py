@@ -172,7 +172,7 @@ def test_bad_inputs_to_export_are_one_line_errors_and_leave_nothing(h5_model, sa
     assert_one_line_error(run_cli("export", truncated, *common), "truncated.h5")
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip at all")
-    assert_one_line_error(run_cli("export", corrupt, *common), "not a valid .keras file")
+    assert_one_line_error(run_cli("export", corrupt, *common), "is not a model file edgecls reads")
 
     from edgecls._deps import keras
 

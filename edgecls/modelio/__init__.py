@@ -56,6 +56,11 @@ def load_model(path: str | Path, preprocessing: PreprocessingSpec | dict | None 
     if not path.exists():
         raise ModelError(f"no model at {path}; pass a directory written by 'edgecls train', a .keras or .h5 file, "
                          f"or a SavedModel directory")
+    from .kinds import model_kind, refuse
+
+    kind = model_kind(path)
+    if kind not in ("edgecls", "savedmodel", "keras", "h5"):
+        refuse(path, kind)
     if safe_mode:
         from ..safety import check_model_file
 
@@ -70,7 +75,7 @@ def load_model(path: str | Path, preprocessing: PreprocessingSpec | dict | None 
         model = load_saved_model(path, safe_mode)
     elif path.is_dir():
         raise ModelError(f"{path}: neither an edgecls model directory (model.keras) nor a SavedModel (saved_model.pb)")
-    elif path.suffix == ".keras":
+    elif kind == "keras":
         folder = path.parent
         if _keras_file_version(path).startswith("3"):
             from .keras3 import bridge_keras3
@@ -78,7 +83,7 @@ def load_model(path: str | Path, preprocessing: PreprocessingSpec | dict | None 
             kind, model = "keras3", bridge_keras3(path, safe_mode)
         else:
             kind, model = "keras2", load_keras_model(path, safe_mode=safe_mode)
-    elif path.suffix in (".h5", ".hdf5"):
+    elif kind == "h5":
         kind, folder = "h5", path.parent
         model = load_keras_model(path, safe_mode=safe_mode)
     else:
