@@ -231,3 +231,27 @@ def test_predict_and_bench_take_a_lone_model_file_with_its_preprocessing(tmp_pat
     row = report["variants"][0]
     assert row["name"] == "their_model" and row["status"] == "ok" and row["images"] == 100
     assert report["bundle"] == str(lone) and 0.0 < row["accuracy"] <= 1.0
+
+
+def test_a_lone_file_ending_in_logits_gets_probabilities(tmp_path):
+    """A model file outside a bundle says nothing about its outputs: its first scores decide, and
+    logits get the softmax (predict prints probabilities, not raw scores)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecls import runtime
+
+    scale = numpy_helper.from_array(np.array([[10.0, -10.0, 3.0]], np.float32), "scale")
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0), helper.make_node("Mul", ["m", "scale"], ["y"])]
+    graph = helper.make_graph(nodes, "logits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 32, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [scale])
+    path = tmp_path / "logits.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    runner = runtime.load(path, preprocessing={"scale": 1 / 255})
+    probs = runner.predict(images)
+    assert runner.outputs == "logits"
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    means = images.astype(np.float32).mean(axis=(1, 2)) / 255 * np.array([10.0, -10.0, 3.0], np.float32)
+    expected = np.exp(means - means.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)

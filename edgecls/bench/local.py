@@ -130,7 +130,7 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
            "status": "ok", "layout": layout, "size": {"bytes": len(data), "gzip_bytes": gzip_size(data)},
            "description": f"{file} (not made by edgecls)"}
     write_bundle(folder, labels=labels, preprocessing=spec, rows=[row],
-                 model={"source": str(file), "kind": "file", "classes": len(labels)})
+                 model={"source": str(file), "kind": "file", "classes": len(labels), "output": "auto"})
     return folder
 
 

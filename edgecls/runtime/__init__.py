@@ -58,8 +58,8 @@ class Runner:
                  name: str | None = None, artifact: dict | None = None, outputs: str = "probabilities",
                  input_kind: str = "normalized", pixel_input: PixelInput | None = None, tta: str | None = None):
         self.tta = check_tta(tta)
-        if outputs not in ("probabilities", "logits"):
-            raise ConfigError(f"outputs must be 'probabilities' or 'logits', got {outputs!r}")
+        if outputs not in ("probabilities", "logits", "auto"):
+            raise ConfigError(f"outputs must be 'probabilities', 'logits' or 'auto', got {outputs!r}")
         if input_kind not in ("normalized", "pixels"):
             raise ConfigError(f"input_kind must be 'normalized' or 'pixels', got {input_kind!r}")
         self.outputs = outputs
@@ -227,10 +227,18 @@ class Runner:
             raise ModelError(f"{self.name}: the model gave non-finite scores (NaN or infinity) for {bad} of {len(y)} "
                              f"image(s); check the preprocessing it was given (scale {self.preprocessing.scale:g}, mean "
                              f"{list(self.preprocessing.mean)}, std {list(self.preprocessing.std)}) and the file")
+        if self.outputs == "auto":  # a lone file: its first scores say what it ends in
+            self.outputs = "probabilities" if _are_probabilities(y) else "logits"
         if self.outputs == "logits":  # a user's model that ends without softmax
             y = np.exp(y - y.max(axis=1, keepdims=True))
             y /= y.sum(axis=1, keepdims=True)
         return y
+
+
+def _are_probabilities(y: np.ndarray) -> bool:
+    """Rows of non-negative scores summing to 1 (a softmax's), not logits."""
+    y = np.asarray(y, dtype=np.float64)
+    return bool(y.ndim == 2 and (y >= 0).all() and np.allclose(y.sum(1), 1.0, atol=1e-3))
 
 
 def load(path: str | Path, variant: str | None = None, threads: int | None = None,
@@ -266,7 +274,7 @@ def load(path: str | Path, variant: str | None = None, threads: int | None = Non
         classes = backend_classes(backend)
         if classes is not None and len(labels) != classes:
             raise ConfigError(f"{len(labels)} labels given but {path} outputs {classes} classes")
-    return Runner(backend, preprocessing, labels, tta=tta)
+    return Runner(backend, preprocessing, labels, tta=tta, outputs="auto")
 
 
 def open_lone_file(path: Path, threads: int | None = None):
