@@ -497,3 +497,27 @@ def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
             err = capsys.readouterr().err
             assert says in err and "Traceback" not in err, (command, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_lone_onnx_file_with_external_data_is_benched_with_its_weights_hashed(tmp_path):
+    """torch.onnx.export's default writes the weights beside the model (MODEL.onnx.data): bench and
+    predict take such a file, the weights travel into the bench's bundle with their sha256."""
+    import onnx
+
+    from edgecls.bench.local import bundle_for_file
+    from edgecls.bundle import load_bundle
+
+    model = onnx.load(str(BUNDLE / "onnx_fp32.onnx"))
+    path = tmp_path / "net.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="net.onnx.data", size_threshold=256)
+    wrapped = bundle_for_file(path, tmp_path / "b", {"scale": 1 / 255})
+    entry = load_bundle(wrapped).artifact()
+    assert [e["file"] for e in entry["external_data"]] == ["net.onnx.data"]
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--scale", "1/255", "--data", str(TINY_ZIP), "--runs", "5", "--warmup", "1",
+                 "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["variants"][0]
+    assert row["status"] == "ok" and row["accuracy"] is not None
+    (tmp_path / "net.onnx.data").unlink()
+    assert main(["bench", str(path), "--scale", "1/255", "--out", str(tmp_path / "b2.json")]) == 2

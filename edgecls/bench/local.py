@@ -103,6 +103,28 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def _external_data(file: Path, data: bytes, folder: Path) -> list[dict]:
+    """Copy the files an ONNX model keeps its weights in (external data, beside it) into `folder`;
+    their manifest entries with sha256."""
+    import shutil
+
+    from ..bundle import sha256_file
+    from ..runtime.onnxfile import external_files
+
+    entries = []
+    for name in external_files(data, str(file)):
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ConfigError(f"{file} keeps weights in {name!r}, not in a file beside it; save the model with its "
+                              f"external data beside it (or in the .onnx file itself)")
+        source = file.parent / name
+        if not source.is_file():
+            raise ConfigError(f"{file} keeps its weights in {name}, which is not beside it ({source} is missing); copy "
+                              f"that file next to the model")
+        shutil.copyfile(source, folder / name)
+        entries.append({"file": name, "sha256": sha256_file(folder / name)})
+    return entries
+
+
 def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | None, labels=None) -> Path:
     """A one-variant bundle in `folder` around a lone .tflite/.onnx file, so bench measures it like
     any variant: its preprocessing from `preprocessing` (scale/mean/std; the input size and layout
@@ -129,6 +151,11 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
            "format": file.suffix.lstrip("."), "precision": "as given", "source": "file", "sparsity": None,
            "status": "ok", "layout": layout, "size": {"bytes": len(data), "gzip_bytes": gzip_size(data)},
            "description": f"{file} (not made by edgecls)"}
+    if row["format"] == "onnx":
+        extra = _external_data(file, data, folder)
+        if extra:
+            row["external_data"] = extra
+            row["size"]["bytes"] += sum((folder / e["file"]).stat().st_size for e in extra)
     write_bundle(folder, labels=labels, preprocessing=spec, rows=[row],
                  model={"source": str(file), "kind": "file", "classes": len(labels), "output": "auto"})
     return folder

@@ -199,7 +199,7 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
 
     # The bundle: manifest, labels, preprocessing and every artifact, minus what is already there.
     names = ["manifest.json", loaded.labels_file, loaded.preprocessing_file]
-    names += [a["file"] for a in loaded.artifacts]
+    names += [a["file"] for a in loaded.artifacts] + [e["file"] for a in loaded.artifacts for e in a.get("external_data", [])]
     have = probe["files"]
     upload = []
     for name in dict.fromkeys(names):
