@@ -228,6 +228,9 @@ def _export_config(args):
     )
 
 
+_FORMAT_NAMES = {"keras": "Keras", "onnx": "ONNX", "tflite": "TFLite"}
+
+
 def _cmd_export(args) -> int:
     from .export import export
 
@@ -236,7 +239,7 @@ def _cmd_export(args) -> int:
     print(result.format_table())
     ok = sum(r["status"] == "ok" for r in result.rows)
     ref = result.manifest["reference"]
-    print(f"\nKeras fp32 reference accuracy {ref['accuracy']:.4f} on {ref['images']} held-out images; "
+    print(f"\n{_FORMAT_NAMES.get(ref.get('format'), 'Keras')} fp32 reference accuracy {ref['accuracy']:.4f} on {ref['images']} held-out images; "
           f"{ok} of {len(result.rows)} variants validated; bundle: {result.out}")
     return 0 if ok else 1
 

@@ -72,7 +72,8 @@ def _versions() -> dict:
 def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | None = None, preprocessing=None,
            labels=None, safe_mode: bool = True, dataset: Dataset | None = None, **overrides) -> ExportResult:
     """Optimize, convert, validate and bundle. `model` is anything `edgecls.modelio.load_model`
-    accepts (an edgecls training directory, a .keras/.h5 file, a SavedModel directory)."""
+    accepts (an edgecls training directory, a .keras/.h5 file, a SavedModel directory) or a float
+    ONNX file (edgecls.sources: its ONNX variants, validated against its own outputs)."""
     from dataclasses import replace
 
     config = replace(config, **overrides) if config and overrides else (config or ExportConfig(**overrides))
@@ -83,7 +84,14 @@ def export(model, data="cifar10-sample", out="bundle", config: ExportConfig | No
     out = Path(out)
     staging = make_staging_dir(out)
     try:
-        if config.isolate and isinstance(model, (str, Path)):
+        from ..sources import load_source
+
+        source = load_source(model, preprocessing, labels) if isinstance(model, (str, Path)) else None
+        if source is not None:  # an ONNX model: its own variants (export/from_source.py)
+            from .from_source import export_from_source
+
+            result = export_from_source(staging, out, source, data, config, dataset)
+        elif config.isolate and isinstance(model, (str, Path)):
             # A native crash while converting one variant costs that variant, not the export.
             from .worker import export_supervised
 

@@ -1,0 +1,84 @@
+"""A PyTorch model given as ONNX (tests/fixtures/torch: a small CNN trained on the built-in sample,
+exported by both of torch's exporters; made by make_fixtures.py there, no torch needed here): export
+makes validated ONNX variants against the model's own onnxruntime outputs, in probabilities (it ends
+in logits), and lists what needs a Keras model as skipped."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecls.cli import main
+
+from .conftest import FIXTURES
+
+TORCH = FIXTURES / "torch"
+VERSIONS = json.loads((TORCH / "versions.json").read_text())
+PRE = ["--scale", "1/255", "--mean", *map(str, VERSIONS["preprocessing"]["mean"]),
+       "--std", *map(str, VERSIONS["preprocessing"]["std"]), "--labels", str(TORCH / "labels.json")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx_source")
+    out = {}
+    for name in ("dynamo", "legacy"):
+        args = ["export", str(TORCH / f"tinynet_{name}.onnx"), *PRE, "--data", "cifar10-sample",
+                "--out", str(root / name), "--formats", "onnx_fp32", "onnx_int8", "tflite_int8", "tflite_qat_int8"]
+        assert main(args) == 0
+        out[name] = root / name
+    return out
+
+
+def test_both_torch_exporters_become_validated_onnx_bundles(exported):
+    from edgecls.bundle import load_bundle
+
+    for name, folder in exported.items():
+        manifest = load_bundle(folder).manifest
+        rows = {a["name"]: a for a in manifest["artifacts"]}
+        rejected = {r["name"]: r for r in manifest["rejected"]}
+        assert manifest["model"]["kind"] == "onnx" and manifest["model"]["output"] == "logits"
+        assert set(rows) == {"onnx_fp32", "onnx_int8"}, (name, {n: r.get("reason") for n, r in rejected.items()})
+        assert {n: r["status"] for n, r in rejected.items()} == {"tflite_int8": "skipped", "tflite_qat_int8": "skipped"}
+        assert "needs a Keras model" in rejected["tflite_int8"]["reason"]
+        fp32 = rows["onnx_fp32"]["validation"]
+        # The float file is the user's model: the same predictions, and the accuracy torch measured.
+        assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-5
+        assert abs(fp32["accuracy"] - VERSIONS["test_accuracy"]) <= 0.002
+        assert manifest["reference"]["accuracy"] == fp32["accuracy"] and manifest["reference"]["format"] == "onnx"
+        int8 = rows["onnx_int8"]["validation"]
+        assert int8["compared"] == "probabilities (softmax of the logits)" and int8["agreement"] >= 0.95
+        assert rows["onnx_int8"]["size"]["bytes"] < rows["onnx_fp32"]["size"]["bytes"]
+        assert "external_data" not in rows["onnx_fp32"]  # weights folded into the one file
+        assert rows["onnx_fp32"]["layout"] == "NCHW"
+    a, b = (json.loads((exported[n] / "manifest.json").read_text())["reference"]["accuracy"] for n in exported)
+    assert a == b  # both exporters compute the same model
+
+
+def test_the_bundle_runs_and_predicts_probabilities(exported, capsys):
+    from edgecls import runtime
+    from edgecls.data import load_dataset
+
+    images = load_dataset("cifar10-sample").test.images[:8]
+    probs = runtime.load(exported["dynamo"], variant="onnx_int8").predict(images)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    lone = runtime.load(TORCH / "tinynet_dynamo.onnx", preprocessing={
+        "scale": 1 / 255, "mean": VERSIONS["preprocessing"]["mean"], "std": VERSIONS["preprocessing"]["std"]})
+    bundled = runtime.load(exported["dynamo"], variant="onnx_fp32")
+    np.testing.assert_allclose(lone.predict(images), bundled.predict(images), atol=1e-6)
+
+
+def test_an_onnx_model_without_preprocessing_or_with_wrong_labels_is_one_line(tmp_path, capsys):
+    model = str(TORCH / "tinynet_legacy.onnx")
+    assert main(["export", model, "--data", "cifar10-sample", "--out", str(tmp_path / "a")]) == 2
+    assert "needs its preprocessing" in capsys.readouterr().err
+    labels = tmp_path / "labels.json"
+    labels.write_text('["a", "b"]')
+    assert main(["export", model, "--scale", "1/255", "--labels", str(labels), "--data", "cifar10-sample",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "2 labels given but" in capsys.readouterr().err
+    assert main(["export", model, "--scale", "1/255", "--data", "cifar10-sample", "--out", str(tmp_path / "c"),
+                 "--formats", "tflite_int8"]) == 2
+    assert "none of the requested variants can be made from an ONNX model" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name != "labels.json"]
