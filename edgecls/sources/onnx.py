@@ -55,24 +55,38 @@ def load(path: Path, preprocessing=None, labels=None) -> ONNXSource:
     """Read and check the ONNX model at `path`; `preprocessing` (scale/mean/std) and `labels` (a list
     or a JSON file) as for a Keras file: the input size and layout are read from the model."""
     import onnx
+    import onnxruntime as ort
 
-    from ..runtime import open_lone_file, spec_for_file
+    from ..schema import MAX_CLASSES, MAX_INPUT_SIDE
 
     if not preprocessing:
         raise ModelError(f"{path}: an ONNX model needs its preprocessing: pass --scale, --mean and --std (it sees "
                          f"(pixel * scale - mean) / std)")
     if isinstance(preprocessing, PreprocessingSpec):
         preprocessing = {"scale": preprocessing.scale, "mean": preprocessing.mean, "std": preprocessing.std}
-    backend, layout = open_lone_file(path)  # onnxruntime reads it, external data included
-    spec = spec_for_file(backend, layout, preprocessing)
-    classes = int(backend.output_shape[-1]) if backend.output_shape and backend.output_shape[-1] > 0 else None
-    if len(backend.output_shape) != 2 or not classes or classes < 2:
-        raise ModelError(f"{path}: the model's output is {backend.output_shape}; edgecls needs (batch, classes) scores")
-    try:
-        model = onnx.load(str(path))  # external data read from beside the file
-        data = model.SerializeToString()  # and folded into one file
+    try:  # onnxruntime reads it, external data beside it included
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        model = onnx.load(str(path))
+        data = model.SerializeToString()  # the external data folded into one file
     except Exception as exc:
-        raise ModelError(f"{path}: unreadable ONNX model ({first_line(exc)})") from None
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc, 200)})") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+    shape = [d if isinstance(d, int) else -1 for d in inputs[0].shape]
+    out = [d if isinstance(d, int) else -1 for d in outputs[0].shape]
+    # NCHW when the 3 channels come second and the last side is not 3 (the runtime's rule for lone files).
+    layout = "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
+    size = (shape[2], shape[3]) if layout == "NCHW" else tuple(shape[1:3])
+    if len(shape) != 4 or min(size) <= 0 or (shape[1] if layout == "NCHW" else shape[3]) != 3:
+        raise ModelError(f"{path}: the input is {inputs[0].shape}; edgecls needs one RGB image of a fixed size")
+    if max(size) > MAX_INPUT_SIDE:
+        raise ModelError(f"{path}: the model takes {size[0]}x{size[1]} images; edgecls handles up to {MAX_INPUT_SIDE}")
+    classes = out[-1] if len(out) == 2 else -1
+    if not 2 <= classes <= MAX_CLASSES:
+        raise ModelError(f"{path}: the model's output is {outputs[0].shape}; edgecls needs (batch, classes) scores")
+    spec = PreprocessingSpec(input_size=size, layout=layout,
+                             **{k: v for k, v in preprocessing.items() if k in ("scale", "mean", "std")})
     if isinstance(labels, (str, Path)):
         from ..modelio import load_labels
 
@@ -80,4 +94,4 @@ def load(path: Path, preprocessing=None, labels=None) -> ONNXSource:
     labels = tuple(labels) if labels else tuple(str(i) for i in range(classes))
     if len(labels) != classes:
         raise ConfigError(f"{len(labels)} labels given but {path} outputs {classes} classes")
-    return ONNXSource(path, spec, labels, layout, backend.input_name, data)
+    return ONNXSource(path, spec, labels, layout, inputs[0].name, data)
