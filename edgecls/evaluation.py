@@ -174,14 +174,16 @@ def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int 
     """Top-1, per-class accuracy and confusion matrix of a model on a dataset split.
 
     `model` is anything `edgecls.modelio.load_model` takes (an `edgecls train` directory, a Keras
-    file with `preprocessing` given or beside it, a SavedModel); `data` anything `load_dataset`
-    accepts, or a loaded Dataset.
+    file with `preprocessing` given or beside it, a SavedModel) or an ONNX file (edgecls.sources,
+    run by onnxruntime); `data` anything `load_dataset` accepts, or a loaded Dataset.
     """
     from .modelio import load_model
+    from .sources import load_source
 
     if split not in ("test", "train"):
         raise DataError(f"split must be 'test' or 'train', got {split!r}")
-    trained = load_model(model, preprocessing, labels, safe_mode=safe_mode)
+    source = load_source(model, preprocessing, labels) if isinstance(model, (str, Path)) else None
+    trained = source or load_model(model, preprocessing, labels, safe_mode=safe_mode)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, image_size=trained.preprocessing.input_size)
     if dataset.image_size != trained.preprocessing.input_size:
         raise DataError(f"images are {dataset.image_size} but the model expects {trained.preprocessing.input_size}")
@@ -191,5 +193,6 @@ def evaluate(model, data="cifar10-sample", split: str = "test", batch_size: int 
     for start in range(0, len(part), batch_size):
         # Normalize a batch at a time: the whole split as float32 would be 4x the uint8 images.
         x = trained.preprocessing.apply(part.images[start:start + batch_size])
-        predictions[start:start + batch_size] = predict_in_batches(trained.model, x, batch_size).argmax(1)
+        scores = source.reference(x) if source is not None else predict_in_batches(trained.model, x, batch_size)
+        predictions[start:start + batch_size] = scores.argmax(1)
     return summarize(mapping[part.labels], predictions, trained.labels, dataset.name, split, str(Path(model)))

@@ -82,3 +82,10 @@ def test_an_onnx_model_without_preprocessing_or_with_wrong_labels_is_one_line(tm
                  "--formats", "tflite_int8"]) == 2
     assert "none of the requested variants can be made from an ONNX model" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name != "labels.json"]
+
+
+def test_eval_takes_the_onnx_model(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(TORCH / "tinynet_legacy.onnx"), *PRE, "--data", "cifar10-sample", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert abs(result["top1"] - VERSIONS["test_accuracy"]) <= 0.002 and len(result["confusion_matrix"]) == 10
