@@ -320,8 +320,8 @@ def test_a_round_that_fails_after_the_first_fails_the_row():
 def test_bad_repeats_is_a_one_line_error(sample_bundle, tmp_path, repeats):
     proc = run_cli("bench", sample_bundle.out, "--repeats", repeats, "--out", tmp_path / "r.json")
     assert proc.returncode != 0 and not (tmp_path / "r.json").exists()
-    if repeats != "x":  # argparse's own usage error for a non-integer
-        assert_one_line_error(proc, "repeats must be a positive integer")
+    assert_one_line_error(proc, f"--repeats: {repeats!r} is not an integer" if repeats == "x" else
+                          f"--repeats: {repeats} is out of range")
 
 
 def test_bench_without_data_on_a_non_cifar_bundle_says_what_it_needs(tmp_path):

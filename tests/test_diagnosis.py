@@ -172,7 +172,7 @@ def test_max_drop_from_export_on_a_trained_model(trained_tiny, tmp_path):
         else:
             assert rows[name]["status"] == "failed" and "--max-drop 0 not met" in rows[name]["reason"]
     proc = run_cli("export", trained_tiny.out, "--data", TINY_ZIP, "--out", tmp_path / "c", "--max-drop", "-1")
-    assert proc.returncode == 2 and "max_drop must be a number of accuracy points" in proc.stderr
+    assert proc.returncode == 2 and "--max-drop: -1.0 is out of range" in proc.stderr
 
 
 def test_the_report_shows_each_diagnosed_variants_worst_layers(tmp_path):

@@ -186,8 +186,8 @@ def test_bad_inputs_to_export_are_one_line_errors_and_leave_nothing(h5_model, sa
     assert_one_line_error(run_cli("export", trained, *base, "--calibration-count", "500"),
                           "needs 500 training images", "has 200")
     assert_one_line_error(run_cli("export", trained, *base, "--calibration-count", "3"), "at least 32")
-    assert_one_line_error(run_cli("export", trained, *base, "--sparsity", "1.5"), "sparsity must be between 0 and 1")
-    assert_one_line_error(run_cli("export", trained, *base, "--sparsity", "0"), "sparsity must be between 0 and 1")
+    assert_one_line_error(run_cli("export", trained, *base, "--sparsity", "1.5"), "--sparsity: 1.5 is out of range")
+    assert_one_line_error(run_cli("export", trained, *base, "--sparsity", "0"), "--sparsity: 0.0 is out of range")
     assert_one_line_error(run_cli("export", trained, *base, "--formats", "tflite_int3"), "unknown format 'tflite_int3'")
     assert_one_line_error(run_cli("export", h5_model, "--data", TINY_ZIP, "--out", out, "--formats", "tflite_fp32"),
                           "no preprocessing given")
