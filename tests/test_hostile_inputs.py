@@ -206,6 +206,7 @@ def _loaders(tmp_path):
 
 
 def test_every_numeric_field_of_every_file_kind_refuses_bad_numbers(tmp_path):
+    before = _snapshot()
     cases = 0
     for kind, (good, read) in _loaders(tmp_path).items():
         read(json.dumps(good))  # the good document loads
@@ -224,6 +225,7 @@ def test_every_numeric_field_of_every_file_kind_refuses_bad_numbers(tmp_path):
                 assert "\n" not in str(err.value), (kind, path, name)
                 cases += 1
     assert cases >= 500, cases
+    assert _snapshot() == before
 
 
 @pytest.mark.parametrize("kind", ["manifest", "bench", "tune", "preprocessing"])
@@ -300,7 +302,9 @@ def _argv(command, sub, action, value):
     return argv
 
 
-def test_every_numeric_and_path_option_refuses_meaningless_values(capsys):
+def test_every_numeric_and_path_option_refuses_meaningless_values(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot()
     numeric = texts = 0
     for command, sub in _commands().items():
         for action in sub._actions:
@@ -324,6 +328,7 @@ def test_every_numeric_and_path_option_refuses_meaningless_values(capsys):
                 lines = [line for line in err.splitlines() if line.startswith("edgecls: error:")]
                 assert exit_.value.code == 2 and len(lines) == 1 and "Traceback" not in err, (command, action.dest, value, err)
     assert numeric >= 80 and texts >= 40, (numeric, texts)
+    assert _snapshot() == before and not list(tmp_path.iterdir())
 
 
 # -- 1, 2, 3, 10: nothing written outside --out, nothing of the user's deleted ----------------------------
