@@ -485,8 +485,9 @@ def test_non_finite_scores_are_an_error(tmp_path):
 
 
 def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
-    """The loader decides by content, so an ONNX or TFLite file (whatever its name) gets the message
-    that fits it, not a complaint about a damaged .keras file."""
+    """The loader decides by content, so a TFLite file or a bundle (whatever its name) gets the
+    message that fits it, not a complaint about a damaged .keras file; an ONNX file goes to the ONNX
+    source, which asks for its preprocessing."""
     from edgecls.modelio.kinds import model_kind
 
     onnx_file = BUNDLE / "onnx_fp32.onnx"
@@ -494,10 +495,10 @@ def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
     assert model_kind(onnx_file) == "onnx" and model_kind(tflite) == "tflite" and model_kind(BUNDLE) == "bundle"
     disguised = tmp_path / "model.keras"
     disguised.write_bytes(tflite.read_bytes())
-    for path, says in ((onnx_file, "is an ONNX file"), (tflite, "is a TFLite file"), (disguised, "is a TFLite file"),
-                       (BUNDLE, "is a bundle written by 'edgecls export'")):
+    for path, says in ((tflite, "is a TFLite file"), (disguised, "is a TFLite file"),
+                       (BUNDLE, "is a bundle written by 'edgecls export'"), (onnx_file, "needs its preprocessing")):
         for command in (["eval", str(path), "--data", str(TINY_ZIP)],
-                        ["export", str(path), "--data", str(TINY_ZIP), "--out", str(tmp_path / "o"), "--scale", "1/255"]):
+                        ["export", str(path), "--data", str(TINY_ZIP), "--out", str(tmp_path / "o")]):
             assert main(command) == 2
             err = capsys.readouterr().err
             assert says in err and "Traceback" not in err, (command, err)
