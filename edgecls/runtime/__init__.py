@@ -236,9 +236,10 @@ class Runner:
 
 
 def _are_probabilities(y: np.ndarray) -> bool:
-    """Rows of non-negative scores summing to 1 (a softmax's), not logits."""
+    """Rows of scores in [0, 1] summing to 1 (a softmax's, within an int8 output's rounding: up to
+    half a 1/256 step per class), not logits."""
     y = np.asarray(y, dtype=np.float64)
-    return bool(y.ndim == 2 and (y >= 0).all() and np.allclose(y.sum(1), 1.0, atol=1e-3))
+    return bool(y.ndim == 2 and (y >= 0).all() and (y <= 1).all() and np.allclose(y.sum(1), 1.0, atol=0.05))
 
 
 def load(path: str | Path, variant: str | None = None, threads: int | None = None,
