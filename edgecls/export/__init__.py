@@ -61,7 +61,8 @@ class ExportResult:
 
 def _versions() -> dict:
     out = {}
-    for pkg in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+    for pkg in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
+                "litert-quantizer", "nncf", "onnx2tf"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -4,7 +4,7 @@ Both files run on the same calibration images with every intermediate tensor kep
 `experimental_preserve_all_tensors`, without the XNNPACK delegate so no layer is fused away;
 onnxruntime through its quantization debugger, which makes every node output a graph output).
 A layer of the quantized file is matched to the float file's by its output tensor: by name in
-TFLite (the converter and AI Edge Quantizer keep the float model's names; files with stripped
+TFLite (the converter and LiteRT quantizer keep the float model's names; files with stripped
 names match by position when both files have the same operators); in ONNX through its
 DequantizeLinear(QuantizeLinear(X)) pair, X being the float model's tensor.
 

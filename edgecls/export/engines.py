@@ -3,9 +3,11 @@ and returns the quantized file's bytes with the manifest fields that say how it 
 
 TFLite
   converter   the TFLite converter's built-in quantizer (from the Keras model; formats/tflite.py)
-  aeq         Google's AI Edge Quantizer (`ai-edge-quantizer`, no TensorFlow) on the float .tflite:
-              static int8 (int8 weights per channel, int8 activations), int16 activations with
-              int8 weights, and dynamic range; float input and output tensors.
+  aeq         Google's LiteRT quantizer (`litert-quantizer`, formerly `ai-edge-quantizer`; no
+              TensorFlow) on any float .tflite: static int8 (int8 weights per channel, int8
+              activations), int16 activations with int8 weights, dynamic range and float16
+              weights; float input and output tensors. Google's migration guide moves
+              quantization out of the TFLite converter to this two-step workflow.
 ONNX (QDQ, uint8 activations and 7-bit int8 weights unless the scheme says otherwise: the same
 outputs on every x86 class, see formats/onnx.py)
   ort_minmax, ort_entropy, ort_percentile
@@ -33,13 +35,14 @@ from ..errors import ConfigError, ExportError, first_line
 
 ENGINES = {
     "converter": "TFLite converter",
-    "aeq": "AI Edge Quantizer",
+    "aeq": "LiteRT quantizer",
     "ort_minmax": "onnxruntime static, MinMax calibration",
     "ort_entropy": "onnxruntime static, Entropy calibration",
     "ort_percentile": "onnxruntime static, Percentile calibration",
     "nncf": "NNCF post-training quantization",
 }
-AEQ_RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic": "dynamic_wi8_afp32"}
+AEQ_RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic": "dynamic_wi8_afp32",
+               "fp16": "float16 weights (float casting, weight only)"}
 
 
 @contextlib.contextmanager
@@ -59,22 +62,22 @@ def _quiet():
 
 def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray | None,
                  keep_float: tuple[str, ...] = ()) -> bytes:
-    """AI Edge Quantizer on a float .tflite: `precision` int8 (static, int8 activations), int16x8
+    """LiteRT quantizer on a float .tflite: `precision` int8 (static, int8 activations), int16x8
     (static, int16 activations) or dynamic; calibrated on `representative` (the model's float
     input, NHWC) for the static recipes. `keep_float`: output tensor names of layers left in float
     (AEQ's scoped recipe with its no-quantize algorithm), for selective repair."""
     if precision not in AEQ_RECIPES:
-        raise ConfigError(f"AI Edge Quantizer has no {precision} recipe; choose one of {', '.join(AEQ_RECIPES)}")
-    optional("ai_edge_quantizer", "train")
-    from ai_edge_quantizer import quantizer, recipe
+        raise ConfigError(f"LiteRT quantizer has no {precision} recipe; choose one of {', '.join(AEQ_RECIPES)}")
+    optional("litert_quantizer", "train")
+    from litert_quantizer import quantizer, recipe
 
     try:
         with _quiet():
             qt = quantizer.Quantizer(bytearray(float_tflite))
-            qt.load_quantization_recipe(getattr(recipe, AEQ_RECIPES[precision])())
+            qt.load_quantization_recipe(_fp16_recipe() if precision == "fp16" else getattr(recipe, AEQ_RECIPES[precision])())
             if keep_float:
-                from ai_edge_quantizer.algorithm_manager import AlgorithmName
-                from ai_edge_quantizer.qtyping import TFLOperationName
+                from litert_quantizer.algorithm_manager import AlgorithmName
+                from litert_quantizer.qtyping import TFLOperationName
 
                 for name in keep_float:
                     qt.update_quantization_recipe(regex=f"^{re.escape(name)}$", operation_name=TFLOperationName.ALL_SUPPORTED,
@@ -90,8 +93,21 @@ def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray
     except ConfigError:
         raise
     except Exception as exc:  # AEQ raises ValueError/KeyError/RuntimeError for ops or graphs it cannot take
-        raise ExportError(f"AI Edge Quantizer {precision} failed: {first_line(exc)}") from None
+        raise ExportError(f"LiteRT quantizer {precision} failed: {first_line(exc)}") from None
     return bytes(result.quantized_model)
+
+
+def _fp16_recipe():
+    """Every supported op's weights cast to float16 (the quantizer's float-casting algorithm, weight
+    only: the op computes in float32 after a Dequantize)."""
+    from litert_quantizer import recipe_manager
+    from litert_quantizer.algorithm_manager import AlgorithmName
+    from litert_quantizer.qtyping import TFLOperationName
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                   algorithm_key=AlgorithmName.FLOAT_CASTING)
+    return manager.get_quantization_recipe()
 
 
 def _signature_input(tflite: bytes) -> tuple[str, str]:
@@ -100,10 +116,10 @@ def _signature_input(tflite: bytes) -> tuple[str, str]:
 
     signatures = Interpreter(model_content=tflite).get_signature_list()
     if len(signatures) != 1:
-        raise ExportError(f"AI Edge Quantizer needs a float model with one signature; it has {len(signatures)}")
+        raise ExportError(f"LiteRT quantizer needs a float model with one signature; it has {len(signatures)}")
     key, sig = next(iter(signatures.items()))
     if len(sig["inputs"]) != 1:
-        raise ExportError(f"AI Edge Quantizer: the model's signature has {len(sig['inputs'])} inputs; edgecls takes one")
+        raise ExportError(f"LiteRT quantizer: the model's signature has {len(sig['inputs'])} inputs; edgecls takes one")
     return key, sig["inputs"][0]
 
 
@@ -181,3 +197,39 @@ def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str,
     except Exception as exc:
         raise ExportError(f"NNCF quantization failed: {first_line(exc)}") from None
     return quantized.SerializeToString()
+
+
+def _aeq(float_bytes, calibration, precision, input_name, scheme, keep_float):
+    return aeq_quantize(float_bytes, precision, calibration, keep_float)
+
+
+def _ort(method: str):
+    def run(float_bytes, calibration, precision, input_name, scheme, keep_float):
+        return ort_quantize(float_bytes, calibration, method, scheme, input_name, keep_float=keep_float)
+
+    return run
+
+
+def _nncf(float_bytes, calibration, precision, input_name, scheme, keep_float):
+    return nncf_quantize(float_bytes, calibration, input_name, keep_float)
+
+
+# Engines that quantize a float file: engine -> (the format of the file it takes, its function).
+POST_TRAINING = {
+    "aeq": ("tflite", _aeq),
+    "ort_minmax": ("onnx", _ort("minmax")),
+    "ort_entropy": ("onnx", _ort("entropy")),
+    "ort_percentile": ("onnx", _ort("percentile")),
+    "nncf": ("onnx", _nncf),
+}
+
+
+def post_training(engine: str, float_bytes: bytes, calibration: np.ndarray, precision: str, input_name: str = "",
+                  scheme: str = "u8s8_rr", keep_float: tuple[str, ...] = ()) -> bytes:
+    """The bytes of the float file `float_bytes` quantized by `engine` to `precision`, calibrated on
+    `calibration` (normalized images in the file's own layout). One signature for every engine of
+    POST_TRAINING; `input_name` names the ONNX input, `scheme` the ONNX int8 scheme
+    (formats.onnx.INT8_SCHEMES; NNCF has its own), `keep_float` layer or node names left in float."""
+    if engine not in POST_TRAINING:
+        raise ConfigError(f"unknown post-training engine {engine!r}; choose one of {', '.join(POST_TRAINING)}")
+    return POST_TRAINING[engine][1](float_bytes, calibration, precision, input_name, scheme, keep_float)

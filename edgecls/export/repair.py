@@ -6,7 +6,7 @@ validation split drawn from the training data (never the calibration images, nev
 split). A variant that meets it as plain int8 is left fully quantized. Otherwise the layers of its
 per-layer diagnosis (edgecls.export.diagnose), the one that adds the most error first, are tried in
 float one more at a time, by the engine that made the file (TFLite converter: TensorFlow's
-QuantizationDebugger with denylisted nodes; AI Edge Quantizer: its scoped no-quantize recipe; ONNX:
+QuantizationDebugger with denylisted nodes; LiteRT quantizer: its scoped no-quantize recipe; ONNX:
 onnxruntime's nodes_to_exclude or NNCF's ignored scope) until the budget is met, at most
 `ExportConfig.repair_max_layers` layers tried. A layer stays in float only if it makes the validation
 accuracy better by at least one image: a layer whose float version does not help costs bytes and

@@ -346,7 +346,7 @@ class TFLiteFormat(Format):
 
     def requantize(self, variant, job, keep_float: tuple[str, ...]):
         """The variant with the layers `keep_float` (output tensor names) left in float, by the
-        engine that made it: the converter's denylisted nodes, or AI Edge Quantizer's scoped recipe."""
+        engine that made it: the converter's denylisted nodes, or LiteRT quantizer's scoped recipe."""
         if variant.precision not in QUANTIZED or variant.input != "normalized":
             raise ConfigError(f"{variant.name} cannot keep layers in float")
         if variant.engine != "converter":
@@ -357,7 +357,7 @@ class TFLiteFormat(Format):
                          job.config)
 
     def _aeq(self, variant, job, keep_float: tuple[str, ...]):
-        """AI Edge Quantizer on the float file of the variant's model (not on the Keras model), with
+        """LiteRT quantizer on the float file of the variant's model (not on the Keras model), with
         the layers `keep_float` left in float."""
         from ..engines import aeq_quantize
 
