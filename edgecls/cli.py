@@ -438,7 +438,7 @@ def _add_preprocessing_options(p):
 
 
 def _add_model_options(p):
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
     p.add_argument("--data", default=T.data, help="labelled data: calibration from its train split, validation on its test split")
     p.add_argument("--out", required=True, help="output directory")
     _add_preprocessing_options(p)
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1, per-class accuracy and confusion matrix of a trained model")
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
     p.add_argument("--data", default=T.data)
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export and measure candidate variants (post-training first, fine-tuned ones only "
                                    "where they can win), choose on a validation split held out of the training data, "
                                    "then read the test split once for the winner. Resumes an interrupted search in --out.")
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
     p.add_argument("--data", default=T.data, help="labelled data: the validation split and calibration from its training "
                                                   "images, the winner's figure from its test split")
     p.add_argument("--out", required=True, help="output directory (tune.json, tune.html, bundle/); resumed if it holds a search")

@@ -486,8 +486,8 @@ def test_non_finite_scores_are_an_error(tmp_path):
 
 def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
     """The loader decides by content, so a TFLite file or a bundle (whatever its name) gets the
-    message that fits it, not a complaint about a damaged .keras file; an ONNX file goes to the ONNX
-    source, which asks for its preprocessing."""
+    message that fits it, not a complaint about a damaged .keras file; an ONNX or TFLite file (even
+    one named .keras) goes to its source kind, which asks for its preprocessing."""
     from edgecls.modelio.kinds import model_kind
 
     onnx_file = BUNDLE / "onnx_fp32.onnx"
@@ -495,7 +495,8 @@ def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
     assert model_kind(onnx_file) == "onnx" and model_kind(tflite) == "tflite" and model_kind(BUNDLE) == "bundle"
     disguised = tmp_path / "model.keras"
     disguised.write_bytes(tflite.read_bytes())
-    for path, says in ((tflite, "is a TFLite file"), (disguised, "is a TFLite file"),
+    for path, says in ((tflite, "a TFLite model needs its preprocessing"),
+                       (disguised, "a TFLite model needs its preprocessing"),
                        (BUNDLE, "is a bundle written by 'edgecls export'"), (onnx_file, "needs its preprocessing")):
         for command in (["eval", str(path), "--data", str(TINY_ZIP)],
                         ["export", str(path), "--data", str(TINY_ZIP), "--out", str(tmp_path / "o")]):

@@ -1,7 +1,8 @@
 """A PyTorch model given as ONNX (tests/fixtures/torch: a small CNN trained on the built-in sample,
 exported by both of torch's exporters; made by make_fixtures.py there, no torch needed here): export
-makes validated ONNX variants against the model's own onnxruntime outputs, in probabilities (it ends
-in logits), and lists what needs a Keras model as skipped."""
+makes validated ONNX variants and, through onnx2tf, TFLite variants (NHWC, no transposes left),
+each against the model's own onnxruntime outputs, in probabilities (it ends in logits); what needs a
+Keras model is listed as skipped; bench and tune take it end to end."""
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx_source")
     out = {}
     for name in ("dynamo", "legacy"):
+        formats = ["onnx_fp32", "onnx_int8", "tflite_qat_int8"] + (["tflite_fp32", "tflite_int8"] if name == "dynamo" else [])
         args = ["export", str(TORCH / f"tinynet_{name}.onnx"), *PRE, "--data", "cifar10-sample",
-                "--out", str(root / name), "--formats", "onnx_fp32", "onnx_int8", "tflite_int8", "tflite_qat_int8"]
+                "--out", str(root / name), "--formats", *formats]
         assert main(args) == 0
         out[name] = root / name
     return out
@@ -39,9 +41,11 @@ def test_both_torch_exporters_become_validated_onnx_bundles(exported):
         rows = {a["name"]: a for a in manifest["artifacts"]}
         rejected = {r["name"]: r for r in manifest["rejected"]}
         assert manifest["model"]["kind"] == "onnx" and manifest["model"]["output"] == "logits"
-        assert set(rows) == {"onnx_fp32", "onnx_int8"}, (name, {n: r.get("reason") for n, r in rejected.items()})
-        assert {n: r["status"] for n, r in rejected.items()} == {"tflite_int8": "skipped", "tflite_qat_int8": "skipped"}
-        assert "needs a Keras model" in rejected["tflite_int8"]["reason"]
+        rows.update({n: r for n, r in rejected.items() if r["status"] == "failed"})  # int8 of a small model may fail
+        made = {"onnx_fp32", "onnx_int8"} | ({"tflite_fp32", "tflite_int8_aeq"} if name == "dynamo" else set())
+        assert set(rows) == made, (name, {n: r.get("reason") for n, r in rejected.items()})
+        assert {n for n, r in rejected.items() if r["status"] == "skipped"} == {"tflite_qat_int8"}
+        assert "needs a Keras layer graph" in rejected["tflite_qat_int8"]["reason"]
         fp32 = rows["onnx_fp32"]["validation"]
         # The float file is the user's model: the same predictions, and the accuracy torch measured.
         assert fp32["agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-5
@@ -52,6 +56,17 @@ def test_both_torch_exporters_become_validated_onnx_bundles(exported):
         assert rows["onnx_int8"]["size"]["bytes"] < rows["onnx_fp32"]["size"]["bytes"]
         assert "external_data" not in rows["onnx_fp32"]  # weights folded into the one file
         assert rows["onnx_fp32"]["layout"] == "NCHW"
+        assert rows["onnx_fp32"]["conversion"] == {"route": "as given"}
+    # onnx2tf: the float TFLite file takes NHWC images, computes the model, and keeps no transposes;
+    # the LiteRT quantizer's int8 file of it neither.
+    rows = {a["name"]: a for a in json.loads((exported["dynamo"] / "manifest.json").read_text())["artifacts"] +
+            json.loads((exported["dynamo"] / "manifest.json").read_text())["rejected"]}
+    tfl = rows["tflite_fp32"]
+    assert tfl["status"] == "ok" and tfl["layout"] == "NHWC" and tfl["validation"]["max_abs_diff"] < 1e-4
+    assert tfl["conversion"]["route"] == "onnx2tf" and tfl["conversion"]["transposes"] == 0
+    int8 = rows["tflite_int8_aeq"]
+    assert int8["engine"] == "aeq" and int8["conversion"]["transposes"] == 0
+    assert int8["validation"]["agreement"] >= 0.8 and int8["size"]["bytes"] < tfl["size"]["bytes"]
     a, b = (json.loads((exported[n] / "manifest.json").read_text())["reference"]["accuracy"] for n in exported)
     assert a == b  # both exporters compute the same model
 
@@ -79,7 +94,7 @@ def test_an_onnx_model_without_preprocessing_or_with_wrong_labels_is_one_line(tm
                  "--out", str(tmp_path / "b")]) == 2
     assert "2 labels given but" in capsys.readouterr().err
     assert main(["export", model, "--scale", "1/255", "--data", "cifar10-sample", "--out", str(tmp_path / "c"),
-                 "--formats", "tflite_int8"]) == 2
+                 "--formats", "tflite_qat_int8", "tflite_pruned_fp32"]) == 2
     assert "none of the requested variants can be made from an ONNX model" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name != "labels.json"]
 
@@ -89,3 +104,24 @@ def test_eval_takes_the_onnx_model(tmp_path, capsys):
     assert main(["eval", str(TORCH / "tinynet_legacy.onnx"), *PRE, "--data", "cifar10-sample", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert abs(result["top1"] - VERSIONS["test_accuracy"]) <= 0.002 and len(result["confusion_matrix"]) == 10
+
+
+def test_bench_and_tune_take_the_onnx_model(exported, tmp_path):
+    """bench runs the ONNX source's bundle; tune searches its post-training files (no fine-tuning: it
+    says why) and picks one, whose bundle runs."""
+    from edgecls import runtime
+
+    assert main(["bench", str(exported["legacy"]), "--data", "cifar10-sample", "--out", str(tmp_path / "bench.json"),
+                 "--runs", "5", "--max-images", "50"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {v["name"] for v in report["variants"] if v.get("status") == "ok"} == {"onnx_fp32", "onnx_int8"}
+    assert main(["tune", str(TORCH / "tinynet_dynamo.onnx"), *PRE, "--data", "cifar10-sample", "--out",
+                 str(tmp_path / "tune"), "--max-drop", "1", "--runs", "10", "--validation-images", "300"]) == 0
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert record["fine_tune"].startswith("not possible: an ONNX model has no Keras layer graph")
+    assert set(record["stages"]) == {"tflite", "onnx"}
+    winner = record["choice"]["winner"]
+    assert winner is not None and winner["status"] == "ok" and winner["drop"] <= 1
+    assert record["choice"]["test"]["images"] > 0
+    probs = runtime.load(tmp_path / "tune" / "bundle").predict(np.zeros((2, 32, 32, 3), np.uint8))
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-4)

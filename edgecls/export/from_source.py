@@ -1,7 +1,9 @@
-"""Export of a model given as a float ONNX file (edgecls.sources): its float file and every
-post-training ONNX engine, each validated against the source's own outputs (onnxruntime on the
-file the user gave) on the held-out images, in probabilities. Variants that need a Keras model are
-listed as skipped with the reason."""
+"""Export of a model given as a float ONNX or TFLite file (edgecls.sources). Float files are the
+hub: the source becomes a float TFLite file and a float ONNX file (as given, or by a maintained
+converter: edgecls.sources.convert), and each post-training engine quantizes the float file of its
+format (export/engines.py POST_TRAINING). Every file is validated against the source's own float
+outputs (onnxruntime for ONNX, LiteRT for TFLite) on the held-out images, in probabilities.
+Variants that need a Keras model are listed as skipped with the reason."""
 from __future__ import annotations
 
 import logging
@@ -17,11 +19,44 @@ from .formats import VARIANTS, resolve_formats
 
 log = logging.getLogger("edgecls")
 
-# ONNX variants an ONNX source becomes, and the engine each is quantized by.
-ONNX_VARIANTS = {"onnx_fp32": None, "onnx_int8": "percentile", "onnx_int8_minmax": "minmax",
-                 "onnx_int8_entropy": "entropy", "onnx_int8_nncf": "nncf"}
-NOT_FROM_ONNX = ("needs a Keras model: an ONNX source becomes ONNX variants (ONNX to TFLite conversion is not "
-                 "available here), and pruning and quantization-aware training need a Keras layer graph")
+# The variants a source becomes: name -> (format, engine in engines.POST_TRAINING or None for the float file).
+SOURCE_VARIANTS = {
+    "tflite_fp32": ("tflite", None),
+    "tflite_fp16": ("tflite", "aeq"),
+    "tflite_dynamic_aeq": ("tflite", "aeq"),
+    "tflite_int8_aeq": ("tflite", "aeq"),
+    "tflite_int16x8_aeq": ("tflite", "aeq"),
+    "onnx_fp32": ("onnx", None),
+    "onnx_int8": ("onnx", "ort_percentile"),
+    "onnx_int8_minmax": ("onnx", "ort_minmax"),
+    "onnx_int8_entropy": ("onnx", "ort_entropy"),
+    "onnx_int8_nncf": ("onnx", "nncf"),
+}
+# Variants whose engine (the TFLite converter's quantizer) needs a Keras model: the same precision
+# from the float file, by the LiteRT quantizer.
+INSTEAD = {"tflite_int8": "tflite_int8_aeq", "tflite_dynamic": "tflite_dynamic_aeq"}
+NEEDS_KERAS = {
+    "pruned": "pruning needs a Keras layer graph; {kind} models are optimized after training only",
+    "qat": "quantization-aware training needs a Keras layer graph",
+    "pruned_qat": "pruning and quantization-aware training need a Keras layer graph",
+    "pixels": "folding the normalization into the first layer needs a Keras model",
+}
+
+
+def source_variants(formats) -> tuple[list[str], dict[str, str]]:
+    """The variants (in order) a source makes for `formats`, and those it skips with the reason."""
+    wanted: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in resolve_formats(formats):
+        name = INSTEAD.get(name, name)
+        if name in SOURCE_VARIANTS:
+            if name not in wanted:
+                wanted.append(name)
+            continue
+        variant = VARIANTS[name]
+        key = "pixels" if variant.input == "pixels" else variant.source
+        skipped[name] = NEEDS_KERAS.get(key, "needs a Keras model").format(kind="ONNX and TFLite")
+    return wanted, skipped
 
 
 def export_from_source(staging: Path, out: Path, source, data, config, dataset=None):
@@ -31,18 +66,17 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     from ..runtime import isolated
     from . import ExportResult, _tolerance, _versions
     from .formats import formats
-    from .inspect import onnx_weight_stats, size_report
+    from .inspect import onnx_weight_stats, size_report, tflite_weight_stats
     from .validate import compare
 
     started = time.perf_counter()
-    names = resolve_formats(config.formats)
-    wanted = [n for n in names if n in ONNX_VARIANTS]
-    skipped = {n: NOT_FROM_ONNX for n in names if n not in ONNX_VARIANTS}
+    wanted, skipped = source_variants(config.formats)
     if not wanted:
-        raise ConfigError(f"{source.path}: none of the requested variants can be made from an ONNX model; choose "
-                           f"among {', '.join(ONNX_VARIANTS)} (--formats onnx)")
-    for name in skipped:
-        log.warning("%s: skipped: %s", name, NOT_FROM_ONNX)
+        kind = {"onnx": "an ONNX", "tflite": "a TFLite"}.get(source.kind, f"a {source.kind}")
+        raise ConfigError(f"{source.path}: none of the requested variants can be made from {kind} model; "
+                          f"choose among {', '.join(SOURCE_VARIANTS)}")
+    for name, why in skipped.items():
+        log.warning("%s: skipped: %s", name, why)
     spec = source.preprocessing
     if dataset is None:
         dataset = load_dataset(data, image_size=spec.input_size, seed=config.seed)
@@ -52,8 +86,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     if len(dataset.train) < config.calibration_count:
         raise DataError(f"the calibration set needs {config.calibration_count} training images but {dataset.source} "
                         f"has {len(dataset.train)}; lower --calibration-count (at least 32) or use more data")
-    calibration = source.in_layout(spec.apply(calibration_subset(dataset, config.calibration_count,
-                                                                 config.calibration_seed)))
+    calibration = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_x = spec.apply(dataset.test.images[keep])
     eval_y = mapping[dataset.test.labels[keep]]
@@ -62,35 +95,50 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
 
     output_kind = "probabilities" if are_probabilities(reference) else "logits"
     validated_on = validation_host()
-    fmt = formats()["onnx"]
+    floats: dict[str, tuple] = {}  # format -> (bytes, conversion) or the EdgeclsError that stopped it
     rows = []
     for name in wanted:
+        fmt_name, engine = SOURCE_VARIANTS[name]
         variant = VARIANTS[name]
-        row = {"name": name, "format": "onnx", "precision": variant.precision, "source": "source",
-               "description": f"{variant.description.split(' (')[0]} of {source.path.name}", "layout": source.layout}
+        layout = source.layout_of(fmt_name)
+        row = {"name": name, "format": fmt_name, "precision": variant.precision, "source": "source",
+               "description": _description(variant, source), "layout": layout}
         try:
-            data_bytes = _convert(name, source, calibration)
+            if fmt_name not in floats:
+                floats[fmt_name] = _float_file(source, fmt_name, calibration)
+            if isinstance(floats[fmt_name], EdgeclsError):
+                raise floats[fmt_name]
+            float_bytes, conversion = floats[fmt_name]
+            data_bytes = float_bytes if engine is None else _quantize(engine, variant, float_bytes,
+                                                                        source.in_layout(calibration, fmt_name),
+                                                                        source, config)
         except EdgeclsError as exc:
             rows.append({**row, "status": "error", "reason": str(exc)})
             log.warning("%s: %s", name, exc)
             continue
-        file = staging / f"{name}.onnx"
+        file = staging / f"{name}.{fmt_name}"
         file.write_bytes(data_bytes)
-        if ONNX_VARIANTS[name]:
-            row["engine"] = "nncf" if name == "onnx_int8_nncf" else f"ort_{ONNX_VARIANTS[name]}"
-            row["int8_scheme"] = "u8s8_overflow_fix" if name == "onnx_int8_nncf" else config.onnx_int8_scheme
+        row["conversion"] = dict(conversion)
+        if fmt_name == "tflite":
+            from ..sources.convert import tflite_ops
+
+            row["conversion"]["transposes"] = tflite_ops(data_bytes).count("TRANSPOSE")
+        if engine:
+            row["engine"] = engine
+            if fmt_name == "onnx":
+                row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.onnx_int8_scheme
         try:
-            outputs = isolated.outputs(file, source.in_layout(eval_x), layout="NHWC", threads=None,
+            outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
                                        timeout=config.validation_timeout_s)
             validation = compare(outputs, reference, eval_y, _tolerance(variant, config))
         except EdgeclsError as exc:
             validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
-        validation.update(reference=f"{source.kind} {source.path.name} (onnxruntime)", host=validated_on)
-        weights = onnx_weight_stats(file)
-        inputs, outs = fmt.describe(file)
+        validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
+        weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
+        inputs, outs = formats()[fmt_name].describe(file)
         row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
                    reason=validation.get("reason", ""), sparsity=weights["sparsity"],
-                   sparsity_source="quantization" if variant.precision == "int8" else "weights",
+                   sparsity_source="quantization" if variant.precision in ("int8", "int16x8") else "weights",
                    inputs=inputs, outputs=outs, weights=weights, validation=validation,
                    size=size_report(file, weights["weights"], weights["weights"] - weights["zero_weights"], 0))
         if row["status"] != "ok":
@@ -105,7 +153,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         staging, labels=source.labels, preprocessing=spec, rows=rows,
         model={"source": str(source.path), "kind": source.kind, "name": source.path.stem,
                "input_shape": shape, "classes": len(source.labels), "output": output_kind},
-        reference={"format": source.kind, "precision": "fp32", "runtime": "onnxruntime",
+        reference={"format": source.kind, "precision": "fp32", "runtime": source.runtime,
                    "accuracy": round(float((reference.argmax(1) == eval_y).mean()), 6), "images": int(len(eval_y)),
                    "data": dataset.source, "split": "test"},
         calibration={"images": int(len(calibration)), "seed": config.calibration_seed, "split": "train"},
@@ -113,12 +161,27 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     return ExportResult(out, manifest, rows)
 
 
-def _convert(name: str, source, calibration: np.ndarray) -> bytes:
-    from .engines import nncf_quantize, ort_quantize
+def _description(variant, source) -> str:
+    what = {"tflite_fp32": "TFLite float32", "onnx_fp32": "ONNX float32",
+            "tflite_fp16": "TFLite float16 weights, by the LiteRT quantizer"}.get(variant.name)
+    return f"{what or variant.description} of {source.path.name}"
 
-    method = ONNX_VARIANTS[name]
-    if method is None:
-        return source.float_onnx
-    if method == "nncf":
-        return nncf_quantize(source.float_onnx, calibration, source.input_name)
-    return ort_quantize(source.float_onnx, calibration, method, "u8s8_rr", source.input_name)
+
+def _float_file(source, fmt: str, calibration: np.ndarray):
+    """(bytes, conversion) of the source's float file of `fmt`, or the error that stopped it."""
+    try:
+        return source.float_tflite(calibration) if fmt == "tflite" else source.float_onnx(calibration)
+    except EdgeclsError as exc:
+        return exc
+
+
+def _quantize(engine: str, variant, float_bytes: bytes, calibration: np.ndarray, source, config) -> bytes:
+    from .engines import post_training
+
+    input_name = source.input_name if variant.format == "onnx" else ""
+    if variant.format == "onnx" and source.kind != "onnx":  # tf2onnx names the input after the TFLite tensor
+        import onnx
+
+        input_name = onnx.load_from_string(float_bytes).graph.input[0].name
+    return post_training(engine, float_bytes, calibration, variant.precision, input_name=input_name,
+                         scheme=config.onnx_int8_scheme)

@@ -1,6 +1,6 @@
 """Models the user gives that are not Keras models: one module per kind, each answering what the
 export needs from a source (its preprocessing and labels, its own float outputs on a batch of
-images, and the float files it can become). Keras models (edgecls runs, .keras, .h5, SavedModels)
+images, and the float files it can become: edgecls.sources.base.Source). Keras models (edgecls runs, .keras, .h5, SavedModels)
 enter through edgecls.modelio.load_model."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..modelio.kinds import model_kind
 
 # kind (edgecls.modelio.kinds.model_kind) -> the module that reads it
-SOURCE_KINDS = {"onnx": "edgecls.sources.onnx"}
+SOURCE_KINDS = {"onnx": "edgecls.sources.onnx", "tflite": "edgecls.sources.tflite"}
 
 
 def load_source(path, preprocessing=None, labels=None):

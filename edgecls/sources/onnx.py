@@ -1,37 +1,48 @@
 """An ONNX model the user gives (PyTorch's torch.onnx.export with either exporter, or any ONNX file
 onnxruntime runs): NCHW or NHWC input read from the file, weights kept beside it (external data)
-folded into one float file, its own float outputs from onnxruntime. It becomes ONNX variants (the
-float file and the post-training ONNX engines); what needs a Keras model (TFLite conversion through
-the TFLite converter, pruning, QAT) is listed as skipped with the reason."""
+folded into one float file, its own float outputs from onnxruntime. It is the float file the ONNX
+engines quantize; onnx2tf turns it into the float TFLite file (NHWC input) the LiteRT quantizer
+quantizes. What needs a Keras model (the TFLite converter's quantizer, pruning, QAT) is listed as
+skipped with the reason."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, ModelError, first_line
 from ..preprocess import PreprocessingSpec
+from .base import Source, read_labels, spec_from
 
 BATCH = 64
 
 
 @dataclass
-class ONNXSource:
-    path: Path
-    preprocessing: PreprocessingSpec
-    labels: tuple[str, ...]
-    layout: str  # "NCHW" or "NHWC": the file's input
-    input_name: str
-    float_onnx: bytes  # one file: external data folded in
+class ONNXSource(Source):
+    onnx_bytes: bytes = b""  # one file: external data folded in
     kind: str = "onnx"
-    tunable: bool = False
+    runtime: str = "onnxruntime"
+    _tflite: tuple | None = field(default=None, repr=False)
+
+    def float_onnx(self, sample: np.ndarray) -> tuple[bytes, dict]:
+        return self.onnx_bytes, {"route": "as given"}
+
+    def float_tflite(self, sample: np.ndarray) -> tuple[bytes, dict]:
+        if self._tflite is None:
+            from .convert import onnx_to_tflite
+
+            self._tflite = onnx_to_tflite(self.onnx_bytes, sample)
+        return self._tflite
+
+    def layout_of(self, fmt: str) -> str:
+        return self.layout if fmt == "onnx" else "NHWC"  # onnx2tf makes NHWC files
 
     def reference(self, images: np.ndarray) -> np.ndarray:
         """The model's own float outputs for normalized NHWC float32 images, in batches."""
         import onnxruntime as ort
 
-        session = ort.InferenceSession(self.float_onnx, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(self.onnx_bytes, providers=["CPUExecutionProvider"])
         fixed = session.get_inputs()[0].shape[0]
         step = fixed if isinstance(fixed, int) and fixed > 0 else BATCH
         outs = []
@@ -45,11 +56,6 @@ class ONNXSource:
             outs.append(session.run(None, {self.input_name: np.ascontiguousarray(x)})[0][:n])
         return np.concatenate(outs).astype(np.float32)
 
-    def in_layout(self, images: np.ndarray) -> np.ndarray:
-        """Normalized NHWC images as the file takes them."""
-        x = np.asarray(images, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else x
-
 
 def load(path: Path, preprocessing=None, labels=None) -> ONNXSource:
     """Read and check the ONNX model at `path`; `preprocessing` (scale/mean/std) and `labels` (a list
@@ -57,13 +63,11 @@ def load(path: Path, preprocessing=None, labels=None) -> ONNXSource:
     import onnx
     import onnxruntime as ort
 
-    from ..schema import MAX_CLASSES, MAX_INPUT_SIDE
+    from ..schema import MAX_CLASSES
 
     if not preprocessing:
         raise ModelError(f"{path}: an ONNX model needs its preprocessing: pass --scale, --mean and --std (it sees "
                          f"(pixel * scale - mean) / std)")
-    if isinstance(preprocessing, PreprocessingSpec):
-        preprocessing = {"scale": preprocessing.scale, "mean": preprocessing.mean, "std": preprocessing.std}
     try:  # onnxruntime reads it, external data beside it included
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         model = onnx.load(str(path))
@@ -80,18 +84,10 @@ def load(path: Path, preprocessing=None, labels=None) -> ONNXSource:
     size = (shape[2], shape[3]) if layout == "NCHW" else tuple(shape[1:3])
     if len(shape) != 4 or min(size) <= 0 or (shape[1] if layout == "NCHW" else shape[3]) != 3:
         raise ModelError(f"{path}: the input is {inputs[0].shape}; edgecls needs one RGB image of a fixed size")
-    if max(size) > MAX_INPUT_SIDE:
-        raise ModelError(f"{path}: the model takes {size[0]}x{size[1]} images; edgecls handles up to {MAX_INPUT_SIDE}")
     classes = out[-1] if len(out) == 2 else -1
     if not 2 <= classes <= MAX_CLASSES:
         raise ModelError(f"{path}: the model's output is {outputs[0].shape}; edgecls needs (batch, classes) scores")
-    spec = PreprocessingSpec(input_size=size, layout=layout,
-                             **{k: v for k, v in preprocessing.items() if k in ("scale", "mean", "std")})
-    if isinstance(labels, (str, Path)):
-        from ..modelio import load_labels
-
-        labels = load_labels(labels)
-    labels = tuple(labels) if labels else tuple(str(i) for i in range(classes))
-    if len(labels) != classes:
-        raise ConfigError(f"{len(labels)} labels given but {path} outputs {classes} classes")
-    return ONNXSource(path, spec, labels, layout, inputs[0].name, data)
+    spec = spec_from(path, size, layout, preprocessing)
+    names = read_labels(path, labels, classes)
+    return ONNXSource(path=path, preprocessing=spec, labels=names, layout=layout, input_name=inputs[0].name,
+                      onnx_bytes=data)

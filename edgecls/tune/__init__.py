@@ -235,6 +235,9 @@ class _Search:
         self.source, self.dataset, self.val, self.progress = source, dataset, val, progress
         self.started = time.perf_counter()
         self.before = state.record["elapsed_s"]  # search time of the earlier, interrupted runs
+        # A model given as an ONNX or TFLite file (edgecls.sources) has no Keras layer graph: its
+        # candidates are the post-training files of its float files; no repair, no fine-tuning.
+        self.keras = getattr(source, "model", None) is not None
 
     # -- stages -----------------------------------------------------------------------------------
     def export_stage(self, stage: str, variants, why: str, **settings) -> None:
@@ -272,7 +275,7 @@ class _Search:
                 self.export_stage(n, v, "post-training: no fine-tuning")
 
     def repair(self, budgets: Budgets) -> None:
-        if budgets.max_drop is None:
+        if budgets.max_drop is None or not self.keras:
             return
         missing = sorted({c["variant"] for c in self.state.candidates() if c["stage"] in PTQ_STAGES and c["status"] == "ok"
                           and c["precision"] == "int8" and c["drop"] is not None and c["drop"] > budgets.max_drop})
@@ -394,9 +397,11 @@ def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | Non
     from ..data import load_dataset
     from ..modelio import load_model
     from ..outputs import check_output_dir
+    from ..sources import load_source
 
     out = check_output_dir(out, "tune", inputs=(model, data if isinstance(data, (str, Path)) else None))
-    source = load_model(model, preprocessing, labels, safe_mode=safe_mode)
+    source = (load_source(model, preprocessing, labels) if isinstance(model, (str, Path)) else None) or \
+        load_model(model, preprocessing, labels, safe_mode=safe_mode)
     dataset = load_dataset(data, image_size=source.preprocessing.input_size, seed=config.seed)
     val = _split(dataset, config.validation_images, config.seed)
     out.mkdir(parents=True, exist_ok=True)  # only once the model, the data and the split are known good
@@ -410,10 +415,12 @@ def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | Non
         search.measure()
         search.repair(budgets)
         search.measure()
-        reason = None if config.fine_tune == "never" else (
+        reason = None if config.fine_tune == "never" or not search.keras else (
             "asked for (--fine-tune always)" if config.fine_tune == "always" else
             fine_tune_reason(state.candidates(), budgets, config.objective))
         state.record["fine_tune"] = reason or (
+            f"not possible: {dict(onnx='an ONNX', tflite='a TFLite').get(source.kind, 'this')} model has no Keras layer graph to prune or train with quantization "
+            f"(give the Keras model to fine-tune)" if not search.keras else
             "not needed: nothing fine-tuned can beat the best post-training candidate on "
             f"{config.objective} within the budgets" if config.fine_tune == "auto" else "skipped (--fine-tune never)")
         if reason:

@@ -1,0 +1,82 @@
+"""A float TFLite model made without Keras (tests/fixtures/tflite: tf.Module and tf.nn ops, ending in
+logits; made by make_fixture.py there): export quantizes the file itself with the LiteRT quantizer
+and makes the float ONNX file with tf2onnx (its ONNX engines quantize that), every file validated
+against the model's own LiteRT outputs in probabilities; eval reads it; a quantized TFLite file is
+refused with the reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecls.cli import main
+
+from .conftest import FIXTURES
+
+TFL = FIXTURES / "tflite"
+MODEL = TFL / "tinycnn_float.tflite"
+VERSIONS = json.loads((TFL / "versions.json").read_text())
+PRE = ["--scale", "1/255", "--mean", *map(str, VERSIONS["preprocessing"]["mean"]),
+       "--std", *map(str, VERSIONS["preprocessing"]["std"]), "--labels", str(TFL / "labels.json")]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflite_source") / "b"
+    assert main(["export", str(MODEL), *PRE, "--data", "cifar10-sample", "--out", str(out), "--max-eval-images", "500",
+                 "--calibration-count", "200"]) == 0
+    return out
+
+
+def _rows(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return manifest, {r["name"]: r for r in manifest["artifacts"] + manifest["rejected"]}
+
+
+def test_a_float_tflite_file_becomes_every_post_training_file(bundle):
+    manifest, rows = _rows(bundle)
+    assert manifest["model"]["kind"] == "tflite" and manifest["model"]["output"] == "logits"
+    assert manifest["reference"]["runtime"] == "LiteRT"
+    # The default variants of a source: the float files of both formats and their post-training files;
+    # the converter's int8 and dynamic range become the LiteRT quantizer's.
+    made = {n for n, r in rows.items() if r["status"] != "skipped"}
+    assert made == {"tflite_fp32", "tflite_fp16", "tflite_dynamic_aeq", "tflite_int8_aeq", "onnx_fp32", "onnx_int8"}
+    skipped = {n: r["reason"] for n, r in rows.items() if r["status"] == "skipped"}
+    assert set(skipped) == {"tflite_int8_pixels", "tflite_qat_int8", "tflite_pruned_fp32", "tflite_pruned_int8",
+                            "tflite_pruned_qat_int8"}
+    assert all("Keras" in why for why in skipped.values())
+    fp32 = rows["tflite_fp32"]
+    assert fp32["status"] == "ok" and fp32["validation"]["agreement"] == 1.0 and fp32["conversion"]["route"] == "as given"
+    assert abs(fp32["validation"]["accuracy"] - VERSIONS["test_accuracy"]) <= 0.03  # 500 of the 1,000 images
+    assert (bundle / "tflite_fp32.tflite").read_bytes() == MODEL.read_bytes()
+    # tf2onnx's float ONNX file computes the same model (its dropped Dense bias is put back).
+    onnx = rows["onnx_fp32"]
+    assert onnx["status"] == "ok" and onnx["conversion"]["route"] == "tf2onnx"
+    assert onnx["validation"]["agreement"] == 1.0 and onnx["validation"]["max_abs_diff"] < 1e-4
+    for name in ("tflite_fp16", "tflite_dynamic_aeq", "tflite_int8_aeq", "onnx_int8"):
+        row = rows[name]
+        assert row["status"] in ("ok", "failed") and row["validation"]["compared"] == "probabilities (softmax of the logits)"
+        assert row["validation"]["agreement"] >= 0.8, (name, row["validation"])
+        assert row["size"]["bytes"] < fp32["size"]["bytes"], name
+    assert rows["tflite_int8_aeq"]["engine"] == "aeq" and rows["onnx_int8"]["engine"] == "ort_percentile"
+
+
+def test_eval_reads_the_tflite_model(tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(MODEL), *PRE, "--data", "cifar10-sample", "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["top1"] - VERSIONS["test_accuracy"]) <= 0.002
+
+
+def test_a_quantized_or_unusable_tflite_file_is_one_line(bundle, tmp_path, capsys):
+    _, rows = _rows(bundle)
+    quantized = bundle / rows["tflite_dynamic_aeq"]["file"]
+    assert main(["export", str(quantized), *PRE, "--data", "cifar10-sample", "--out", str(tmp_path / "a")]) == 2
+    assert "is a quantized TFLite file" in capsys.readouterr().err
+    assert main(["export", str(MODEL), "--data", "cifar10-sample", "--out", str(tmp_path / "b")]) == 2
+    assert "needs its preprocessing" in capsys.readouterr().err
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(MODEL.read_bytes()[:4000])
+    assert main(["export", str(broken), *PRE, "--data", "cifar10-sample", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "edgecls: error:" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
