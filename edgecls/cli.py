@@ -410,8 +410,9 @@ def _cmd_pipeline(args) -> int:
 
     result = run_pipeline(data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
                           formats=tuple(args.formats or ExportConfig.formats), threads=args.threads, runs=args.runs, model=args.model,
-                          progress=_Progress("bench"), train_new=args.train)
-    print("Export and validation (against the Keras model, on held-out images):")
+                          progress=_Progress("bench"), train_new=args.train, preprocessing=_preprocessing_arg(args),
+                          labels=args.labels, safe_mode=not args.unsafe)
+    print(f"Export and validation (against {result.reference_name}, on held-out images):")
     print(result.export_table)
     print("\nBenchmark of the validated variants:")
     print(result.table)
@@ -700,12 +701,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=P["out"], help=f"output directory (default {P['out']})")
     p.add_argument("--arch", default=P["arch"])
     p.add_argument("--epochs", type=int, default=P["epochs"])
-    p.add_argument("--model", help="skip training: start from this trained model (default with no --data: the "
-                                   "shipped models/<arch> when there is one)")
+    p.add_argument("--model", help="skip training: start from this model (an edgecls run, a Keras file, a SavedModel, "
+                                   "or a float .onnx or .tflite file with --scale/--mean/--std; default with no --data: "
+                                   "the shipped models/<arch> when there is one)")
     p.add_argument("--train", action="store_true", help="train a new model even when a shipped one exists")
     p.add_argument("--formats", nargs="+", help="variants or groups to export (default: default; see export --help)")
     p.add_argument("--threads", type=int, default=P["threads"])
     p.add_argument("--runs", type=int, default=P["runs"], help="timed batch-1 calls per variant")
+    _add_preprocessing_options(p)
     p.set_defaults(func=_cmd_pipeline)
     _check_every_option(parser)
     return parser

@@ -36,12 +36,13 @@ class PipelineResult:
     bench: dict
     report_html: Path
     table: str
+    reference_name: str = "the Keras model"  # what every variant was validated against
 
 
 def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arch: str = "resnet8", epochs: int = 15,
                  formats=ExportConfig.formats, threads: int = 1, runs: int = 100, model: str | Path | None = None,
                  batch_size: int = 64, calibration_count: int | None = None, progress=None,
-                 train_new: bool = False) -> PipelineResult:
+                 train_new: bool = False, preprocessing=None, labels=None, safe_mode: bool = True) -> PipelineResult:
     """With no `data` and no `model`, start from the shipped CIFAR-10 model of `arch` when there is
     one (its first run shows a real model's accuracy in minutes); `train_new` trains one instead."""
     from ._io import atomic_write_json
@@ -78,8 +79,8 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     else:
         log.info("[1/4] using the trained model %s (no training; --train trains a new one)", model)
     log.info("[2/4] optimizing, exporting and validating: %s", ", ".join(formats))
-    exported = export(model, data=data, out=out / "bundle", dataset=dataset,
-                      config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
+    exported = export(model, data=data, out=out / "bundle", dataset=dataset, preprocessing=preprocessing,
+                      labels=labels, safe_mode=safe_mode, config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
                                           calibration_count=calibration_count))
     log.info("[3/4] benchmarking (%d thread(s), %d runs per variant)", threads, runs)
     keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
@@ -90,5 +91,7 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     log.info("[4/4] writing the report")
     report = Report([report_data])
     report.write(out / "report")
+    kind = exported.manifest.get("model", {}).get("kind")
+    reference = {"onnx": "your ONNX model (onnxruntime)", "tflite": "your TFLite model (LiteRT)"}.get(kind, "the Keras model")
     return PipelineResult(out, metrics, exported.rows, exported.format_table(), report_data,
-                          out / "report" / "report.html", report.markdown())
+                          out / "report" / "report.html", report.markdown(), reference)

@@ -59,6 +59,22 @@ def test_a_float_tflite_file_becomes_every_post_training_file(bundle):
         assert row["validation"]["agreement"] >= 0.8, (name, row["validation"])
         assert row["size"]["bytes"] < fp32["size"]["bytes"], name
     assert rows["tflite_int8_aeq"]["engine"] == "aeq" and rows["onnx_int8"]["engine"] == "ort_percentile"
+    # Each quantized file is diagnosed layer by layer against the float file it was quantized from.
+    for name in ("tflite_dynamic_aeq", "tflite_int8_aeq", "onnx_int8"):
+        diagnosis = rows[name]["diagnosis"]
+        assert diagnosis["against"].endswith("fp32 of your tflite model") and len(diagnosis["layers"]) >= 5, name
+        assert all(-50 < layer["sqnr_db"] <= 120 for layer in diagnosis["layers"])
+
+
+def test_pipeline_and_inspect_take_the_tflite_model(bundle, tmp_path, capsys):
+    assert main(["pipeline", "--model", str(MODEL), *PRE, "--data", "cifar10-sample", "--out", str(tmp_path / "p"),
+                 "--formats", "tflite_fp32", "onnx_fp32", "--runs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "against your TFLite model (LiteRT)" in out and (tmp_path / "p" / "report" / "report.html").is_file()
+    report = json.loads((tmp_path / "p" / "bench.json").read_text())
+    assert {v["name"] for v in report["variants"]} == {"tflite_fp32", "onnx_fp32"}
+    assert main(["inspect", str(bundle), "--variant", "tflite_int8_aeq", "--top", "3"]) == 0
+    assert "against the tflite fp32 of your tflite model" in capsys.readouterr().out
 
 
 def test_eval_reads_the_tflite_model(tmp_path):

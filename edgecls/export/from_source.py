@@ -134,6 +134,8 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         except EdgeclsError as exc:
             validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
         validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
+        if engine and config.diagnose and variant.precision in ("int8", "int16x8", "dynamic"):
+            row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
         weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
         inputs, outs = formats()[fmt_name].describe(file)
         row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
@@ -173,6 +175,25 @@ def _float_file(source, fmt: str, calibration: np.ndarray):
         return source.float_tflite(calibration) if fmt == "tflite" else source.float_onnx(calibration)
     except EdgeclsError as exc:
         return exc
+
+
+def _diagnosis(name: str, fmt: str, float_bytes: bytes, file: Path, images: np.ndarray, source) -> dict:
+    """The per-layer error of a quantized file against the float file it was quantized from
+    (edgecls.export.diagnose), or the reason it could not be measured."""
+    import tempfile
+
+    from .diagnose import DIAGNOSIS_IMAGES, diagnose
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecls-twin-") as tmp:
+            twin = Path(tmp) / f"float.{fmt}"
+            twin.write_bytes(float_bytes)
+            found = diagnose(twin, file, images[:DIAGNOSIS_IMAGES], layout="NHWC")  # images already in the file's layout
+    except EdgeclsError as exc:
+        log.warning("%s: %s", name, exc)
+        return {"diagnosis_error": str(exc)}
+    found["against"] = f"{fmt} fp32 of your {source.kind} model"
+    return {"diagnosis": found}
 
 
 def _quantize(engine: str, variant, float_bytes: bytes, calibration: np.ndarray, source, config) -> bytes:
