@@ -96,3 +96,29 @@ def test_a_quantized_or_unusable_tflite_file_is_one_line(bundle, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "edgecls: error:" in err and "Traceback" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_max_drop_repairs_a_sources_int8_file_by_keeping_layers_in_float(tmp_path):
+    """--max-drop on a source: an int8 file that misses the budget on the validation split (training
+    images, not the test split) is quantized again by its engine with its worst layers in float; the
+    LiteRT quantizer's scope for a layer is its output tensor name."""
+    import numpy as np
+
+    from edgecls.export.engines import aeq_quantize
+
+    float_file = MODEL.read_bytes()
+    images = np.random.default_rng(0).normal(size=(40, 32, 32, 3)).astype(np.float32)
+    plain = aeq_quantize(float_file, "int8", images)
+    assert aeq_quantize(float_file, "int8", images, keep_float=("Mean",)) != plain  # the scope reaches the op
+    out = tmp_path / "b"
+    assert main(["export", str(MODEL), *PRE, "--data", "cifar10-sample", "--out", str(out), "--formats", "tflite_int8_aeq",
+                 "--max-drop", "1", "--repair-images", "600"]) == 0
+    _, rows = _rows(out)
+    record = rows["tflite_int8_aeq"]["repair"]
+    assert record["images"] == 600 and record["split"] == "validation (training data)"
+    if record["plain_drop_points"] > 1:  # layers of the diagnosis were tried in float, worst first
+        names = {layer["name"] for layer in rows["tflite_int8_aeq"]["diagnosis"]["layers"]}
+        assert record["steps"] and {step["layer"] for step in record["steps"]} <= names
+    if record.get("met") and record["kept_float"]:
+        assert record["bytes"] != record["plain_bytes"] and record["drop_points"] <= 1
+        assert rows["tflite_int8_aeq"]["size"]["bytes"] == record["bytes"]

@@ -80,7 +80,8 @@ def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray
                 from litert_quantizer.qtyping import TFLOperationName
 
                 for name in keep_float:
-                    qt.update_quantization_recipe(regex=f"^{re.escape(name)}$", operation_name=TFLOperationName.ALL_SUPPORTED,
+                    # An op's scope is its output tensor names, each followed by ";" (litert-quantizer 0.11).
+                    qt.update_quantization_recipe(regex=f"(^|;){re.escape(name)};", operation_name=TFLOperationName.ALL_SUPPORTED,
                                                   algorithm_key=AlgorithmName.NO_QUANTIZE)
             calibration = None
             if qt.need_calibration:

@@ -87,6 +87,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         raise DataError(f"the calibration set needs {config.calibration_count} training images but {dataset.source} "
                         f"has {len(dataset.train)}; lower --calibration-count (at least 32) or use more data")
     calibration = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
+    repair_set = _repair_set(dataset, mapping, config, source) if config.max_drop is not None else None
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
     eval_x = spec.apply(dataset.test.images[keep])
     eval_y = mapping[dataset.test.labels[keep]]
@@ -134,8 +135,16 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         except EdgeclsError as exc:
             validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
         validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
-        if engine and config.diagnose and variant.precision in ("int8", "int16x8", "dynamic"):
+        if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
             row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
+            if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
+                repaired = _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config)
+                if repaired is not None:  # layers kept in float: the new file is validated afresh
+                    row["sha256"] = sha256_file(file)
+                    outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
+                                               timeout=config.validation_timeout_s)
+                    validation = {**compare(outputs, reference, eval_y, _tolerance(variant, config)),
+                                  "reference": validation["reference"], "host": validated_on}
         weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
         inputs, outs = formats()[fmt_name].describe(file)
         row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
@@ -196,13 +205,85 @@ def _diagnosis(name: str, fmt: str, float_bytes: bytes, file: Path, images: np.n
     return {"diagnosis": found}
 
 
+def _repair_set(dataset, mapping, config, source):
+    """Training images no calibration draw used, normalized and in NHWC, with their labels and the
+    source's own accuracy on them: what --max-drop is judged on (never the test split)."""
+    from ..data import calibration_indices
+
+    used = set(calibration_indices(dataset, config.calibration_count, config.calibration_seed).tolist())
+    free = np.array([i for i in range(len(dataset.train)) if i not in used], dtype=np.int64)
+    if len(free) < 50:
+        raise DataError(f"--max-drop needs a validation split from the training data: {dataset.source} has {len(free)} "
+                        f"training images besides the calibration images (50 at least)")
+    pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
+    images = source.preprocessing.apply(dataset.train.images[pick])
+    labels = mapping[dataset.train.labels[pick]]
+    log.info("validation split for --max-drop: %d training images kept out of calibration", len(pick))
+    return images, labels, float((source.reference(images).argmax(1) == labels).mean())
+
+
+class _Requantize:
+    """What edgecls.export.repair needs of a format, for a source's float file: the file quantized
+    again by the same engine with some layers kept in float; images come in the file's layout."""
+
+    def __init__(self, engine: str, float_bytes: bytes, calibration: np.ndarray, input_name: str, scheme: str):
+        self.engine, self.float_bytes, self.calibration = engine, float_bytes, calibration
+        self.input_name, self.scheme = input_name, scheme
+
+    def layout(self, config) -> str:
+        return "NHWC"  # the images are given already in the file's layout
+
+    def requantize(self, variant, job, scopes):
+        from types import SimpleNamespace
+
+        from .engines import post_training
+
+        return SimpleNamespace(data=post_training(self.engine, self.float_bytes, self.calibration, variant.precision,
+                                                  input_name=self.input_name, scheme=self.scheme,
+                                                  keep_float=tuple(scopes)))
+
+
+def _repair(variant, engine, float_bytes, file: Path, row: dict, repair_set, calibration, source, config):
+    """--max-drop for a source's quantized file (edgecls.export.repair): its worst layers kept in
+    float, by the engine that made it, until the budget is met on the validation split. Rewrites
+    `file` and returns the new bytes when layers were kept; records row["repair"]."""
+    from types import SimpleNamespace
+
+    from .repair import repair
+
+    images, labels, float_accuracy = repair_set
+    fmt = variant.format
+    input_name = _input_name(variant, float_bytes, source)
+    adapter = _Requantize(engine, float_bytes, source.in_layout(calibration, fmt), input_name, config.onnx_int8_scheme)
+    job = SimpleNamespace(config=config)
+    try:
+        record, converted = repair(adapter, variant, job, file, row["diagnosis"], source.in_layout(images, fmt), labels,
+                                   float_accuracy, config.max_drop, config.repair_max_layers)
+    except EdgeclsError as exc:
+        row["repair"] = {"met": False, "reason": f"repair could not run: {exc}"}
+        return None
+    row["repair"] = record
+    log.info("%s: --max-drop %g %s", variant.name, config.max_drop,
+             f"met with {len(record['kept_float'])} layer(s) in float" if record.get("met") and record["kept_float"]
+             else ("met" if record.get("met") else "not met"))
+    if converted is None:
+        return None
+    file.write_bytes(converted.data)
+    return converted.data
+
+
+def _input_name(variant, float_bytes: bytes, source) -> str:
+    if variant.format != "onnx":
+        return ""
+    if source.kind == "onnx":
+        return source.input_name
+    import onnx  # tf2onnx names the input after the TFLite tensor
+
+    return onnx.load_from_string(float_bytes).graph.input[0].name
+
+
 def _quantize(engine: str, variant, float_bytes: bytes, calibration: np.ndarray, source, config) -> bytes:
     from .engines import post_training
 
-    input_name = source.input_name if variant.format == "onnx" else ""
-    if variant.format == "onnx" and source.kind != "onnx":  # tf2onnx names the input after the TFLite tensor
-        import onnx
-
-        input_name = onnx.load_from_string(float_bytes).graph.input[0].name
-    return post_training(engine, float_bytes, calibration, variant.precision, input_name=input_name,
+    return post_training(engine, float_bytes, calibration, variant.precision, input_name=_input_name(variant, float_bytes, source),
                          scheme=config.onnx_int8_scheme)
