@@ -236,7 +236,7 @@ class _Search:
         self.started = time.perf_counter()
         self.before = state.record["elapsed_s"]  # search time of the earlier, interrupted runs
         # A model given as an ONNX or TFLite file (edgecls.sources) has no Keras layer graph: its
-        # candidates are the post-training files of its float files; no repair, no fine-tuning.
+        # candidates are the post-training files of its float files (repaired too); no fine-tuning.
         self.keras = getattr(source, "model", None) is not None
 
     # -- stages -----------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class _Search:
                 self.export_stage(n, v, "post-training: no fine-tuning")
 
     def repair(self, budgets: Budgets) -> None:
-        if budgets.max_drop is None or not self.keras:
+        if budgets.max_drop is None:
             return
         missing = sorted({c["variant"] for c in self.state.candidates() if c["stage"] in PTQ_STAGES and c["status"] == "ok"
                           and c["precision"] == "int8" and c["drop"] is not None and c["drop"] > budgets.max_drop})
