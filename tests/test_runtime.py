@@ -255,3 +255,21 @@ def test_a_lone_file_ending_in_logits_gets_probabilities(tmp_path):
     means = images.astype(np.float32).mean(axis=(1, 2)) / 255 * np.array([10.0, -10.0, 3.0], np.float32)
     expected = np.exp(means - means.max(1, keepdims=True))
     np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_a_lone_files_precision_is_read_from_the_file(tmp_path):
+    """bench's row for a file edgecls did not make says its precision, read from its tensors and
+    operators (runtime extras only), not "as given"."""
+    from edgecls.bench.local import bundle_for_file
+    from edgecls.runtime.backends import open_backend
+    from edgecls.runtime.precision import file_precision
+
+    models = ROOT / "models" / "resnet8"
+    expected = {"tflite_fp32": "fp32", "tflite_fp16": "fp16", "tflite_dynamic": "dynamic", "tflite_int8": "int8",
+                "tflite_qat_int8": "int8", "onnx_fp32": "fp32", "onnx_int8": "int8"}
+    for name, precision in expected.items():
+        path = next(models.glob(f"{name}.*"))
+        assert file_precision(open_backend(path)) == precision, name
+    folder = bundle_for_file(models / "tflite_dynamic.tflite", tmp_path / "b", {"scale": 1 / 255})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["precision"] == "dynamic"

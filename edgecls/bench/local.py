@@ -134,6 +134,7 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
 
     from ..bundle import gzip_size, sha256_file, write_bundle
     from ..runtime import backend_classes, open_lone_file, spec_for_file
+    from ..runtime.precision import file_precision
 
     file, folder = Path(file), Path(folder)
     if preprocessing is None:
@@ -148,7 +149,7 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
     shutil.copyfile(file, folder / file.name)
     data = (folder / file.name).read_bytes()
     row = {"name": file.stem, "file": file.name, "sha256": sha256_file(folder / file.name),
-           "format": file.suffix.lstrip("."), "precision": "as given", "source": "file", "sparsity": None,
+           "format": file.suffix.lstrip("."), "precision": file_precision(backend), "source": "file", "sparsity": None,
            "status": "ok", "layout": layout, "size": {"bytes": len(data), "gzip_bytes": gzip_size(data)},
            "description": f"{file} (not made by edgecls)"}
     if row["format"] == "onnx":

@@ -109,3 +109,48 @@ def external_files(data: bytes, where: str = "the ONNX file") -> list[str]:
     except (ValueError, IndexError) as exc:
         raise ModelError(f"{where} is not a readable ONNX model ({exc})") from None
     return sorted(found)
+
+
+_NODE_OP_TYPE, _TENSOR_DATA_TYPE = 4, 2
+
+
+def _varints(buf: bytes, start: int, end: int) -> dict[int, int]:
+    """The varint fields of the message buf[start:end] (last value of each field)."""
+    out, i = {}, start
+    while i < end:
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            out[field], i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            i += size
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def graph_summary(data: bytes, where: str = "the ONNX file") -> tuple[set[str], set[int]]:
+    """(op types of the main graph's nodes, data types of its initializers: onnx.TensorProto codes)."""
+    ops: set[str] = set()
+    dtypes: set[int] = set()
+    try:
+        for field, a, b in _messages(data, 0, len(data)):
+            if field != _MODEL_GRAPH:
+                continue
+            for sub, x, y in _messages(data, a, b):
+                if sub == _GRAPH_NODE:
+                    for f, p, q in _messages(data, x, y):
+                        if f == _NODE_OP_TYPE:
+                            ops.add(data[p:q].decode("utf-8", "replace"))
+                elif sub == _GRAPH_INITIALIZER:
+                    code = _varints(data, x, y).get(_TENSOR_DATA_TYPE)
+                    if code is not None:
+                        dtypes.add(code)
+    except (ValueError, IndexError) as exc:
+        raise ModelError(f"{where} is not a readable ONNX model ({exc})") from None
+    return ops, dtypes
