@@ -487,7 +487,8 @@ def test_non_finite_scores_are_an_error(tmp_path):
 def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
     """The loader decides by content, so a TFLite file or a bundle (whatever its name) gets the
     message that fits it, not a complaint about a damaged .keras file; an ONNX or TFLite file (even
-    one named .keras) goes to its source kind, which asks for its preprocessing."""
+    one named .keras) goes to its source kind, which asks for its preprocessing; a bundle is a source
+    too (tests/test_tflite_source.py)."""
     from edgecls.modelio.kinds import model_kind
 
     onnx_file = BUNDLE / "onnx_fp32.onnx"
@@ -497,7 +498,7 @@ def test_a_model_files_kind_is_read_from_its_content(tmp_path, capsys):
     disguised.write_bytes(tflite.read_bytes())
     for path, says in ((tflite, "a TFLite model needs its preprocessing"),
                        (disguised, "a TFLite model needs its preprocessing"),
-                       (BUNDLE, "is a bundle written by 'edgecls export'"), (onnx_file, "needs its preprocessing")):
+                       (onnx_file, "needs its preprocessing")):
         for command in (["eval", str(path), "--data", str(TINY_ZIP)],
                         ["export", str(path), "--data", str(TINY_ZIP), "--out", str(tmp_path / "o")]):
             assert main(command) == 2

@@ -122,3 +122,27 @@ def test_max_drop_repairs_a_sources_int8_file_by_keeping_layers_in_float(tmp_pat
     if record.get("met") and record["kept_float"]:
         assert record["bytes"] != record["plain_bytes"] and record["drop_points"] <= 1
         assert rows["tflite_int8_aeq"]["size"]["bytes"] == record["bytes"]
+
+
+def test_a_bundle_is_a_source_through_its_float_file(bundle, tmp_path):
+    """eval, export and tune take a bundle: its tflite_fp32 file (a private, hash-checked copy) with the
+    bundle's own preprocessing and labels; an edited float file is refused."""
+    import shutil
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(bundle), "--data", "cifar10-sample", "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["top1"] - VERSIONS["test_accuracy"]) <= 0.002
+    assert main(["export", str(bundle), "--data", "cifar10-sample", "--out", str(tmp_path / "again"),
+                 "--formats", "onnx_fp32"]) == 0
+    manifest, rows = _rows(tmp_path / "again")
+    assert manifest["model"]["source"] == f"{bundle} (tflite_fp32)" and rows["onnx_fp32"]["status"] == "ok"
+    assert main(["tune", str(bundle), "--data", "cifar10-sample", "--out", str(tmp_path / "tune"),
+                 "--variants", "tflite_fp32", "tflite_fp16", "--runs", "5", "--validation-images", "200"]) == 0
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert record["choice"]["winner"]["variant"] in ("tflite_fp32", "tflite_fp16")
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    data = bytearray((edited / "tflite_fp32.tflite").read_bytes())
+    data[-100] ^= 1
+    (edited / "tflite_fp32.tflite").write_bytes(bytes(data))
+    assert main(["eval", str(edited), "--data", "cifar10-sample", "--out", str(tmp_path / "e2.json")]) == 2

@@ -73,7 +73,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     wanted, skipped = source_variants(config.formats)
     if not wanted:
         kind = {"onnx": "an ONNX", "tflite": "a TFLite"}.get(source.kind, f"a {source.kind}")
-        raise ConfigError(f"{source.path}: none of the requested variants can be made from {kind} model; "
+        raise ConfigError(f"{source.given}: none of the requested variants can be made from {kind} model; "
                           f"choose among {', '.join(SOURCE_VARIANTS)}")
     for name, why in skipped.items():
         log.warning("%s: skipped: %s", name, why)
@@ -162,7 +162,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     shape = [spec.input_size[0], spec.input_size[1], 3]
     manifest = write_bundle(
         staging, labels=source.labels, preprocessing=spec, rows=rows,
-        model={"source": str(source.path), "kind": source.kind, "name": source.path.stem,
+        model={"source": source.given, "kind": source.kind, "name": source.path.stem,
                "input_shape": shape, "classes": len(source.labels), "output": output_kind},
         reference={"format": source.kind, "precision": "fp32", "runtime": source.runtime,
                    "accuracy": round(float((reference.argmax(1) == eval_y).mean()), 6), "images": int(len(eval_y)),

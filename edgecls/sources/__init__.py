@@ -9,7 +9,7 @@ from pathlib import Path
 from ..modelio.kinds import model_kind
 
 # kind (edgecls.modelio.kinds.model_kind) -> the module that reads it
-SOURCE_KINDS = {"onnx": "edgecls.sources.onnx", "tflite": "edgecls.sources.tflite"}
+SOURCE_KINDS = {"onnx": "edgecls.sources.onnx", "tflite": "edgecls.sources.tflite", "bundle": "edgecls.sources.bundle"}
 
 
 def load_source(path, preprocessing=None, labels=None):

@@ -28,6 +28,11 @@ class Source:
     kind: str = ""
     runtime: str = ""
     tunable: bool = False  # no Keras layer graph: no pruning, QAT or converter quantizer
+    origin: str = ""  # what the user gave, when `path` is a private copy of it (a bundle's float file)
+
+    @property
+    def given(self) -> str:
+        return self.origin or str(self.path)
 
     def reference(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
