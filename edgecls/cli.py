@@ -132,7 +132,7 @@ RANGES = {
     "--weight-decay": (0, 1), "--label-smoothing": (0, 0.99), "--cutout": (0, 2048), "--cutmix": (0, 1),
     "--val-fraction": (0, 0.9), "--patience": (0, 100_000), "--distill-alpha": (0, 1),
     "--distill-temperature": (0, 1000, "above"), "--sparsity": (0, 1, "open"), "--sparsities": (0, 1, "open"),
-    "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--repair-images": (1, BIG),
+    "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--fine-tuned-max-drop": (0, 100), "--repair-images": (1, BIG),
     "--opset": (9, 30), "--max-eval-images": (1, BIG), "--top": (0, BIG), "--top-k": (1, 100_000),
     "--threads": (1, 1024), "--warmup": (0, BIG), "--runs": (1, BIG), "--repeats": (1, 1000), "--max-images": (1, BIG),
     "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
@@ -222,6 +222,7 @@ def _export_config(args):
         nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None),
         optimized=getattr(args, "optimized", None), seed=args.seed,
         max_drop=getattr(args, "max_drop", None), calibration_search=getattr(args, "calibration_search", ()),
+        fine_tuned_max_drop=getattr(args, "fine_tuned_max_drop", ExportConfig.fine_tuned_max_drop),
         calibration_draws=getattr(args, "calibration_draws", ExportConfig.calibration_draws),
         repair_images=getattr(args, "repair_images", ExportConfig.repair_images),
         verbose=args.verbose,
@@ -586,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy budget of int8 variants against their Keras model, in points, on a validation "
                         "split of the training data: a variant that misses it keeps its worst layers (per-layer "
                         "diagnosis) in float one at a time until it meets it, or fails saying by how much")
+    p.add_argument("--fine-tuned-max-drop", type=float, default=E.fine_tuned_max_drop, metavar="POINTS",
+                   help=f"top-1 points a pruned or QAT variant may lose against the model you gave, on the held-out "
+                        f"images, before it fails (default {E.fine_tuned_max_drop:g}; --max-drop, when given, instead)")
     p.add_argument("--repair-images", type=int, default=E.repair_images,
                    help=f"training images (not calibration ones) that --max-drop and --calibration-search are judged "
                         f"on (default {E.repair_images})")

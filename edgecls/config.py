@@ -182,6 +182,9 @@ class ExportConfig:
     isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
     diagnose: bool = True  # per-layer error of each post-training quantized variant (edgecls.export.diagnose)
     max_drop: float | None = None  # accuracy budget in points for int8 variants (edgecls.export.repair)
+    # Points a fine-tuned variant (pruned, QAT) may lose against the model the user gave, on the
+    # held-out images, before it fails (--max-drop, when given, is the budget instead).
+    fine_tuned_max_drop: float = 5.0
     repair_images: int = 2000  # training images (not calibration ones) the budget and the search are judged on
     repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
     calibration_search: tuple[int, ...] = ()  # calibration sizes to choose from on the validation split

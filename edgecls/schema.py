@@ -195,6 +195,9 @@ PER_CLASS = _map(_n(0, 1), MAX_CLASSES)
 TENSOR = _o({"name": _s(1000), "shape": _a(_i(-1, 1 << 31, null=True), 8), "dtype": _s(32),
              "quantization": _opt({"type": ["object", "array"]})})
 VALIDATION = _o({"agreement": FRACTION, "accuracy": FRACTION, "max_abs_diff": _n(0, null=True), "images": COUNT,
+                 "budget_points": _opt(_n(0, 100)),
+                 "conversion": _opt(_o({"agreement": FRACTION, "accuracy": FRACTION, "max_abs_diff": _n(0, null=True),
+                                        "reason": TEXT, "status": _s(32), "reference": _s(200)})),
                  "reason": TEXT, "host": _opt(_o({"cpu": _s(255), "arch": _s(64), "cpu_flags": _opt(_a(_s(64), 4096)),
                                                   "int8_class": _opt(_s(64)), "runtime": RUNTIME}))})
 SIZE = _o({"bytes": COUNT, "gzip_bytes": COUNT})

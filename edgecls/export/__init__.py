@@ -472,6 +472,27 @@ def _tolerance(variant: Variant, config) -> Tolerance:
     return TOLERANCES[variant.precision]
 
 
+def _against_given(conversion: dict, given: dict, config) -> dict:
+    """A fine-tuned variant's validation: its accuracy change and agreement against the model the
+    user gave (what they would ship instead of it), its fidelity to the fine-tuned model it was
+    converted from kept under "conversion". It fails when the conversion does, or when it loses
+    more than the budget (--max-drop, else fine_tuned_max_drop) against the user's model."""
+    budget = config.max_drop if config.max_drop is not None else config.fine_tuned_max_drop
+    failures = [f"conversion: {conversion['reason']}"] if conversion["status"] != "ok" else []
+    drop = -given.get("accuracy_delta_points", 0.0)
+    if drop > budget:
+        failures.append(f"{drop:.2f} points below the model you gave > {budget:g} "
+                        f"({'--max-drop' if config.max_drop is not None else '--fine-tuned-max-drop'})")
+    keys = ("status", "reason", "agreement", "max_abs_diff", "accuracy", "reference_accuracy", "accuracy_delta_points",
+            "tolerance", "reference", "warning")
+    out = {k: v for k, v in given.items() if k not in ("status", "reason", "warning")}
+    out.update(status="failed" if failures else "ok", reason="; ".join(failures), reference="keras base (the model you gave)",
+               budget_points=budget, conversion={k: conversion[k] for k in keys if k in conversion})
+    if "warning" in conversion:
+        out["warning"] = conversion["warning"]
+    return out
+
+
 def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, eval_y, ref, base_ref, macs, source,
                            weights: dict) -> dict:
     """The row fields of a written artifact: its outputs (computed in a child process) against its
@@ -484,6 +505,9 @@ def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, ev
     inputs, outs = fmt.describe(file)
     validation = compare(outputs, ref, eval_y, _tolerance(variant, config))
     validation["reference"] = f"keras {variant.source}"
+    if variant.source != "base":
+        validation = _against_given(validation, compare(outputs, base_ref, eval_y, _tolerance(variant, config)),
+                                    config)
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
     validation["accuracy_delta_vs_fp32_points"] = round((validation.get("accuracy", base_acc) - base_acc) * 100, 4)
     params = int(sum(int(np.prod(w.shape)) for w in source.model.weights))
