@@ -59,6 +59,10 @@ def test_a_float_tflite_file_becomes_every_post_training_file(bundle):
         assert row["validation"]["agreement"] >= 0.8, (name, row["validation"])
         assert row["size"]["bytes"] < fp32["size"]["bytes"], name
     assert rows["tflite_int8_aeq"]["engine"] == "aeq" and rows["onnx_int8"]["engine"] == "ort_percentile"
+    # The model ends in logits: the LiteRT quantizer's int8 file keeps the layer making them in float.
+    int8 = rows["tflite_int8_aeq"]
+    assert int8["kept_float"]["layers"] == [int8["outputs"][0]["name"]] and int8["outputs"][0]["dtype"] == "float32"
+    assert "logits" in int8["kept_float"]["why"] and "kept_float" not in rows["tflite_dynamic_aeq"]
     # Each quantized file is diagnosed layer by layer against the float file it was quantized from.
     for name in ("tflite_dynamic_aeq", "tflite_int8_aeq", "onnx_int8"):
         diagnosis = rows[name]["diagnosis"]
