@@ -247,7 +247,10 @@ class _Search:
             return
         bundle = stage_dir(self.out, stage)
         self.say(f"{stage}: exporting {len(variants)} variant(s) ({why})")
+        # A fine-tuned candidate's loss against the float model is the search's to judge (--max-drop,
+        # on the validation split): the export only checks that its conversion is faithful.
         config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
+                              fine_tuned_max_drop=100.0,
                               seed=self.config.seed, prune_epochs=self.config.prune_epochs,
                               qat_epochs=self.config.qat_epochs, distill=self.config.distill, **settings)
         t0 = time.perf_counter()
