@@ -150,3 +150,23 @@ def test_a_bundle_is_a_source_through_its_float_file(bundle, tmp_path):
     data[-100] ^= 1
     (edited / "tflite_fp32.tflite").write_bytes(bytes(data))
     assert main(["eval", str(edited), "--data", "cifar10-sample", "--out", str(tmp_path / "e2.json")]) == 2
+
+
+def test_a_tflite_file_without_signatures_is_quantized(tmp_path):
+    """Files from older converters (MLPerf Tiny's float ResNet-8) have no signature; the LiteRT
+    quantizer keys its calibration by signature, so one naming the file's input and output is added."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    from edgecls.export.engines import aeq_quantize, with_signature
+
+    model = fu.read_model_from_bytearray(bytearray(MODEL.read_bytes()))
+    model.signatureDefs = []
+    bare = bytes(fu.convert_object_to_bytearray(model))
+    assert Interpreter(model_content=bare).get_signature_list() == {}
+    signed = with_signature(bare)
+    assert list(Interpreter(model_content=signed).get_signature_list()) == ["serving_default"]
+    assert with_signature(MODEL.read_bytes()) == MODEL.read_bytes()
+    images = np.random.default_rng(0).normal(size=(20, 32, 32, 3)).astype(np.float32)
+    assert len(aeq_quantize(bare, "int8", images)) < len(bare)

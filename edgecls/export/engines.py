@@ -71,6 +71,8 @@ def aeq_quantize(float_tflite: bytes, precision: str, representative: np.ndarray
     optional("litert_quantizer", "train")
     from litert_quantizer import quantizer, recipe
 
+    float_tflite = with_signature(float_tflite)
+
     try:
         with _quiet():
             qt = quantizer.Quantizer(bytearray(float_tflite))
@@ -109,6 +111,34 @@ def _fp16_recipe():
     manager.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
                                    algorithm_key=AlgorithmName.FLOAT_CASTING)
     return manager.get_quantization_recipe()
+
+
+def with_signature(tflite: bytes) -> bytes:
+    """The file with a "serving_default" signature naming its one subgraph's inputs and outputs when
+    it has none (files from older converters, such as MLPerf Tiny's): the LiteRT quantizer keys its
+    calibration data by signature. A file that has signatures is returned as it is."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model_from_bytearray(bytearray(tflite))
+    if model.signatureDefs or len(model.subgraphs) != 1:
+        return tflite
+    graph = model.subgraphs[0]
+
+    def tensor_map(index: int):
+        entry = schema.TensorMapT()
+        name = graph.tensors[index].name
+        entry.name = name.decode() if isinstance(name, bytes) else str(name)
+        entry.tensorIndex = int(index)
+        return entry
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey = "serving_default"
+    signature.subgraphIndex = 0
+    signature.inputs = [tensor_map(i) for i in graph.inputs]
+    signature.outputs = [tensor_map(i) for i in graph.outputs]
+    model.signatureDefs = [signature]
+    return bytes(fu.convert_object_to_bytearray(model))
 
 
 def _signature_input(tflite: bytes) -> tuple[str, str]:
