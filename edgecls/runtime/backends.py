@@ -47,6 +47,10 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
+# Images per interpreter call at most when a model's batch is dynamic: a larger call is split.
+MAX_BATCH = 256
+
+
 class TFLiteBackend:
     """A TFLite model. `run(x)` takes the normalized float32 NHWC batch and returns float32
     outputs, quantizing int8/uint8 inputs and dequantizing outputs with the tensors' scale and
@@ -171,7 +175,7 @@ class TFLiteBackend:
         x = np.asarray(x, dtype=np.float32)
         n = x.shape[0]
         with self._lock:
-            self._ensure_batch(n)
+            self._ensure_batch(min(n, MAX_BATCH))  # activations of every image at once could take gigabytes
             step = self._batch
             outputs = []
             for start in range(0, n, step):
@@ -227,7 +231,9 @@ class ONNXBackend:
         if self.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if self.dynamic_batch:
-            return self.invoke_raw(x).astype(np.float32, copy=False)
+            return np.concatenate([self.invoke_raw(x[i:i + MAX_BATCH]).astype(np.float32, copy=False)
+                                   for i in range(0, x.shape[0], MAX_BATCH)]) if x.shape[0] > MAX_BATCH else \
+                self.invoke_raw(x).astype(np.float32, copy=False)
         step = self.input_shape[0]
         outs = []
         for start in range(0, x.shape[0], step):

@@ -50,6 +50,9 @@ def failure_reason(code, stderr: str, what: str, timeout: float | None = None) -
     return (lines[-1] if lines else f"{what} failed (exit status {code})").removeprefix("edgecls: error: ")
 
 
+CHUNK = 256  # images per interpreter call in the child
+
+
 def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads: int | None = 1,
             timeout: float | None = 600.0) -> np.ndarray:
     """The outputs of the model file `path` on `inputs` (the tensor it takes, float32), computed in
@@ -76,8 +79,12 @@ def _main(argv) -> int:
         from .backends import open_backend
 
         backend = open_backend(payload["file"], payload.get("threads"), layout=payload.get("layout", "NHWC"))
-        result = backend.run(np.load(payload["inputs"], allow_pickle=False))
-        np.save(payload["out"], np.asarray(result, dtype=np.float32))
+        # In batches of CHUNK, read from the file as they are needed: a model whose batch is dynamic
+        # would otherwise be resized to every image at once (gigabytes of activations for 10,000).
+        inputs = np.load(payload["inputs"], mmap_mode="r", allow_pickle=False)
+        result = np.concatenate([np.asarray(backend.run(np.asarray(inputs[i:i + CHUNK])), dtype=np.float32)
+                                 for i in range(0, len(inputs), CHUNK)]) if len(inputs) else np.zeros((0,), np.float32)
+        np.save(payload["out"], result)
     except EdgeclsError as exc:
         print(f"edgecls: error: {exc}", file=sys.stderr)
         return 2
