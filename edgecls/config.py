@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
 
+# What tune optimizes and how it counts a file's size (edgecls.tune.select reads them from here: a
+# config never depends on a later pipeline stage).
+OBJECTIVES = ("latency", "size", "accuracy")
+SIZE_MEASURES = ("file", "gzip")
+
 RECIPES = ("edgecls", "tutorial")
 
 
@@ -289,8 +294,6 @@ class TuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .tune.select import OBJECTIVES, SIZE_MEASURES
-
         def need(cond, msg):
             if not cond:
                 raise ConfigError(msg)

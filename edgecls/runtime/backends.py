@@ -245,12 +245,16 @@ class ONNXBackend:
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
+# Every format the runtime runs: file suffix -> (backend, the runtime's name). The isolated runner and
+# the runtime find their backend here.
+BACKENDS = {".tflite": (TFLiteBackend, "LiteRT"), ".onnx": (ONNXBackend, "onnxruntime")}
+
+
 def open_backend(path: str | Path, threads: int | None = None, layout: str = "NHWC"):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    if path.suffix == ".tflite":
-        return TFLiteBackend(path, threads)
-    if path.suffix == ".onnx":
-        return ONNXBackend(path, threads, layout)
-    raise ModelError(f"{path}: unknown model format {path.suffix!r}; expected .tflite or .onnx")
+    if path.suffix not in BACKENDS:
+        raise ModelError(f"{path}: unknown model format {path.suffix!r}; expected {' or '.join(BACKENDS)}")
+    backend = BACKENDS[path.suffix][0]
+    return backend(path, threads, layout) if backend is ONNXBackend else backend(path, threads)

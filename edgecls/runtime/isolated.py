@@ -22,8 +22,6 @@ import numpy as np
 
 from ..errors import EdgeclsError, ExportError
 
-RUNTIMES = {"tflite": "LiteRT", "onnx": "onnxruntime"}
-
 
 def run_child(module: str, payload: dict, env: dict | None = None, timeout: float | None = None):
     """Run `python -m module PAYLOAD` (under $EDGECLS_EMULATOR when set, so an emulated CPU class
@@ -58,7 +56,9 @@ def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads:
     """The outputs of the model file `path` on `inputs` (the tensor it takes, float32), computed in
     a child process; ExportError with the reason when the child crashes, hangs or fails."""
     path = Path(path)
-    runtime = RUNTIMES.get(path.suffix.lstrip("."), "the runtime")
+    from .backends import BACKENDS
+
+    runtime = BACKENDS[path.suffix][1] if path.suffix in BACKENDS else "the runtime"
     with tempfile.TemporaryDirectory(prefix="edgecls-run-") as tmp:
         given, out = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
         np.save(given, np.ascontiguousarray(inputs, dtype=np.float32))

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-OBJECTIVES = ("latency", "size", "accuracy")
-SIZE_MEASURES = ("file", "gzip")
+from ..config import OBJECTIVES, SIZE_MEASURES  # noqa: E402,F401 (defined with the configs)
 
 
 @dataclass(frozen=True)
