@@ -382,13 +382,14 @@ def _cmd_bench(args) -> int:
 
         labels = load_labels(args.labels) if args.labels else None
         with tempfile.TemporaryDirectory(prefix="edgecls-file-") as tmp:
-            wrapped = bundle_for_file(args.bundle, Path(tmp) / "bundle", _preprocessing_arg(args), labels)
+            wrapped = bundle_for_file(args.bundle, Path(tmp) / "bundle", _preprocessing_arg(args), labels,
+                                      reference=args.reference)
             result = bench(wrapped, data=args.data, config=config, progress=_Progress("bench"))
         result["bundle"] = str(args.bundle)
     else:
-        if _preprocessing_arg(args) or args.labels:
-            raise ConfigError("a bundle carries its own preprocessing and labels; --scale, --mean, --std and --labels "
-                              "are for a lone .tflite/.onnx file")
+        if _preprocessing_arg(args) or args.labels or args.reference:
+            raise ConfigError("a bundle carries its own preprocessing, labels and fp32 reference; --scale, --mean, --std, "
+                              "--labels and --reference are for a lone .tflite/.onnx file")
         result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"), prepared=args.prepared_data)
     atomic_write_json(args.out, result)
     print(Report([result]).markdown())
@@ -636,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
                    help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
                         "model.keras, or the file given")
+    p.add_argument("--reference", metavar="FILE", help="a lone file's float model (.tflite or .onnx, the same input): "
+                                                       "benched beside it as <format>_fp32, the file's agreement is "
+                                                       "measured against it")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation in every row: 'flip' averages each image "
                                                    "with its mirror image (twice the inference per image)")
     p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "

@@ -125,3 +125,21 @@ def test_bench_and_tune_take_the_onnx_model(exported, tmp_path):
     assert record["choice"]["test"]["images"] > 0
     probs = runtime.load(tmp_path / "tune" / "bundle").predict(np.zeros((2, 32, 32, 3), np.uint8))
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-4)
+
+
+def test_bench_measures_a_lone_files_agreement_against_its_reference(exported, tmp_path, capsys):
+    """bench FILE --reference FLOAT_FILE: the file's precision is read from it, and its agreement is
+    measured against the float model it came from (benched beside it as <format>_fp32)."""
+    import shutil
+
+    lone = tmp_path / "mine_int8.onnx"
+    shutil.copyfile(exported["legacy"] / "onnx_int8.onnx", lone)
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(lone), "--reference", str(TORCH / "tinynet_dynamo.onnx"), *PRE, "--out", str(out),
+                 "--runs", "5", "--max-images", "200"]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["variants"]}
+    assert set(rows) == {"onnx_fp32", "mine_int8"}
+    assert rows["mine_int8"]["precision"] == "int8" and rows["onnx_fp32"]["precision"] == "fp32"
+    assert rows["mine_int8"]["agreement_reference"] == "onnx_fp32" and 0.8 <= rows["mine_int8"]["agreement"] < 1.0
+    assert main(["bench", str(exported["legacy"]), "--reference", str(lone), "--out", str(tmp_path / "b2.json")]) == 2
+    assert "--reference are for a lone" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def _external_data(file: Path, data: bytes, folder: Path) -> list[dict]:
+def _external_data(file: Path, data: bytes, folder: Path, taken=frozenset()) -> list[dict]:
     """Copy the files an ONNX model keeps its weights in (external data, beside it) into `folder`;
     their manifest entries with sha256."""
     import shutil
@@ -116,6 +116,9 @@ def _external_data(file: Path, data: bytes, folder: Path) -> list[dict]:
         if "/" in name or "\\" in name or name in ("", ".", ".."):
             raise ConfigError(f"{file} keeps weights in {name!r}, not in a file beside it; save the model with its "
                               f"external data beside it (or in the .onnx file itself)")
+        if name in taken:
+            raise ConfigError(f"{file} keeps its weights in {name}, the name of another file benched with it; copy "
+                              f"one of the models under another name")
         source = file.parent / name
         if not source.is_file():
             raise ConfigError(f"{file} keeps its weights in {name}, which is not beside it ({source} is missing); copy "
@@ -125,16 +128,16 @@ def _external_data(file: Path, data: bytes, folder: Path) -> list[dict]:
     return entries
 
 
-def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | None, labels=None) -> Path:
-    """A one-variant bundle in `folder` around a lone .tflite/.onnx file, so bench measures it like
-    any variant: its preprocessing from `preprocessing` (scale/mean/std; the input size and layout
-    are read from the file), its labels from `labels` (default: class indices). No validation is
-    recorded (the file was not made by edgecls), so no departure from it can be warned about."""
-    import shutil
-
-    from ..bundle import gzip_size, sha256_file, write_bundle
+def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | None, labels=None,
+                    reference: str | Path | None = None) -> Path:
+    """A bundle in `folder` around a lone .tflite/.onnx file, so bench measures it like any variant:
+    its preprocessing from `preprocessing` (scale/mean/std; the input size and layout are read from
+    the file), its labels from `labels` (default: class indices), its precision read from the file.
+    `reference`: the float file it was made from (the same input and classes), a second variant
+    named `<format>_fp32` that the file's agreement is measured against. No validation is recorded
+    (edgecls did not make the files), so no departure from it can be warned about."""
+    from ..bundle import write_bundle
     from ..runtime import backend_classes, open_lone_file, spec_for_file
-    from ..runtime.precision import file_precision
 
     file, folder = Path(file), Path(folder)
     if preprocessing is None:
@@ -146,20 +149,50 @@ def bundle_for_file(file: str | Path, folder: str | Path, preprocessing: dict | 
     if classes is not None and len(labels) != classes:
         raise ConfigError(f"{len(labels)} labels given but {file} outputs {classes} classes")
     folder.mkdir(parents=True, exist_ok=True)
+    rows = [_file_row(file, folder, backend, layout, file.stem, "(not made by edgecls)")]
+    if reference is not None:
+        reference = Path(reference)
+        ref_backend, ref_layout = open_lone_file(reference)
+        ref_spec = spec_for_file(ref_backend, ref_layout, preprocessing)
+        if tuple(ref_spec.input_size) != tuple(spec.input_size) or backend_classes(ref_backend) != classes:
+            raise ConfigError(f"--reference {reference} takes {ref_spec.input_size[0]}x{ref_spec.input_size[1]} images "
+                              f"and outputs {backend_classes(ref_backend)} classes; {file} takes "
+                              f"{spec.input_size[0]}x{spec.input_size[1]} and outputs {classes}: give the float model "
+                              f"{file.name} was made from")
+        name = f"{reference.suffix.lstrip('.')}_fp32"
+        if name == rows[0]["name"]:
+            rows[0]["name"] = f"{name}_file"
+        taken = {rows[0]["file"], *(e["file"] for e in rows[0].get("external_data", []))}
+        if reference.name in taken:
+            raise ConfigError(f"--reference {reference} has the file name of {file} (or of its weights); copy one "
+                              f"under another name")
+        rows.insert(0, _file_row(reference, folder, ref_backend, ref_layout, name,
+                                 "(the reference the agreement is measured against)", taken))
+    write_bundle(folder, labels=labels, preprocessing=spec, rows=rows,
+                 model={"source": str(file), "kind": "file", "classes": len(labels), "output": "auto"})
+    return folder
+
+
+def _file_row(file: Path, folder: Path, backend, layout: str, name: str, what: str, taken=frozenset()) -> dict:
+    """A bundle row for a lone model file copied into `folder` (its external data beside it, under
+    names not in `taken`)."""
+    import shutil
+
+    from ..bundle import gzip_size, sha256_file
+    from ..runtime.precision import file_precision
+
     shutil.copyfile(file, folder / file.name)
     data = (folder / file.name).read_bytes()
-    row = {"name": file.stem, "file": file.name, "sha256": sha256_file(folder / file.name),
+    row = {"name": name, "file": file.name, "sha256": sha256_file(folder / file.name),
            "format": file.suffix.lstrip("."), "precision": file_precision(backend), "source": "file", "sparsity": None,
            "status": "ok", "layout": layout, "size": {"bytes": len(data), "gzip_bytes": gzip_size(data)},
-           "description": f"{file} (not made by edgecls)"}
+           "description": f"{file} {what}"}
     if row["format"] == "onnx":
-        extra = _external_data(file, data, folder)
+        extra = _external_data(file, data, folder, taken)
         if extra:
             row["external_data"] = extra
             row["size"]["bytes"] += sum((folder / e["file"]).stat().st_size for e in extra)
-    write_bundle(folder, labels=labels, preprocessing=spec, rows=[row],
-                 model={"source": str(file), "kind": "file", "classes": len(labels), "output": "auto"})
-    return folder
+    return row
 
 
 def _labelled_data(data: str | None, input_size, labels, max_images):
