@@ -32,28 +32,36 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _messages(buf: bytes, start: int, end: int):
-    """(field number, start, end) of every length-delimited field in buf[start:end]."""
+def _fields(buf: bytes, start: int, end: int):
+    """(field number, wire type, value) of every field in buf[start:end]: the number for a varint,
+    (start, end) for a length-delimited field, None for fixed-size ones."""
     i = start
     while i < end:
         key, i = _varint(buf, i)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
+            value, i = _varint(buf, i)
+            yield field, wire, value
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            yield field, wire, None
         elif wire == 2:
             size, i = _varint(buf, i)
             if i + size > end:
                 raise ValueError("truncated field")
-            yield field, i, i + size
+            yield field, wire, (i, i + size)
             i += size
         else:
             raise ValueError(f"wire type {wire}")
     if i != end:
         raise ValueError("truncated message")
+
+
+def _messages(buf: bytes, start: int, end: int):
+    """(field number, start, end) of every length-delimited field in buf[start:end]."""
+    for field, wire, value in _fields(buf, start, end):
+        if wire == 2:
+            yield field, value[0], value[1]
 
 
 def _tensor(buf, s, e, found):
@@ -116,22 +124,7 @@ _NODE_OP_TYPE, _TENSOR_DATA_TYPE = 4, 2
 
 def _varints(buf: bytes, start: int, end: int) -> dict[int, int]:
     """The varint fields of the message buf[start:end] (last value of each field)."""
-    out, i = {}, start
-    while i < end:
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            out[field], i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            i += size
-        else:
-            raise ValueError(f"wire type {wire}")
-    return out
+    return {field: value for field, wire, value in _fields(buf, start, end) if wire == 0}
 
 
 def graph_summary(data: bytes, where: str = "the ONNX file") -> tuple[set[str], set[int]]:
