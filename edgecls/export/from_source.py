@@ -136,6 +136,11 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
             row["engine"] = engine
             if fmt_name == "onnx":
                 row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.onnx_int8_scheme
+        if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
+            row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
+            if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
+                # May rewrite the file with layers kept in float: what is validated below.
+                _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
         try:
             outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
                                        timeout=config.validation_timeout_s)
@@ -143,16 +148,6 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         except EdgeclsError as exc:
             validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
         validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
-        if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
-            row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
-            if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
-                repaired = _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
-                if repaired is not None:  # layers kept in float: the new file is validated afresh
-                    row["sha256"] = sha256_file(file)
-                    outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
-                                               timeout=config.validation_timeout_s)
-                    validation = {**compare(outputs, reference, eval_y, _tolerance(variant, config)),
-                                  "reference": validation["reference"], "host": validated_on}
         weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
         inputs, outs = formats()[fmt_name].describe(file)
         row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
@@ -252,10 +247,11 @@ class _Requantize:
                                                   keep_float=self.keep + tuple(scopes)))
 
 
-def _repair(variant, engine, float_bytes, file: Path, row: dict, repair_set, calibration, source, config, keep=()):
+def _repair(variant, engine, float_bytes, file: Path, row: dict, repair_set, calibration, source, config,
+            keep=()) -> None:
     """--max-drop for a source's quantized file (edgecls.export.repair): its worst layers kept in
     float, by the engine that made it, until the budget is met on the validation split. Rewrites
-    `file` and returns the new bytes when layers were kept; records row["repair"]."""
+    `file` when layers were kept; records row["repair"]."""
     from types import SimpleNamespace
 
     from .repair import repair
@@ -271,15 +267,13 @@ def _repair(variant, engine, float_bytes, file: Path, row: dict, repair_set, cal
                                    float_accuracy, config.max_drop, config.repair_max_layers)
     except EdgeclsError as exc:
         row["repair"] = {"met": False, "reason": f"repair could not run: {exc}"}
-        return None
+        return
     row["repair"] = record
     log.info("%s: --max-drop %g %s", variant.name, config.max_drop,
              f"met with {len(record['kept_float'])} layer(s) in float" if record.get("met") and record["kept_float"]
              else ("met" if record.get("met") else "not met"))
-    if converted is None:
-        return None
-    file.write_bytes(converted.data)
-    return converted.data
+    if converted is not None:
+        file.write_bytes(converted.data)
 
 
 def _input_name(variant, float_bytes: bytes, source) -> str:
