@@ -45,6 +45,15 @@ def optional(module: str, extra: str = "train"):
                               f"pip install 'edgecls[{extra}]'") from None
 
 
+def require(module: str, extra: str = "train") -> None:
+    """`optional`'s check without the import, for a dependency a child process will import:
+    DependencyError naming the extra when `module` cannot be found."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        optional(module, extra)
+
+
 # Lines native code (absl, TensorFlow's C++ runtime, the MLIR converter) writes to stderr.
 _NATIVE_LINE = re.compile(r"^([IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|WARNING: All log messages before absl|"
                           r"To enable the following instructions|This TensorFlow binary is optimized|"

@@ -164,8 +164,15 @@ def align_labels(dataset: Dataset, model_labels) -> np.ndarray:
     )
 
 
-def predict_in_batches(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """A Keras model's outputs on x, in inference mode, a batch at a time."""
+BATCH_PIXELS = 256 * 32 * 32  # pixels per batch: 256 images at 32x32, 28 at 96x96
+
+
+def predict_in_batches(model, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """A Keras model's outputs on x, in inference mode, a batch at a time. The default batch holds
+    BATCH_PIXELS pixels (at most 256 images, at least 8): a layer's activations grow with the image's
+    area, and at 96x96 a batch of 256 kept about 600 MB of them alive."""
+    if batch is None:
+        batch = max(8, min(256, BATCH_PIXELS // max(1, int(np.prod(x.shape[1:3])))))
     return np.concatenate([np.asarray(model(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 

@@ -16,13 +16,14 @@ TOOL = ROOT / "tools" / "device" / "arm64_check.py"
 
 
 def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
-    """Every variant of the shipped resnet8 bundle (emulation is slow: one bundle, 100 images)."""
+    """Every variant of the shipped resnet8 bundle (emulation is slow: one bundle, 50 images, a bench
+    of 2 timed calls per variant; BENCHMARKS.md section 4 runs all three on 1,000 images)."""
     bundles = [ROOT / "models" / "resnet8"]
     check = subprocess.run([sys.executable, str(TOOL), "--check-only"], capture_output=True, text=True, timeout=900)
     if check.returncode == 77:
         pytest.skip(f"arm64 emulation impossible here: {check.stdout.strip()}")
     assert check.returncode == 0, check.stderr[-2000:]
-    args = [sys.executable, str(TOOL), "--images", "100", "--runs", "5", "--out", str(tmp_path)]
+    args = [sys.executable, str(TOOL), "--images", "50", "--runs", "2", "--out", str(tmp_path)]
     for bundle in bundles:
         args += ["--bundle", str(bundle)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=5400)
@@ -34,7 +35,7 @@ def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
         manifest = json.loads((ROOT / "models" / name / "manifest.json").read_text())
         assert set(result["variants"]) == {a["name"] for a in manifest["artifacts"]}
         for variant, row in result["variants"].items():
-            assert row["top1_identical"] == row["images"] == 100, (name, variant)
+            assert row["top1_identical"] == row["images"] == 50, (name, variant)
         assert set(result["bench_status"].values()) == {"ok"}
         report = json.loads((tmp_path / f"{name}-bench-emulated-cortex-a72.json").read_text())
         assert report["settings"]["emulated"] is True and report["host"]["arch"] == "aarch64"

@@ -241,25 +241,25 @@ def test_bench_under_an_emulated_avx2_cpu_warns_about_a_file_validated_with_vnni
 @pytest.mark.slow
 @pytest.mark.cpuclass
 def test_shipped_bundles_give_the_same_answers_on_an_emulated_avx2_cpu(tmp_path):
-    """The shipped seed_cnn and resnet8 bundles' int8 variants and their fp32 references, here and
-    under qemu -cpu Haswell, on 200 held-out images: top-1 identical, outputs within a step (so the
-    agreement with fp32 is the same on both), and a bench there with no warning. (The command in
-    BENCHMARKS.md section 5 runs all three shipped bundles on 1,000 images, where the 98% agreement
-    bar is judged; mobilenet_tiny, the slowest under emulation, is left to it to keep the suite's
-    time.)"""
+    """The shipped resnet8 bundle's int8 variants and their fp32 references, here and under qemu
+    -cpu Haswell, on 100 held-out images: top-1 identical, outputs within a step (so the agreement
+    with fp32 is the same on both), and a bench there with no warning. (The command in BENCHMARKS.md
+    section 5 runs all three shipped bundles on 1,000 images, where the 98% agreement bar is judged;
+    the suite checks one bundle, the one with residual adds, because every emulated process costs
+    seconds: two bundles on 200 images took over 10 minutes of the suite's time.)"""
     _emulation_or_skip()
     variants = ["tflite_fp32", "tflite_int8", "tflite_qat_int8", "onnx_fp32", "onnx_int8"]
-    args = [sys.executable, str(TOOL), "--images", "200", "--out", str(tmp_path), "--variants", *variants]
-    for name in ("seed_cnn", "resnet8"):
-        args += ["--bundle", str(ROOT / "models" / name)]
+    args = [sys.executable, str(TOOL), "--images", "100", "--out", str(tmp_path), "--variants", *variants,
+            "--bundle", str(ROOT / "models" / "resnet8")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=3000, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "seed_cnn+resnet8-cpu-classes-Haswell.json").read_text())
+    summary = json.loads((tmp_path / "resnet8-cpu-classes-Haswell.json").read_text())
+    assert set(summary["bundles"]) == {"resnet8"}
     assert summary["ok"] and "x86 AVX2 without VNNI" in summary["classes_covered"]
     for name, result in summary["bundles"].items():
         assert set(result["variants"]) == set(variants), name
         for variant, row in result["variants"].items():
-            assert row["top1_identical"] == row["images"] == 200, (name, variant)
+            assert row["top1_identical"] == row["images"] == 100, (name, variant)
             if "host_agreement_with_fp32" in row:
                 assert row["emulated_agreement_with_fp32"] == row["host_agreement_with_fp32"] > 0.95, (name, variant)
         assert result["bench_host"] == "x86 AVX2 without VNNI"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecls.data import SAMPLE_NAME, calibration_subset, load_dataset, stratified_split
+from edgecls.data import SAMPLE_NAME, store, calibration_subset, load_dataset, stratified_split
 from edgecls.errors import DataError
 from edgecls.preprocess import load_image
 
@@ -193,6 +193,63 @@ def test_decode_cache_is_used_and_invalidated(tmp_path, tiny_dir):
     Image.open(tiny_dir / "train" / "dog" / "0000.jpg").save(extra)
     second = load_dataset(tiny_dir)
     assert len(second.train) == len(first.train) + 1
+
+
+def _entries(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGECLS_CACHE", str(cache))
+    return cache / "decoded"
+
+
+def test_decode_cache_is_memory_mapped_and_matches_a_decode_in_memory(tmp_path, tiny_dir, monkeypatch):
+    entries = _entries(monkeypatch, tmp_path)
+    first = load_dataset(tiny_dir, image_size=40)  # decoded into the cache, read back mapped
+    again = load_dataset(tiny_dir, image_size=40)  # read from the cache
+    monkeypatch.setenv("EDGECLS_NO_CACHE", "1")
+    in_memory = load_dataset(tiny_dir, image_size=40)
+    for ds in (first, again):
+        assert isinstance(ds.train.images.base, np.memmap) and not ds.train.images.flags.writeable
+        assert np.array_equal(ds.train.images, in_memory.train.images)
+        assert np.array_equal(ds.test.labels, in_memory.test.labels)
+    assert not isinstance(in_memory.train.images.base, np.memmap)
+    (entry,) = [p for p in entries.iterdir()]
+    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+
+
+@pytest.mark.parametrize("damage", ["labels out of range", "meta not json", "short images", "pickled labels"])
+def test_a_damaged_cache_entry_is_decoded_again_never_trusted(tmp_path, tiny_dir, monkeypatch, damage):
+    entries = _entries(monkeypatch, tmp_path)
+    want = load_dataset(tiny_dir)
+    (entry,) = list(entries.iterdir())
+    for part in entry.iterdir():  # fresh copies to damage: `want` has the originals mapped
+        data = part.read_bytes()
+        part.unlink()
+        part.write_bytes(data)
+    if damage == "labels out of range":
+        np.save(entry / "y_train.npy", np.full(len(want.train), 99, np.int64))
+    elif damage == "meta not json":
+        (entry / "meta.json").write_text("[" * 100_000)
+    elif damage == "short images":
+        np.save(entry / "x_test.npy", np.zeros((3, 32, 32, 3), np.uint8))
+    else:
+        with open(entry / "y_test.npy", "wb") as fh:
+            pickle.dump(np.asarray(want.test.labels), fh)
+    got = load_dataset(tiny_dir)
+    assert np.array_equal(got.train.images, want.train.images) and np.array_equal(got.train.labels, want.train.labels)
+    assert np.array_equal(got.test.images, want.test.images) and np.array_equal(got.test.labels, want.test.labels)
+    assert store.load(entry.name) is not None  # and the entry is whole again
+
+
+def test_an_unwritable_cache_or_a_failed_decode_leaves_no_entry(tmp_path, tiny_dir, monkeypatch):
+    entries = _entries(monkeypatch, tmp_path)
+    entries.parent.mkdir()
+    entries.write_text("not a folder")  # the cache cannot be made: decoded in memory, no error
+    assert len(load_dataset(tiny_dir).train) == 200
+    entries.unlink()
+    (tiny_dir / "test").rename(tiny_dir / "elsewhere")  # train/ without test/: the decode fails
+    with pytest.raises(DataError, match="no test/ or val/"):
+        load_dataset(tiny_dir)
+    assert not entries.exists() or not any(entries.iterdir())
 
 
 def test_align_labels_maps_by_name_by_index_or_refuses():

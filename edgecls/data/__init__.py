@@ -1,6 +1,7 @@
 """Datasets: image folders (directory or zip), CIFAR-10 python batches, `cifar10` by name and the
 built-in CIFAR-10 sample. Images are decoded once to uint8 arrays at the model's input size
-(cached on disk), then fed to tf.data pipelines (see `edgecls.data.pipeline`)."""
+(cached on disk and read memory-mapped, see `edgecls.data.store`), then fed to tf.data pipelines
+(see `edgecls.data.pipeline`)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from . import store
 from .cifar import is_cifar_dir, read_cifar_dir
 
 log = logging.getLogger("edgecls")
@@ -19,7 +21,7 @@ log = logging.getLogger("edgecls")
 SAMPLE_NAME = "cifar10-sample"
 SAMPLE_PATH = Path(__file__).with_name("cifar10_sample.zip")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,6 @@ class Dataset:
         }
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("EDGECLS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgecls"
-    )
-    return Path(root) / "decoded"
-
-
 def _cache_key(path: Path, size, test_fraction, seed) -> str | None:
     try:
         st = path.stat()
@@ -95,33 +90,6 @@ def _cache_key(path: Path, size, test_fraction, seed) -> str | None:
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
     raw = f"{_CACHE_VERSION}|{path.resolve()}|{stamp}|{tuple(size)}|{test_fraction}|{seed}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def _load_cached(key: str | None):
-    if key is None or os.environ.get("EDGECLS_NO_CACHE"):
-        return None
-    f = _cache_dir() / f"{key}.npz"
-    if not f.exists():
-        return None
-    try:
-        with np.load(f, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception:  # a damaged cache entry is rebuilt, never trusted
-        return None
-
-
-def _store_cached(key: str | None, arrays: dict) -> None:
-    if key is None or os.environ.get("EDGECLS_NO_CACHE"):
-        return
-    from .._io import atomic_path
-
-    try:
-        target = _cache_dir() / f"{key}.npz"
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-    except OSError as exc:  # the cache is an optimization; a read-only home must not fail a run
-        log.debug("could not write the decode cache: %s", exc)
 
 
 def _find_cifar10() -> Path:
@@ -194,23 +162,10 @@ def load_dataset(
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     name, path = resolve_source(data)
     key = _cache_key(path, size, test_fraction, seed)
-    cached = _load_cached(key)
-    if cached is not None:
-        arrays = cached
-        meta = {"classes": [str(c) for c in cached["classes"]], "skipped": int(cached["skipped"]), "split": str(cached["split"])}
-    else:
-        if is_cifar_dir(path):
-            x_train, y_train, x_test, y_test, names = read_cifar_dir(path)
-            if size != (32, 32):
-                x_train, x_test = _resize_all(x_train, size), _resize_all(x_test, size)
-            skipped, note = 0, "CIFAR python batches (data_batch_* / test_batch)"
-        else:
-            from .folder import read_image_folder
-
-            x_train, y_train, x_test, y_test, names, skipped, note = read_image_folder(path, size, test_fraction, seed)
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-        meta = {"classes": list(names), "skipped": skipped, "split": note}
-        _store_cached(key, {**arrays, "classes": np.array(names), "skipped": np.array(skipped), "split": np.array(note)})
+    arrays = store.load(key)
+    if arrays is None:
+        arrays = _decode_into(store.Entry(key), path, size, test_fraction, seed)
+    meta = arrays["meta"]
     if len(arrays["y_test"]) == 0:
         raise DataError(f"{path}: the test split holds no readable images")
     return Dataset(
@@ -222,6 +177,35 @@ def load_dataset(
         skipped=meta["skipped"],
         split=meta["split"],
     )
+
+
+def _decode_into(entry: store.Entry, path: Path, size, test_fraction, seed) -> dict:
+    """Decode the data set at `path` into `entry`'s sinks (the cache, else memory); the arrays and
+    their metadata."""
+    try:
+        if is_cifar_dir(path):
+            x_train, y_train, x_test, y_test, names = read_cifar_dir(path)
+            resize = None if size == (32, 32) else (lambda chunk: _resize_all(chunk, size))
+            x_train = store.fill(entry.sink("train", len(x_train), size), x_train, resize)
+            x_test = store.fill(entry.sink("test", len(x_test), size), x_test, resize)
+            skipped, note = 0, "CIFAR python batches (data_batch_* / test_batch)"
+        else:
+            from .folder import read_image_folder
+
+            x_train, y_train, x_test, y_test, names, skipped, note = read_image_folder(
+                path, size, test_fraction, seed, sink=entry.sink)
+        meta = {"classes": [str(n) for n in names], "skipped": int(skipped), "split": note}
+        arrays = entry.commit({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, meta)
+    except OSError as exc:
+        entry.abandon()
+        if not entry.on_disk:
+            raise
+        log.debug("could not write the decode cache (%s); decoding into memory", exc)
+        return _decode_into(store.Entry(None), path, size, test_fraction, seed)
+    except BaseException:
+        entry.abandon()
+        raise
+    return {**arrays, "meta": arrays.get("meta", meta)}
 
 
 def _resize_all(images: np.ndarray, size) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..preprocess import IMAGE_EXTENSIONS, MAX_IMAGE_BYTES, load_image
+from .store import CHUNK, MemorySink
 
 log = logging.getLogger("edgecls")
 
@@ -141,13 +142,16 @@ def _images_by_class(tree: _Tree, base: PurePosixPath | None) -> dict[str, list[
     return {k: sorted(v) for k, v in sorted(classes.items())}
 
 
-def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size) -> tuple[np.ndarray, np.ndarray, int]:
-    images = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
+def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size, sink=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode `items` at `size` into `sink` (a store sink; in memory when None), a chunk at a time.
+    Returns (images, labels, files skipped)."""
+    sink = sink if sink is not None else MemorySink(len(items), size)
+    chunk = np.empty((max(1, min(CHUNK, len(items))), size[0], size[1], 3), dtype=np.uint8)
     labels = np.empty(len(items), dtype=np.int64)
-    n = skipped = 0
+    n = k = skipped = 0
     for rel, label in items:
         try:
-            images[n] = load_image(tree.read(rel), size)
+            chunk[k] = load_image(tree.read(rel), size)
         except (DataError, OSError) as exc:
             skipped += 1
             if skipped <= _MAX_SKIP_WARNINGS:
@@ -155,9 +159,15 @@ def _decode(tree: _Tree, items: list[tuple[PurePosixPath, int]], size) -> tuple[
             continue
         labels[n] = label
         n += 1
+        k += 1
+        if k == len(chunk):
+            sink.append(chunk)
+            k = 0
+    if k:
+        sink.append(chunk[:k])
     if skipped > _MAX_SKIP_WARNINGS:
         log.warning("skipped %d unreadable files in %s in all", skipped, tree.source)
-    return images[:n], labels[:n], skipped
+    return sink.finish(), labels[:n], skipped
 
 
 def _open_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile | None] | None:
@@ -169,8 +179,9 @@ def _open_tree(path: Path) -> tuple[_Tree, zipfile.ZipFile | None] | None:
     return None
 
 
-def read_image_folder(path: str | Path, size, test_fraction: float = 0.2, seed: int = 0):
-    """Return (train_images, train_labels, test_images, test_labels, class_names, skipped, split_note)."""
+def read_image_folder(path: str | Path, size, test_fraction: float = 0.2, seed: int = 0, sink=None):
+    """Return (train_images, train_labels, test_images, test_labels, class_names, skipped, split_note).
+    `sink(split, capacity, size)`, when given, makes the store sink each split is decoded into."""
     path = Path(path)
     opened = _open_tree(path)
     if opened is None:
@@ -179,13 +190,13 @@ def read_image_folder(path: str | Path, size, test_fraction: float = 0.2, seed: 
         raise DataError(f"dataset not found: {path}")
     tree, zf = opened
     try:
-        return _read_tree(tree, size, test_fraction, seed)
+        return _read_tree(tree, size, test_fraction, seed, sink)
     finally:
         if zf is not None:
             zf.close()
 
 
-def _read_tree(tree: _Tree, size, test_fraction, seed):
+def _read_tree(tree: _Tree, size, test_fraction, seed, sink=None):
     if not tree.files and not tree.dirs:
         raise DataError(f"{tree.source}: the dataset is empty; expected <class>/<image> folders")
     top_dirs = {d.name for d in tree.dirs if len(d.parts) == 1}
@@ -224,8 +235,11 @@ def _read_tree(tree: _Tree, size, test_fraction, seed):
         log.warning("skipped %s/%s: not an image file (%s)", tree.source, rel, ", ".join(IMAGE_EXTENSIONS))
     for rel in tree.outside[:_MAX_SKIP_WARNINGS]:
         log.warning("skipped %s/%s: a symbolic link leading out of the dataset", tree.source, rel)
-    x_train, y_train, skip_train = _decode(tree, train_items, size)
-    x_test, y_test, skip_test = _decode(tree, test_items, size)
+    def make(split, items):
+        return sink(split, len(items), size) if sink is not None else None
+
+    x_train, y_train, skip_train = _decode(tree, train_items, size, make("train", train_items))
+    x_test, y_test, skip_test = _decode(tree, test_items, size, make("test", test_items))
     if len(x_train) == 0:
         raise DataError(f"{tree.source}: no readable training images")
     return x_train, y_train, x_test, y_test, names, skip_train + skip_test + len(tree.other) + len(tree.outside), note

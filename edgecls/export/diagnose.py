@@ -46,7 +46,50 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
 def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndarray, layout: str = "NHWC") -> dict:
     """Per-layer error of `quantized_file` against `float_file` (the same model before
     quantization, same format) on `images` (the float model's input, NHWC; transposed for NCHW).
-    Returns {"images", "metric", "layers": [{name, op, sqnr_db, added_db}] in graph order}."""
+    Returns {"images", "metric", "layers": [{name, op, sqnr_db, added_db}] in graph order}.
+
+    Runs in a child process (`python -m edgecls.export.diagnose`: numpy and the runtimes, no
+    TensorFlow): every intermediate tensor of both files is kept, which for a 96x96 MobileNetV2 is
+    hundreds of megabytes that the export's own process would otherwise keep as its peak, and a
+    runtime that crashes on an augmented graph fails the diagnosis, not the export."""
+    from ..runtime.isolated import failure_reason, run_child
+
+    with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
+        given, out = Path(tmp) / "images.npy", Path(tmp) / "diagnosis.json"
+        np.save(given, np.ascontiguousarray(images, dtype=np.float32))
+        payload = {"float": str(float_file), "quantized": str(quantized_file), "images": str(given),
+                   "layout": layout, "out": str(out)}
+        code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
+        if code != 0 or not out.is_file():
+            reason = failure_reason(code, stderr, "the per-layer diagnosis", CHILD_TIMEOUT_S)
+            raise ExportError(reason if reason.startswith("per-layer diagnosis") else f"per-layer diagnosis failed: {reason}")
+        import json
+
+        return json.loads(out.read_text())
+
+
+CHILD_TIMEOUT_S = 1800.0
+
+
+def _main(argv) -> int:
+    import json
+    import sys
+
+    from ..errors import EdgeclsError
+
+    payload = json.loads(argv[0])
+    try:
+        found = _diagnose_here(payload["float"], payload["quantized"], np.load(payload["images"], allow_pickle=False),
+                               payload["layout"])
+        Path(payload["out"]).write_text(json.dumps(found))
+    except EdgeclsError as exc:
+        print(f"edgecls: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ok": True}))
+    return 0
+
+
+def _diagnose_here(float_file, quantized_file, images: np.ndarray, layout: str) -> dict:
     images = np.asarray(images, np.float32)
     if layout == "NCHW":
         images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
@@ -250,3 +293,9 @@ def format_diagnosis(row: dict, top: int | None = None) -> str:
     lines.append(f"  output SQNR {output['sqnr_db']:.2f} dB. SQNR: the layer's output against float so far; own: "
                  f"the error the layer adds by itself. Higher is closer to float; {CAP_DB:g} is exact.")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._deps import optional
+from .._deps import optional, require
 from ..errors import ConfigError, ExportError, first_line
 
 ENGINES = {
@@ -173,7 +173,26 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
                  per_channel: bool = True, keep_float: tuple[str, ...] = ()) -> bytes:
     """onnxruntime static QDQ quantization with calibration `method` ("minmax", "entropy",
     "percentile") in `scheme` (formats.onnx.INT8_SCHEMES); `representative` in the file's layout;
-    `keep_float`: node names left in float (onnxruntime's nodes_to_exclude)."""
+    `keep_float`: node names left in float (onnxruntime's nodes_to_exclude). Runs in a child process
+    (see `in_child`)."""
+    from .formats.onnx import INT8_SCHEMES
+
+    if method not in ORT_METHODS:
+        raise ConfigError(f"unknown onnxruntime calibration method {method!r}; choose one of {', '.join(ORT_METHODS)}")
+    if representative is None or len(representative) == 0:
+        raise ConfigError("ONNX int8 quantization needs representative images (none given)")
+    if scheme not in INT8_SCHEMES:
+        raise ConfigError(f"unknown ONNX int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
+    return in_child("ort", fp32_onnx, representative, f"ONNX int8 quantization ({method} calibration)",
+                    method=method, scheme=scheme, input_name=input_name, per_channel=per_channel,
+                    keep_float=list(keep_float))
+
+
+ORT_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _ort_here(fp32_onnx: bytes, images: np.ndarray, method: str, scheme: str, input_name: str,
+              per_channel: bool, keep_float: list[str]) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -181,15 +200,7 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise ConfigError(f"unknown onnxruntime calibration method {method!r}; choose one of {', '.join(methods)}")
-    if representative is None or len(representative) == 0:
-        raise ConfigError("ONNX int8 quantization needs representative images (none given)")
-    if scheme not in INT8_SCHEMES:
-        raise ConfigError(f"unknown ONNX int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
     activations, weights, reduce_range = INT8_SCHEMES[scheme]
-    images = np.asarray(representative, dtype=np.float32)
-
     # Entropy and Percentile keep a histogram per tensor; their defaults are onnxruntime's own
     # (Percentile 99.999, 2048 bins for Entropy's KL search).
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,14 +221,20 @@ def ort_quantize(fp32_onnx: bytes, representative: np.ndarray, method: str, sche
 def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str,
                   keep_float: tuple[str, ...] = ()) -> bytes:
     """NNCF post-training quantization of an ONNX model (QDQ; fast bias correction; 7-bit weights on
-    every layer through NNCF's overflow fix, so the file is exact on x86 CPUs without VNNI too)."""
+    every layer through NNCF's overflow fix, so the file is exact on x86 CPUs without VNNI too).
+    Runs in a child process (see `in_child`)."""
     if representative is None or len(representative) == 0:
         raise ConfigError("NNCF quantization needs representative images (none given)")
-    nncf = optional("nncf", "train")
+    require("nncf", "train")
+    return in_child("nncf", fp32_onnx, representative, "NNCF quantization", input_name=input_name,
+                    keep_float=list(keep_float))
+
+
+def _nncf_here(fp32_onnx: bytes, images: np.ndarray, input_name: str, keep_float: list[str]) -> bytes:
+    import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    images = np.asarray(representative, dtype=np.float32)
     model = onnx.load_from_string(fp32_onnx)
     dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))], lambda x: {input_name: x})
     try:
@@ -228,6 +245,51 @@ def nncf_quantize(fp32_onnx: bytes, representative: np.ndarray, input_name: str,
     except Exception as exc:
         raise ExportError(f"NNCF quantization failed: {first_line(exc)}") from None
     return quantized.SerializeToString()
+
+
+# The quantizers that run in a child process: their memory (onnxruntime's calibration keeps every
+# intermediate output of every calibration image: ~750 MB for mobilenet_tiny) is returned to the
+# system when the child ends instead of raising the export's peak, and a native crash in them
+# becomes a failed row instead of ending the export.
+_IN_CHILD = {"ort": _ort_here, "nncf": _nncf_here}
+
+
+def in_child(kind: str, float_bytes: bytes, calibration: np.ndarray, what: str, **options) -> bytes:
+    """`_IN_CHILD[kind](float_bytes, calibration, **options)` run in `python -m edgecls.export.engines`
+    (numpy, onnx, onnxruntime, NNCF: no TensorFlow); ExportError with the reason when it fails."""
+    from ..runtime.isolated import failure_reason, run_child
+
+    with tempfile.TemporaryDirectory(prefix="edgecls-quantize-") as tmp:
+        model, images, out = (Path(tmp) / n for n in ("float.onnx", "calibration.npy", "quantized.bin"))
+        model.write_bytes(float_bytes)
+        np.save(images, np.ascontiguousarray(calibration, dtype=np.float32))
+        payload = {"kind": kind, "model": str(model), "calibration": str(images), "out": str(out), "options": options}
+        code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
+        if code != 0 or not out.is_file():
+            raise ExportError(failure_reason(code, stderr, what, CHILD_TIMEOUT_S))
+        return out.read_bytes()
+
+
+CHILD_TIMEOUT_S = 3600.0
+
+
+def _main(argv) -> int:
+    import json
+    import sys
+
+    from ..errors import EdgeclsError
+
+    payload = json.loads(argv[0])
+    try:
+        run = _IN_CHILD[payload["kind"]]
+        images = np.load(payload["calibration"], allow_pickle=False)
+        data = run(Path(payload["model"]).read_bytes(), images, **payload["options"])
+        Path(payload["out"]).write_bytes(data)
+    except EdgeclsError as exc:
+        print(f"edgecls: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ok": True}))
+    return 0
 
 
 def _aeq(float_bytes, calibration, precision, input_name, scheme, keep_float):
@@ -264,3 +326,9 @@ def post_training(engine: str, float_bytes: bytes, calibration: np.ndarray, prec
     if engine not in POST_TRAINING:
         raise ConfigError(f"unknown post-training engine {engine!r}; choose one of {', '.join(POST_TRAINING)}")
     return POST_TRAINING[engine][1](float_bytes, calibration, precision, input_name, scheme, keep_float)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -158,11 +158,18 @@ def _record_crash(journal: Journal, code: int, names) -> None:
     log.warning("%s: %s; exporting the remaining variants in a fresh process", name, crash)
 
 
+def worker_env() -> dict:
+    """The worker's environment: this one, with glibc's malloc held to two arenas (MALLOC_ARENA_MAX,
+    unless set): TensorFlow's threads otherwise each keep an arena of freed memory, and exporting a
+    96x96 MobileNetV2 peaked 300 MB higher (2,198 MB against 1,898 MB). Other C libraries ignore it."""
+    return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+
+
 def _run_worker(job: Path) -> int | None:
     """Run one worker to its end; its messages go to this process's stderr as they come."""
     with contextlib.suppress(FileNotFoundError):
         (job / "result.json").unlink()
-    proc = subprocess.Popen([sys.executable, "-m", __name__, str(job)], stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", __name__, str(job)], stdin=subprocess.DEVNULL, env=worker_env())
     try:
         return proc.wait()
     except BaseException:
