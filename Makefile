@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/edgecls pipeline --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -119,7 +119,7 @@ class TFLiteBackend:
 
     def finish(self, y: np.ndarray) -> np.ndarray:
         if self._output_table is not None:
-            return self._output_table[y.view(np.uint8)]
+            return self._output_table.take(y.view(np.uint8))  # take: faster than indexing on small arrays
         if self._float_output:  # get_tensor already returned a fresh float32 copy
             return y
         if self.output_dtype == np.int16:
