@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-onnx2tf.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "edgecls needs Python >= 3.10")'
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu install python3-venv (apt-get install python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,micro,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-onnx2tf.txt
 	touch $(STAMP)
 

@@ -310,6 +310,10 @@ def check_manifest(manifest: dict, path: Path) -> None:
             fail(f"artifacts[{i}].name", f"repeats the variant {art['name']!r}")
         seen.add(art["name"])
         confined(path, art["file"], f"artifacts[{i}].file")
+        for j, src in enumerate((art.get("micro") or {}).get("sources", [])):
+            if not src["file"].startswith("micro/"):
+                fail(f"artifacts[{i}].micro.sources[{j}].file", "must lie under micro/")
+            confined(path, src["file"], f"artifacts[{i}].micro.sources[{j}].file")
     for key in ("rejected", "omitted"):
         entries = manifest.get(key, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):

@@ -132,7 +132,7 @@ RANGES = {
     "--weight-decay": (0, 1), "--label-smoothing": (0, 0.99), "--cutout": (0, 2048), "--cutmix": (0, 1),
     "--val-fraction": (0, 0.9), "--patience": (0, 100_000), "--distill-alpha": (0, 1),
     "--distill-temperature": (0, 1000, "above"), "--sparsity": (0, 1, "open"), "--sparsities": (0, 1, "open"),
-    "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--fine-tuned-max-drop": (0, 100), "--repair-images": (1, BIG),
+    "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--fine-tuned-max-drop": (0, 100), "--repair-images": (1, BIG), "--micro-images": (1, BIG),
     "--opset": (9, 30), "--max-eval-images": (1, BIG), "--top": (0, BIG), "--top-k": (1, 100_000),
     "--threads": (1, 1024), "--warmup": (0, BIG), "--runs": (1, BIG), "--repeats": (1, 1000), "--max-images": (1, BIG),
     "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
@@ -225,6 +225,7 @@ def _export_config(args):
         fine_tuned_max_drop=getattr(args, "fine_tuned_max_drop", ExportConfig.fine_tuned_max_drop),
         calibration_draws=getattr(args, "calibration_draws", ExportConfig.calibration_draws),
         repair_images=getattr(args, "repair_images", ExportConfig.repair_images),
+        micro=getattr(args, "micro", ExportConfig.micro), micro_images=getattr(args, "micro_images", ExportConfig.micro_images),
         verbose=args.verbose,
     )
 
@@ -594,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair-images", type=int, default=E.repair_images,
                    help=f"training images (not calibration ones) that --max-drop and --calibration-search are judged "
                         f"on (default {E.repair_images})")
+    p.add_argument("--micro", action="store_true",
+                   help="microcontroller target: run every full-integer TFLite variant under TensorFlow Lite Micro's "
+                        "kernels, record its verdict (ops TFLM lacks), exact tensor arena, flash and RAM, its accuracy "
+                        "and agreement there, and write C sources (model array, header, op resolver) into micro/")
+    p.add_argument("--micro-images", type=int, default=E.micro_images,
+                   help=f"held-out images run under TFLite Micro per variant (default {E.micro_images})")
     p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
     p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
     p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")

@@ -194,6 +194,8 @@ class ExportConfig:
     repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
     calibration_search: tuple[int, ...] = ()  # calibration sizes to choose from on the validation split
     calibration_draws: int = 3  # random draws per size in the search (edgecls.export.calibration)
+    micro: bool = False  # check full-integer TFLite variants under TFLite Micro, write C sources (edgecls.micro)
+    micro_images: int = 1000  # held-out images run under TFLite Micro per variant
     seed: int = 0
     verbose: int = 0
     tolerances: dict = field(default_factory=dict, compare=False)

@@ -128,7 +128,16 @@ def foreign_entries(folder: Path, kind: str) -> list[str]:
         owned |= {data[k] for k in ("labels", "preprocessing") if isinstance(data.get(k), str)}
     if kind == "optimize" and isinstance(data.get("variants"), dict):
         owned |= set(data["variants"])
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in owned)
+    micro_foreign = []
+    micro = folder / "micro"
+    if kind == "bundle" and micro.is_dir() and not micro.is_symlink():
+        # The C sources of `export --micro`, each listed with its hash under its artifact's "micro".
+        listed = {s["file"] for a in data.get("artifacts", []) if isinstance(a, dict) and isinstance(a.get("micro"), dict)
+                  for s in a["micro"].get("sources", []) if isinstance(s, dict) and isinstance(s.get("file"), str)}
+        found = {p.relative_to(folder).as_posix() for p in micro.rglob("*") if p.is_symlink() or not p.is_dir()}
+        micro_foreign = sorted(found - listed)
+        owned.add("micro")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in owned) + micro_foreign
     rejected = folder / "rejected"
     if kind == "bundle" and rejected.is_dir() and not rejected.is_symlink():
         names = {Path(r["file"]).name for r in data.get("rejected", []) if isinstance(r, dict) and isinstance(r.get("file"), str)}

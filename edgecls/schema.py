@@ -201,11 +201,20 @@ VALIDATION = _o({"agreement": FRACTION, "accuracy": FRACTION, "max_abs_diff": _n
                  "reason": TEXT, "host": _opt(_o({"cpu": _s(255), "arch": _s(64), "cpu_flags": _opt(_a(_s(64), 4096)),
                                                   "int8_class": _opt(_s(64)), "runtime": RUNTIME}))})
 SIZE = _o({"bytes": COUNT, "gzip_bytes": COUNT})
+MICRO = _o({"runtime": _s(200), "verdict": {"enum": ["ok", "unsupported", "error"]}, "status": _s(32), "reason": _opt(TEXT),
+            "ops": _a(_o({"op": _s(100), "layers": _a(_s(1000), 100000)}, required=("op",)), 1000),
+            "missing_ops": _a(_o({"op": _s(100), "layers": _a(_s(1000), 100000)}, required=("op",)), 1000),
+            "arena_bytes": COUNT, "arena_fails_at": COUNT, "flash_bytes": COUNT, "io_bytes": COUNT, "ram_bytes": COUNT,
+            "host_ms_per_image": MS, "images": COUNT, "validation": _opt(VALIDATION),
+            "litert": _o({"agreement": FRACTION, "max_step_diff": _i(0, 1 << 16), "images_differing": FRACTION}),
+            "resolver": _a(_s(100, pattern="^Add[A-Za-z0-9]+$"), 1000),
+            "sources": _a(_o({"file": _s(255, minLength=1), "sha256": SHA256}, required=("file", "sha256"), extra=False), 16)},
+           required=("verdict",))
 ARTIFACT = _o({"name": NAME, "file": _s(255, minLength=1), "sha256": SHA256, "format": _s(32, minLength=1),
                "precision": _s(64), "sparsity": FRACTION, "sparsity_source": _opt(_s(64)), "source": _opt(_s(1000)),
                "engine": _opt(_s(200)), "layout": _opt(_s(16)), "inputs": _a(TENSOR, 64), "outputs": _a(TENSOR, 64),
                "size": SIZE, "validation": _opt(VALIDATION), "diagnosis": _opt(DIAGNOSIS), "diagnosis_error": _opt(TEXT),
-               "description": _opt(TEXT), "reason": _opt(TEXT), "status": _opt(_s(32)),
+               "micro": _opt(MICRO), "description": _opt(TEXT), "reason": _opt(TEXT), "status": _opt(_s(32)),
                "external_data": _a(_o({"file": _s(255, minLength=1), "sha256": SHA256}, required=("file", "sha256"),
                                       extra=False), 64)},
               required=("name", "file", "sha256", "format"))

@@ -359,6 +359,10 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
         if "validation" in row and _diagnosable(variant, config) and "diagnosis" not in row:
             journal.step(name, "diagnosing its layers", file=file.name)
             row.update(_diagnosis(fmt, variant, job, file))
+        if config.micro and row["status"] == "ok" and variant.format == "tflite":
+            journal.step(name, "running it under TFLite Micro", file=file.name)
+            row.update(_micro(file, name, row, inputs, eval_y, base_ref, _tolerance(variant, config), source, spec,
+                              staging, config))
         if row["status"] != "ok":
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
@@ -454,6 +458,28 @@ def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, repair_set, refe
     else:
         log.warning("%s: %s", variant.name, record["reason"])
     return {"repair": record, "diagnosis": found}  # the file stays as it was: its diagnosis holds
+
+
+def _micro(file: Path, name: str, row: dict, inputs, eval_y, base_ref, tolerance, source, spec, staging: Path,
+           config) -> dict:
+    """The row's "micro" record (edgecls.micro) for a full-integer TFLite file, on a seeded sample of
+    config.micro_images held-out images against the model the user gave; {} for other files."""
+    from ..micro import full_integer, micro_target
+
+    if not full_integer(row.get("inputs", []), row.get("outputs", [])):
+        return {}
+    pick = sample_indices(len(eval_y), config.micro_images, config.seed)
+    try:
+        record = micro_target(file, name, inputs[pick], eval_y[pick], base_ref[pick], tolerance,
+                              (row["inputs"], row["outputs"]), list(source.labels), spec.to_dict(), staging)
+    except EdgeclsError as exc:
+        record = {"verdict": "error", "status": "error", "reason": str(exc)}
+    if record.get("status") == "ok":
+        log.info("%s: TFLite Micro: arena %s bytes, flash %s bytes, agreement %.4f with the model you gave", name,
+                 f"{record['arena_bytes']:,}", f"{record['flash_bytes']:,}", record["validation"]["agreement"])
+    else:
+        log.warning("%s: TFLite Micro: %s", name, record.get("reason", record["status"]))
+    return {"micro": record}
 
 
 def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
