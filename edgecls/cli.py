@@ -135,7 +135,8 @@ RANGES = {
     "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--fine-tuned-max-drop": (0, 100), "--repair-images": (1, BIG), "--micro-images": (1, BIG),
     "--opset": (9, 30), "--max-eval-images": (1, BIG), "--top": (0, BIG), "--top-k": (1, 100_000),
     "--threads": (1, 1024), "--warmup": (0, BIG), "--runs": (1, BIG), "--repeats": (1, 1000), "--max-images": (1, BIG),
-    "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
+    "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"),
+    "--max-ram-kb": (0, 10 ** 9, "above"), "--max-flash-kb": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
     "--jobs": (1, 64), "--max-test-images": (1, BIG), "--scale": (0, 1e6, "above"), "--mean": (-1e6, 1e6),
     "--std": (0, 1e6, "above"), "--verbose": (0, 2),
 }
@@ -251,7 +252,8 @@ def _cmd_tune(args) -> int:
     from .tune import tune
 
     config = TuneConfig(max_drop=args.max_drop, max_bytes=args.max_bytes, size_measure=args.size,
-                        max_latency_ms=args.max_latency_ms, objective=args.objective, threads=args.threads,
+                        max_latency_ms=args.max_latency_ms, max_ram_kb=args.max_ram_kb, max_flash_kb=args.max_flash_kb,
+                        board=args.board, objective=args.objective, threads=args.threads,
                         variants=tuple(args.variants) if args.variants else TuneConfig.variants,
                         sparsities=args.sparsities, sparsity_allocations=tuple(args.sparsity_allocations),
                         fine_tune=args.fine_tune, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
@@ -680,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("file", "gzip"), default=TC.size_measure,
                    help=f"what --max-bytes and --objective size count (default {TC.size_measure})")
     p.add_argument("--max-latency-ms", type=float, metavar="MS", help="largest p50 batch-1 latency")
+    p.add_argument("--max-ram-kb", type=float, metavar="KB",
+                   help="microcontroller RAM: the TFLite Micro tensor arena plus one input and one output buffer "
+                        "(only full-integer TFLite files TFLite Micro runs are then candidates)")
+    p.add_argument("--max-flash-kb", type=float, metavar="KB", help="microcontroller flash for the model array")
+    p.add_argument("--board", metavar="NAME", help="the device the RAM and flash budgets describe, named in the answer")
     p.add_argument("--objective", choices=("latency", "size", "accuracy"), default=TC.objective,
                    help=f"what the pick minimizes (or maximizes, accuracy) within the budgets (default {TC.objective})")
     p.add_argument("--threads", type=_number_list(int, "thread counts", "1,2,4"), default=TC.threads, metavar="N[,N...]",

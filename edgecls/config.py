@@ -271,6 +271,11 @@ class TuneConfig:
     max_bytes: int | None = None
     size_measure: str = "file"  # what --max-bytes and the size objective count: "file" or "gzip"
     max_latency_ms: float | None = None  # p50 at batch 1
+    # Microcontroller budgets (edgecls.micro): only full-integer TFLite files TFLite Micro runs are
+    # candidates; RAM is the tensor arena plus one input and one output buffer, flash the model array.
+    max_ram_kb: float | None = None
+    max_flash_kb: float | None = None
+    board: str | None = None  # the device the micro budgets describe, named in the answer
     objective: str = "latency"  # latency | size | accuracy
     threads: tuple[int, ...] = (1,)
     variants: tuple[str, ...] = TUNE_VARIANTS  # the post-training candidates
@@ -308,6 +313,12 @@ class TuneConfig:
              f"max_bytes must be a positive number of bytes, got {self.max_bytes!r}")
         need(self.max_latency_ms is None or (isinstance(self.max_latency_ms, (int, float)) and self.max_latency_ms > 0),
              f"max_latency_ms must be a positive number of milliseconds, got {self.max_latency_ms!r}")
+        for name in ("max_ram_kb", "max_flash_kb"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9),
+                 f"{name} must be a positive number of kilobytes, got {value!r}")
+        need(self.board is None or (isinstance(self.board, str) and 0 < len(self.board) <= 100),
+             f"board must be a name of at most 100 characters, got {self.board!r}")
         need(self.size_measure in SIZE_MEASURES, f"size_measure must be one of {', '.join(SIZE_MEASURES)}, got {self.size_measure!r}")
         need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         need(self.threads and all(isinstance(t, int) and t >= 1 for t in self.threads),

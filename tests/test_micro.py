@@ -100,6 +100,16 @@ def test_export_micro_writes_validated_tflm_rows_and_sources(tmp_path):
     cc = (out / "micro" / "tflite_int8" / "model_data.cc").read_text()
     assert csource.parse_array(cc, "tflite_int8") == (out / "tflite_int8.tflite").read_bytes()
     assert "tflite_int8_op_resolver()" in (out / "micro" / "tflite_int8" / "op_resolver.cc").read_text()
+    # bench carries the figures into its report, beside LiteRT's rows, labelled as host time.
+    proc = run_cli("bench", out, "--max-images", "50", "--runs", "5", "--warmup", "1", "--out", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench_rows = {v["name"]: v for v in json.loads((tmp_path / "r.json").read_text())["variants"]}
+    assert bench_rows["tflite_int8"]["micro_arena_bytes"] == micro["arena_bytes"]
+    assert bench_rows["tflite_int8"]["macs"] == rows["tflite_int8"]["size"]["macs"] > 0
+    assert "micro_arena_bytes" not in bench_rows["tflite_fp32"]
+    table = proc.stdout[proc.stdout.index("Microcontroller (TensorFlow Lite Micro"):]
+    assert "not a microcontroller's latency" in table
+    assert f"| tflite_int8 | ok | {micro['arena_bytes']:,} | {micro['flash_bytes']:,} | {micro['ram_bytes']:,} |" in table
     # The bundle loads; a file someone put beside the sources is not edgecls's: an export over the
     # bundle is refused and the file kept ...
     from edgecls.bundle import load_bundle

@@ -98,6 +98,41 @@ def test_the_answer_names_the_pick_its_figures_and_the_reason():
                           "(2 better candidates excluded); next: onnx_int8@2t")
 
 
+def micro(c, ram_kb, flash_kb, status="ok"):
+    return {**c, "micro_status": status, "ram_bytes": int(ram_kb * 1024), "flash_bytes": int(flash_kb * 1024),
+            "arena_bytes": int(ram_kb * 1024) - 3082}
+
+
+MICRO_GRID = [
+    cand("tflite_fp32", 1, 0.850, 0.00, 317_000, 0.320, precision="fp32"),     # float: not a TFLM target
+    micro(cand("tflite_int8", 1, 0.843, 0.70, 94_000, 0.088), 57.7, 92.2),
+    micro(cand("tflite_int8_pixels", 1, 0.842, 0.80, 94_500, 0.085), 57.9, 92.3),
+    micro(cand("tflite_int8:75", 1, 0.820, 3.00, 94_000, 0.087), 57.7, 92.2),
+    micro(cand("tflite_qat_int8", 1, 0.845, 0.50, 94_000, 0.090), 57.7, 92.2, status="failed"),  # TFLM disagrees
+]
+
+
+def test_microcontroller_budgets_keep_only_files_tflite_micro_runs_and_name_the_board():
+    budgets = Budgets(max_drop=1.0, max_ram_bytes=64 * 1024, max_flash_bytes=128 * 1024, board="Arduino Nano 33 BLE")
+    assert budgets.micro and not Budgets(max_drop=1.0).micro
+    choice = choose(MICRO_GRID, budgets, "latency")
+    # The float file is faster than nothing here but is no TFLM target; the QAT file failed under TFLM.
+    assert choice.winner["id"] == "tflite_int8_pixels@1t" and choice.compared == 3 and choice.feasible == 2
+    first, why = explain(choice, budgets, "latency")
+    assert first.endswith("under TFLite Micro: RAM 57.9 KB (arena 56,207 bytes), flash 92.3 KB, fits Arduino Nano 33 BLE")
+    assert "--max-ram-kb 64 and --max-flash-kb 128 (Arduino Nano 33 BLE)" in why
+    # A tighter board: nothing fits, and the answer says by how much.
+    tight = Budgets(max_ram_bytes=32 * 1024, max_flash_bytes=128 * 1024)
+    none = choose(MICRO_GRID, tight, "latency")
+    assert none.winner is None and misses(none.closest, tight) == {"max_ram_bytes": int(57.7 * 1024) - 32 * 1024}
+    assert "RAM 57.7 KB, 25.7 KB over --max-ram-kb 32" in none.message
+    # No TFLM target at all: said as such.
+    floats = choose(MICRO_GRID[:1], budgets, "latency")
+    assert floats.winner is None and floats.message.startswith("no candidate runs under TFLite Micro within")
+    with pytest.raises(ConfigError, match="max_ram_kb"):
+        TuneConfig(max_ram_kb=-1)
+
+
 def test_speeds_are_tied_when_their_repeated_p50s_overlap():
     from edgecls.tune.select import speed_tie
 

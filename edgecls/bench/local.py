@@ -257,6 +257,27 @@ def _measure(row: dict, predict, one, images, data_files: dict | None, config: B
     row["peak_rss_with_data_mb"] = _peak_rss_mb()
 
 
+def micro_fields(art: dict) -> dict:
+    """What `export --micro` measured of the variant under TensorFlow Lite Micro (edgecls.micro), for
+    the report's microcontroller table: arena, flash, RAM, agreement with the source model, TFLM's
+    host time per image on the export machine (reference kernels: not a microcontroller's latency),
+    and the MACs per image (the basis of a first latency estimate on a given MCU)."""
+    micro = art.get("micro")
+    if not isinstance(micro, dict) or not micro:
+        return {}
+    out = {"micro_verdict": micro.get("verdict"), "micro_status": micro.get("status"),
+           "micro_reason": micro.get("reason") or ""}
+    if micro.get("verdict") == "ok":
+        out.update(micro_arena_bytes=micro.get("arena_bytes"), micro_flash_bytes=micro.get("flash_bytes"),
+                   micro_ram_bytes=micro.get("ram_bytes"), micro_host_ms=micro.get("host_ms_per_image"),
+                   micro_agreement=(micro.get("validation") or {}).get("agreement"),
+                   micro_litert_agreement=(micro.get("litert") or {}).get("agreement"))
+    macs = (art.get("size") or {}).get("macs")
+    if isinstance(macs, int):
+        out["macs"] = macs
+    return out
+
+
 def bench_variant(bundle: str, variant: str, data_files: dict | None, config: BenchConfig,
                   predictions_out: str | None = None, accuracy: bool = True) -> dict:
     """Measure one variant in this process (called in a child process by `bench`).
@@ -273,6 +294,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
            "size_bytes": art["size"]["bytes"], "size_gzip_bytes": art["size"]["gzip_bytes"], "status": "ok", "error": ""}
     if isinstance(art.get("diagnosis"), dict):  # per-layer error from the export, for the report
         row["diagnosis"] = art["diagnosis"]
+    row.update(micro_fields(art))
     start = time.perf_counter()
     runner = runtime.load(bundle, variant=variant, threads=config.threads, tta=config.tta)
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)

@@ -5,7 +5,7 @@ import base64
 import html
 
 from .model import device_label
-from .tables import cell, status
+from .tables import cell, micro_markdown, status
 
 
 def esc(value) -> str:
@@ -34,6 +34,8 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
                     f"{esc(r.get('settings', {}).get('threads'))}, data {esc(r.get('data'))}</li>" for r in report.reports)
     comparison = f"<pre>{html.escape(report.device_comparison_markdown())}</pre>" if multi else ""
     diagnosis = _diagnosis_section(report)
+    micro = micro_markdown(report)
+    micro = f"<h2>Microcontroller (TensorFlow Lite Micro)</h2><pre>{esc(micro)}</pre>" if micro else ""
     warned = ("<h2>Warnings</h2><p>A variant measured here departs from its validation at export:</p><ul>"
               + "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings()) + "</ul>") if report.warnings() else ""
     return f"""<!DOCTYPE html>
@@ -44,7 +46,7 @@ figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
 <body><h1>edgecls report</h1><ul>{hosts}</ul>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 {warned}<p>Highlighted: the Pareto front (no other variant is both faster and more accurate): {html.escape(', '.join(report.pareto()))}.</p>
-{comparison}{imgs}{diagnosis}</body></html>
+{comparison}{micro}{imgs}{diagnosis}</body></html>
 """
 
 

@@ -70,6 +70,9 @@ def markdown(report) -> str:
     front = report.pareto()
     if front:
         lines += ["", "Pareto front (no other variant is both faster and more accurate): " + ", ".join(front)]
+    micro = micro_markdown(report)
+    if micro:
+        lines += ["", micro]
     if multi:
         lines += ["", report.device_comparison_markdown()]
     return "\n".join(lines) + "\n"
@@ -108,3 +111,33 @@ def csv_text(report) -> str:
     for row in report.rows:
         writer.writerow({k: fmt(k, row.get(k)) if k == "p50_range" else row.get(k) for k in keys})
     return buf.getvalue()
+
+
+def micro_markdown(report) -> str:
+    """The microcontroller table: variants `export --micro` ran under TensorFlow Lite Micro."""
+    seen, lines = set(), []
+    for r in report.rows:
+        if not r.get("micro_verdict") or r["name"] in seen:
+            continue
+        seen.add(r["name"])
+        if r["micro_verdict"] != "ok":
+            cells = [r["name"], f"{r['micro_verdict']}: {r.get('micro_reason', '')}"] + [""] * 7
+        else:
+            macs, host = r.get("macs"), r.get("micro_host_ms")
+            cells = [r["name"], str(r.get("micro_status")), *(fmt("size_bytes", r.get(k)) for k in (
+                         "micro_arena_bytes", "micro_flash_bytes", "micro_ram_bytes")),
+                     fmt("accuracy", r.get("micro_agreement")),
+                     fmt("accuracy", r.get("micro_litert_agreement")), "-" if host is None else f"{host:.2f}",
+                     "-" if macs is None else f"{macs:,}"]
+        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    if not lines:
+        return ""
+    head = ["Microcontroller (TensorFlow Lite Micro, from `export --micro`): the tensor arena its reference kernels "
+            "need, flash for the model array, RAM (arena plus one input and one output buffer), agreement of TFLM's "
+            "answers with the source model and with LiteRT's; TFLM host ms is its reference kernels on the export "
+            "machine, not a microcontroller's latency; MACs per image are the basis of an estimate for a given MCU.",
+            "",
+            "| variant | TFLM | arena bytes | flash bytes | RAM bytes | agreement with source | agreement with LiteRT | "
+            "TFLM host ms/image | MACs |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return "\n".join(head + lines)

@@ -67,12 +67,17 @@ class TuneResult:
 
 
 def _budgets(config: TuneConfig) -> Budgets:
-    return Budgets(config.max_drop, config.max_bytes, config.size_measure, config.max_latency_ms)
+    kb = lambda v: None if v is None else int(round(v * 1024))  # noqa: E731
+    return Budgets(config.max_drop, config.max_bytes, config.size_measure, config.max_latency_ms, kb(config.max_ram_kb),
+                   kb(config.max_flash_kb), config.board)
 
 
 def _space(config: TuneConfig) -> dict:
     d = asdict(config)
-    return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in SPACE_KEYS}
+    space = {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in SPACE_KEYS}
+    # Microcontroller budgets run every TFLite file under TFLite Micro too: another search space.
+    space["micro"] = _budgets(config).micro
+    return space
 
 
 def _stage_name(sparsity: float, allocation: str) -> str:
@@ -132,7 +137,7 @@ class _State:
         space = _space(config)
         if path.is_file():
             old = read_record(path)
-            changed = [k for k in SPACE_KEYS if old.get("space", {}).get(k) != space[k]]
+            changed = [k for k in (*SPACE_KEYS, "micro") if old.get("space", {}).get(k, False if k == "micro" else None) != space[k]]
             if old.get("model") != str(model) or old.get("data") != str(data):
                 changed = ["model or data"] + changed
             if changed:
@@ -189,6 +194,11 @@ class _State:
                     "drop": None if v.get("accuracy") is None else round(100 * (ref - v["accuracy"]), 4),
                     "bytes": (row.get("size") or {}).get("bytes"), "gzip_bytes": (row.get("size") or {}).get("gzip_bytes"),
                     "repair": row.get("repair")}
+            micro = row.get("micro")
+            if isinstance(micro, dict) and micro:
+                base.update(micro_status=micro.get("status"), micro_reason=micro.get("reason") or "",
+                            ram_bytes=micro.get("ram_bytes"), flash_bytes=micro.get("flash_bytes"),
+                            arena_bytes=micro.get("arena_bytes"))
             for t in config.threads:
                 self.record["candidates"].append({"id": f"{art}@{t}t", **base, "threads": t, "latency_ms": None})
         self.record["stages"][stage] = {"bundle": str(bundle.relative_to(self.out)), "why": why, "seconds": round(seconds, 1),
@@ -249,6 +259,8 @@ class _Search:
         self.say(f"{stage}: exporting {len(variants)} variant(s) ({why})")
         # A fine-tuned candidate's loss against the float model is the search's to judge (--max-drop,
         # on the validation split): the export only checks that its conversion is faithful.
+        if _budgets(self.config).micro:  # every full-integer TFLite file also under TFLite Micro
+            settings = {"micro": True, "micro_images": min(ExportConfig.micro_images, len(self.val.test)), **settings}
         config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
                               fine_tuned_max_drop=100.0,
                               seed=self.config.seed, prune_epochs=self.config.prune_epochs,
@@ -262,7 +274,10 @@ class _Search:
         self.state.add_stage(stage, bundle, result.rows, result.manifest["reference"], self.config, why, seconds)
 
     def post_training(self) -> None:
-        stages = [(name, [v for v in names if v in self.config.variants]) for name, names in PTQ_STAGES.items()]
+        # Under microcontroller budgets only full-integer TFLite files are candidates: no ONNX stage.
+        formats = ("tflite",) if _budgets(self.config).micro else tuple(PTQ_STAGES)
+        stages = [(name, [v for v in names if v in self.config.variants]) for name, names in PTQ_STAGES.items()
+                  if name in formats]
         stages = [(n, v) for n, v in stages if v and n not in self.state.record["stages"]]
         if self.config.jobs > 1 and len(stages) > 1:
             with ThreadPoolExecutor(max_workers=min(self.config.jobs, len(stages))) as pool:

@@ -43,7 +43,8 @@ def finish(state, search, budgets: Budgets) -> dict:
     choice = choose(cands, budgets, config.objective)
     answer = explain(choice, budgets, config.objective)
     record["budgets"] = {"max_drop": budgets.max_drop, "max_bytes": budgets.max_bytes, "size_measure": budgets.size_measure,
-                         "max_latency_ms": budgets.max_latency_ms, "objective": config.objective}
+                         "max_latency_ms": budgets.max_latency_ms, "max_ram_bytes": budgets.max_ram_bytes,
+                         "max_flash_bytes": budgets.max_flash_bytes, "board": budgets.board, "objective": config.objective}
     record["front"] = front(cands, budgets, config.objective)
     chosen = {"compared": choice.compared, "feasible": choice.feasible, "bound_by": choice.bound_by,
               "better_but_excluded": choice.better_excluded, "message": choice.message}

@@ -12,7 +12,8 @@ from .select import Budgets, measured, miss_text, misses
 
 def _budgets(record: dict) -> Budgets:
     b = record["budgets"]
-    return Budgets(b["max_drop"], b["max_bytes"], b["size_measure"], b["max_latency_ms"])
+    return Budgets(b["max_drop"], b["max_bytes"], b["size_measure"], b["max_latency_ms"], b.get("max_ram_bytes"),
+                   b.get("max_flash_bytes"), b.get("board"))
 
 
 def _plots(record: dict) -> dict[str, bytes]:

@@ -22,6 +22,14 @@ class Budgets:
     max_bytes: int | None = None
     size_measure: str = "file"  # what max_bytes and the size objective count: "file" or "gzip"
     max_latency_ms: float | None = None  # p50 at batch 1
+    max_ram_bytes: int | None = None  # tensor arena + input and output buffers under TFLite Micro
+    max_flash_bytes: int | None = None  # the model array
+    board: str | None = None
+
+    @property
+    def micro(self) -> bool:
+        """Budgets of a microcontroller: only files TFLite Micro runs are candidates."""
+        return self.max_ram_bytes is not None or self.max_flash_bytes is not None
 
     def size_key(self) -> str:
         return "gzip_bytes" if self.size_measure == "gzip" else "bytes"
@@ -34,7 +42,12 @@ class Budgets:
             parts.append(f"--max-bytes {self.max_bytes} ({self.size_measure})")
         if self.max_latency_ms is not None:
             parts.append(f"--max-latency-ms {self.max_latency_ms:g}")
-        return " and ".join(parts) or "no budget"
+        if self.max_ram_bytes is not None:
+            parts.append(f"--max-ram-kb {self.max_ram_bytes / 1024:g}")
+        if self.max_flash_bytes is not None:
+            parts.append(f"--max-flash-kb {self.max_flash_bytes / 1024:g}")
+        text = " and ".join(parts) or "no budget"
+        return f"{text} ({self.board})" if self.board else text
 
 
 def misses(c: dict, budgets: Budgets) -> dict[str, float]:
@@ -46,15 +59,28 @@ def misses(c: dict, budgets: Budgets) -> dict[str, float]:
         out["max_bytes"] = c[budgets.size_key()] - budgets.max_bytes
     if budgets.max_latency_ms is not None and c.get("latency_ms") is not None and c["latency_ms"] > budgets.max_latency_ms:
         out["max_latency_ms"] = round(c["latency_ms"] - budgets.max_latency_ms, 4)
+    for key, field_ in (("max_ram_bytes", "ram_bytes"), ("max_flash_bytes", "flash_bytes")):
+        limit = getattr(budgets, key)
+        if limit is not None and c.get(field_) is not None and c[field_] > limit:
+            out[key] = int(c[field_] - limit)
     return out
+
+
+MISS_FLAGS = {"max_drop": "--max-drop", "max_bytes": "--max-bytes", "max_latency_ms": "--max-latency-ms",
+              "max_ram_bytes": "--max-ram-kb", "max_flash_bytes": "--max-flash-kb"}
 
 
 def measured(c: dict) -> bool:
     return c.get("status") == "ok" and c.get("latency_ms") is not None and c.get("accuracy") is not None
 
 
+def eligible(c: dict, budgets: Budgets) -> bool:
+    """Measured, and, under microcontroller budgets, a file TFLite Micro runs and validates."""
+    return measured(c) and (not budgets.micro or (c.get("micro_status") == "ok" and c.get("ram_bytes") is not None))
+
+
 def feasible(candidates, budgets: Budgets) -> list[dict]:
-    return [c for c in candidates if measured(c) and not misses(c, budgets)]
+    return [c for c in candidates if eligible(c, budgets) and not misses(c, budgets)]
 
 
 def rank_key(c: dict, objective: str, budgets: Budgets):
@@ -71,7 +97,7 @@ def rank_key(c: dict, objective: str, budgets: Budgets):
 
 
 def ranked(candidates, objective: str, budgets: Budgets) -> list[dict]:
-    return sorted((c for c in candidates if measured(c)), key=lambda c: rank_key(c, objective, budgets))
+    return sorted((c for c in candidates if eligible(c, budgets)), key=lambda c: rank_key(c, objective, budgets))
 
 
 def _excess(c: dict, budgets: Budgets) -> tuple[int, float]:
@@ -81,13 +107,14 @@ def _excess(c: dict, budgets: Budgets) -> tuple[int, float]:
     total = 0.0
     for key, over in miss.items():
         limit = {"max_drop": max(budgets.max_drop or 0.0, 1.0), "max_bytes": budgets.max_bytes,
-                 "max_latency_ms": budgets.max_latency_ms}[key]
+                 "max_latency_ms": budgets.max_latency_ms, "max_ram_bytes": budgets.max_ram_bytes,
+                 "max_flash_bytes": budgets.max_flash_bytes}[key]
         total += over / limit
     return len(miss), total
 
 
 def closest(candidates, budgets: Budgets) -> dict | None:
-    pool = [c for c in candidates if measured(c)]
+    pool = [c for c in candidates if eligible(c, budgets)]
     return min(pool, key=lambda c: (*_excess(c, budgets), c["id"])) if pool else None
 
 
@@ -99,8 +126,12 @@ def miss_text(c: dict, budgets: Budgets) -> str:
         elif key == "max_bytes":
             parts.append(f"{c[budgets.size_key()]:,} {budgets.size_measure} bytes, {over:,} over --max-bytes "
                          f"{budgets.max_bytes:,}")
-        else:
+        elif key == "max_latency_ms":
             parts.append(f"p50 {c['latency_ms']:.3f} ms, {over:.3f} ms over --max-latency-ms {budgets.max_latency_ms:g}")
+        else:
+            what, figure = ("RAM", "ram_bytes") if key == "max_ram_bytes" else ("flash", "flash_bytes")
+            parts.append(f"{what} {c[figure] / 1024:.1f} KB, {over / 1024:.1f} KB over {MISS_FLAGS[key]} "
+                         f"{getattr(budgets, key) / 1024:g}")
     return "; ".join(parts)
 
 
@@ -127,7 +158,11 @@ def choose(candidates, budgets: Budgets, objective: str) -> Choice:
         near = closest(order, budgets)
         message = (f"no candidate meets {budgets.describe()} ({len(order)} compared)" +
                    (f"; the closest is {near['id']}: {miss_text(near, budgets)}" if near else ""))
-        for key, name in (("max_drop", "--max-drop"), ("max_bytes", "--max-bytes"), ("max_latency_ms", "--max-latency-ms")):
+        if budgets.micro and not order:
+            message = (f"no candidate runs under TFLite Micro within {budgets.describe()}: the search holds no full-integer "
+                       f"TFLite file that TFLite Micro runs and validates ({len([c for c in candidates if measured(c)])} "
+                       f"other files measured)")
+        for key, name in MISS_FLAGS.items():
             # With several budgets: the candidate within all the others that comes nearest to this one.
             others = [c for c in order if set(misses(c, budgets)) == {key}]
             if others and set(misses(near, budgets)) != {key}:
@@ -181,11 +216,13 @@ def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:
     w = choice.winner
     first = (f"{w['id']}: top-1 {100 * w['accuracy']:.2f}% on validation ({-w['drop']:+.2f} points against the float model), "
              f"{w['bytes']:,} bytes ({w['gzip_bytes']:,} gzip), p50 {w['latency_ms']:.3f} ms")
+    if budgets.micro:
+        first += (f"; under TFLite Micro: RAM {w['ram_bytes'] / 1024:.1f} KB (arena {w['arena_bytes']:,} bytes), "
+                  f"flash {w['flash_bytes'] / 1024:.1f} KB" + (f", fits {budgets.board}" if budgets.board else ""))
     why = [f"{'fastest' if objective == 'latency' else 'smallest' if objective == 'size' else 'most accurate'} "
            f"of {choice.feasible} candidates within {budgets.describe()} ({choice.compared} compared)"]
     if choice.bound_by:
-        names = {"max_drop": "--max-drop", "max_bytes": "--max-bytes", "max_latency_ms": "--max-latency-ms"}
-        why.append("bound by " + ", ".join(f"{names[k]} ({n} better candidate{'s' if n > 1 else ''} excluded)"
+        why.append("bound by " + ", ".join(f"{MISS_FLAGS[k]} ({n} better candidate{'s' if n > 1 else ''} excluded)"
                                            for k, n in sorted(choice.bound_by.items())))
     r = choice.runner_up
     if r is not None:
