@@ -125,3 +125,26 @@ def test_export_micro_writes_validated_tflm_rows_and_sources(tmp_path):
                    "--out", out, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "micro").exists()
+
+
+def test_the_zoo_table_names_the_architectures_that_fit_a_budget(tmp_path, monkeypatch):
+    from edgecls.zoo import list_models, micro as zoo_micro
+
+    shipped = zoo_micro.table()
+    assert shipped and set(shipped) <= set(list_models())
+    for ram in sorted({e["ram_bytes"] for e in shipped.values()}):
+        names = [n for n, _ in zoo_micro.fitting(ram, None)]
+        assert names == sorted((n for n, e in shipped.items() if e["ram_bytes"] <= ram),
+                               key=lambda n: (shipped[n]["ram_bytes"], n))
+        text = zoo_micro.suggestion(ram, None)
+        assert all(n in text for n in names) and f"edgecls train --arch {names[0]}" in text
+    smallest = min(e["ram_bytes"] for e in shipped.values())
+    assert zoo_micro.fitting(smallest - 1, None) == [] and zoo_micro.suggestion(smallest - 1, None) == ""
+    # The table is read like any file: entries of another shape are left out, a damaged file is no table.
+    bad = tmp_path / "micro.json"
+    bad.write_text(json.dumps({"models": {"seed_cnn": {"arena_bytes": "1", "ram_bytes": 2, "flash_bytes": 3},
+                                          "resnet8": {"arena_bytes": 1, "ram_bytes": 2, "flash_bytes": 3}}}))
+    monkeypatch.setattr(zoo_micro, "TABLE", bad)
+    assert list(zoo_micro.table()) == ["resnet8"]
+    bad.write_text("[" * 100000)
+    assert zoo_micro.table() == {}

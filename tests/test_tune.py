@@ -126,6 +126,11 @@ def test_microcontroller_budgets_keep_only_files_tflite_micro_runs_and_name_the_
     none = choose(MICRO_GRID, tight, "latency")
     assert none.winner is None and misses(none.closest, tight) == {"max_ram_bytes": int(57.7 * 1024) - 32 * 1024}
     assert "RAM 57.7 KB, 25.7 KB over --max-ram-kb 32" in none.message
+    # Pruning and QAT change neither the arena nor the dense file: no fine-tuning for a memory miss,
+    # but still for an accuracy miss within the memory budgets.
+    assert fine_tune_reason(MICRO_GRID, tight, "latency") is None
+    assert fine_tune_reason(MICRO_GRID, Budgets(max_drop=0.1, max_ram_bytes=64 * 1024), "latency").startswith(
+        "no candidate so far meets --max-drop 0.1 and --max-ram-kb 64")
     # No TFLM target at all: said as such.
     floats = choose(MICRO_GRID[:1], budgets, "latency")
     assert floats.winner is None and floats.message.startswith("no candidate runs under TFLite Micro within")
@@ -197,6 +202,36 @@ def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path)
         assert again.winner["bytes"] <= 120_000
     else:  # the earlier winner's bundle does not stay as if it were this run's answer
         assert "no candidate meets" in again.answer[0] and not (out / "bundle").exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tflite_micro") is None, reason="tflite-micro not installed")
+def test_tune_under_microcontroller_budgets_with_real_tflite_micro_figures(tmp_path):
+    """The TFLite files run under TFLite Micro during the search: with room enough the pick is a
+    full-integer file that fits; with an arena budget below every file's, nothing is picked and the
+    answer says by how much the closest misses (the same search resumed: nothing re-exported)."""
+    from edgecls.tune import tune
+
+    out = tmp_path / "m"
+    small = {**SMALL, "variants": ("tflite_fp32", "tflite_int8", "tflite_int8_pixels"), "validation_images": 200}
+    model = ROOT / "models" / "seed_cnn"  # a real model: its int8 files validate
+    result = tune(model, data="cifar10-sample", out=out,
+                  config=TuneConfig(max_ram_kb=512, max_flash_kb=1024, board="a 512 KB board", fine_tune="never", **small))
+    rec = json.loads((out / "tune.json").read_text())
+    assert set(rec["stages"]) == {"tflite"} and rec["space"]["micro"] is True  # no ONNX stage under these budgets
+    w = result.winner
+    assert w is not None and w["variant"] in ("tflite_int8", "tflite_int8_pixels") and w["micro_status"] == "ok"
+    manifest = json.loads((out / "work" / "tflite" / "manifest.json").read_text())
+    micro = next(a for a in manifest["artifacts"] if a["name"] == w["variant"])["micro"]
+    assert w["ram_bytes"] == micro["ram_bytes"] <= 512 * 1024 and w["flash_bytes"] == micro["flash_bytes"]
+    assert "under TFLite Micro: RAM" in result.answer[0] and ", fits a 512 KB board" in result.answer[0]
+    floats = [c for c in rec["candidates"] if c["variant"] == "tflite_fp32"]
+    assert floats and all(c.get("ram_bytes") is None for c in floats)  # not a TFLM target: never picked
+    arena = min(c["arena_bytes"] for c in rec["candidates"] if c.get("arena_bytes"))
+    tight = (arena // 2) / 1024
+    again = tune(model, data="cifar10-sample", out=out,
+                 config=TuneConfig(max_ram_kb=tight, max_flash_kb=1024, fine_tune="never", **small))
+    assert again.winner is None
+    assert f"over --max-ram-kb {tight:g}" in again.answer[0]
 
 
 def test_a_search_with_another_space_is_not_resumed_over(trained_tiny, tmp_path):

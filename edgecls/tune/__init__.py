@@ -439,6 +439,9 @@ def tune(model, data="cifar10-sample", out="runs/tune", config: TuneConfig | Non
         state.record["fine_tune"] = reason or (
             f"not possible: {dict(onnx='an ONNX', tflite='a TFLite').get(source.kind, 'this')} model has no Keras layer graph to prune or train with quantization "
             f"(give the Keras model to fine-tune)" if not search.keras else
+            "not tried: every file TFLite Micro runs misses the RAM or flash budget, and pruning and QAT change "
+            "neither its arena nor its dense file's size" if config.fine_tune == "auto" and budgets.micro
+            and choose(state.candidates(), budgets, config.objective).winner is None else
             "not needed: nothing fine-tuned can beat the best post-training candidate on "
             f"{config.objective} within the budgets" if config.fine_tune == "auto" else "skipped (--fine-tune never)")
         if reason:

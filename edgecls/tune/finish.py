@@ -42,6 +42,12 @@ def finish(state, search, budgets: Budgets) -> dict:
     cands = record["candidates"]
     choice = choose(cands, budgets, config.objective)
     answer = explain(choice, budgets, config.objective)
+    if choice.winner is None and budgets.micro:  # no quantization makes the arena smaller: name smaller architectures
+        from ..zoo.micro import suggestion
+
+        hint = suggestion(budgets.max_ram_bytes, budgets.max_flash_bytes)
+        if hint:
+            answer[0] += f"; {hint}"
     record["budgets"] = {"max_drop": budgets.max_drop, "max_bytes": budgets.max_bytes, "size_measure": budgets.size_measure,
                          "max_latency_ms": budgets.max_latency_ms, "max_ram_bytes": budgets.max_ram_bytes,
                          "max_flash_bytes": budgets.max_flash_bytes, "board": budgets.board, "objective": config.objective}

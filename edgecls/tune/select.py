@@ -191,6 +191,12 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
     latency or accuracy objective met within budget needs nothing else."""
     choice = choose(candidates, budgets, objective)
     if choice.winner is None:
+        memory = {"max_ram_bytes", "max_flash_bytes"}
+        pool = [c for c in candidates if eligible(c, budgets)]
+        if budgets.micro and pool and all(set(misses(c, budgets)) & memory for c in pool):
+            # TFLite Micro's arena follows the architecture and its flash the dense file: neither
+            # pruning nor QAT changes them, so fine-tuning cannot bring a file within these budgets.
+            return None
         return f"no candidate so far meets {budgets.describe()}: pruned or quantization-aware trained ones may"
     if objective == "size" and budgets.size_measure == "gzip":
         return "the objective is gzip size, which only pruning can shrink further"

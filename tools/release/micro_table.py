@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--micro-images", type=int, default=1000)
+    parser.add_argument("--zoo-json", type=Path, help="also write each model's tflite_int8 figures here "
+                                                      "(edgecls/zoo/micro.json: what `tune` suggests when nothing fits)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -79,6 +81,18 @@ def main() -> int:
             return proc.returncode
         rows += rows_of(json.loads((bundle / "manifest.json").read_text()), model)
     (args.out / "micro.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if args.zoo_json:
+        from importlib import metadata
+
+        zoo = {r["model"]: {"variant": r["variant"], "input": [32, 32, 3], "arena_bytes": r["arena_bytes"],
+                            "ram_bytes": r["ram_bytes"], "flash_bytes": r["flash_bytes"],
+                            "tflm_accuracy": r["tflm_accuracy"], "images": r["images"]}
+               for r in rows if r["variant"] == "tflite_int8" and r["verdict"] == "ok"}
+        args.zoo_json.write_text(json.dumps({
+            "measured": {"command": "python tools/release/micro_table.py --data " + Path(args.data).name
+                                    + f" --micro-images {args.micro_images} --zoo-json edgecls/zoo/micro.json",
+                         "tflite-micro": metadata.version("tflite-micro")},
+            "models": zoo}, indent=2) + "\n")
     print(markdown(rows))
     return 0
 
