@@ -148,3 +148,36 @@ def test_the_zoo_table_names_the_architectures_that_fit_a_budget(tmp_path, monke
     assert list(zoo_micro.table()) == ["resnet8"]
     bad.write_text("[" * 100000)
     assert zoo_micro.table() == {}
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="no C++ compiler here")
+def test_the_c_sources_compile_against_the_resolver_interface(tmp_path):
+    """The sources are valid C++17 (array, labels however odd, constants, resolver), checked by g++
+    against a stand-in for TFLM's resolver header (TFLM's own headers are not on the registries)."""
+    import subprocess
+
+    data = RESNET8_INT8.read_bytes()
+    ops = [o["op"] for o in tflm.file_ops(RESNET8_INT8)]
+    texts = csource.sources(data, prefix="tflite_int8", ops=ops, arena_bytes=55952,
+                            input_detail={"shape": [1, 32, 32, 3], "dtype": "int8", "scale": 0.0162, "zero_point": -5},
+                            output_detail={"shape": [1, 10], "dtype": "int8", "scale": 1 / 256, "zero_point": -128},
+                            labels=["cat", 'a "quoted" \\ label??=', "naïve\ttab"],
+                            preprocessing={"input_size": [32, 32], "scale": 1 / 255, "mean": [0.5, 0.5, 0.5],
+                                           "std": [0.25, 0.25, 0.25]})
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "main.cc").write_text(
+        '#include "model_data.h"\n'
+        "alignas(16) static unsigned char arena[tflite_int8_arena_bytes];\n"
+        "int main() {\n"
+        "  tflite_int8_op_resolver();\n"
+        "  return (tflite_int8_model_len > 0 && tflite_int8_num_labels == 3 && arena[0] == 0 &&\n"
+        "          tflite_int8_input_shape[3] == 3) ? 0 : 1;\n"
+        "}\n")
+    stub = FIXTURES / "micro" / "stub"
+    binary = tmp_path / "check"
+    proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-I", str(stub), "-I", str(tmp_path), "-o", str(binary),
+                           *(str(tmp_path / n) for n in ("main.cc", "model_data.cc", "op_resolver.cc"))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert subprocess.run([str(binary)], timeout=60).returncode == 0
