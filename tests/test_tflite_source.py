@@ -24,7 +24,7 @@ PRE = ["--scale", "1/255", "--mean", *map(str, VERSIONS["preprocessing"]["mean"]
 def bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite_source") / "b"
     assert main(["export", str(MODEL), *PRE, "--data", "cifar10-sample", "--out", str(out), "--max-eval-images", "500",
-                 "--calibration-count", "200"]) == 0
+                 "--calibration-count", "200", "--micro", "--micro-images", "50"]) == 0
     return out
 
 
@@ -63,6 +63,9 @@ def test_a_float_tflite_file_becomes_every_post_training_file(bundle):
     int8 = rows["tflite_int8_aeq"]
     assert int8["kept_float"]["layers"] == [int8["outputs"][0]["name"]] and int8["outputs"][0]["dtype"] == "float32"
     assert "logits" in int8["kept_float"]["why"] and "kept_float" not in rows["tflite_dynamic_aeq"]
+    # --micro reaches a source's TFLite files too; none of these is full-integer (the int8 file's
+    # output is float, its logits layer kept in float), so none is a TensorFlow Lite Micro target.
+    assert not any("micro" in r for r in rows.values()) and not (bundle / "micro").exists()
     # Each quantized file is diagnosed layer by layer against the float file it was quantized from.
     for name in ("tflite_dynamic_aeq", "tflite_int8_aeq", "onnx_int8"):
         diagnosis = rows[name]["diagnosis"]

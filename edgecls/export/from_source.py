@@ -159,6 +159,11 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
             (staging / "rejected").mkdir(exist_ok=True)
             file.rename(staging / "rejected" / file.name)
             row["file"] = f"rejected/{file.name}"
+        if config.micro and row["status"] == "ok" and fmt_name == "tflite":
+            from . import _micro  # TFLite Micro for a full-integer file, against the source's own outputs
+
+            row.update(_micro(file, name, row, source.in_layout(eval_x, fmt_name), eval_y, reference,
+                              _tolerance(variant, config), source, spec, staging, config))
         rows.append(row)
         log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
     rows += [{"name": n, "status": "skipped", "reason": why} for n, why in skipped.items()]
