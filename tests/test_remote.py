@@ -141,7 +141,7 @@ def test_remote_bench_copies_only_what_changed_and_measures_the_same_images(samp
     assert json.loads(out.read_text())["remote"]["sent_files"] == ["tflite_int8.tflite"]
     assert sha256_file(damaged) == sha256_file(bundle / "tflite_int8.tflite")
     # No temporary files left on the device.
-    assert not list((sshd["folder"] / "device").rglob("*.part"))
+    assert not list((sshd["folder"] / "device").rglob("*.part*"))
     assert not list((sshd["folder"] / "device" / "reports").iterdir())
 
 

@@ -54,7 +54,8 @@ class RemoteConfig:
 
 # Receives files on the device: a JSON header line [[relative path, size, sha256], ...], then the
 # bytes of each file in that order. Each file is written beside its target, checked against its
-# sha256 and renamed into place, so an interrupted transfer never leaves a damaged file.
+# sha256 and renamed into place, so an interrupted transfer never leaves a damaged file, and two
+# transfers of the same file into one folder (two device names for one machine) each rename a whole file.
 _RECEIVE = r"""
 import hashlib, json, os, sys
 base = os.path.realpath(sys.argv[1])
@@ -71,7 +72,7 @@ for rel, size, digest in files:
     if not inside(path):
         sys.exit("refused: %r leads outside the bundle (symbolic link)" % (rel,))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".part"
+    tmp = "%s.part-%d" % (path, os.getpid())  # per receiver: two uploads into one folder never share it
     if os.path.lexists(tmp):
         os.unlink(tmp)
     h = hashlib.sha256()
