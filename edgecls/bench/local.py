@@ -10,7 +10,6 @@ leaves no partial report.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from statistics import median_low
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, EdgeclsError
+from ..errors import ConfigError, DataError
 from ..hostinfo import host_info, runtime_versions
 
 REPORT_SCHEMA = 1
@@ -503,22 +502,16 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     }
 
 
-def _main(argv) -> int:
-    payload = json.loads(argv[0])
-    try:
-        if payload["variant"] == KERAS_ROW:
-            row = bench_keras(payload["bundle"], payload["config"]["keras"], payload["data"],
-                              BenchConfig(**payload["config"]), payload["pred"], payload.get("accuracy", True))
-            print(json.dumps(row))
-            return 0
-        row = bench_variant(payload["bundle"], payload["variant"], payload["data"], BenchConfig(**payload["config"]),
-                            payload["pred"], payload.get("accuracy", True))
-    except EdgeclsError as exc:
-        print(f"edgecls: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(row))
-    return 0
+def _child_work(payload: dict) -> dict:
+    """One variant's row, in the child `bench` starts (printed as its last JSON line)."""
+    if payload["variant"] == KERAS_ROW:
+        return bench_keras(payload["bundle"], payload["config"]["keras"], payload["data"],
+                           BenchConfig(**payload["config"]), payload["pred"], payload.get("accuracy", True))
+    return bench_variant(payload["bundle"], payload["variant"], payload["data"], BenchConfig(**payload["config"]),
+                         payload["pred"], payload.get("accuracy", True))
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    from ..runtime.isolated import child_main
+
+    sys.exit(child_main(sys.argv[1:], _child_work))

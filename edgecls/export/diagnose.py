@@ -71,22 +71,13 @@ def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndar
 CHILD_TIMEOUT_S = 1800.0
 
 
-def _main(argv) -> int:
+def _child_work(payload: dict) -> None:
+    """`diagnose`'s work, in the child."""
     import json
-    import sys
 
-    from ..errors import EdgeclsError
-
-    payload = json.loads(argv[0])
-    try:
-        found = _diagnose_here(payload["float"], payload["quantized"], np.load(payload["images"], allow_pickle=False),
-                               payload["layout"])
-        Path(payload["out"]).write_text(json.dumps(found))
-    except EdgeclsError as exc:
-        print(f"edgecls: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"ok": True}))
-    return 0
+    found = _diagnose_here(payload["float"], payload["quantized"], np.load(payload["images"], allow_pickle=False),
+                           payload["layout"])
+    Path(payload["out"]).write_text(json.dumps(found))
 
 
 def _diagnose_here(float_file, quantized_file, images: np.ndarray, layout: str) -> dict:
@@ -298,4 +289,6 @@ def format_diagnosis(row: dict, top: int | None = None) -> str:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_main(sys.argv[1:]))
+    from ..runtime.isolated import child_main
+
+    sys.exit(child_main(sys.argv[1:], _child_work))

@@ -273,23 +273,11 @@ def in_child(kind: str, float_bytes: bytes, calibration: np.ndarray, what: str, 
 CHILD_TIMEOUT_S = 3600.0
 
 
-def _main(argv) -> int:
-    import json
-    import sys
-
-    from ..errors import EdgeclsError
-
-    payload = json.loads(argv[0])
-    try:
-        run = _IN_CHILD[payload["kind"]]
-        images = np.load(payload["calibration"], allow_pickle=False)
-        data = run(Path(payload["model"]).read_bytes(), images, **payload["options"])
-        Path(payload["out"]).write_bytes(data)
-    except EdgeclsError as exc:
-        print(f"edgecls: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"ok": True}))
-    return 0
+def _child_work(payload: dict) -> None:
+    """`in_child`'s work, in the child."""
+    run = _IN_CHILD[payload["kind"]]
+    images = np.load(payload["calibration"], allow_pickle=False)
+    Path(payload["out"]).write_bytes(run(Path(payload["model"]).read_bytes(), images, **payload["options"]))
 
 
 def _aeq(float_bytes, calibration, precision, input_name, scheme, keep_float):
@@ -331,4 +319,6 @@ def post_training(engine: str, float_bytes: bytes, calibration: np.ndarray, prec
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_main(sys.argv[1:]))
+    from ..runtime.isolated import child_main
+
+    sys.exit(child_main(sys.argv[1:], _child_work))

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 MICRO_DIR = "micro"
-DEFAULT_IMAGES = 1000  # held-out images run under TFLM per variant (its reference kernels are slow)
 
 
 def full_integer(inputs: list[dict], outputs: list[dict]) -> bool:
@@ -33,12 +32,10 @@ def full_integer(inputs: list[dict], outputs: list[dict]) -> bool:
 
 
 def _detail(tensor: dict) -> dict:
+    """A row's tensor description (export.formats.tflite.describe) as the C header takes it."""
     q = tensor.get("quantization") or {}
-    scale = q.get("scale", 0.0) if isinstance(q, dict) else (q[0] if q else 0.0)
-    zero = q.get("zero_point", 0) if isinstance(q, dict) else (q[1] if len(q) > 1 else 0)
-    scale = scale[0] if isinstance(scale, list) else scale
-    zero = zero[0] if isinstance(zero, list) else zero
-    return {"shape": _shape(tensor), "dtype": tensor["dtype"], "scale": float(scale), "zero_point": int(zero)}
+    return {"shape": _shape(tensor), "dtype": tensor["dtype"], "scale": float(q.get("scale", 0.0)),
+            "zero_point": int(q.get("zero_point", 0))}
 
 
 def _shape(tensor: dict) -> list[int]:

@@ -71,26 +71,33 @@ def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads:
         return np.load(out, allow_pickle=False)
 
 
-def _main(argv) -> int:
+def child_main(argv, work) -> int:
+    """The child's side of `run_child`: `work(payload)` on the JSON payload in argv[0]. What it returns
+    (a dict; {"ok": true} when None) is printed as the last JSON line; an EdgeclsError becomes its
+    one line, "edgecls: error: ...", on stderr and exit status 2."""
     payload = json.loads(argv[0])
     try:
-        if payload.get("mode") != "outputs":
-            raise ExportError(f"unknown mode {payload.get('mode')!r}")
-        from .backends import open_backend
-
-        backend = open_backend(payload["file"], payload.get("threads"), layout=payload.get("layout", "NHWC"))
-        # In batches of CHUNK, read from the file as they are needed: a model whose batch is dynamic
-        # would otherwise be resized to every image at once (gigabytes of activations for 10,000).
-        inputs = np.load(payload["inputs"], mmap_mode="r", allow_pickle=False)
-        result = np.concatenate([np.asarray(backend.run(np.asarray(inputs[i:i + CHUNK])), dtype=np.float32)
-                                 for i in range(0, len(inputs), CHUNK)]) if len(inputs) else np.zeros((0,), np.float32)
-        np.save(payload["out"], result)
+        result = work(payload)
     except EdgeclsError as exc:
         print(f"edgecls: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"ok": True}))
+    print(json.dumps({"ok": True} if result is None else result))
     return 0
 
 
+def _outputs_work(payload: dict) -> None:
+    if payload.get("mode") != "outputs":
+        raise ExportError(f"unknown mode {payload.get('mode')!r}")
+    from .backends import open_backend
+
+    backend = open_backend(payload["file"], payload.get("threads"), layout=payload.get("layout", "NHWC"))
+    # In batches of CHUNK, read from the file as they are needed: a model whose batch is dynamic
+    # would otherwise be resized to every image at once (gigabytes of activations for 10,000).
+    inputs = np.load(payload["inputs"], mmap_mode="r", allow_pickle=False)
+    result = np.concatenate([np.asarray(backend.run(np.asarray(inputs[i:i + CHUNK])), dtype=np.float32)
+                             for i in range(0, len(inputs), CHUNK)]) if len(inputs) else np.zeros((0,), np.float32)
+    np.save(payload["out"], result)
+
+
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(child_main(sys.argv[1:], _outputs_work))
