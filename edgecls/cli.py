@@ -403,7 +403,9 @@ def _cmd_bench(args) -> int:
 def _cmd_report(args) -> int:
     from .report import Report
 
-    report = Report.load(args.reports)
+    from .config import ReportConfig
+
+    report = Report.load(args.reports, ReportConfig(max_drop=args.max_drop, objective=args.objective))
     paths = report.write(args.out)
     print(report.markdown())
     print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -421,7 +423,8 @@ def _cmd_pipeline(args) -> int:
     print(result.export_table)
     print("\nBenchmark of the validated variants:")
     print(result.table)
-    print(f"HTML report: {result.report_html}")
+    print(f"HTML report: {result.report_html}\n")
+    print(result.recommendation.rstrip())
     return 0
 
 
@@ -664,6 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (Markdown, CSV, JSON) and an HTML page with plots from bench reports")
     p.add_argument("reports", nargs="+", help="report JSON files from 'edgecls bench' (several devices allowed)")
     p.add_argument("--out", required=True, help="output directory")
+    from .config import REPORT_OBJECTIVES, ReportConfig as RC
+
+    p.add_argument("--max-drop", type=float, default=RC.max_drop, metavar="POINTS",
+                   help=f"the recommendation's rule: points of top-1 a variant may lose against the most accurate float "
+                        f"variant on its device (default {RC.max_drop:g})")
+    p.add_argument("--objective", choices=REPORT_OBJECTIVES, default=RC.objective,
+                   help=f"what the recommendation minimizes within that rule (default {RC.objective})")
     p.set_defaults(func=_cmd_report)
 
     from .config import SPARSITY_ALLOCATIONS, TUNE_VARIANTS, TuneConfig as TC
@@ -729,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train a new model even when a shipped one exists")
     p.add_argument("--formats", nargs="+", help="variants or groups to export (default: default; see export --help)")
     p.add_argument("--threads", type=int, default=P["threads"])
-    p.add_argument("--runs", type=int, default=P["runs"], help="timed batch-1 calls per variant")
+    p.add_argument("--runs", type=int, default=P["runs"], help=f"timed batch-1 calls per variant in each of bench's "
+                                                               f"processes (default {B.runs})")
     _add_preprocessing_options(p)
     p.set_defaults(func=_cmd_pipeline)
     _check_every_option(parser)

@@ -6,12 +6,31 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
 
-# What tune optimizes and how it counts a file's size (edgecls.tune.select reads them from here: a
+# What tune optimizes and how it counts a file's size (edgecls.selection reads them from here: a
 # config never depends on a later pipeline stage).
 OBJECTIVES = ("latency", "size", "accuracy")
 SIZE_MEASURES = ("file", "gzip")
 
 RECIPES = ("edgecls", "tutorial")
+
+# What the report's recommendation minimizes among the variants within its accuracy rule.
+REPORT_OBJECTIVES = ("latency", "size")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The report's recommendation, per device: the fastest (`objective` "latency") or smallest
+    ("size") variant within `max_drop` points of top-1 of the most accurate float variant measured
+    on that device."""
+
+    max_drop: float = 1.0
+    objective: str = "latency"
+
+    def __post_init__(self):
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop <= 100:
+            raise ConfigError(f"max_drop must be between 0 and 100 points, got {self.max_drop!r}")
+        if self.objective not in REPORT_OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(REPORT_OBJECTIVES)}, got {self.objective!r}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import ExportConfig
@@ -37,10 +37,11 @@ class PipelineResult:
     report_html: Path
     table: str
     reference_name: str = "the Keras model"  # what every variant was validated against
+    recommendation: str = ""  # the report's recommendation and warnings, in words
 
 
 def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arch: str = "resnet8", epochs: int = 15,
-                 formats=ExportConfig.formats, threads: int = 1, runs: int = 100, model: str | Path | None = None,
+                 formats=ExportConfig.formats, threads: int = 1, runs: int | None = None, model: str | Path | None = None,
                  batch_size: int = 64, calibration_count: int | None = None, progress=None,
                  train_new: bool = False, preprocessing=None, labels=None, safe_mode: bool = True) -> PipelineResult:
     """With no `data` and no `model`, start from the shipped CIFAR-10 model of `arch` when there is
@@ -82,11 +83,12 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     exported = export(model, data=data, out=out / "bundle", dataset=dataset, preprocessing=preprocessing,
                       labels=labels, safe_mode=safe_mode, config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
                                           calibration_count=calibration_count))
-    log.info("[3/4] benchmarking (%d thread(s), %d runs per variant)", threads, runs)
+    bench_config = BenchConfig(threads=threads, **({"runs": runs} if runs else {}))
+    log.info("[3/4] benchmarking (%d thread(s), %d runs per variant in each of %d processes)", threads, bench_config.runs,
+             bench_config.repeats)
     keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
     report_data = bench(out / "bundle", data=data, progress=progress,
-                        config=BenchConfig(threads=threads, runs=runs,
-                                           keras=str(keras_file) if keras_file and keras_file.is_file() else None))
+                        config=replace(bench_config, keras=str(keras_file) if keras_file and keras_file.is_file() else None))
     atomic_write_json(out / "bench.json", report_data)
     log.info("[4/4] writing the report")
     report = Report([report_data])
@@ -94,4 +96,5 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     kind = exported.manifest.get("model", {}).get("kind")
     reference = {"onnx": "your ONNX model (onnxruntime)", "tflite": "your TFLite model (LiteRT)"}.get(kind, "the Keras model")
     return PipelineResult(out, metrics, exported.rows, exported.format_table(), report_data,
-                          out / "report" / "report.html", report.markdown(), reference)
+                          out / "report" / "report.html", report.markdown(lead=False), reference,
+                          report.recommendation_text())

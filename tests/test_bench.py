@@ -25,7 +25,7 @@ VARIANT_KEYS = {"name", "format", "precision", "sparsity", "size_bytes", "size_g
 def bench_report(sample_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report.json"
     proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "tflite_int8", "onnx_int8", "tflite_pruned_qat_int8",
-                   "--runs", "30", "--warmup", "5", "--batch", "16", "--max-images", "300", "--out", out)
+                   "--runs", "30", "--warmup", "5", "--batch", "16", "--max-images", "300", "--repeats", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text()), proc
 
@@ -207,9 +207,14 @@ def test_report_from_two_devices(bench_report, tmp_path):
     assert "Fastest on pi5 (aarch64, Cortex-A76), 1 thread:" in md
     html_text = (out / "report.html").read_text()
     # The bundle's int8 variants carry their per-layer diagnosis from the export: its plot and section too.
-    assert html_text.count("data:image/png;base64,") == 5 and "http://" not in html_text and "https://" not in html_text
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_vs_latency.png", "confusion.png", "devices.png",
-                                                                 "layer_error.png", "sizes.png"]
+    assert html_text.count("data:image/png;base64,") == 4 and "https://" not in html_text
+    assert html_text.count('<svg xmlns="http://www.w3.org/2000/svg" id="scatter-') == 2  # accuracy against latency, per device
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "accuracy_vs_latency_1.svg", "accuracy_vs_latency_2.svg", "confusion.png", "devices.png", "layer_error.png", "sizes.png"]
+    # Every row names its device and the report file it came from; each device gets its recommendation.
+    assert "| report file |" in md and "| pi.json |" in md and "| workstation.json |" in md
+    assert md.count("Ship ") == 2 and " on pi5 (aarch64, Cortex-A76), 1 thread: top-1 " in md
+    assert "from pi.json" in md and "from workstation.json" in md
     assert "Where quantized variants lose accuracy" in html_text
     header = (out / "report.csv").read_text().splitlines()[0]
     assert header.startswith("device,name,format,precision,sparsity,size_bytes")

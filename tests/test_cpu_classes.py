@@ -179,18 +179,21 @@ def test_the_report_shows_warnings_and_keeps_warned_variants_off_the_pareto_fron
 
     rows = _rows()
     for row, p50 in zip(rows, (0.13, 0.08)):
-        row.update(latency_ms={"p50": p50, "p99": p50, "mean": p50}, format="onnx", precision="fp32")
+        row.update(latency_ms={"p50": p50, "p99": p50, "mean": p50}, format="onnx", precision="fp32", size_bytes=1000,
+                   size_gzip_bytes=900)
     rows[1].update(precision="int8", warning="agreement 84.2% here vs 99.1% at export (500 images): this CPU lacks VNNI")
     report = {"schema": 1, "kind": "edgecls-bench", "host": AVX2_HOST | {"hostname": "box", "cores": 2},
               "settings": {"threads": 1, "runs": 5, "warmup": 1, "batch": 32}, "data": "cifar10-sample", "variants": rows}
     (tmp_path / "r.json").write_text(json.dumps(report))
     loaded = Report.load([tmp_path / "r.json"])
     md = loaded.markdown()
-    assert "| warning: agreement 84.2% here vs 99.1% at export (500 images): this CPU lacks VNNI |" in md
-    assert "Warnings (a variant measured here departs from its validation at export):\n- onnx_int8: agreement 84.2%" in md
+    assert "| ok; warning: agreement 84.2% here vs 99.1% at export (500 images): this CPU lacks VNNI |" in md
+    assert ("Warnings and rejected variants:\n- onnx_int8: agreement 84.2% here vs 99.1% at export (500 images): this CPU "
+            "lacks VNNI (not recommended on this device)") in md
     assert loaded.pareto() == ["onnx_fp32"]  # the faster onnx_int8 is not offered
+    assert md.startswith("Ship onnx_fp32 on box")  # nor recommended
     html = loaded.html(plots={})
-    assert '<tr class="warning">' in html and "<h2>Warnings</h2>" in html
+    assert '<tr class="warning">' in html and "<h2>Warnings and rejected variants (2)</h2>" in html
     assert "this CPU lacks VNNI" in loaded.csv().splitlines()[2]
 
 

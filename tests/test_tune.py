@@ -13,7 +13,7 @@ import pytest
 
 from edgecls.config import TuneConfig
 from edgecls.errors import ConfigError
-from edgecls.tune.select import Budgets, choose, closest, explain, fine_tune_reason, misses
+from edgecls.selection import Budgets, choose, closest, explain, fine_tune_reason, misses
 
 from .conftest import ROOT, TINY_ZIP
 
@@ -139,7 +139,7 @@ def test_microcontroller_budgets_keep_only_files_tflite_micro_runs_and_name_the_
 
 
 def test_speeds_are_tied_when_their_repeated_p50s_overlap():
-    from edgecls.tune.select import speed_tie
+    from edgecls.selection import speed_tie
 
     fast, slow = {"latency_rounds_ms": [0.080, 0.083, 0.090]}, {"latency_rounds_ms": [0.086, 0.088, 0.095]}
     assert speed_tie(fast, slow) and speed_tie(slow, fast)

@@ -54,7 +54,7 @@ class BenchConfig:
     variants: tuple[str, ...] = ()
     threads: int | None = 1
     warmup: int = 20
-    runs: int = 200
+    runs: int = 40
     batch: int = 32
     max_images: int | None = None
     # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
@@ -66,8 +66,10 @@ class BenchConfig:
     # Each variant is measured in `repeats` fresh processes, the variants taking turns (round-robin),
     # so slow drift of a shared host lands on every variant alike. Accuracy is measured in the first
     # round only; latency and throughput are the median round's, and every round's p50 and
-    # throughput are kept (row "repeats") so the spread between processes is on record.
-    repeats: int = 1
+    # throughput are kept (row "repeats") so the spread between processes is on record. Five give
+    # each p50 an interval the report's recommendation and front rely on: two equally fast files
+    # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise).
+    repeats: int = 5
 
     def __post_init__(self):
         from ..runtime import check_tta
@@ -248,12 +250,48 @@ def _measure(row: dict, predict, one, images, data_files: dict | None, config: B
         pred = probs.argmax(1)
         result = summarize(y, pred, labels or [str(i) for i in range(probs.shape[1])], data_files["name"], "test", source)
         row.update(accuracy=round(result.top1, 6), images=result.count, per_class=result.per_class,
-                   confusion=result.confusion, data=data_files["name"])
+                   confusion=result.confusion, data=data_files["name"], correct_bits=pack_correct(pred == y))
+        if result.warning:  # one class for most images: the report says so whatever the accuracy
+            row["degenerate"] = result.warning
         if predictions_out:
             np.save(predictions_out, pred)
     else:
         row.update(throughput_ips=None, accuracy=None, images=0, per_class=None, confusion=None, data=None)
     row["peak_rss_with_data_mb"] = _peak_rss_mb()
+
+
+def pack_correct(correct) -> str:
+    """Per-image correctness as base64 of its packed bits (1,668 characters for 10,000 images): what
+    the report's paired test of two variants' accuracies needs (edgecls.report)."""
+    import base64
+
+    return base64.b64encode(np.packbits(np.asarray(correct, bool))).decode("ascii")
+
+
+def unpack_correct(text: str, images: int) -> np.ndarray:
+    """`pack_correct` read back; ValueError when `text` is not that for `images` images."""
+    import base64
+    import binascii
+
+    try:
+        packed = np.frombuffer(base64.b64decode(text, validate=True), np.uint8)
+    except (binascii.Error, ValueError):
+        raise ValueError("correct_bits is not base64") from None
+    if len(packed) != (images + 7) // 8:
+        raise ValueError(f"correct_bits holds {len(packed) * 8} bits for {images} images")
+    return np.unpackbits(packed)[:images].astype(bool)
+
+
+def export_fields(art: dict) -> dict:
+    """What the export recorded of the variant: its agreement with the model the user gave (the
+    bench's own agreement is with the bundle's float file) and its validation warning."""
+    validation = art.get("validation") if isinstance(art.get("validation"), dict) else {}
+    out = {}
+    if isinstance(validation.get("agreement"), (int, float)):
+        out["export_agreement"] = validation["agreement"]
+    if validation.get("warning"):
+        out["export_warning"] = str(validation["warning"])
+    return out
 
 
 def micro_fields(art: dict) -> dict:
@@ -294,6 +332,7 @@ def bench_variant(bundle: str, variant: str, data_files: dict | None, config: Be
     if isinstance(art.get("diagnosis"), dict):  # per-layer error from the export, for the report
         row["diagnosis"] = art["diagnosis"]
     row.update(micro_fields(art))
+    row.update(export_fields(art))
     start = time.perf_counter()
     runner = runtime.load(bundle, variant=variant, threads=config.threads, tta=config.tta)
     row["load_ms"] = round((time.perf_counter() - start) * 1000, 3)
@@ -486,6 +525,9 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
     from .crosscheck import check_rows
 
     check_rows(rows, loaded.manifest, host)  # a variant that departs from its validation at export gets a warning
+    # Variants the export rejected are on record with their reasons: the report shows them too.
+    rejected = [{"name": r["name"], "status": r.get("status") or "failed", "reason": r.get("reason") or ""}
+                for r in loaded.manifest.get("rejected", [])]
     return {
         "schema": REPORT_SCHEMA,
         "kind": "edgecls-bench",
@@ -498,6 +540,7 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
                      "max_images": config.max_images, "keras": str(keras_path) if keras_path else None, "tta": config.tta,
                      "repeats": config.repeats, "emulated": bool(os.environ.get("EDGECLS_EMULATED"))},
         "variants": rows,
+        "rejected": rejected,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
 

@@ -1,19 +1,24 @@
-"""The report's model: bench reports loaded and checked, one row per variant and device, the Pareto
-front; renderers (tables.py, plots.py, html.py) draw from it."""
+"""The report's model: bench reports loaded and checked, one row per variant and device (rejected
+ones too), the recommendation and the front per device (edgecls.selection, shared with tune), every
+warning; renderers (tables.py, plots.py, html.py) draw from it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..config import ReportConfig
 from ..errors import ConfigError, DataError, first_line
 
 COLUMNS = [
     ("device", "device"), ("name", "variant"), ("format", "format"), ("precision", "precision"), ("sparsity", "sparsity"),
-    ("size_bytes", "bytes"), ("size_gzip_bytes", "gzip bytes"), ("accuracy", "top-1"), ("agreement", "agreement"),
+    ("size_bytes", "bytes"), ("size_gzip_bytes", "gzip bytes"), ("accuracy", "top-1"),
+    ("agreement", "agreement with float file"), ("export_agreement", "agreement with source (export)"),
     ("p50", "p50 ms"), ("p50_range", "p50 range ms"), ("p99", "p99 ms"), ("throughput_ips", "images/s"), ("peak_rss_mb", "peak MB"),
-    ("load_ms", "load ms"), ("status", "status"),
+    ("load_ms", "load ms"), ("source", "report file"), ("status", "status"),
 ]
+FLOAT_PRECISIONS = ("fp32", "fp16")
 
 
 def device_label(host: dict, settings: dict | None = None) -> str:
@@ -62,13 +67,23 @@ def _check_report(data: dict, path) -> None:
                 fail(f"variants[{i}].latency_ms.{key}", "is not a number")
         if v.get("accuracy") is not None and (isinstance(v["accuracy"], bool) or not isinstance(v["accuracy"], (int, float))):
             fail(f"variants[{i}].accuracy", "is not a number")
+        if v.get("correct_bits") is not None:
+            from ..bench.local import unpack_correct
+
+            if not isinstance(v.get("images"), int) or isinstance(v["images"], bool):
+                fail(f"variants[{i}].images", "is missing beside correct_bits")
+            try:
+                unpack_correct(v["correct_bits"], v["images"])
+            except ValueError as exc:
+                fail(f"variants[{i}].correct_bits", f"does not fit: {exc}")
         if "diagnosis" in v and not _diagnosis_ok(v["diagnosis"]):
             fail(f"variants[{i}].diagnosis", "is not a per-layer diagnosis (layers with a name, op, sqnr_db, own_db)")
     try:
         rendered = Report([data])
         rendered.markdown()
         rendered.csv()
-        rendered.pareto()
+        rendered.front()
+        rendered.recommendations()
     except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
         raise DataError(f"{path}: malformed report ({exc.__class__.__name__}: {first_line(exc)}); not a report "
                         f"'edgecls bench' wrote (re-run the bench)") from None
@@ -77,9 +92,11 @@ def _check_report(data: dict, path) -> None:
 @dataclass
 class Report:
     reports: list[dict]
+    sources: list[str] | None = None  # the file each report was read from
+    config: ReportConfig = field(default_factory=ReportConfig)
 
     @classmethod
-    def load(cls, paths) -> "Report":
+    def load(cls, paths, config: ReportConfig | None = None) -> "Report":
         reports = []
         for path in paths:
             data = read_json(path, "report", DataError)
@@ -94,37 +111,57 @@ class Report:
             reports.append(data)
         if not reports:
             raise ConfigError("no reports given")
-        return cls(reports)
+        return cls(reports, [Path(p).name for p in paths], config or ReportConfig())
+
+    def source(self, i: int) -> str:
+        return self.sources[i] if self.sources and i < len(self.sources) else f"report {i + 1}"
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """Each report's device: its machine and settings, and where two reports would read the
+        same, the file each came from (two benches of one machine are two measurements)."""
+        labels = [device_label(r["host"], r.get("settings")) for r in self.reports]
+        out = []
+        for i, label in enumerate(labels):
+            if labels.count(label) > 1:
+                label += f" [{self.source(i)}]"
+                if label in out:
+                    label += f" #{i + 1}"
+            out.append(label)
+        return out
 
     @property
     def devices(self) -> list[str]:
-        seen = []
-        for r in self.reports:
-            label = device_label(r["host"], r.get("settings"))
-            if label not in seen:
-                seen.append(label)
-        return seen
+        return list(dict.fromkeys(self.labels))
 
-    @property
+    @cached_property
     def rows(self) -> list[dict]:
+        """Every measured variant on every device, then the variants the export rejected (status
+        "rejected", with the reason)."""
         rows = []
-        for r in self.reports:
-            label = device_label(r["host"], r.get("settings"))
+        for i, r in enumerate(self.reports):
+            label = self.labels[i]
             for v in r["variants"]:
                 lat = v.get("latency_ms") or {}
                 p50s = (v.get("repeats") or {}).get("p50_ms")
                 rows.append({**v, "device": label, "p50": lat.get("p50"), "p99": lat.get("p99"), "mean": lat.get("mean"),
-                             "p50_range": (min(p50s), max(p50s)) if p50s else None,
-                             "threads": r.get("settings", {}).get("threads")})
+                             "p50_range": (min(p50s), max(p50s)) if p50s else None, "source": self.source(i),
+                             "report_index": i, "threads": r.get("settings", {}).get("threads")})
+            for rej in r.get("rejected") or ():
+                rows.append({"name": rej["name"], "status": "rejected", "device": label, "source": self.source(i),
+                             "report_index": i, "error": f"rejected at export: {rej.get('reason') or rej.get('status')}"})
         return rows
 
     @property
     def columns(self) -> list[tuple[str, str]]:
-        """The table's columns: the device only when there are several, the p50 range only when
-        some report measured its variants in several processes (`edgecls bench --repeats`)."""
+        """The table's columns: the device and report file only when there are several, the p50
+        range only when some report measured its variants in several processes, agreement at
+        export only when a bundle recorded it."""
         multi = len(self.devices) > 1
         repeated = any(v.get("repeats") for r in self.reports for v in r["variants"])
-        return [c for c in COLUMNS if (multi or c[0] != "device") and (repeated or c[0] != "p50_range")]
+        exported = any(v.get("export_agreement") is not None for r in self.reports for v in r["variants"])
+        return [c for c in COLUMNS if (multi or c[0] not in ("device", "source")) and (repeated or c[0] != "p50_range")
+                and (exported or c[0] != "export_agreement")]
 
     def diagnosed(self) -> list[dict]:
         """The rows with a per-layer diagnosis from their export, one per variant (a variant's file,
@@ -137,27 +174,114 @@ class Report:
         return out
 
     def warnings(self) -> list[str]:
+        """The bench's warnings: variants that depart on a device from their validation at export."""
         return [f"{r['name']}" + (f" on {r['device']}" if len(self.devices) > 1 else "") + f": {r['warning']}"
                 for r in self.rows if r.get("warning")]
 
-    def markdown(self) -> str:
+    def notices(self) -> list[str]:
+        """Everything a reader must see before trusting the table, the page's first list: variants
+        the export rejected and why, variants that failed here, the export's validation warnings,
+        the bench's departures from them, degenerate predictions, latency measured once (no
+        interval), emulated devices."""
+        multi = len(self.devices) > 1
+        on = (lambda r: f" on {r['device']}") if multi else (lambda r: "")
+        out, seen = [], set()
+
+        def add(text):
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+
+        for r in self.rows:
+            if r["status"] == "rejected":
+                add(f"{r['name']}: {r['error']}; not shipped, not measured")
+        for r in self.rows:
+            if r["status"] not in ("ok", "rejected"):
+                add(f"{r['name']}{on(r)}: {r['status']}: {r.get('error') or 'no reason recorded'}")
+            if r.get("export_warning"):
+                add(f"{r['name']} (at export): {r['export_warning']}")
+            if r.get("warning"):
+                add(f"{r['name']}{on(r)}: {r['warning']} (not recommended on this device)")
+            if r.get("degenerate"):
+                add(f"{r['name']}{on(r)}: {r['degenerate']}")
+        for i, r in enumerate(self.reports):
+            s = r.get("settings") or {}
+            where = f"{self.labels[i]}: " if multi else ""
+            if (s.get("repeats") or 1) < 2 and any(v.get("status") == "ok" for v in r["variants"]):
+                add(f"{where}each variant was timed in one process, so no latency has an interval and a speed "
+                    f"difference may be noise; 'edgecls bench --repeats 5' measures one")
+            if s.get("emulated"):
+                add(f"{where}measured under a CPU emulator: its latencies are the emulator's, not the device's")
+        return out
+
+    # -- choice -------------------------------------------------------------------------------
+
+    def candidates(self, device: str | None = None) -> list[dict]:
+        """The device's measured variants as edgecls.selection candidates (a variant that departs
+        from its validation on this device is left out)."""
+        from ..bench.local import unpack_correct
+
+        device = device or self.devices[0]
+        out = []
+        for row in self.rows:
+            if (row["device"] != device or row.get("status") != "ok" or row.get("warning") or row.get("p50") is None
+                    or row.get("accuracy") is None or row.get("size_bytes") is None):
+                continue
+            correct = None
+            if row.get("correct_bits") and isinstance(row.get("images"), int):
+                correct = unpack_correct(row["correct_bits"], row["images"])
+            out.append({"id": row["name"], "artifact": row["name"], "status": "ok", "accuracy": row["accuracy"],
+                        "latency_ms": row["p50"], "latency_rounds_ms": (row.get("repeats") or {}).get("p50_ms"),
+                        "bytes": row["size_bytes"], "gzip_bytes": row.get("size_gzip_bytes") or row["size_bytes"],
+                        "precision": row.get("precision"), "format": row.get("format"), "correct": correct,
+                        "images_id": row["report_index"], "row": row})
+        return out
+
+    def front(self, device: str | None = None) -> list[str]:
+        """The device's front of accuracy against the objective's cost, by edgecls.selection: a
+        variant is off it only when another is cheaper or more accurate beyond what the
+        measurement resolves, and not worse on the other count beyond it."""
+        from ..selection import Budgets, robust_front
+
+        cost = "size" if self.config.objective == "size" else "latency"
+        return [c["id"] for c in robust_front(self.candidates(device), cost, Budgets())]
+
+    def pareto(self, device: str | None = None) -> list[str]:
+        return self.front(device)
+
+    def ties(self, device: str | None = None) -> list[list[str]]:
+        """Groups of variants on the device's front that the measurements cannot order on either
+        count (edgecls.selection.tie_groups)."""
+        from ..selection import Budgets, tie_groups
+
+        on = self.front(device)
+        by = {c["id"]: c for c in self.candidates(device)}
+        cost = "size" if self.config.objective == "size" else "latency"
+        return tie_groups([by[i] for i in on], cost, Budgets())
+
+    def recommendations(self) -> list[dict]:
+        from .recommend import recommend
+
+        return [recommend(self, device) for device in self.devices]
+
+    # -- renderers ----------------------------------------------------------------------------
+
+    def markdown(self, lead: bool = True) -> str:
+        """The report in Markdown; `lead`: the recommendation and warnings first (a terminal that
+        prints them last passes False)."""
         from .tables import markdown
 
-        return markdown(self)
+        return markdown(self, lead)
+
+    def recommendation_text(self) -> str:
+        from .tables import recommendation_markdown
+
+        return recommendation_markdown(self)
 
     def device_comparison_markdown(self) -> str:
         from .tables import device_comparison_markdown
 
         return device_comparison_markdown(self)
-
-    def pareto(self, device: str | None = None) -> list[str]:
-        device = device or self.devices[0]
-        # A variant that departs from its validation is not offered as a choice on this device.
-        pts = [r for r in self.rows if r["device"] == device and r.get("status") == "ok" and not r.get("warning")
-               and r.get("p50") is not None and r.get("accuracy") is not None]
-        from ..evaluation import pareto_front
-
-        return [r["name"] for r in pareto_front(pts, lambda r: r["p50"], lambda r: r["accuracy"])]
 
     def csv(self) -> str:
         from .tables import csv_text
@@ -165,7 +289,11 @@ class Report:
         return csv_text(self)
 
     def to_json(self) -> dict:
-        return {"schema": 1, "kind": "edgecls-report", "devices": self.devices, "pareto": self.pareto(),
+        recs = [{k: v for k, v in rec.items() if k != "candidates"} for rec in self.recommendations()]
+        return {"schema": 1, "kind": "edgecls-report", "devices": self.devices, "rule": {"max_drop": self.config.max_drop,
+                "objective": self.config.objective}, "recommendations": recs,
+                "front": {d: self.front(d) for d in self.devices}, "ties": {d: self.ties(d) for d in self.devices},
+                "notices": self.notices(), "sources": [self.source(i) for i in range(len(self.reports))],
                 "reports": self.reports}
 
     def plots(self) -> dict[str, bytes]:
@@ -173,6 +301,17 @@ class Report:
         from .plots import plots
 
         return plots(self)
+
+    def charts(self) -> dict[str, str]:
+        """Accuracy against latency per device as SVG by file name (the page draws the same)."""
+        from .html import scatter_svg
+
+        out = {}
+        for i, device in enumerate(self.devices, 1):
+            drawn = scatter_svg(self, device)
+            if drawn is not None:
+                out["accuracy_vs_latency.svg" if len(self.devices) == 1 else f"accuracy_vs_latency_{i}.svg"] = drawn[0]
+        return out
 
     def html(self, plots: dict[str, bytes] | None = None) -> str:
         from .html import html_page
@@ -188,7 +327,9 @@ class Report:
         written = []
         for name, data in plots.items():
             atomic_write_bytes(out / "plots" / name, data)
-        if plots:
+        for name, text in self.charts().items():
+            atomic_write_text(out / "plots" / name, text)
+        if plots or (out / "plots").is_dir():
             written.append(out / "plots")
         atomic_write_text(out / "report.md", self.markdown())
         atomic_write_text(out / "report.csv", self.csv())

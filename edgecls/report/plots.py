@@ -1,12 +1,21 @@
-"""The report's plots (PNG bytes): accuracy against latency with the Pareto front, sizes, the
-confusion matrix of the most accurate variant, latency per device, the per-layer error of quantized
-variants. Needs matplotlib (Agg backend)."""
+"""The report's PNG plots: sizes, the confusion matrix of the most accurate variant, latency per
+device, the per-layer error of quantized variants. Needs matplotlib (Agg backend). Accuracy against
+latency, the chart the recommendation is read from, is SVG (svg.py): labels placed apart, hover."""
 from __future__ import annotations
 
 import io
 
 # Names and labels come from report files: drawn as plain text, never parsed as mathtext ($...$).
 PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _style() -> dict:
+    """Plain text, and the Okabe-Ito colours (colour-blind safe) for every series."""
+    from cycler import cycler
+
+    from .svg import SERIES
+
+    return {**PLAIN_TEXT, "axes.prop_cycle": cycler(color=SERIES)}
 
 
 def plots(report) -> dict[str, bytes]:
@@ -18,7 +27,7 @@ def plots(report) -> dict[str, bytes]:
         import matplotlib.pyplot as plt
     except ImportError:
         return {}
-    with matplotlib.rc_context(PLAIN_TEXT):
+    with matplotlib.rc_context(_style()):
         return _plots(report, plt)
 
 
@@ -28,28 +37,6 @@ def _plots(report, plt) -> dict[str, bytes]:
     if not ok:
         return out
     scale = latency_scale(r.get("p50") for r in ok)  # one latency axis for both latency plots
-    # Accuracy against latency, Pareto front marked, one marker style per device.
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, device in enumerate(report.devices):
-        pts = [r for r in ok if r["device"] == device and r.get("accuracy") is not None and r.get("p50") is not None]
-        if not pts:
-            continue
-        front = set(report.pareto(device))
-        ax.scatter([r["p50"] for r in pts], [r["accuracy"] for r in pts], marker="os^D"[i % 4], label=device[:60])
-        # Names on the first device's points only: a variant scores the same on every device,
-        # so its other points sit level with the named one, and doubled names overlap.
-        for r in pts if i == 0 else ():
-            ax.annotate(r["name"], (r["p50"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        fr = sorted((r for r in pts if r["name"] in front), key=lambda r: r["p50"])
-        ax.step([r["p50"] for r in fr], [r["accuracy"] for r in fr], where="post", linestyle="--", linewidth=1,
-                label=f"Pareto front: {device[:60]}")
-    ax.set_xscale(scale)
-    ax.set_xlabel("batch-1 latency p50 (ms)" + (", log scale" if scale == "log" else ""))
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title("Accuracy against latency")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    out["accuracy_vs_latency.png"] = png_bytes(fig, plt)
     # Sizes.
     first = [r for r in ok if r["device"] == report.devices[0]]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -100,6 +87,11 @@ def _plots(report, plt) -> dict[str, bytes]:
         ax.set_xticks([x + width * (len(report.devices) - 1) / 2 for x in range(len(names))])
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.set_yscale(scale)
+        if scale == "log":  # plain decimals on the major ticks, none on the minor ones
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("p50 ms (batch 1)" + (", log scale" if scale == "log" else ""))
         ax.set_title("Latency per device")
         ax.legend(fontsize=7)

@@ -12,7 +12,7 @@ def fmt(key, value) -> str:
         return "-"
     if key in ("size_bytes", "size_gzip_bytes"):
         return f"{int(value):,}"
-    if key in ("accuracy", "agreement"):
+    if key in ("accuracy", "agreement", "export_agreement"):
         return f"{value:.4f}"
     if key == "sparsity":
         return f"{value:.2f}"
@@ -35,41 +35,56 @@ def cell(key, row) -> str:
 
 
 def status(row) -> str:
-    """The status cell: the error of a failed row, the warning of a row that departs from its
-    validation at export (edgecls.bench.crosscheck)."""
+    """The status cell: the error of a failed or rejected row; the warnings of a measured one (a
+    departure from its validation on this device, degenerate predictions, the export's warning)."""
     if row.get("status") != "ok" and row.get("error"):
-        return f"{row['status']}: {row['error']}"
-    if row.get("warning"):
-        return f"warning: {row['warning']}"
-    return str(row.get("status") or "-")
+        return f"{row['status']}: {row['error']}" if not row["error"].startswith(row["status"]) else row["error"]
+    notes = [f"warning: {row['warning']}" for k in ("warning",) if row.get(k)]
+    notes += [f"degenerate: {row['degenerate']}"] if row.get("degenerate") else []
+    notes += [f"export warning: {row['export_warning']}"] if row.get("export_warning") else []
+    return "; ".join([str(row.get("status") or "-")] + notes) if notes else str(row.get("status") or "-")
 
 
-def markdown(report) -> str:
+def recommendation_markdown(report) -> str:
+    """The recommendation per device, then every notice: what a terminal shows first."""
+    lines = []
+    for rec in report.recommendations():
+        lines += rec["lines"]
+        lines.append("")
+    notices = report.notices()
+    if notices:
+        lines.append("Warnings and rejected variants:")
+        lines += [f"- {n}" for n in notices]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def front_text(report, device: str) -> str:
+    front, ties = report.front(device), report.ties(device)
+    cost = "faster" if report.config.objective == "latency" else "smaller"
+    text = (f"Front (no other variant is {cost} or more accurate beyond what the measurement resolves without being "
+            f"worse on the other count): " + ", ".join(front))
+    if ties:
+        text += "; tied, the measurements order them on neither count: " + "; ".join(
+            "{" + ", ".join(group) + "}" for group in ties)
+    return text
+
+
+def markdown(report, lead: bool = True) -> str:
     multi = len(report.devices) > 1
     cols = report.columns
-    lines = []
-    if not multi:
-        r = report.reports[0]
-        s = r.get("settings", {})
-        rounds = s.get("repeats") or 1
-        lines.append(f"Device: {report.devices[0]}; {r['host'].get('cores')} cores; batch-1 latency of "
-                     f"runner.predict over {s.get('runs')} runs after {s.get('warmup')} warm-up"
-                     + (f" in each of {rounds} processes per variant (p50 of the median one)" if rounds > 1 else "") + "; "
-                     f"throughput at batch {s.get('batch')}; data {r.get('data')}")
-        lines.append("")
+    lines = [report.recommendation_text()] if lead else []
+    lines += ["Device" + ("s:" if multi else ":")] + [f"- {d}" for d in device_lines(report)] + [""]
     lines.append("| " + " | ".join(h for _, h in cols) + " |")
-    lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status") else "---:" for k, _ in cols) + "|")
+    lines.append("|" + "|".join("---" if k in ("device", "name", "format", "precision", "status", "source") else "---:"
+                                for k, _ in cols) + "|")
     for row in report.rows:
         cells = [cell(k, row) for k, _ in cols]
         cells[-1] = status(row)
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    warnings = report.warnings()
-    if warnings:
-        lines += ["", "Warnings (a variant measured here departs from its validation at export):"]
-        lines += [f"- {w}" for w in warnings]
-    front = report.pareto()
-    if front:
-        lines += ["", "Pareto front (no other variant is both faster and more accurate): " + ", ".join(front)]
+    for device in report.devices:
+        if report.front(device):
+            lines += ["", (f"{device}: " if multi else "") + front_text(report, device)]
     micro = micro_markdown(report)
     if micro:
         lines += ["", micro]
@@ -84,7 +99,7 @@ def device_comparison_markdown(report) -> str:
     by = {(r["device"], r["name"]): r for r in report.rows if r.get("status") == "ok"}
     names = []
     for r in report.rows:
-        if r["name"] not in names:
+        if r["name"] not in names and r["status"] != "rejected":
             names.append(r["name"])
     head = "| variant | " + " | ".join(f"p50 ms on {d}" for d in devices) + " | " + \
            " | ".join(f"ratio {d} / {base}" for d in devices[1:]) + " |"
@@ -102,10 +117,32 @@ def device_comparison_markdown(report) -> str:
     return "\n".join(lines)
 
 
+def device_lines(report) -> list[str]:
+    """Each device in full: machine, CPU and its int8 class and flags, threads, runtime versions,
+    how latency was measured, and the report file it came from."""
+    out = []
+    for i, r in enumerate(report.reports):
+        h, s = r["host"], r.get("settings") or {}
+        runtime = ", ".join(f"{k} {v}" for k, v in (h.get("runtime") or {}).items() if k != "python")
+        flags = " ".join(f for f in (h.get("cpu_flags") or []) if f in INT8_FLAGS)
+        rounds = s.get("repeats") or 1
+        ref = next((v.get("agreement_reference") for v in r["variants"] if v.get("agreement_reference")), None)
+        out.append(f"{report.labels[i]}: {h.get('cpu', '?')} ({h.get('int8_class') or '?'}"
+                   + (f"; {flags}" if flags else "") + f"), {h.get('cores', '?')} cores, {h.get('os', '')}, Python "
+                   f"{h.get('python', '?')}" + (f", {runtime}" if runtime else "") + f"; {s.get('threads') or 'default'} "
+                   f"thread(s); batch-1 latency over {s.get('runs')} runs after {s.get('warmup')} warm-up in each of "
+                   f"{rounds} process{'es' if rounds > 1 else ''} per variant; data {r.get('data')}"
+                   + (f"; agreement with {ref}" if ref else "") + f"; from {report.source(i)}")
+    return out
+
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
 def csv_text(report) -> str:
     buf = io.StringIO()
     shown = {k for k, _ in report.columns} | {"device"}
-    keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error", "warning"]
+    keys = [k for k, _ in COLUMNS if k in shown] + ["mean", "threads", "error", "warning", "degenerate", "export_warning"]
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     for row in report.rows:

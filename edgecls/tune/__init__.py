@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..config import ExportConfig, TuneConfig
 from ..errors import ConfigError, DataError
-from .select import Budgets, choose, explain, fine_tune_reason
+from ..selection import Budgets, choose, explain, fine_tune_reason
 
 log = logging.getLogger("edgecls")
 

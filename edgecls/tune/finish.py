@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import stage_dir
-from .select import Budgets, choose, explain, measured, ranked, speed_tie
+from ..selection import Budgets, choose, explain, front, ranked, speed_tie
 
 
 def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
@@ -20,19 +20,6 @@ def _correct(bundle: Path, variant: str, dataset, images, labels) -> np.ndarray:
     from ..evaluation import runner_correct
 
     return runner_correct(runtime.load(bundle, variant=variant, threads=1), dataset, images, labels)
-
-
-def front(candidates, budgets: Budgets, objective: str) -> list[str]:
-    """Artifacts on the Pareto front of accuracy against the objective's cost (latency, or size for
-    the size objective), each at its best thread count: none other is both cheaper and more accurate."""
-    cost = (lambda c: c[budgets.size_key()]) if objective == "size" else (lambda c: c["latency_ms"])  # accuracy: latency
-    best = {}
-    for c in candidates:
-        if measured(c) and (c["artifact"] not in best or cost(c) < cost(best[c["artifact"]])):
-            best[c["artifact"]] = c
-    from ..evaluation import pareto_front
-
-    return [c["artifact"] for c in pareto_front(best.values(), cost, lambda c: c["accuracy"])]
 
 
 def finish(state, search, budgets: Budgets) -> dict:

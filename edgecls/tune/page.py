@@ -1,13 +1,12 @@
-"""`OUT/tune.html`: the search on one page. Accuracy against latency and against size, the budget
-lines drawn, the front joined, the choice starred, candidates that miss a budget in grey; then the
-answer, and every candidate in rank order with what it misses."""
+"""`OUT/tune.html`: the search on one page. Accuracy against latency and against size (inline SVG,
+hover for figures), the budget lines drawn, the front in blue, the choice starred, candidates that
+miss a budget as grey crosses; then the answer, and every candidate in rank order with what it
+misses. One self-contained file: no script, nothing fetched."""
 from __future__ import annotations
 
-import base64
 import html
 
-from ..report.plots import png_bytes
-from .select import Budgets, measured, miss_text, misses
+from ..selection import Budgets, measured, miss_text, misses
 
 
 def _budgets(record: dict) -> Budgets:
@@ -16,65 +15,47 @@ def _budgets(record: dict) -> Budgets:
                    b.get("max_flash_bytes"), b.get("board"))
 
 
-def _plots(record: dict) -> dict[str, bytes]:
-    try:
-        import matplotlib
+def charts(record: dict) -> dict[str, str]:
+    """Accuracy against latency and against size as SVG (edgecls.report.svg): the choice starred,
+    the front in blue, candidates that miss a budget as grey crosses, each p50's interval over
+    processes as a bar, the budgets dashed; hover a point for its figures."""
+    from ..report.svg import PALETTE, Chart, Line, Point, render
+    from ..selection import front as pareto
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {}
-    from ..report.plots import PLAIN_TEXT
-
-    with matplotlib.rc_context(PLAIN_TEXT):
-        return _draw(record, plt)
-
-
-def _draw(record: dict, plt) -> dict[str, bytes]:
     budgets = _budgets(record)
     cands = [c for c in record["candidates"] if measured(c)]
     if not cands:
         return {}
-    from .finish import front as pareto
-
     winner = (record["choice"].get("winner") or {}).get("id")
     near = (record["choice"].get("closest") or {}).get("id")
     ref = record.get("reference", {}).get("accuracy")
     out = {}
-    for key, label, limit, name in (("latency_ms", "p50 latency at batch 1 (ms)", budgets.max_latency_ms, "latency"),
-                                    (budgets.size_key(), f"{budgets.size_measure} bytes", budgets.max_bytes, "size")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        front = set(pareto(cands, budgets, name))  # each plot joins its own front: accuracy against its cost
-        ok = [c for c in cands if not misses(c, budgets)]
-        bad = [c for c in cands if misses(c, budgets)]
-        ax.scatter([c[key] for c in bad], [100 * c["accuracy"] for c in bad], c="#bbbbbb", s=18, label="misses a budget")
-        ax.scatter([c[key] for c in ok], [100 * c["accuracy"] for c in ok], c="#1f77b4", s=22, label="within budget")
-        fr = sorted((min((c for c in cands if c["artifact"] == a), key=lambda c: c[key]) for a in front), key=lambda c: c[key])
-        if fr:
-            ax.plot([c[key] for c in fr], [100 * c["accuracy"] for c in fr], "--", c="#2ca02c", lw=1, label="front")
+    for key, label, limit, name, flag in (
+            ("latency_ms", "p50 latency at batch 1 (ms)", budgets.max_latency_ms, "latency", "--max-latency-ms"),
+            (budgets.size_key(), f"{budgets.size_measure} bytes", budgets.max_bytes, "size", "--max-bytes")):
+        front = set(pareto(cands, budgets, name))  # each chart joins its own front: accuracy against its cost
+        points = []
         for c in cands:
-            if c["artifact"] in front and c["threads"] == min(x["threads"] for x in cands if x["artifact"] == c["artifact"]) \
-                    or c["id"] == winner:
-                ax.annotate(c["id"], (c[key], 100 * c["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        w = next((c for c in cands if c["id"] == winner), None)
-        if w is not None:
-            ax.scatter([w[key]], [100 * w["accuracy"]], marker="*", s=220, c="#d62728", label="choice", zorder=5)
-        n = next((c for c in cands if c["id"] == near), None)
-        if n is not None:  # nothing met the budgets: the closest candidate
-            ax.scatter([n[key]], [100 * n["accuracy"]], marker="X", s=120, c="#d62728", label="closest (misses)", zorder=5)
-            ax.annotate(n["id"], (n[key], 100 * n["accuracy"]), fontsize=6, xytext=(3, -9), textcoords="offset points")
+            kind = ("pick" if c["id"] == winner else "closest" if c["id"] == near else "misses" if misses(c, budgets)
+                    else "front" if c["artifact"] in front else "other")
+            rounds = c.get("latency_rounds_ms") or []
+            hover = (f"{c['id']}: top-1 {100 * c['accuracy']:.2f}% ({0.0 - (c.get('drop') or 0.0) + 0.0:+.2f} points), p50 {c['latency_ms']:.3f} ms, "
+                     f"{c['bytes']:,} bytes ({c['gzip_bytes']:,} gzip); " + (miss_text(c, budgets) or "within budget"))
+            points.append(Point(c[key], 100 * c["accuracy"], c["id"], hover, kind,
+                                (min(rounds), max(rounds)) if key == "latency_ms" and len(rounds) > 1 else None,
+                                key=str(c.get("rank") or "")))
+        lines = []
         if limit is not None:
-            ax.axvline(limit, c="#d62728", lw=1, ls=":", label=f"--max-{'latency-ms' if name == 'latency' else 'bytes'}")
+            lines.append(Line("x", limit, f"{flag} {limit:g}", PALETTE["vermillion"]))
         if budgets.max_drop is not None and ref is not None:
-            ax.axhline(100 * ref - budgets.max_drop, c="#ff7f0e", lw=1, ls=":", label="--max-drop")
-        ax.set_xscale("log")
-        ax.set_xlabel(label + ", log scale")
-        ax.set_ylabel("top-1 % (validation split)")
-        ax.set_title(f"Accuracy against {name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out[f"accuracy_vs_{name}.png"] = png_bytes(fig, plt)
+            lines.append(Line("y", 100 * ref - budgets.max_drop, f"--max-drop {budgets.max_drop:g}"))
+        values = [p.x for p in points if p.x and p.x > 0]
+        log = bool(values) and max(values) / min(values) > 20
+        svg, unlabelled = render(Chart(points, label + (", log scale" if log else ""), "top-1 % (validation split)",
+                                       f"Accuracy against {name}", log_x=log, lines=lines), f"tune-{name}")
+        note = ("" if not unlabelled else " Not named for lack of room (number = rank in the table): "
+                + ", ".join(f"{p.key} {p.name}" for p in unlabelled) + ".")
+        out[f"accuracy_vs_{name}"] = (svg, note)
     return out
 
 
@@ -96,8 +77,8 @@ def html_page(record: dict) -> str:
                  "" if c.get("bytes") is None else f"{c['bytes']:,}", "" if c.get("gzip_bytes") is None else f"{c['gzip_bytes']:,}",
                  "" if c.get("latency_ms") is None else f"{c['latency_ms']:.3f}", status]
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
-    imgs = "".join(f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(d).decode()}"/></figure>'
-                   for n, d in _plots(record).items())
+    imgs = "".join(f'<figure>{svg}<figcaption>Hover a point for its figures.{html.escape(note)}</figcaption></figure>'
+                   for svg, note in charts(record).values())
     answer = "".join(f"<p>{html.escape(line)}</p>" for line in choice.get("answer", ()))
     test = choice.get("test")
     def same(s):
@@ -113,7 +94,8 @@ def html_page(record: dict) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>edgecls tune</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
 th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(2),td:nth-child(3),td:last-child{{text-align:left}}
-tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}figure{{display:inline-block;margin:1em}}img{{max-width:560px}}</style></head>
+tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}figure{{display:inline-block;margin:1em;vertical-align:top}}figcaption{{font-size:12px;color:#444;max-width:680px}}
+svg.chart .pt:hover circle,svg.chart .pt:hover path{{stroke-width:3}}</style></head>
 <body><h1>edgecls tune: {html.escape(record['model'])}</h1>
 <p>Budgets: {html.escape(budgets.describe())}; objective: {html.escape(b['objective'])}. Accuracy on {html.escape(str(val.get('images', '?')))}
 validation images held out of the training data ({html.escape(str(val.get('split', '')))}); the float model scores

@@ -1,5 +1,8 @@
-"""The budget logic of `edgecls tune`: which candidates meet the budgets, which one wins, why, and
-what the closest one misses by when none does. Pure functions on candidate records (dicts):
+"""Which file to ship: the one selection `edgecls tune` and `edgecls report` share. Which candidates
+meet the budgets, which one wins, why, what the closest one misses by when none does, which
+differences the measurements can resolve (latency intervals over repeated processes, a paired test
+of accuracy on the same images), and the front that noise cannot reorder. Pure functions on
+candidate records (dicts):
 
     id            "stage/variant@Nt", unique
     artifact      "stage/variant": one file; its thread counts are separate candidates
@@ -8,12 +11,15 @@ what the closest one misses by when none does. Pure functions on candidate recor
     drop          points lost against the float model on the same images (positive = worse)
     bytes, gzip_bytes
     latency_ms    p50 at batch 1 (None until measured)
+    latency_rounds_ms   optional: the p50 of each process that measured it (an interval when > 1)
+    correct       optional: per-image correctness (bool array) on the images `accuracy` counts
+    precision     optional: "fp32", "fp16", "int8", ...
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import OBJECTIVES, SIZE_MEASURES  # noqa: E402,F401 (defined with the configs)
+from .config import OBJECTIVES, SIZE_MEASURES  # noqa: E402,F401 (defined with the configs)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Choice:
     better_excluded: list = field(default_factory=list)  # those candidates' ids, best first
     closest: dict | None = None  # when nothing is feasible
     message: str = ""
+    tied_with: list = field(default_factory=list)  # feasible ids the objective's measurement cannot tell from the winner
 
 
 def choose(candidates, budgets: Budgets, objective: str) -> Choice:
@@ -169,14 +176,18 @@ def choose(candidates, budgets: Budgets, objective: str) -> Choice:
                 best = min(others, key=lambda c: (misses(c, budgets)[key], c["id"]))
                 message += f"; within the other budgets, the nearest to {name} is {best['id']}: {miss_text(best, budgets)}"
         return Choice(None, None, 0, len(order), closest=near, message=message)
-    winner = ok[0]
-    runner = next((c for c in ok[1:] if c["artifact"] != winner["artifact"]), None)
-    better = order[:order.index(winner)]
+    # The measured best is not reliably better than a candidate its measurement cannot tell apart
+    # from it: among those, the tie is broken by the figures without noise (accuracy first).
+    tied = [c for c in ok if c is ok[0] or not better_beyond_noise(ok[0], c, objective, budgets)]
+    winner = min(tied, key=lambda c: tie_break(c, objective, budgets))
+    tied = [c["id"] for c in tied if c is not winner and c["artifact"] != winner["artifact"]]
+    runner = next((c for c in ok if c is not winner and c["artifact"] != winner["artifact"]), None)
+    better = order[:order.index(ok[0])]
     bound: dict[str, int] = {}
     for c in better:
         for key in misses(c, budgets):
             bound[key] = bound.get(key, 0) + 1
-    return Choice(winner, runner, len(ok), len(order), bound, [c["id"] for c in better])
+    return Choice(winner, runner, len(ok), len(order), bound, [c["id"] for c in better], tied_with=tied)
 
 
 def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None:
@@ -208,6 +219,129 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
     return None
 
 
+# -- What the measurements can resolve ------------------------------------------------------
+
+# Two classifiers' accuracies on the same images differ beyond noise when the exact McNemar test on
+# the images only one of them gets right rejects equality at this level.
+SIGNIFICANCE = 0.05
+
+
+def latency_interval(c: dict) -> tuple[float, float] | None:
+    """The range of a candidate's batch-1 p50 over the processes that measured it; None when one
+    process did (no interval is known)."""
+    rounds = c.get("latency_rounds_ms") or []
+    return (min(rounds), max(rounds)) if len(rounds) > 1 else None
+
+
+def faster_beyond_noise(a: dict, b: dict) -> bool:
+    """`a`'s p50 is below `b`'s in every process that measured either: with 5 processes each, two
+    equally fast files do that by chance 2 times in 252 (either way round). Measured in one process
+    each, the p50s decide as they are (no interval is known)."""
+    ia, ib = latency_interval(a), latency_interval(b)
+    if ia is None or ib is None:
+        return a["latency_ms"] < b["latency_ms"]
+    return ia[1] < ib[0]
+
+
+def accuracy_test(a: dict, b: dict) -> dict | None:
+    """The paired comparison of two candidates' per-image correctness (edgecls.evaluation.paired),
+    or None when either lacks it or they were scored on different images."""
+    ca, cb = a.get("correct"), b.get("correct")
+    if ca is None or cb is None or len(ca) != len(cb) or a.get("images_id") != b.get("images_id"):
+        return None
+    from .evaluation import paired
+
+    return paired(ca, cb)
+
+
+def more_accurate_beyond_noise(a: dict, b: dict) -> bool:
+    """`a` gets more images right than `b` and the paired test says it is no accident; without
+    per-image results the accuracies decide as they are."""
+    test = accuracy_test(a, b)
+    if test is None:
+        return a["accuracy"] > b["accuracy"]
+    return test["only_a_right"] > test["only_b_right"] and test["mcnemar_p"] < SIGNIFICANCE
+
+
+def better_beyond_noise(a: dict, b: dict, objective: str, budgets: Budgets | None = None) -> bool:
+    """`a` beats `b` on the objective by more than its measurement's noise: latency by its interval,
+    size exactly (a file's size has no noise), accuracy by the paired test."""
+    if objective == "latency":
+        return faster_beyond_noise(a, b)
+    if objective == "size":
+        key = (budgets or Budgets()).size_key()
+        return a[key] < b[key]
+    return more_accurate_beyond_noise(a, b)
+
+
+def tie_break(c: dict, objective: str, budgets: Budgets):
+    """Among candidates the objective cannot tell apart: the more accurate, then the smaller, then
+    the faster median, then the id (a fixed order whatever the measurement order)."""
+    size = c[budgets.size_key()]
+    if objective == "accuracy":
+        return (c["latency_ms"], size, -c["accuracy"], c["id"])
+    return (-c["accuracy"], size, c["latency_ms"], c["id"])
+
+
+def dominates(a: dict, b: dict, cost: str = "latency", budgets: Budgets | None = None) -> bool:
+    """`a` dominates `b` when it is neither costlier (latency or size) nor less accurate beyond noise,
+    and is cheaper or more accurate beyond noise: a difference the measurement cannot resolve never
+    puts a candidate off the front."""
+    return (not better_beyond_noise(b, a, cost, budgets) and not more_accurate_beyond_noise(b, a)
+            and (better_beyond_noise(a, b, cost, budgets) or more_accurate_beyond_noise(a, b)))
+
+
+def robust_front(candidates, cost: str = "latency", budgets: Budgets | None = None) -> list[dict]:
+    """The measured candidates no other dominates (`dominates`), cheapest first."""
+    pool = [c for c in candidates if measured(c)]
+    key = (lambda c: c[(budgets or Budgets()).size_key()]) if cost == "size" else (lambda c: c["latency_ms"])
+    front = [c for c in pool if not any(dominates(o, c, cost, budgets) for o in pool if o is not c)]
+    return sorted(front, key=lambda c: (key(c), -c["accuracy"], c["id"]))
+
+
+def tied_pairs(candidates, cost: str = "latency", budgets: Budgets | None = None) -> list[tuple[str, str]]:
+    """Pairs of candidates whose cost the measurement cannot order (latency intervals that overlap;
+    equal sizes) and whose accuracies the paired test cannot either: ties."""
+    pool = list(candidates)
+    out = []
+    for i, a in enumerate(pool):
+        for b in pool[i + 1:]:
+            if not (better_beyond_noise(a, b, cost, budgets) or better_beyond_noise(b, a, cost, budgets)
+                    or more_accurate_beyond_noise(a, b) or more_accurate_beyond_noise(b, a)):
+                out.append((a["id"], b["id"]))
+    return out
+
+
+def tie_groups(candidates, cost: str = "latency", budgets: Budgets | None = None) -> list[list[str]]:
+    """`tied_pairs` joined into groups (each candidate tied, directly or through others, with the
+    rest of its group), in the candidates' order."""
+    pool = [c["id"] for c in candidates]
+    group = {i: {i} for i in pool}
+    for a, b in tied_pairs(candidates, cost, budgets):
+        if group[a] is not group[b]:
+            merged = group[a] | group[b]
+            for x in merged:
+                group[x] = merged
+    out, seen = [], set()
+    for i in pool:
+        if len(group[i]) > 1 and i not in seen:
+            seen |= group[i]
+            out.append([x for x in pool if x in group[i]])
+    return out
+
+
+def front(candidates, budgets: Budgets, objective: str) -> list[str]:
+    """Artifacts on the front of accuracy against the objective's cost (latency, or size for the size
+    objective), each at its best thread count, by `robust_front`."""
+    cost = "size" if objective == "size" else "latency"
+    measure = (lambda c: c[budgets.size_key()]) if cost == "size" else (lambda c: c["latency_ms"])
+    best = {}
+    for c in candidates:
+        if measured(c) and (c["artifact"] not in best or measure(c) < measure(best[c["artifact"]])):
+            best[c["artifact"]] = c
+    return [c["artifact"] for c in robust_front(best.values(), cost, budgets)]
+
+
 def speed_tie(a: dict, b: dict) -> bool:
     """Whether two candidates' batch-1 p50s, each measured in several processes, overlap: then the
     faster median is not a reliable ranking on this machine."""
@@ -230,6 +364,11 @@ def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:
     if choice.bound_by:
         why.append("bound by " + ", ".join(f"{MISS_FLAGS[k]} ({n} better candidate{'s' if n > 1 else ''} excluded)"
                                            for k, n in sorted(choice.bound_by.items())))
+    if choice.tied_with:
+        what = {"latency": "as fast as", "size": "as small as", "accuracy": "as accurate as"}[objective]
+        why.append(f"{what} {', '.join(choice.tied_with)} within what the measurement resolves: the more accurate, "
+                   f"then the smaller taken" if objective != "accuracy" else
+                   f"{what} {', '.join(choice.tied_with)} by the paired test: the faster taken")
     r = choice.runner_up
     if r is not None:
         why.append(f"next: {r['id']} ({100 * r['accuracy']:.2f}%, {r[budgets.size_key()]:,} {budgets.size_measure} bytes, "
