@@ -234,7 +234,7 @@ class Report:
                         "latency_ms": row["p50"], "latency_rounds_ms": (row.get("repeats") or {}).get("p50_ms"),
                         "bytes": row["size_bytes"], "gzip_bytes": row.get("size_gzip_bytes") or row["size_bytes"],
                         "precision": row.get("precision"), "format": row.get("format"), "correct": correct,
-                        "images_id": row["report_index"], "row": row})
+                        "images": row.get("images"), "images_id": row["report_index"], "row": row})
         return out
 
     def front(self, device: str | None = None) -> list[str]:

@@ -71,17 +71,18 @@ class Chart:
 
 
 def _fmt(v: float) -> str:
-    """A tick value in plain decimals: 0.05, 0.2, 1, 2.5, 10, 20000."""
+    """A tick value in plain decimals: 0.05, 0.2, 1, 84.2, 10, 20000 (ticks are 1-2-5 multiples, so
+    six significant digits say each exactly)."""
     if v == 0:
         return "0"
-    digits = max(0, -math.floor(math.log10(abs(v))) + 2)
-    text = f"{v:.{min(digits, 8)}f}"
+    digits = max(0, -math.floor(math.log10(abs(v))) + 5)
+    text = f"{v:.{min(digits, 10)}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text
 
 
-def ticks(lo: float, hi: float, log: bool, room_px: float) -> list[float]:
+def ticks(lo: float, hi: float, log: bool, room_px: float, vertical: bool = False) -> list[float]:
     """Tick values over [lo, hi]: 1-2-5 decades on a log axis, a nice step on a linear one; thinned
     until their labels, centred on their ticks, leave a gap (room_px: the axis length)."""
     if hi <= lo:
@@ -96,17 +97,19 @@ def ticks(lo: float, hi: float, log: bool, room_px: float) -> list[float]:
         if len(out) < 3:
             out = sorted({m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
                           for m in range(1, 10) if lo <= m * 10.0 ** k <= hi})
+        if len(out) < 3:  # less than a decade: the linear axis's ticks, placed on the log scale
+            out = ticks(lo, hi, False, room_px, vertical)
     else:
         raw = (hi - lo) / 6
         mag = 10 ** math.floor(math.log10(raw))
-        step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+        step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
         start = math.ceil(lo / step) * step
-        out = [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
-        out = [round(v, 10) for v in out]
+        places = max(0, -math.floor(math.log10(step) + 1e-9))  # a 1-2-5 step: its decimals say every tick exactly
+        out = [round(start + i * step, places) for i in range(int((hi - start) / step + 1e-9) + 1)]
 
     def fits(values):
         pos = [_scale(v, lo, hi, log) * room_px for v in values]
-        widths = [len(_fmt(v)) * CHAR_W for v in values]
+        widths = [LINE_H if vertical else len(_fmt(v)) * CHAR_W for v in values]
         return all(pos[i + 1] - pos[i] >= (widths[i] + widths[i + 1]) / 2 + 8 for i in range(len(values) - 1))
 
     stride = 1
@@ -216,14 +219,15 @@ def render(chart: Chart, chart_id: str = "chart") -> tuple[str, list[Point]]:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{esc(chart_id)}" class="chart" width="{W}" height="{H}" '
              f'viewBox="0 0 {W} {H}" role="img" aria-label="{esc(chart.title)}" font-family="system-ui,sans-serif" '
              f'font-size="{FONT}">',
-             f'<text x="{W / 2:.0f}" y="18" text-anchor="middle" font-size="14" font-weight="600">{esc(chart.title)}</text>',
+             f'<text x="8" y="18" font-size="13" font-weight="600">{esc(_fit(chart.title, (W - 16) / (13 * 0.6)))}'
+             f'<title>{esc(chart.title)}</title></text>',
              f'<rect x="{area[0]}" y="{area[1]}" width="{area[2] - area[0]}" height="{area[3] - area[1]}" fill="none" '
              f'stroke="#444"/>']
     for v in ticks(xlo, xhi, chart.log_x, area[2] - area[0]):
         x = px(v)
         parts.append(f'<line x1="{x:.1f}" y1="{area[1]}" x2="{x:.1f}" y2="{area[3]}" stroke="#e5e5e5"/>'
                      f'<text x="{x:.1f}" y="{area[3] + 15}" text-anchor="middle">{_fmt(v)}</text>')
-    for v in ticks(ylo, yhi, False, area[3] - area[1]):
+    for v in ticks(ylo, yhi, False, area[3] - area[1], vertical=True):
         y = py(v)
         parts.append(f'<line x1="{area[0]}" y1="{y:.1f}" x2="{area[2]}" y2="{y:.1f}" stroke="#e5e5e5"/>'
                      f'<text x="{area[0] - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
@@ -291,6 +295,12 @@ def render(chart: Chart, chart_id: str = "chart") -> tuple[str, list[Point]]:
         x += 30 + len(line.text) * CHAR_W
     parts.append("</svg>")
     return "".join(parts), unlabelled
+
+
+def _fit(text: str, chars: float) -> str:
+    """`text` cut to about `chars` characters, with an ellipsis when cut."""
+    chars = int(chars)
+    return text if len(text) <= chars else text[:max(1, chars - 1)] + "\u2026"
 
 
 def _finite(v) -> bool:
