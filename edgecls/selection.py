@@ -152,6 +152,7 @@ class Choice:
     closest: dict | None = None  # when nothing is feasible
     message: str = ""
     tied_with: list = field(default_factory=list)  # feasible ids the objective's measurement cannot tell from the winner
+    measured_best: str | None = None  # the best on the objective as measured, before ties were weighed
 
 
 def choose(candidates, budgets: Budgets, objective: str) -> Choice:
@@ -177,17 +178,25 @@ def choose(candidates, budgets: Budgets, objective: str) -> Choice:
                 message += f"; within the other budgets, the nearest to {name} is {best['id']}: {miss_text(best, budgets)}"
         return Choice(None, None, 0, len(order), closest=near, message=message)
     # The measured best is not reliably better than a candidate its measurement cannot tell apart
-    # from it: among those, the tie is broken by the figures without noise (accuracy first).
-    tied = [c for c in ok if c is ok[0] or not better_beyond_noise(ok[0], c, objective, budgets)]
-    winner = min(tied, key=lambda c: tie_break(c, objective, budgets))
-    tied = [c["id"] for c in tied if c is not winner and c["artifact"] != winner["artifact"]]
+    # from it: among those, one more accurate beyond noise is taken (the most accurate such); else
+    # the measured best stays, and the tie is said.
+    best = ok[0]
+    tied = [c for c in ok if c is best or not better_beyond_noise(best, c, objective, budgets)]
+    if objective == "accuracy":
+        surer = [c for c in tied if faster_beyond_noise(c, best)]
+    else:
+        surer = [c for c in tied if more_accurate_beyond_noise(c, best)]
+    winner = min(surer, key=lambda c: tie_break(c, objective, budgets)) if surer else best
+    tied = [c["id"] for c in ok if c["artifact"] != winner["artifact"] and not better_beyond_noise(winner, c, objective, budgets)
+            and not better_beyond_noise(c, winner, objective, budgets)]
     runner = next((c for c in ok if c is not winner and c["artifact"] != winner["artifact"]), None)
     better = order[:order.index(ok[0])]
     bound: dict[str, int] = {}
     for c in better:
         for key in misses(c, budgets):
             bound[key] = bound.get(key, 0) + 1
-    return Choice(winner, runner, len(ok), len(order), bound, [c["id"] for c in better], tied_with=tied)
+    return Choice(winner, runner, len(ok), len(order), bound, [c["id"] for c in better], tied_with=tied,
+                  measured_best=best["id"])
 
 
 def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None:
@@ -224,6 +233,11 @@ def fine_tune_reason(candidates, budgets: Budgets, objective: str) -> str | None
 # Two classifiers' accuracies on the same images differ beyond noise when the exact McNemar test on
 # the images only one of them gets right rejects equality at this level.
 SIGNIFICANCE = 0.05
+# Two files' speeds differ beyond noise when the exact rank test over their processes' p50s rejects
+# equality at this level: with 5 processes each, only when every process of one is faster than every
+# process of the other (p = 2/252); stricter than accuracy's, because a recommendation that changes
+# from one bench to the next on the same machine is worse than one that says "as fast as".
+LATENCY_SIGNIFICANCE = 0.01
 
 
 def latency_interval(c: dict) -> tuple[float, float] | None:
@@ -258,7 +272,7 @@ def mann_whitney_p(a, b) -> float:
 
 def faster_beyond_noise(a: dict, b: dict) -> bool:
     """`a`'s batch-1 p50s over repeated processes are below `b`'s beyond chance: the exact rank test
-    (Mann-Whitney) rejects equal speed at SIGNIFICANCE, or, with too few processes for the test to
+    (Mann-Whitney) rejects equal speed at LATENCY_SIGNIFICANCE, or, with too few processes for the test to
     ever reach that, every process of `a` is faster than every process of `b` (with 3 each, two
     equally fast files do that by chance 1 time in 10). Measured in one process each, the p50s
     decide as they are (no interval is known)."""
@@ -269,9 +283,9 @@ def faster_beyond_noise(a: dict, b: dict) -> bool:
         return False
     from math import comb
 
-    if 2 / comb(len(ra) + len(rb), len(ra)) > SIGNIFICANCE:  # the test cannot reject: complete separation
+    if 2 / comb(len(ra) + len(rb), len(ra)) > LATENCY_SIGNIFICANCE:  # the test cannot reject: complete separation
         return max(ra) < min(rb)
-    return mann_whitney_p(ra, rb) < SIGNIFICANCE
+    return mann_whitney_p(ra, rb) < LATENCY_SIGNIFICANCE
 
 
 def accuracy_test(a: dict, b: dict) -> dict | None:
@@ -318,8 +332,8 @@ def better_beyond_noise(a: dict, b: dict, objective: str, budgets: Budgets | Non
 
 
 def tie_break(c: dict, objective: str, budgets: Budgets):
-    """Among candidates the objective cannot tell apart: the more accurate, then the smaller, then
-    the faster median, then the id (a fixed order whatever the measurement order)."""
+    """Among candidates the objective cannot tell apart that beat the measured best beyond noise on
+    the other count: the more accurate, then the smaller, then the faster median, then the id."""
     size = c[budgets.size_key()]
     if objective == "accuracy":
         return (c["latency_ms"], size, -c["accuracy"], c["id"])
@@ -409,9 +423,9 @@ def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:
                                            for k, n in sorted(choice.bound_by.items())))
     if choice.tied_with:
         what = {"latency": "as fast as", "size": "as small as", "accuracy": "as accurate as"}[objective]
-        why.append(f"{what} {', '.join(choice.tied_with)} within what the measurement resolves: the more accurate, "
-                   f"then the smaller taken" if objective != "accuracy" else
-                   f"{what} {', '.join(choice.tied_with)} by the paired test: the faster taken")
+        why.append(f"{what} {', '.join(choice.tied_with)} within what the measurement resolves" +
+                   ("" if choice.winner["id"] == choice.measured_best else
+                    f": the more accurate beyond noise taken over {choice.measured_best}"))
     r = choice.runner_up
     if r is not None:
         why.append(f"next: {r['id']} ({100 * r['accuracy']:.2f}%, {r[budgets.size_key()]:,} {budgets.size_measure} bytes, "

@@ -1,6 +1,7 @@
 """bench, predict, report and pipeline on real images; the runtime commands without TensorFlow."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ VARIANT_KEYS = {"name", "format", "precision", "sparsity", "size_bytes", "size_g
 @pytest.fixture(scope="module")
 def bench_report(sample_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "tflite_int8", "onnx_int8", "tflite_pruned_qat_int8",
+    proc = run_cli("bench", sample_bundle.out, "--repeats", "1", "--variants", "tflite_fp32", "tflite_int8", "onnx_int8", "tflite_pruned_qat_int8",
                    "--runs", "30", "--warmup", "5", "--batch", "16", "--max-images", "300", "--repeats", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text()), proc
@@ -63,7 +64,7 @@ def test_keras_row_beside_the_variants(sample_bundle, sample_model, tmp_path):
     from edgecls.modelio import load_trained
 
     out = tmp_path / "r.json"
-    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "--keras", sample_model.out / "model.keras",
+    proc = run_cli("bench", sample_bundle.out, "--repeats", "1", "--variants", "tflite_fp32", "--keras", sample_model.out / "model.keras",
                    "--runs", "10", "--warmup", "2", "--max-images", "200", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -80,7 +81,7 @@ def test_keras_row_beside_the_variants(sample_bundle, sample_model, tmp_path):
     assert keras_row["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels[keep]).mean()), abs=1e-6)
     assert keras_row["agreement"] >= 0.97 and keras_row["agreement_reference"] == "tflite_fp32"
     assert "| keras_fp32 | keras | fp32 |" in proc.stdout
-    assert_one_line_error(run_cli("bench", sample_bundle.out, "--keras", "--out", tmp_path / "x.json"), "no Keras model at")
+    assert_one_line_error(run_cli("bench", sample_bundle.out, "--repeats", "1", "--keras", "--out", tmp_path / "x.json"), "no Keras model at")
     assert not (tmp_path / "x.json").exists()
 
 
@@ -90,7 +91,7 @@ def test_bench_with_flip_tta(sample_bundle, sample_model, tmp_path):
     from edgecls.report import device_label
 
     out = tmp_path / "r.json"
-    proc = run_cli("bench", sample_bundle.out, "--variants", "tflite_fp32", "tflite_int8", "--keras",
+    proc = run_cli("bench", sample_bundle.out, "--repeats", "1", "--variants", "tflite_fp32", "tflite_int8", "--keras",
                    sample_model.out / "model.keras", "--tta", "flip", "--runs", "5", "--warmup", "1",
                    "--max-images", "150", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -103,7 +104,7 @@ def test_bench_with_flip_tta(sample_bundle, sample_model, tmp_path):
         probs = runtime.load(sample_bundle.out, variant=name, tta="flip").predict(test.images[keep])
         assert rows[name]["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels[keep]).mean()), abs=1e-6)
     assert rows["keras_fp32"]["status"] == "ok" and rows["keras_fp32"]["agreement"] >= 0.97
-    assert_one_line_error(run_cli("bench", sample_bundle.out, "--tta", "rotate", "--out", tmp_path / "x.json"), "--tta")
+    assert_one_line_error(run_cli("bench", sample_bundle.out, "--repeats", "1", "--tta", "rotate", "--out", tmp_path / "x.json"), "--tta")
     assert not (tmp_path / "x.json").exists()
 
 
@@ -114,7 +115,7 @@ def test_failed_variant_becomes_a_row(sample_bundle, tmp_path):
     data[len(data) // 2] ^= 0x55
     (copy / "tflite_int8.tflite").write_bytes(bytes(data))
     out = tmp_path / "r.json"
-    proc = run_cli("bench", copy, "--variants", "tflite_fp32", "tflite_int8", "--runs", "5", "--max-images", "50", "--out", out)
+    proc = run_cli("bench", copy, "--repeats", "1", "--variants", "tflite_fp32", "tflite_int8", "--runs", "5", "--max-images", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {v["name"]: v for v in json.loads(out.read_text())["variants"]}
     assert rows["tflite_fp32"]["status"] == "ok"
@@ -136,7 +137,7 @@ def test_bench_and_predict_run_without_tensorflow(sample_bundle, sample_model, t
 import sys
 from edgecls.cli import main
 rc1 = main(["predict", {str(sample_bundle.out)!r}, {str(tmp_path / 'ship.jpg')!r}, "--variant", "tflite_int8", "--json"])
-rc2 = main(["bench", {str(sample_bundle.out)!r}, "--variants", "tflite_int8", "onnx_fp32", "--runs", "5",
+rc2 = main(["bench", {str(sample_bundle.out)!r}, "--repeats", "1", "--variants", "tflite_int8", "onnx_fp32", "--runs", "5",
             "--max-images", "50", "--keras", {str(sample_model.out / "model.keras")!r}, "--out", {str(out)!r}])
 assert not [m for m in sys.modules if m.startswith("tensorflow")]
 raise SystemExit(rc1 or rc2)
@@ -166,7 +167,7 @@ def test_predict_cli_output_and_errors(sample_bundle, tmp_path):
     assert_one_line_error(run_cli("predict", tmp_path / "missing", tmp_path / "a.jpg"), "model not found")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(run_cli("bench", sample_bundle.out, "--data", empty, "--out", tmp_path / "r.json",
+    assert_one_line_error(run_cli("bench", sample_bundle.out, "--repeats", "1", "--data", empty, "--out", tmp_path / "r.json",
                                   "--variants", "tflite_int8"), "empty")
     assert not (tmp_path / "r.json").exists()
 
@@ -185,7 +186,7 @@ def test_interrupted_bench_writes_no_report(sample_bundle, tmp_path, monkeypatch
 
     monkeypatch.setattr(bench_mod, "_child", interrupted)
     out = tmp_path / "r.json"
-    assert main(["bench", str(sample_bundle.out), "--out", str(out)]) == 130
+    assert main(["bench", str(sample_bundle.out), "--repeats", "1", "--out", str(out)]) == 130
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -240,6 +241,13 @@ def test_pipeline_end_to_end(tmp_path):
     assert [v["name"] for v in bench["variants"] if v["name"] != "keras_fp32"] == shipped
     assert {v["name"]: v for v in bench["variants"]}["keras_fp32"]["status"] == "ok"
     assert f"HTML report: {tmp_path / 'p' / 'report' / 'report.html'}" in proc.stdout
+    # The terminal ends with the recommendation (or why there is none), as the page begins with it.
+    ending = proc.stdout.split("HTML report:")[1]
+    assert re.search(r"^(Ship \w+ on .*|No variant on .*)$", ending, re.M), ending
+    page = (tmp_path / "p" / "report" / "report.html").read_text()
+    assert page.index('id="recommendation"') < page.index('id="variants"')
+    assert len(bench["variants"][0]["repeats"]["p50_ms"]) == 5 and "repeats" not in {
+        v["name"]: v for v in bench["variants"]}["keras_fp32"]
 
 
 def test_pipeline_default_starts_from_the_shipped_model(sample_model, tmp_path):
@@ -343,6 +351,6 @@ def test_bench_without_data_on_a_non_cifar_bundle_says_what_it_needs(tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"] = file_hashes(bundle, ["labels.json", "preprocessing.json"])
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_cli("bench", bundle, "--out", tmp_path / "r.json", "--runs", "3")
+    proc = run_cli("bench", bundle, "--repeats", "1", "--out", tmp_path / "r.json", "--runs", "3")
     assert_one_line_error(proc, "part_0, part_1", "not CIFAR-10's", "pass --data")
     assert not (tmp_path / "r.json").exists()

@@ -203,7 +203,7 @@ def test_bench_here_warns_about_the_s8s8_file_exactly_when_this_cpu_lacks_vnni(t
     from edgecls.hostinfo import has_vnni, host_info
 
     host = host_info()
-    proc = run_cli("bench", S8S8, "--max-images", "300", "--runs", "3", "--warmup", "1", "--out", tmp_path / "r.json")
+    proc = run_cli("bench", S8S8, "--repeats", "1", "--max-images", "300", "--runs", "3", "--warmup", "1", "--out", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())["variants"]}
     assert "warning" not in rows["onnx_fp32"]
@@ -228,7 +228,7 @@ def test_bench_under_an_emulated_avx2_cpu_warns_about_a_file_validated_with_vnni
     _emulation_or_skip()
     tool = load_tool("cpu_class_check")
     env = tool.emulated_env("Haswell", tmp_path / "cpuinfo")
-    proc = subprocess.run([tool.QEMU, "-cpu", "Haswell", sys.executable, "-m", "edgecls.cli", "bench", str(S8S8),
+    proc = subprocess.run([tool.QEMU, "-cpu", "Haswell", sys.executable, "-m", "edgecls.cli", "bench", str(S8S8), "--repeats", "1",
                            "--max-images", "300", "--runs", "3", "--warmup", "1", "--out", str(tmp_path / "r.json")],
                           capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

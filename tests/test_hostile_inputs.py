@@ -523,9 +523,9 @@ def test_a_lone_onnx_file_with_external_data_is_benched_with_its_weights_hashed(
     entry = load_bundle(wrapped).artifact()
     assert [e["file"] for e in entry["external_data"]] == ["net.onnx.data"]
     out = tmp_path / "bench.json"
-    assert main(["bench", str(path), "--scale", "1/255", "--data", str(TINY_ZIP), "--runs", "5", "--warmup", "1",
+    assert main(["bench", str(path), "--repeats", "1", "--scale", "1/255", "--data", str(TINY_ZIP), "--runs", "5", "--warmup", "1",
                  "--out", str(out)]) == 0
     row = json.loads(out.read_text())["variants"][0]
     assert row["status"] == "ok" and row["accuracy"] is not None
     (tmp_path / "net.onnx.data").unlink()
-    assert main(["bench", str(path), "--scale", "1/255", "--out", str(tmp_path / "b2.json")]) == 2
+    assert main(["bench", str(path), "--repeats", "1", "--scale", "1/255", "--out", str(tmp_path / "b2.json")]) == 2

@@ -101,7 +101,7 @@ def test_export_micro_writes_validated_tflm_rows_and_sources(tmp_path):
     assert csource.parse_array(cc, "tflite_int8") == (out / "tflite_int8.tflite").read_bytes()
     assert "tflite_int8_op_resolver()" in (out / "micro" / "tflite_int8" / "op_resolver.cc").read_text()
     # bench carries the figures into its report, beside LiteRT's rows, labelled as host time.
-    proc = run_cli("bench", out, "--max-images", "50", "--runs", "5", "--warmup", "1", "--out", tmp_path / "r.json")
+    proc = run_cli("bench", out, "--repeats", "1", "--max-images", "50", "--runs", "5", "--warmup", "1", "--out", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench_rows = {v["name"]: v for v in json.loads((tmp_path / "r.json").read_text())["variants"]}
     assert bench_rows["tflite_int8"]["micro_arena_bytes"] == micro["arena_bytes"]

@@ -64,7 +64,7 @@ def test_shipped_resnet8_runs_without_tensorflow(tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCK_TF)
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "edgecls.cli", "bench", str(MODELS / "resnet8"), "--variants", "tflite_int8",
+    proc = subprocess.run([sys.executable, "-m", "edgecls.cli", "bench", str(MODELS / "resnet8"), "--repeats", "1", "--variants", "tflite_int8",
                            "tflite_fp32", "onnx_int8", "--max-images", "500", "--runs", "10", "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})

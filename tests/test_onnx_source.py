@@ -111,7 +111,7 @@ def test_bench_and_tune_take_the_onnx_model(exported, tmp_path):
     says why) and picks one, whose bundle runs."""
     from edgecls import runtime
 
-    assert main(["bench", str(exported["legacy"]), "--data", "cifar10-sample", "--out", str(tmp_path / "bench.json"),
+    assert main(["bench", str(exported["legacy"]), "--repeats", "1", "--data", "cifar10-sample", "--out", str(tmp_path / "bench.json"),
                  "--runs", "5", "--max-images", "50"]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert {v["name"] for v in report["variants"] if v.get("status") == "ok"} == {"onnx_fp32", "onnx_int8"}
@@ -135,7 +135,7 @@ def test_bench_measures_a_lone_files_agreement_against_its_reference(exported, t
     lone = tmp_path / "mine_int8.onnx"
     shutil.copyfile(exported["legacy"] / "onnx_int8.onnx", lone)
     out = tmp_path / "bench.json"
-    assert main(["bench", str(lone), "--reference", str(TORCH / "tinynet_dynamo.onnx"), *PRE, "--out", str(out),
+    assert main(["bench", str(lone), "--repeats", "1", "--reference", str(TORCH / "tinynet_dynamo.onnx"), *PRE, "--out", str(out),
                  "--runs", "5", "--max-images", "200"]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())["variants"]}
     assert set(rows) == {"onnx_fp32", "mine_int8"}

@@ -94,7 +94,7 @@ PermitRootLogin prohibit-password
 
 
 def _remote_bench(bundle, sshd, out, *extra, host="edgecls-test", config=None, python=sys.executable):
-    return run_cli("bench", bundle, "--host", host, "--ssh-config", config or sshd["config"], "--remote-python", python,
+    return run_cli("bench", bundle, "--repeats", "1", "--host", host, "--ssh-config", config or sshd["config"], "--remote-python", python,
                    "--remote-dir", sshd["folder"] / "device", "--runs", "5", "--warmup", "2", "--max-images", "100",
                    "--out", out, *extra, timeout=600)
 

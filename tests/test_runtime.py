@@ -225,7 +225,7 @@ def test_predict_and_bench_take_a_lone_model_file_with_its_preprocessing(tmp_pat
     assert_one_line_error(run_cli("predict", FIXTURES / "bundles" / "seed_cnn_s8s8", image, "--scale", "1/255"),
                           "a bundle carries its own preprocessing")
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", lone, *flags, "--data", TINY_ZIP, "--runs", "5", "--warmup", "1", "--out", out)
+    proc = run_cli("bench", lone, "--repeats", "1", *flags, "--data", TINY_ZIP, "--runs", "5", "--warmup", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     row = report["variants"][0]

@@ -68,7 +68,8 @@ class BenchConfig:
     # round only; latency and throughput are the median round's, and every round's p50 and
     # throughput are kept (row "repeats") so the spread between processes is on record. Five give
     # each p50 an interval the report's recommendation and front rely on: two equally fast files
-    # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise).
+    # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise). The
+    # Keras row, a reference far slower than any exported file, is measured in the first round only.
     repeats: int = 5
 
     def __post_init__(self):
@@ -504,6 +505,8 @@ def bench(bundle: str | Path, data: str | None = None, config: BenchConfig | Non
                     progress(r * len(order) + i, steps, name if config.repeats == 1 else f"{name} (round {r + 1}/{config.repeats})")
                 if r and rounds[name][0].get("status") != "ok":
                     continue  # it failed in the first round: the same error again tells nothing new
+                if r and name == KERAS_ROW:
+                    continue  # TensorFlow's start costs seconds a round, and its row is 20-100x slower: once is enough
                 pred_file = os.path.join(tmp, f"{name}.npy")
                 rounds[name].append(_child(bundle, name, data_files, config, pred_file, accuracy=r == 0))
                 if r == 0 and os.path.exists(pred_file):

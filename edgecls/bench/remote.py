@@ -239,8 +239,7 @@ def remote_bench(bundle: str | Path, remote: RemoteConfig, data: str | None = No
         args += ["--variants", *config.variants]
     if config.tta:
         args += ["--tta", config.tta]
-    if config.repeats > 1:  # only when asked, so a device with an older edgecls still benches
-        args += ["--repeats", str(config.repeats)]
+    args += ["--repeats", str(config.repeats)]  # always: the device's default may differ from this machine's
     if rdata:
         args += ["--prepared-data", rdata]
     say(f"{remote.host}: running the bench (edgecls {probe['edgecls']}, Python {probe['python']}, {probe['machine']})")

@@ -97,8 +97,11 @@ def recommend(report, device: str) -> dict:
              f"Rule: {rec['rule']}; {within} of {len(cands)} measured variants qualify; {based}."]
     if choice.tied_with:
         what = "as fast as" if config.objective == "latency" else "as small as"
-        lines.append(f"{w['id']} is {what} {', '.join(choice.tied_with)} within what repeated processes resolve: "
-                     f"the more accurate, then the smaller, is recommended.")
+        how = "within what repeated processes resolve" if config.objective == "latency" else "to the byte"
+        lines.append(f"{w['id']} is {what} {', '.join(choice.tied_with)} {how}" +
+                     (f"; it is more accurate beyond noise than {choice.measured_best}, the measured "
+                      f"{'fastest' if config.objective == 'latency' else 'smallest'}." if w["id"] != choice.measured_best
+                      else ": any of them is as good a choice on this count."))
     if r is not None:
         cmp = compare(w, r, config.objective)
         rec["runner_up"] = r["id"]

@@ -259,7 +259,8 @@ def main(argv=None) -> int:
                "/opt/edgecls-work/images.npy", f"/opt/edgecls-work/{name}-arm64.npz")
         report_inner = f"/opt/edgecls-work/{name}-bench.json"
         chroot(root, args.cpu, f"{VENV}/bin/edgecls", "--quiet", "bench", inner, "--data", "cifar10-sample",
-               "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", str(args.runs), "--warmup", "3", "--out", report_inner)
+               "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", str(args.runs), "--warmup", "3", "--repeats", "1",
+               "--out", report_inner)
         host_npz = work / f"{name}-x86.npz"
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
                         str(host_npz)], check=True, capture_output=True)

@@ -192,7 +192,8 @@ def main(argv=None) -> int:
             log(f"{name}: edgecls bench under qemu -cpu {args.cpu}")
             report_path = tmp / f"{name}-bench.json"
             run([sys.executable, "-m", "edgecls.cli", "--quiet", "bench", bundle, "--data", "cifar10-sample",
-                 "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", "3", "--warmup", "1", "--out", report_path],
+                 "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", "3", "--warmup", "1", "--repeats", "1",
+                 "--out", report_path],
                 env=env, emulate=args.cpu)
             report = json.loads(report_path.read_text())
             bench = {v["name"]: {"status": v["status"], "warning": v.get("warning"), "accuracy": v.get("accuracy")}
