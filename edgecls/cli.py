@@ -395,7 +395,7 @@ def _cmd_bench(args) -> int:
                               "--labels and --reference are for a lone .tflite/.onnx file")
         result = bench(args.bundle, data=args.data, config=config, progress=_Progress("bench"), prepared=args.prepared_data)
     atomic_write_json(args.out, result)
-    print(Report([result]).markdown())
+    print(Report([result], [Path(args.out).name]).markdown())
     print(f"wrote {args.out}")
     return 0 if any(v["status"] == "ok" for v in result["variants"]) else 1
 

@@ -91,7 +91,7 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
                         config=replace(bench_config, keras=str(keras_file) if keras_file and keras_file.is_file() else None))
     atomic_write_json(out / "bench.json", report_data)
     log.info("[4/4] writing the report")
-    report = Report([report_data])
+    report = Report([report_data], ["bench.json"])
     report.write(out / "report")
     kind = exported.manifest.get("model", {}).get("kind")
     reference = {"onnx": "your ONNX model (onnxruntime)", "tflite": "your TFLite model (LiteRT)"}.get(kind, "the Keras model")

@@ -27,7 +27,7 @@ SERIES = [PALETTE[k] for k in ("blue", "orange", "green", "vermillion", "purple"
 KINDS = {
     "pick": ("recommended", PALETTE["vermillion"], "star", True),
     "front": ("on the front", PALETTE["blue"], "circle", True),
-    "tied": ("tied with the front", PALETTE["sky"], "diamond", True),
+    "tied": ("on the front, tied", PALETTE["sky"], "diamond", True),
     "other": ("dominated", PALETTE["grey"], "circle", False),
     "misses": ("misses a budget", PALETTE["grey"], "cross", False),
     "closest": ("closest (misses)", PALETTE["vermillion"], "cross", True),

@@ -6,8 +6,8 @@ What it does (needs root for debootstrap and chroot, and Linux binfmt_misc for q
 1. once, builds and caches a Debian 12 (bookworm) arm64 userland with Python 3.11 from Debian's
    archive (debootstrap; qemu-user-static runs its arm64 programs) in ~/.cache/edgecls/arm64-bookworm
    ($EDGECLS_ARM64_ROOT), and in it a virtualenv with only `edgecls[runtime]` installed from
-   aarch64 wheels (pip, the host's CA certificates trusted); later runs reuse both and reinstall
-   only edgecls itself from this checkout;
+   aarch64 wheels (pip, the host's CA certificates trusted), again whenever pyproject.toml or
+   constraints.txt change; later runs reuse both and refresh edgecls's own files from this checkout;
 2. emulates a Pi CPU (QEMU_CPU=cortex-a72, a Pi 4; cortex-a76 for a Pi 5): QEMU's default CPU has
    SVE, which a Pi lacks and which changes int8 results; the userland sees a Pi-like /proc/cpuinfo
    and /sys CPU topology (plain files), never the host's /proc or /sys (LiteRT and onnxruntime
@@ -167,7 +167,8 @@ def prepare_userland(root: Path, cpu: str) -> None:
 
 
 def install_edgecls(root: Path, cpu: str) -> dict:
-    """A venv with edgecls[runtime] only; edgecls itself reinstalled from this checkout every run."""
+    """A venv with edgecls[runtime] only, installed by pip from this checkout whenever pyproject.toml or
+    constraints.txt changed; on other runs edgecls's own files are refreshed from this checkout."""
     src = root / "opt" / "edgecls-src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
@@ -185,13 +186,15 @@ def install_edgecls(root: Path, cpu: str) -> dict:
                "-c", "/opt/edgecls-src/constraints.txt", "/opt/edgecls-src[runtime]", "wheel", "setuptools>=77")
         stamp.write_text(deps_key)
     else:
-        # To build edgecls without isolation: wheel, and a setuptools that reads the SPDX license
-        # string of pyproject.toml (Debian 12's venv brings setuptools 66).
-        ready = "import wheel, setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)"
-        if chroot(root, cpu, f"{VENV}/bin/python", "-c", ready, check=False).returncode != 0:
-            chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "wheel", "setuptools>=77")
-        chroot(root, cpu, f"{VENV}/bin/pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
-               "/opt/edgecls-src")
+        # The dependencies are the ones the stamp recorded a real `pip install edgecls[runtime]` for;
+        # only edgecls's own code can differ, and it is pure Python: its files replace the installed
+        # package's (pip rebuilding it under emulation took minutes of every run).
+        site = chroot(root, cpu, f"{VENV}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        dest = root / site.stdout.strip().lstrip("/") / "edgecls"
+        if not dest.is_dir():
+            raise SystemExit(f"arm64-check: no installed edgecls at {dest}; delete {stamp} to reinstall")
+        shutil.rmtree(dest)
+        shutil.copytree(ROOT / "edgecls", dest, ignore=shutil.ignore_patterns("__pycache__"))
     frozen = chroot(root, cpu, f"{VENV}/bin/pip", "freeze").stdout.splitlines()
     heavy = [p for p in frozen if p.lower().startswith(("tensorflow", "tf-keras", "tf_keras", "keras", "tf2onnx"))]
     if heavy:
