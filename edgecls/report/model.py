@@ -173,11 +173,6 @@ class Report:
                 out.append(r)
         return out
 
-    def warnings(self) -> list[str]:
-        """The bench's warnings: variants that depart on a device from their validation at export."""
-        return [f"{r['name']}" + (f" on {r['device']}" if len(self.devices) > 1 else "") + f": {r['warning']}"
-                for r in self.rows if r.get("warning")]
-
     def notices(self) -> list[str]:
         """Everything a reader must see before trusting the table, the page's first list: variants
         the export rejected and why, variants that failed here, the export's validation warnings,

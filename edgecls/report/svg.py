@@ -234,7 +234,7 @@ def render(chart: Chart, chart_id: str = "chart") -> tuple[str, list[Point]]:
     parts.append(f'<text x="{(area[0] + area[2]) / 2:.0f}" y="{area[3] + 34}" text-anchor="middle">{esc(chart.x_label)}</text>'
                  f'<text transform="translate(16 {(area[1] + area[3]) / 2:.0f}) rotate(-90)" text-anchor="middle">'
                  f'{esc(chart.y_label)}</text>')
-    line_boxes = []  # budget lines are named in the legend; their texts on the chart keep clear of labels
+    # Budget and rule lines are named in the legend (and on hover), not on the chart: no text of theirs to avoid.
     for line in chart.lines:
         if line.axis == "x" and (line.value > 0 or not chart.log_x):
             x = px(line.value)
@@ -248,7 +248,7 @@ def render(chart: Chart, chart_id: str = "chart") -> tuple[str, list[Point]]:
     order = sorted(range(len(pts)), key=lambda i: (["pick", "closest", "front", "tied", "other", "misses"].index(pts[i].kind)
                                                     if pts[i].kind in KINDS else 9, px(pts[i].x), py(pts[i].y)))
     anchors = [(px(pts[i].x), py(pts[i].y)) for i in order]
-    boxes = place_labels(anchors, [pts[i].name for i in order], area, anchors, line_boxes)
+    boxes = place_labels(anchors, [pts[i].name for i in order], area, anchors)
     missing = [k for k, box in enumerate(boxes) if box is None]
     if missing:  # the ones without room: their short keys instead, clear of the names placed
         keyed = place_labels([anchors[k] for k in missing], [pts[order[k]].key or "?" for k in missing], area, anchors,
