@@ -40,7 +40,8 @@ def finish(state, search, budgets: Budgets) -> dict:
                          "max_flash_bytes": budgets.max_flash_bytes, "board": budgets.board, "objective": config.objective}
     record["front"] = front(cands, budgets, config.objective)
     chosen = {"compared": choice.compared, "feasible": choice.feasible, "bound_by": choice.bound_by,
-              "better_but_excluded": choice.better_excluded, "message": choice.message}
+              "better_but_excluded": choice.better_excluded, "message": choice.message,
+              "tied_with": choice.tied_with, "measured_best": choice.measured_best}
     for c in cands:
         c["rank"] = None
     for i, c in enumerate(ranked(cands, config.objective, budgets), 1):
