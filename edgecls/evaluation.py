@@ -57,17 +57,6 @@ DEGENERATE_SHARE = 0.5
 CONSTANT_STD = 1e-3
 
 
-def pareto_front(points, cost, accuracy) -> list:
-    """The points no other point beats on both counts (cheaper by `cost` and more accurate by
-    `accuracy`), cheapest first; among equal costs the more accurate one."""
-    out, best = [], float("-inf")
-    for p in sorted(points, key=lambda p: (cost(p), -accuracy(p))):
-        if accuracy(p) > best:
-            out.append(p)
-            best = accuracy(p)
-    return out
-
-
 def runner_correct(runner, dataset: Dataset, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> np.ndarray:
     """Per image: is an `edgecls.runtime` runner's top-1 the label? `labels` are indices into
     `dataset`'s classes, mapped onto the model's own class order (align_labels) as bench and eval do."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExportConfig
@@ -83,12 +83,12 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     exported = export(model, data=data, out=out / "bundle", dataset=dataset, preprocessing=preprocessing,
                       labels=labels, safe_mode=safe_mode, config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
                                           calibration_count=calibration_count))
-    bench_config = BenchConfig(threads=threads, **({"runs": runs} if runs else {}))
+    keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
+    bench_config = BenchConfig(threads=threads, keras=str(keras_file) if keras_file and keras_file.is_file() else None,
+                               **({"runs": runs} if runs else {}))
     log.info("[3/4] benchmarking (%d thread(s), %d runs per variant in each of %d processes)", threads, bench_config.runs,
              bench_config.repeats)
-    keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
-    report_data = bench(out / "bundle", data=data, progress=progress,
-                        config=replace(bench_config, keras=str(keras_file) if keras_file and keras_file.is_file() else None))
+    report_data = bench(out / "bundle", data=data, progress=progress, config=bench_config)
     atomic_write_json(out / "bench.json", report_data)
     log.info("[4/4] writing the report")
     report = Report([report_data], ["bench.json"])

@@ -253,7 +253,7 @@ def mann_whitney_p(a, b) -> float:
     m, n = len(a), len(b)
     u = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
     u = min(u, m * n - u)
-    # counts[k]: orderings of m + n distinct values in which U = k (the classic recurrence).
+    # ways(i, j, k): orderings of i + j distinct values in which U = k (the classic recurrence).
     from functools import lru_cache
 
     @lru_cache(maxsize=None)
@@ -348,12 +348,21 @@ def dominates(a: dict, b: dict, cost: str = "latency", budgets: Budgets | None =
             and (better_beyond_noise(a, b, cost, budgets) or more_accurate_beyond_noise(a, b)))
 
 
+def cost_of(c: dict, cost: str, budgets: Budgets | None = None) -> float:
+    """A candidate's cost as measured: its size (file or gzip bytes) or its batch-1 p50."""
+    return c[(budgets or Budgets()).size_key()] if cost == "size" else c["latency_ms"]
+
+
+def signed_points(drop: float) -> str:
+    """Points against the float model, signed (a loss is negative), never "-0.00"."""
+    return f"{0.0 - drop + 0.0:+.2f}"
+
+
 def robust_front(candidates, cost: str = "latency", budgets: Budgets | None = None) -> list[dict]:
     """The measured candidates no other dominates (`dominates`), cheapest first."""
     pool = [c for c in candidates if measured(c)]
-    key = (lambda c: c[(budgets or Budgets()).size_key()]) if cost == "size" else (lambda c: c["latency_ms"])
     front = [c for c in pool if not any(dominates(o, c, cost, budgets) for o in pool if o is not c)]
-    return sorted(front, key=lambda c: (key(c), -c["accuracy"], c["id"]))
+    return sorted(front, key=lambda c: (cost_of(c, cost, budgets), -c["accuracy"], c["id"]))
 
 
 def tied_pairs(candidates, cost: str = "latency", budgets: Budgets | None = None) -> list[tuple[str, str]]:
@@ -391,19 +400,19 @@ def front(candidates, budgets: Budgets, objective: str) -> list[str]:
     """Artifacts on the front of accuracy against the objective's cost (latency, or size for the size
     objective), each at its best thread count, by `robust_front`."""
     cost = "size" if objective == "size" else "latency"
-    measure = (lambda c: c[budgets.size_key()]) if cost == "size" else (lambda c: c["latency_ms"])
     best = {}
     for c in candidates:
-        if measured(c) and (c["artifact"] not in best or measure(c) < measure(best[c["artifact"]])):
+        if measured(c) and (c["artifact"] not in best or cost_of(c, cost, budgets) < cost_of(best[c["artifact"]], cost, budgets)):
             best[c["artifact"]] = c
     return [c["artifact"] for c in robust_front(best.values(), cost, budgets)]
 
 
 def speed_tie(a: dict, b: dict) -> bool:
-    """Whether two candidates' batch-1 p50s, each measured in several processes, overlap: then the
-    faster median is not a reliable ranking on this machine."""
-    ra, rb = a.get("latency_rounds_ms") or [], b.get("latency_rounds_ms") or []
-    return len(ra) > 1 and len(rb) > 1 and max(ra) >= min(rb) and max(rb) >= min(ra)
+    """Whether two candidates, each measured in several processes, are as fast as each other:
+    neither is faster beyond noise (`faster_beyond_noise`), so the faster median is not a reliable
+    ranking on this machine."""
+    return (latency_interval(a) is not None and latency_interval(b) is not None
+            and not faster_beyond_noise(a, b) and not faster_beyond_noise(b, a))
 
 
 def explain(choice: Choice, budgets: Budgets, objective: str) -> list[str]:

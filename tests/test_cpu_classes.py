@@ -190,7 +190,7 @@ def test_the_report_shows_warnings_and_keeps_warned_variants_off_the_pareto_fron
     assert "| ok; warning: agreement 84.2% here vs 99.1% at export (500 images): this CPU lacks VNNI |" in md
     assert ("Warnings and rejected variants:\n- onnx_int8: agreement 84.2% here vs 99.1% at export (500 images): this CPU "
             "lacks VNNI (not recommended on this device)") in md
-    assert loaded.pareto() == ["onnx_fp32"]  # the faster onnx_int8 is not offered
+    assert loaded.front() == ["onnx_fp32"]  # the faster onnx_int8 is not offered
     assert md.startswith("Ship onnx_fp32 on box")  # nor recommended
     html = loaded.html(plots={})
     assert '<tr class="warning">' in html and "<h2>Warnings and rejected variants (2)</h2>" in html

@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import html
 
-from .tables import cell, device_lines, front_text, micro_markdown, status
+from .svg import CSS
+from .tables import cell, device_latencies, device_lines, front_text, micro_markdown, status
 
 
 def esc(value) -> str:
@@ -21,9 +22,7 @@ td.l,th.l{text-align:left}tr.front td{background:#e8f1f8}tr.pick td{background:#
 tr.warning td,tr.failed td,tr.rejected td{background:#f3f3f3;color:#555}
 section.rec{border-left:5px solid #D55E00;padding:.3em 1em;margin:1em 0;background:#fdf4ee}
 section.rec p.pick{font-size:1.15em;font-weight:600}#notices li{margin:.2em 0}
-figure{display:inline-block;margin:1em;vertical-align:top}img{max-width:560px}
-svg.chart .pt:hover circle,svg.chart .pt:hover path{stroke-width:3}svg.chart .pt{cursor:default}
-figcaption{font-size:12px;color:#444;max-width:680px}"""
+img{max-width:560px}"""
 
 
 def row_keys(report) -> dict:
@@ -92,13 +91,13 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
     picks = {(r["device"], r["winner"]) for r in recs if r.get("winner")}
     fronts = {d: set(report.front(d)) for d in report.devices}
     keys, body = row_keys(report), []
+    left = {"device", "name", "format", "precision", "status", "source"}
     for n, row in enumerate(report.rows, 1):
         cells = [cell(k, row) for k, _ in cols]
         cells[-1] = status(row)
         cls = ("pick" if (row["device"], row["name"]) in picks else "front" if row["name"] in fronts.get(row["device"], ())
                and row.get("status") == "ok" else row["status"] if row.get("status") in ("failed", "rejected") else
                "warning" if row.get("warning") else "")
-        left = {"device", "name", "format", "precision", "status", "source"}
         body.append(f'<tr class="{cls}"><td>{n}</td>' + "".join(
             f'<td class="{"l" if k in left else ""}">{esc(c)}</td>' for (k, _), c in zip(cols, cells)) + "</tr>")
     head = '<th>#</th>' + "".join(f'<th class="{"l" if k in ("device", "name", "status") else ""}">{esc(h)}</th>'
@@ -122,7 +121,7 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
     micro = f"<h2>Microcontroller (TensorFlow Lite Micro)</h2><pre>{esc(micro)}</pre>" if micro else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgecls report</title>
-<style>{STYLE}</style></head>
+<style>{STYLE}{CSS}</style></head>
 <body><h1>edgecls report</h1>
 <div id="recommendation"><h2>What to ship</h2>{rec_html}</div>
 {notice_html}
@@ -138,16 +137,10 @@ def html_page(report, plots: dict[str, bytes] | None = None) -> str:
 def _device_table(report) -> str:
     """Per-variant p50 on each device and its ratio to the first device."""
     devices = report.devices
-    by = {(r["device"], r["name"]): r for r in report.rows if r.get("status") == "ok"}
-    names = list(dict.fromkeys(r["name"] for r in report.rows if r["status"] != "rejected"))
     head = "<th class=\"l\">variant</th>" + "".join(f"<th>p50 ms on {esc(d)}</th>" for d in devices) + "".join(
         f"<th>ratio {esc(d)} / {esc(devices[0])}</th>" for d in devices[1:])
-    body = []
-    for n in names:
-        vals = [by.get((d, n), {}).get("p50") for d in devices]
-        ratios = [(f"{v / vals[0]:.2f}" if v and vals[0] else "-") for v in vals[1:]]
-        body.append(f'<tr><td class="l">{esc(n)}</td>' + "".join(f"<td>{'-' if v is None else f'{v:.3f}'}</td>" for v in vals)
-                    + "".join(f"<td>{r}</td>" for r in ratios) + "</tr>")
+    body = [f'<tr><td class="l">{esc(n)}</td>' + "".join(f"<td>{esc(c)}</td>" for c in vals + ratios) + "</tr>"
+            for n, vals, ratios in device_latencies(report)]
     return (f'<h2>Latency between devices</h2><table id="devices"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
             f"</tbody></table>")
 

@@ -214,50 +214,64 @@ class Report:
     def candidates(self, device: str | None = None) -> list[dict]:
         """The device's measured variants as edgecls.selection candidates (a variant that departs
         from its validation on this device is left out)."""
+        return self._candidates[device or self.devices[0]]
+
+    @cached_property
+    def _candidates(self) -> dict[str, list[dict]]:
         from ..bench.local import unpack_correct
 
-        device = device or self.devices[0]
-        out = []
+        out: dict[str, list[dict]] = {d: [] for d in self.devices}
         for row in self.rows:
-            if (row["device"] != device or row.get("status") != "ok" or row.get("warning") or row.get("p50") is None
-                    or row.get("accuracy") is None or row.get("size_bytes") is None):
+            if (row.get("status") != "ok" or row.get("warning") or row.get("p50") is None or row.get("accuracy") is None
+                    or row.get("size_bytes") is None):
                 continue
             correct = None
             if row.get("correct_bits") and isinstance(row.get("images"), int):
                 correct = unpack_correct(row["correct_bits"], row["images"])
-            out.append({"id": row["name"], "artifact": row["name"], "status": "ok", "accuracy": row["accuracy"],
-                        "latency_ms": row["p50"], "latency_rounds_ms": (row.get("repeats") or {}).get("p50_ms"),
-                        "bytes": row["size_bytes"], "gzip_bytes": row.get("size_gzip_bytes") or row["size_bytes"],
-                        "precision": row.get("precision"), "format": row.get("format"), "correct": correct,
-                        "images": row.get("images"), "images_id": row["report_index"], "row": row})
+            out[row["device"]].append({
+                "id": row["name"], "artifact": row["name"], "status": "ok", "accuracy": row["accuracy"],
+                "latency_ms": row["p50"], "latency_rounds_ms": (row.get("repeats") or {}).get("p50_ms"),
+                "bytes": row["size_bytes"], "gzip_bytes": row.get("size_gzip_bytes") or row["size_bytes"],
+                "precision": row.get("precision"), "format": row.get("format"), "correct": correct,
+                "images": row.get("images"), "images_id": row["report_index"], "row": row})
         return out
+
+    @property
+    def _cost(self) -> str:
+        return "size" if self.config.objective == "size" else "latency"
+
+    @cached_property
+    def _fronts(self) -> dict[str, list[dict]]:
+        from ..selection import Budgets, robust_front
+
+        return {d: robust_front(self._candidates[d], self._cost, Budgets()) for d in self.devices}
 
     def front(self, device: str | None = None) -> list[str]:
         """The device's front of accuracy against the objective's cost, by edgecls.selection: a
         variant is off it only when another is cheaper or more accurate beyond what the
         measurement resolves, and not worse on the other count beyond it."""
-        from ..selection import Budgets, robust_front
+        return [c["id"] for c in self._fronts[device or self.devices[0]]]
 
-        cost = "size" if self.config.objective == "size" else "latency"
-        return [c["id"] for c in robust_front(self.candidates(device), cost, Budgets())]
+    @cached_property
+    def _ties(self) -> dict[str, list[list[str]]]:
+        from ..selection import Budgets, tie_groups
 
-    def pareto(self, device: str | None = None) -> list[str]:
-        return self.front(device)
+        return {d: tie_groups(self._fronts[d], self._cost, Budgets()) for d in self.devices}
 
     def ties(self, device: str | None = None) -> list[list[str]]:
         """Groups of variants on the device's front that the measurements cannot order on either
         count (edgecls.selection.tie_groups)."""
-        from ..selection import Budgets, tie_groups
+        return self._ties[device or self.devices[0]]
 
-        on = self.front(device)
-        by = {c["id"]: c for c in self.candidates(device)}
-        cost = "size" if self.config.objective == "size" else "latency"
-        return tie_groups([by[i] for i in on], cost, Budgets())
-
-    def recommendations(self) -> list[dict]:
+    @cached_property
+    def _recommendations(self) -> list[dict]:
         from .recommend import recommend
 
         return [recommend(self, device) for device in self.devices]
+
+    def recommendations(self) -> list[dict]:
+        """The answer per device (edgecls.report.recommend), computed once."""
+        return self._recommendations
 
     # -- renderers ----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ beyond noise: latency by the p50s of repeated processes, accuracy by the exact M
 images only one of them gets right."""
 from __future__ import annotations
 
-from ..selection import SIGNIFICANCE, Budgets, accuracy_test, choose, faster_beyond_noise, latency_interval
+from ..selection import (SIGNIFICANCE, Budgets, accuracy_test, choose, faster_beyond_noise, latency_interval,
+                         signed_points)
 from .model import FLOAT_PRECISIONS
 
 
@@ -22,11 +23,11 @@ def _latency(c: dict) -> str:
 
 
 def _figures(c: dict, base: dict | None) -> str:
-    drop = "" if base is None or c is base else f" ({0.0 - c['drop'] + 0.0:+.2f} points against {base['id']})"
+    drop = "" if base is None or c is base else f" ({signed_points(c['drop'])} points against {base['id']})"
     return f"top-1 {100 * c['accuracy']:.2f}%{drop}, {_latency(c)}, {c['bytes']:,} bytes"
 
 
-def compare(a: dict, b: dict, objective: str) -> dict:
+def compare(a: dict, b: dict) -> dict:
     """How the pick `a` and the runner-up `b` differ, and whether beyond noise."""
     out = {}
     ia, ib = latency_interval(a), latency_interval(b)
@@ -46,15 +47,16 @@ def compare(a: dict, b: dict, objective: str) -> dict:
     return out
 
 
-def _comparison_text(a: dict, b: dict, cmp: dict, objective: str) -> str:
+def _comparison_text(a: dict, b: dict, cmp: dict) -> str:
     parts = []
     if cmp["latency"] == "unknown":
         parts.append("latency measured in one process each: no interval, so the speed difference may be noise")
     elif cmp["latency"] == "tied":
-        parts.append(f"as fast as each other: their p50s over repeated processes overlap ({_latency(a)} against "
-                     f"{_latency(b)})")
+        parts.append(f"as fast as each other: the rank test over their processes' p50s cannot order them ({_latency(a)} "
+                     f"against {_latency(b)})")
     else:
-        parts.append(f"{cmp['latency']} beyond noise: every process of one is faster than every process of the other")
+        parts.append(f"{cmp['latency']} beyond noise by the rank test over their processes' p50s ({_latency(a)} against "
+                     f"{_latency(b)})")
     test = cmp.get("accuracy_test")
     if test is None:
         parts.append("accuracy not compared image by image (the report has no per-image results)")
@@ -103,10 +105,10 @@ def recommend(report, device: str) -> dict:
                       f"{'fastest' if config.objective == 'latency' else 'smallest'}." if w["id"] != choice.measured_best
                       else ": any of them is as good a choice on this count."))
     if r is not None:
-        cmp = compare(w, r, config.objective)
+        cmp = compare(w, r)
         rec["runner_up"] = r["id"]
-        rec["comparison"] = {k: v for k, v in cmp.items()}
-        lines.append(f"Runner-up: {r['id']} ({_figures(r, base)}); {_comparison_text(w, r, cmp, config.objective)}.")
+        rec["comparison"] = cmp
+        lines.append(f"Runner-up: {r['id']} ({_figures(r, base)}); {_comparison_text(w, r, cmp)}.")
     else:
         lines.append("No other variant qualifies.")
     rec["lines"] = lines

@@ -33,6 +33,10 @@ KINDS = {
     "closest": ("closest (misses)", PALETTE["vermillion"], "cross", True),
 }
 
+# The page style the charts expect: a point thickens under the pointer; captions under each chart.
+CSS = ("svg.chart .pt:hover circle,svg.chart .pt:hover path{stroke-width:3}svg.chart .pt{cursor:default}"
+       "figure{display:inline-block;margin:1em;vertical-align:top}figcaption{font-size:12px;color:#444;max-width:680px}")
+
 FONT = 11  # px, monospace: a character is 0.6 em wide, so a label's box is known before drawing
 CHAR_W = 0.6 * FONT
 LINE_H = FONT + 3

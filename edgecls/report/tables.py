@@ -39,10 +39,9 @@ def status(row) -> str:
     departure from its validation on this device, degenerate predictions, the export's warning)."""
     if row.get("status") != "ok" and row.get("error"):
         return f"{row['status']}: {row['error']}" if not row["error"].startswith(row["status"]) else row["error"]
-    notes = [f"warning: {row['warning']}" for k in ("warning",) if row.get(k)]
-    notes += [f"degenerate: {row['degenerate']}"] if row.get("degenerate") else []
-    notes += [f"export warning: {row['export_warning']}"] if row.get("export_warning") else []
-    return "; ".join([str(row.get("status") or "-")] + notes) if notes else str(row.get("status") or "-")
+    notes = [f"{label}: {row[key]}" for key, label in (("warning", "warning"), ("degenerate", "degenerate"),
+                                                       ("export_warning", "export warning")) if row.get(key)]
+    return "; ".join([str(row.get("status") or "-"), *notes])
 
 
 def recommendation_markdown(report) -> str:
@@ -93,21 +92,26 @@ def markdown(report, lead: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+def device_latencies(report) -> list[tuple[str, list[str], list[str]]]:
+    """Per variant measured on some device: its p50 on each device and its ratio to the first
+    device's, as cells ("-" where a device did not measure it)."""
+    devices = report.devices
+    by = {(r["device"], r["name"]): r for r in report.rows if r.get("status") == "ok"}
+    out = []
+    for n in dict.fromkeys(r["name"] for r in report.rows if r["status"] != "rejected"):
+        vals = [by.get((d, n), {}).get("p50") for d in devices]
+        out.append((n, [fmt("p50", v) for v in vals], [f"{v / vals[0]:.2f}" if v and vals[0] else "-" for v in vals[1:]]))
+    return out
+
+
 def device_comparison_markdown(report) -> str:
     devices = report.devices
     base = devices[0]
-    by = {(r["device"], r["name"]): r for r in report.rows if r.get("status") == "ok"}
-    names = []
-    for r in report.rows:
-        if r["name"] not in names and r["status"] != "rejected":
-            names.append(r["name"])
     head = "| variant | " + " | ".join(f"p50 ms on {d}" for d in devices) + " | " + \
            " | ".join(f"ratio {d} / {base}" for d in devices[1:]) + " |"
     lines = ["Per-device batch-1 latency (p50):", "", head, "|---|" + "---:|" * (2 * len(devices) - 1)]
-    for n in names:
-        vals = [by.get((d, n), {}).get("p50") for d in devices]
-        ratios = [(f"{v / vals[0]:.2f}" if v and vals[0] else "-") for v in vals[1:]]
-        lines.append(f"| {n} | " + " | ".join(fmt("p50", v) for v in vals) + " | " + " | ".join(ratios) + " |")
+    for n, vals, ratios in device_latencies(report):
+        lines.append(f"| {n} | " + " | ".join(vals) + " | " + " | ".join(ratios) + " |")
     lines.append("")
     for d in devices:
         ok = [r for r in report.rows if r["device"] == d and r.get("status") == "ok" and r.get("p50") is not None]
@@ -120,6 +124,8 @@ def device_comparison_markdown(report) -> str:
 def device_lines(report) -> list[str]:
     """Each device in full: machine, CPU and its int8 class and flags, threads, runtime versions,
     how latency was measured, and the report file it came from."""
+    from ..hostinfo import INT8_FLAGS
+
     out = []
     for i, r in enumerate(report.reports):
         h, s = r["host"], r.get("settings") or {}
@@ -134,9 +140,6 @@ def device_lines(report) -> list[str]:
                    f"{rounds} process{'es' if rounds > 1 else ''} per variant; data {r.get('data')}"
                    + (f"; agreement with {ref}" if ref else "") + f"; from {report.source(i)}")
     return out
-
-
-INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
 
 def csv_text(report) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import html
 
-from ..selection import Budgets, measured, miss_text, misses
+from ..report.svg import CSS
+from ..selection import Budgets, latency_interval, measured, miss_text, misses, signed_points
 
 
 def _budgets(record: dict) -> Budgets:
@@ -19,6 +20,7 @@ def charts(record: dict) -> dict[str, str]:
     """Accuracy against latency and against size as SVG (edgecls.report.svg): the choice starred,
     the front in blue, candidates that miss a budget as grey crosses, each p50's interval over
     processes as a bar, the budgets dashed; hover a point for its figures."""
+    from ..report.plots import latency_scale
     from ..report.svg import PALETTE, Chart, Line, Point, render
     from ..selection import front as pareto
 
@@ -38,19 +40,17 @@ def charts(record: dict) -> dict[str, str]:
         for c in cands:
             kind = ("pick" if c["id"] == winner else "closest" if c["id"] == near else "misses" if misses(c, budgets)
                     else "front" if c["artifact"] in front else "other")
-            rounds = c.get("latency_rounds_ms") or []
-            hover = (f"{c['id']}: top-1 {100 * c['accuracy']:.2f}% ({0.0 - (c.get('drop') or 0.0) + 0.0:+.2f} points), p50 {c['latency_ms']:.3f} ms, "
+            hover = (f"{c['id']}: top-1 {100 * c['accuracy']:.2f}% ({signed_points(c.get('drop') or 0.0)} points), p50 {c['latency_ms']:.3f} ms, "
                      f"{c['bytes']:,} bytes ({c['gzip_bytes']:,} gzip); " + (miss_text(c, budgets) or "within budget"))
             points.append(Point(c[key], 100 * c["accuracy"], c["id"], hover, kind,
-                                (min(rounds), max(rounds)) if key == "latency_ms" and len(rounds) > 1 else None,
+                                latency_interval(c) if key == "latency_ms" else None,
                                 key=str(c.get("rank") or "")))
         lines = []
         if limit is not None:
             lines.append(Line("x", limit, f"{flag} {limit:g}", PALETTE["vermillion"]))
         if budgets.max_drop is not None and ref is not None:
             lines.append(Line("y", 100 * ref - budgets.max_drop, f"--max-drop {budgets.max_drop:g}"))
-        values = [p.x for p in points if p.x and p.x > 0]
-        log = bool(values) and max(values) / min(values) > 20
+        log = latency_scale(p.x for p in points) == "log"  # sizes spread the same way
         svg, unlabelled = render(Chart(points, label + (", log scale" if log else ""), "top-1 % (validation split)",
                                        f"Accuracy against {name}", log_x=log, lines=lines), f"tune-{name}")
         note = ("" if not unlabelled else " Not named for lack of room (number = rank in the table): "
@@ -94,8 +94,7 @@ def html_page(record: dict) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>edgecls tune</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
 th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:nth-child(2),td:nth-child(3),td:last-child{{text-align:left}}
-tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}figure{{display:inline-block;margin:1em;vertical-align:top}}figcaption{{font-size:12px;color:#444;max-width:680px}}
-svg.chart .pt:hover circle,svg.chart .pt:hover path{{stroke-width:3}}</style></head>
+tr.choice{{background:#fde9c8;font-weight:bold}}tr.front{{background:#eef7ee}}{CSS}</style></head>
 <body><h1>edgecls tune: {html.escape(record['model'])}</h1>
 <p>Budgets: {html.escape(budgets.describe())}; objective: {html.escape(b['objective'])}. Accuracy on {html.escape(str(val.get('images', '?')))}
 validation images held out of the training data ({html.escape(str(val.get('split', '')))}); the float model scores
