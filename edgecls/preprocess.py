@@ -253,3 +253,45 @@ class PixelInput:
         if unknown:
             raise ConfigError(f"unknown keys in pixel input: {unknown}; expected some of offset, pad, pad_pixel")
         return cls(**d)
+
+
+class Batches:
+    """N images as a model takes them, made a slice at a time from their uint8 pixels by
+    `transform` (a PreprocessingSpec's or PixelInput's `apply`, or any batch function). An export
+    holds its held-out images this way for its whole run: at 96x96, 2,000 images are 55 MB of
+    pixels against 221 MB as float32. Indexing (a slice or an index array) returns the float32
+    batch; `np.asarray` makes the whole array, for a consumer that needs it."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, pixels: np.ndarray, transform):
+        self.pixels, self.transform = pixels, transform
+        first = np.asarray(transform(np.asarray(pixels[:1])))
+        self.shape = (len(pixels), *first.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[index:index + 1 or None][0]
+        return np.asarray(self.transform(np.asarray(self.pixels[index])), dtype=np.float32)
+
+    def then(self, fn) -> "Batches":
+        """These batches passed through `fn` as well (a layout change)."""
+        transform = self.transform
+        return Batches(self.pixels, lambda x: fn(transform(x)))
+
+    def chunks(self, size: int = 256):
+        for start in range(0, len(self), size):
+            yield self[start:start + size]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, np.float32)
+        for start in range(0, len(self), 256):
+            out[start:start + 256] = self[start:start + 256]
+        return out if dtype is None else out.astype(dtype)

@@ -222,6 +222,57 @@ def test_decode_cache_is_memory_mapped_and_matches_a_decode_in_memory(tmp_path, 
     assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
 
 
+def _mapping_rss_kb(path) -> int:
+    """Resident kB of this process's mapping of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def test_gather_copies_rows_of_a_cached_file_and_hands_their_pages_back(tmp_path, tiny_dir, monkeypatch):
+    entries = _entries(monkeypatch, tmp_path)
+    load_dataset(tiny_dir, image_size=96)
+    ds = load_dataset(tiny_dir, image_size=96)  # read back mapped
+    (entry,) = list(entries.iterdir())
+    train = (entry / "x_train.npy").resolve()
+    picks = [np.arange(len(ds.train))[::3], np.array([5, 1, 4], dtype=np.int64), np.array([], dtype=np.int64)]
+    for index in picks:
+        assert np.array_equal(ds.train.take(index), ds.train.images[index])
+    if _mapping_rss_kb(train) == 0:
+        pytest.skip("this kernel reports no resident pages for the mapping")
+    ds.train.take(np.arange(len(ds.train)))
+    # Every page gathered was handed back: at most the page holding the .npy header stays resident.
+    assert _mapping_rss_kb(train) <= mmap.PAGESIZE // 1024
+    first = np.array(ds.train.images[::2])  # plain indexing keeps what it touched
+    assert _mapping_rss_kb(train) > 4 * mmap.PAGESIZE // 1024 and len(first)
+
+
+def test_batches_normalize_a_slice_at_a_time_and_equal_the_whole(tmp_path):
+    from edgecls.preprocess import Batches, PreprocessingSpec
+    from edgecls.runtime.isolated import save_float32
+
+    spec = PreprocessingSpec(input_size=(8, 8), scale=1 / 127.5, mean=(1, 1, 1), std=(1, 1, 1))
+    pixels = np.random.default_rng(0).integers(0, 256, (600, 8, 8, 3), dtype=np.uint8)
+    calls = []
+    batches = Batches(pixels, lambda x: calls.append(len(x)) or spec.apply(x))
+    whole = spec.apply(pixels)
+    assert batches.shape == whole.shape and len(batches) == 600 and batches.ndim == 4
+    assert np.array_equal(batches[10:20], whole[10:20]) and np.array_equal(batches[[3, 7]], whole[[3, 7]])
+    assert np.array_equal(batches[5], whole[5])
+    calls.clear()
+    assert np.array_equal(np.asarray(batches), whole) and max(calls) <= 256
+    nchw = batches.then(lambda x: x.transpose(0, 3, 1, 2))
+    assert nchw.shape == (600, 3, 8, 8) and np.array_equal(nchw[:4], whole[:4].transpose(0, 3, 1, 2))
+    calls.clear()
+    save_float32(tmp_path / "x.npy", batches)
+    assert max(calls) <= 256 and np.array_equal(np.load(tmp_path / "x.npy"), whole)
+
+
 @pytest.mark.parametrize("damage", ["labels out of range", "meta not json", "short images", "pickled labels"])
 def test_a_damaged_cache_entry_is_decoded_again_never_trusted(tmp_path, tiny_dir, monkeypatch, damage):
     entries = _entries(monkeypatch, tmp_path)

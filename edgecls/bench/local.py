@@ -212,7 +212,7 @@ def _labelled_data(data: str | None, input_size, labels, max_images):
     dataset = load_dataset(source, image_size=input_size)
     mapping = align_labels(dataset, labels)
     keep = sample_indices(len(dataset.test), max_images)
-    images, y = dataset.test.images[keep], mapping[dataset.test.labels[keep]]
+    images, y = dataset.test.take(keep), mapping[dataset.test.labels[keep]]
     if len(images) == 0:
         raise DataError(f"{dataset.source}: no test images to measure accuracy on")
     return images, y, dataset.name

@@ -37,6 +37,11 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index])
 
+    def take(self, index) -> np.ndarray:
+        """The images at `index` (uint8), copied without leaving the rest of a cached file resident
+        (edgecls.data.store.gather)."""
+        return store.gather(self.images, index)
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -246,7 +251,7 @@ def sample_indices(count_total: int, count: int | None, seed: int = 0) -> np.nda
 def calibration_subset(dataset: Dataset, count: int = 300, seed: int = 0) -> np.ndarray:
     """The representative dataset for quantization: `count` real images drawn, stratified by
     class, from the *training* split only (never the test split). Returns uint8 N x H x W x 3."""
-    return dataset.train.images[calibration_indices(dataset, count, seed)]
+    return dataset.train.take(calibration_indices(dataset, count, seed))
 
 
 def calibration_indices(dataset: Dataset, count: int = 300, seed: int = 0) -> np.ndarray:

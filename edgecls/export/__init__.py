@@ -23,6 +23,7 @@ from ..bundle import sha256_file, write_bundle
 from ..config import ExportConfig
 from ..data import Dataset, calibration_indices, calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError, first_line
+from ..preprocess import Batches
 from .formats import GROUPS, VARIANTS, ConvertJob, Variant, formats, resolve_formats  # noqa: F401
 from .formats.base import QUANTIZED
 from .validate import TOLERANCES, Tolerance, compare
@@ -176,12 +177,12 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
                             f"{dataset.source} has {len(free)} training images besides the calibration images "
                             f"(50 at least)")
         pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
-        validation = (dataset.train.images[pick], mapping[dataset.train.labels[pick]])
+        validation = (dataset.train.take(pick), mapping[dataset.train.labels[pick]])
         log.info("validation split for %s: %d training images kept out of calibration",
                  " and ".join(w for w, on in (("--max-drop", config.max_drop is not None),
                                                ("--calibration-search", bool(candidates))) if on), len(pick))
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
-    eval_images = dataset.test.images[keep]
+    eval_images = dataset.test.take(keep)
     eval_y = mapping[dataset.test.labels[keep]]
     return _export_into(staging, Path(out), names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
                         skipped, journal or _NoJournal(), validation, candidates)
@@ -214,8 +215,9 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
     started = time.perf_counter()
     spec = source.preprocessing
     # Calibration and evaluation images as the model sees them (normalized); the variants that take
-    # pixels get theirs from their own input layout.
-    representative, eval_x = spec.apply(calibration), spec.apply(eval_images)
+    # pixels get theirs from their own input layout. The held-out images are normalized a batch at a
+    # time as they are used (edgecls.preprocess.Batches), never held as float32 all at once.
+    representative, eval_x = spec.apply(calibration), Batches(eval_images, spec.apply)
     base = source.model
     macs = model_stats(base)["macs"]
     models: dict[str, object] = {"base": base}
@@ -262,7 +264,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             references[kind] = predict_in_batches(get_model(kind), eval_x)
         return references[kind]
 
-    repair_set = None if validation is None else (spec.apply(validation[0]), validation[1])
+    repair_set = None if validation is None else (Batches(validation[0], spec.apply), validation[1])
     repair_references: dict[str, np.ndarray] = {}
 
     def repair_reference(kind: str) -> np.ndarray:
@@ -346,7 +348,7 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
             journal.step(name, "validating the converted file", file=file.name)
             try:
                 pixels = converted.pixel_layout
-                inputs = pixels.apply(eval_images) if pixels is not None else eval_x
+                inputs = Batches(eval_images, pixels.apply) if pixels is not None else eval_x
                 row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
                                                   base_ref, macs, source, weights))
                 row["validation"]["host"] = validated_on

@@ -43,6 +43,31 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return round(min(value, CAP_DB), 2)
 
 
+class _Sums:
+    """`sqnr_db` over many batches without keeping them: per key, the running sums of the float
+    tensor's squares and of the difference's squares (the two norms' squares)."""
+
+    def __init__(self):
+        self.sums: dict = {}
+
+    def add(self, key, reference: np.ndarray, other: np.ndarray) -> None:
+        ref = np.asarray(reference, np.float64).ravel()
+        diff = ref - np.asarray(other, np.float64).ravel()
+        total = self.sums.setdefault(key, [0.0, 0.0])
+        total[0] += float(ref @ ref)
+        total[1] += float(diff @ diff)
+
+    def db(self) -> dict:
+        eps = np.finfo(np.float32).eps
+        return {key: round(min(20 * math.log10(max(math.sqrt(r), eps) / max(math.sqrt(d), eps)), CAP_DB), 2)
+                for key, (r, d) in self.sums.items()}
+
+
+# Images run through both files at a time: every intermediate tensor of a batch is held, never of
+# all the images (a 96x96 MobileNetV2 keeps about 13 MB of them per image and file).
+STEP = 4
+
+
 def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndarray, layout: str = "NHWC") -> dict:
     """Per-layer error of `quantized_file` against `float_file` (the same model before
     quantization, same format) on `images` (the float model's input, NHWC; transposed for NCHW).
@@ -52,11 +77,11 @@ def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndar
     TensorFlow): every intermediate tensor of both files is kept, which for a 96x96 MobileNetV2 is
     hundreds of megabytes that the export's own process would otherwise keep as its peak, and a
     runtime that crashes on an augmented graph fails the diagnosis, not the export."""
-    from ..runtime.isolated import failure_reason, run_child
+    from ..runtime.isolated import failure_reason, run_child, save_float32
 
     with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
         given, out = Path(tmp) / "images.npy", Path(tmp) / "diagnosis.json"
-        np.save(given, np.ascontiguousarray(images, dtype=np.float32))
+        save_float32(given, images)
         payload = {"float": str(float_file), "quantized": str(quantized_file), "images": str(given),
                    "layout": layout, "out": str(out)}
         code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
@@ -144,40 +169,48 @@ def own_db(inputs: list[float], after: float) -> float:
 
 # TFLite ---------------------------------------------------------------------------------------
 
-def _tflite_run_all(path: Path, images: np.ndarray):
-    """Every op's output for each image: (ops, tensor details, {tensor index: stacked float values})."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+class _TFLiteAll:
+    """A TFLite file run with every op's output kept (no delegate): `values(images)` gives
+    {tensor index: float values stacked over the images}."""
 
-    from .._deps import native_logs_hidden
-    from ..runtime.backends import dequantize, quantize
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    with native_logs_hidden():
-        interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    ops = interp._get_ops_details()
-    details = {t["index"]: t for t in interp.get_tensor_details()}
-    wanted = {i for op in ops for i in op["outputs"] if i >= 0} | {inp["index"]}
-    collected: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
-    shape = list(inp["shape"])
-    for k in range(len(images)):
-        x = images[k:k + 1]
-        if inp["dtype"] != np.float32:
-            x = quantize(x, inp["dtype"], *inp["quantization"])  # as the runtime feeds it
-        if list(x.shape) != shape:
-            interp.resize_tensor_input(inp["index"], list(x.shape))
-            interp.allocate_tensors()
-            shape = list(x.shape)
-        interp.set_tensor(inp["index"], x)
-        interp.invoke()
-        for i in wanted:
-            value = interp.get_tensor(i)
-            scale, zero = details[i]["quantization"]
-            if value.dtype != np.float32 and scale:
-                value = dequantize(value, scale, zero)
-            collected[i].append(np.asarray(value, np.float32).copy())
-    return ops, details, inp["index"], {i: np.concatenate(v) for i, v in collected.items() if v}
+        from .._deps import native_logs_hidden
+
+        with native_logs_hidden():
+            self.interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.ops = self.interp._get_ops_details()
+        self.details = {t["index"]: t for t in self.interp.get_tensor_details()}
+        self.input_index = self.inp["index"]
+        self.wanted = {i for op in self.ops for i in op["outputs"] if i >= 0} | {self.input_index}
+        self.shape = list(self.inp["shape"])
+
+    def values(self, images: np.ndarray) -> dict[int, np.ndarray]:
+        from ..runtime.backends import dequantize, quantize
+
+        interp, inp, details = self.interp, self.inp, self.details
+        collected: dict[int, list[np.ndarray]] = {i: [] for i in self.wanted}
+        for k in range(len(images)):
+            x = images[k:k + 1]
+            if inp["dtype"] != np.float32:
+                x = quantize(x, inp["dtype"], *inp["quantization"])  # as the runtime feeds it
+            if list(x.shape) != self.shape:
+                interp.resize_tensor_input(inp["index"], list(x.shape))
+                interp.allocate_tensors()
+                self.shape = list(x.shape)
+            interp.set_tensor(inp["index"], x)
+            interp.invoke()
+            for i in self.wanted:
+                value = interp.get_tensor(i)
+                scale, zero = details[i]["quantization"]
+                if value.dtype != np.float32 and scale:
+                    value = dequantize(value, scale, zero)
+                collected[i].append(np.asarray(value, np.float32).copy())
+        return {i: np.concatenate(v) for i, v in collected.items() if v}
 
 
 def _short(name: str) -> str:
@@ -185,8 +218,9 @@ def _short(name: str) -> str:
 
 
 def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list[dict]:
-    f_ops, f_details, f_input, f_values = _tflite_run_all(float_path, images)
-    q_ops, q_details, q_input, q_values = _tflite_run_all(quant_path, images)
+    f_run, q_run = _TFLiteAll(float_path), _TFLiteAll(quant_path)
+    f_ops, f_details, f_input = f_run.ops, f_run.details, f_run.input_index
+    q_ops, q_details, q_input = q_run.ops, q_run.details, q_run.input_index
     by_name = {f_details[i]["name"]: i for op in f_ops for i in op["outputs"] if i >= 0 and f_details[i]["name"]}
     # Float twin of each quantized tensor: the input's is the input; QUANTIZE/DEQUANTIZE outputs
     # are their input's (re-rounded) value; others by name, else by position when the operators
@@ -207,8 +241,13 @@ def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> li
             elif same_ops:
                 twin[i] = f_ops[position]["outputs"][j]
         position += 1
-    values = {i: sqnr_db(f_values[f], q_values[i]) for i, f in twin.items()
-              if f in f_values and i in q_values and f_values[f].shape == q_values[i].shape}
+    sums = _Sums()
+    for start in range(0, len(images), STEP):
+        f_values, q_values = f_run.values(images[start:start + STEP]), q_run.values(images[start:start + STEP])
+        for i, f in twin.items():
+            if f in f_values and i in q_values and f_values[f].shape == q_values[i].shape:
+                sums.add(i, f_values[f], q_values[i])
+    values = sums.db()
     producers = {i: [k for k in op["inputs"] if k >= 0] for op in q_ops for i in op["outputs"]}
     order = []
     for position, op in enumerate(compute_ops):
@@ -220,43 +259,58 @@ def _tflite_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> li
 
 # ONNX -----------------------------------------------------------------------------------------
 
-def _onnx_run_all(path: Path, images: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
-    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+class _ONNXAll:
+    """An ONNX file with every node output made a graph output (onnxruntime's quantization
+    debugger): `values(images)` gives {tensor name: float values stacked over the images}."""
 
-    from .engines import image_reader
+    def __init__(self, path: Path, augmented: Path):
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.quantization import qdq_loss_debug as debug
 
-    import onnx
+        self.input_name = onnx.load(str(path), load_external_data=False).graph.input[0].name
+        debug.modify_model_output_intermediate_tensors(str(path), str(augmented))
+        options = ort.SessionOptions()  # as the debugger's collect_activations runs it: no fusion
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(str(augmented), sess_options=options, providers=["CPUExecutionProvider"])
+        postfix = debug._TENSOR_SAVE_POSTFIX
+        self.saved = {i: o.name[:-len(postfix)] for i, o in enumerate(self.session.get_outputs())
+                      if o.name.endswith(postfix)}
 
-    model = onnx.load(str(path))
-    name = model.graph.input[0].name
-    augmented = folder / f"{path.stem}.augmented.onnx"
-    modify_model_output_intermediate_tensors(str(path), str(augmented))
-    activations = collect_activations(str(augmented), image_reader(images, name))
-    values = {k: np.concatenate([np.asarray(v, np.float32) for v in vs]) for k, vs in activations.items() if vs}
-    values.setdefault(name, images)  # the input as given, for its own quantization's error
-    return values
+    def values(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        collected: dict[str, list] = {}
+        for k in range(len(images)):
+            outputs = self.session.run(None, {self.input_name: images[k:k + 1]})
+            for i, name in self.saved.items():
+                collected.setdefault(name, []).append(np.asarray(outputs[i], np.float32))
+        values = {k: np.concatenate(vs) for k, vs in collected.items() if vs}
+        values.setdefault(self.input_name, np.asarray(images, np.float32))  # the input as given
+        return values
 
 
 def _onnx_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list[dict]:
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
-        f_values = _onnx_run_all(float_path, images, Path(tmp))
-        q_values = _onnx_run_all(quant_path, images, Path(tmp))
     q_model = onnx.load(str(quant_path))
     produced_by = {out: node for node in q_model.graph.node for out in node.output}
-    # The quantized version of float tensor X: the output of DequantizeLinear(QuantizeLinear(X)).
-    quantized_of: dict[str, str] = {}
-    for node in q_model.graph.node:
-        if node.op_type == "DequantizeLinear":
-            q = produced_by.get(node.input[0])
-            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in f_values:
-                quantized_of[q.input[0]] = node.output[0]
-    values = {}
-    for tensor, f in f_values.items():
-        key = quantized_of.get(tensor, tensor)
-        if key in q_values and q_values[key].shape == f.shape:
-            values[tensor] = sqnr_db(f, q_values[key])
+    sums = _Sums()
+    with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
+        f_run, q_run = _ONNXAll(float_path, Path(tmp) / "float.onnx"), _ONNXAll(quant_path, Path(tmp) / "quantized.onnx")
+        for start in range(0, len(images), STEP):
+            f_values = f_run.values(images[start:start + STEP])
+            q_values = q_run.values(images[start:start + STEP])
+            # The quantized version of float tensor X: the output of DequantizeLinear(QuantizeLinear(X)).
+            quantized_of: dict[str, str] = {}
+            for node in q_model.graph.node:
+                if node.op_type == "DequantizeLinear":
+                    q = produced_by.get(node.input[0])
+                    if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in f_values:
+                        quantized_of[q.input[0]] = node.output[0]
+            for tensor, f in f_values.items():
+                key = quantized_of.get(tensor, tensor)
+                if key in q_values and q_values[key].shape == f.shape:
+                    sums.add(tensor, f, q_values[key])
+    values = sums.db()
     f_model = onnx.load(str(float_path))
     order = [(node.name or node.output[0], node.op_type, list(node.input), node.output[0], node.name)
              for node in f_model.graph.node if node.op_type not in ("Transpose", "Reshape", "Identity", "Flatten")]

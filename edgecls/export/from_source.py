@@ -15,6 +15,7 @@ import numpy as np
 from ..bundle import sha256_file, write_bundle
 from ..data import calibration_subset, load_dataset, sample_indices
 from ..errors import ConfigError, DataError, EdgeclsError
+from ..preprocess import Batches
 from .formats import VARIANTS, resolve_formats
 
 log = logging.getLogger("edgecls")
@@ -94,7 +95,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     calibration = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
     repair_set = _repair_set(dataset, mapping, config, source) if config.max_drop is not None else None
     keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
-    eval_x = spec.apply(dataset.test.images[keep])
+    eval_x = Batches(dataset.test.take(keep), spec.apply)  # normalized a batch at a time
     eval_y = mapping[dataset.test.labels[keep]]
     reference = source.reference(eval_x)
     from ..training.distill import are_probabilities
@@ -224,7 +225,7 @@ def _repair_set(dataset, mapping, config, source):
         raise DataError(f"--max-drop needs a validation split from the training data: {dataset.source} has {len(free)} "
                         f"training images besides the calibration images (50 at least)")
     pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
-    images = source.preprocessing.apply(dataset.train.images[pick])
+    images = Batches(dataset.train.take(pick), source.preprocessing.apply)
     labels = mapping[dataset.train.labels[pick]]
     log.info("validation split for --max-drop: %d training images kept out of calibration", len(pick))
     return images, labels, float((source.reference(images).argmax(1) == labels).mean())

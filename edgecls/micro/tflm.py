@@ -205,12 +205,12 @@ CHILD_TIMEOUT_S = 3600.0
 
 def measure_in_child(path: str | Path, inputs: np.ndarray | None) -> tuple[dict, dict | None]:
     """`measure` in a child process: (record, {tflm, tflm_raw, litert_raw} arrays or None)."""
-    from ..runtime.isolated import failure_reason, run_child
+    from ..runtime.isolated import failure_reason, run_child, save_float32
 
     with tempfile.TemporaryDirectory(prefix="edgecls-micro-") as tmp:
         given, out, result = (Path(tmp) / n for n in ("inputs.npy", "outputs.npz", "record.json"))
         if inputs is not None:
-            np.save(given, np.ascontiguousarray(inputs, dtype=np.float32))
+            save_float32(given, inputs)
         payload = {"file": str(path), "inputs": str(given) if inputs is not None else None, "out": str(out),
                    "record": str(result)}
         code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)

@@ -61,7 +61,7 @@ def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads:
     runtime = BACKENDS[path.suffix][1] if path.suffix in BACKENDS else "the runtime"
     with tempfile.TemporaryDirectory(prefix="edgecls-run-") as tmp:
         given, out = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
-        np.save(given, np.ascontiguousarray(inputs, dtype=np.float32))
+        save_float32(given, inputs)
         payload = {"mode": "outputs", "file": str(path), "layout": layout, "threads": threads, "inputs": str(given),
                    "out": str(out)}
         code, _, stderr = run_child(__name__, payload, timeout=timeout)
@@ -69,6 +69,19 @@ def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads:
             raise ExportError(failure_reason(code, stderr, f"{runtime} while loading or running the converted model",
                                              timeout))
         return np.load(out, allow_pickle=False)
+
+
+def save_float32(path: Path, inputs) -> None:
+    """`inputs` (an array, or anything sliced into float32 batches such as edgecls.preprocess.Batches)
+    as a float32 .npy file, written CHUNK images at a time: the whole array is never made here."""
+    if isinstance(inputs, np.ndarray):
+        np.save(path, np.ascontiguousarray(inputs, dtype=np.float32))
+        return
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                 "fortran_order": False, "shape": tuple(inputs.shape)})
+        for start in range(0, len(inputs), CHUNK):
+            fh.write(np.ascontiguousarray(inputs[start:start + CHUNK], dtype=np.float32).tobytes())
 
 
 def child_main(argv, work) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelError
-from ..preprocess import PreprocessingSpec
+from ..preprocess import Batches, PreprocessingSpec
 
 
 @dataclass
@@ -48,8 +48,10 @@ class Source:
 
     def in_layout(self, images: np.ndarray, fmt: str | None = None) -> np.ndarray:
         """Normalized NHWC images as the given file (or its files of format `fmt`) take them."""
-        x = np.asarray(images, np.float32)
         layout = self.layout if fmt is None else self.layout_of(fmt)
+        if isinstance(images, Batches):
+            return images.then(lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2))) if layout == "NCHW" else images
+        x = np.asarray(images, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NCHW" else x
 
 

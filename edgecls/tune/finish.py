@@ -75,7 +75,7 @@ def finish(state, search, budgets: Budgets) -> dict:
 
             data = search.dataset
             keep = sample_indices(len(data.test), config.max_test_images, config.seed)
-            images, labels = data.test.images[keep], data.test.labels[keep]
+            images, labels = data.test.take(keep), data.test.labels[keep]
             test = {"images": int(len(keep)), "data": str(search.data),
                     "accuracy": round(float(_correct(wbundle, w["variant"], data, images, labels).mean()), 6)}
             float_name = f"{w['format']}_fp32"
