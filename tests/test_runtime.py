@@ -125,6 +125,34 @@ def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
     assert fp32._lut is None
 
 
+def test_the_bound_call_gives_the_general_paths_answers_and_steps_aside_for_other_batches(sample_bundle):
+    """After the first batch of a shape, predict() runs that shape through the backend's bound call
+    (TFLiteBackend.bind_fill); a batch of another size in between resizes the interpreter, the
+    bound call sees it and steps aside, and every answer is the step-by-step path's."""
+    test = load_dataset("cifar10-sample").test
+    runner = runtime.load(sample_bundle.out, variant="tflite_int8", threads=1)
+    one, three = test.images[:1], test.images[1:4]
+    expected_one = runner.predict_tensor(runner.preprocess(one))
+    expected_three = runner.predict_tensor(runner.preprocess(three))
+    calls = []
+    assert runner._bound is None
+    np.testing.assert_array_equal(runner.predict(one), expected_one)  # the general path, which binds
+    assert runner._bound is not None and runner._bound[0] == one.shape
+    bound = runner._bound[1]
+    runner._bound = (one.shape, lambda images: calls.append(len(images)) or bound(images))
+    np.testing.assert_array_equal(runner.predict(one), expected_one)
+    assert calls == [1]
+    np.testing.assert_array_equal(runner.predict(three), expected_three)  # another size: general path
+    assert calls == [1]
+    assert bound(one) is None  # the interpreter now holds a batch of 3
+    np.testing.assert_array_equal(runner.predict(one), expected_one)  # stepped aside, resized back
+    np.testing.assert_array_equal(runner.predict(one), expected_one)
+    assert calls == [1, 1, 1]
+    flipped = runtime.load(sample_bundle.out, variant="tflite_int8", tta="flip")
+    flipped.predict(one)
+    assert flipped._bound is None  # test-time augmentation: never bound
+
+
 def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
     """tflite_int8_pixels has the normalization folded into seed_cnn's first ('valid') convolution:
     its int8 input is `pixel - 128` (scale 1), so the runner only flips each byte's top bit; its

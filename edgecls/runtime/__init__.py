@@ -84,8 +84,10 @@ class Runner:
         self._index_buffers: dict[tuple, np.ndarray] = {}
         # Scores dequantized from an int8/uint8 output come from a table of 256 values: when all are
         # finite, so is every output, and the per-call check is skipped.
-        table = getattr(backend, "_output_table", None)
+        table = getattr(backend, "output_table", None)
         self._always_finite = table is not None and bool(np.isfinite(table).all())
+        self._bound = None  # (images shape, the backend's bound call): see _bind
+        self._bind_tried = False
 
     def _quantized_input_table(self):
         """For an int8/uint8-input TFLite model, preprocessing then quantization maps each
@@ -163,7 +165,33 @@ class Runner:
         """Images (uint8 N x H x W x 3 at the input size, or image paths) -> float32 N x classes
         probabilities; with tta="flip", the mean of the probabilities for the images and their
         left-right mirror images."""
+        bound = self._bound
+        if bound is not None and type(images) is np.ndarray and images.shape == bound[0] and images.dtype is _UINT8:
+            scores = bound[1](images)
+            if scores is not None:
+                return scores
         return with_tta(self._predict_array, self._to_array(images), self.tta)
+
+    def _bind(self, shape: tuple) -> None:
+        """After a batch of `shape` went through the lookup table: bind the backend's call for that
+        shape (TFLiteBackend.bind_fill), so the next such batch skips this class's per-call choices.
+        Only where nothing is left to do to the dequantized scores: probabilities, finite by
+        construction, no test-time augmentation."""
+        if self.tta is not None or not self._always_finite or self.outputs != "probabilities":
+            return
+        offsets, index = self._index_buffers.get(shape, (None, None))
+        if self._frame is None and self._inner is None and not self._identity and index is not None:
+            lut, take, add = self._lut, np.take, np.add
+
+            def fill(images, buffer):  # _fill's plain case, its buffers bound
+                index[...] = images
+                add(index, offsets, out=index)
+                take(lut, index, out=buffer, mode="wrap")
+        else:
+            fill = self._fill
+        call = self.backend.bind_fill(shape[0], fill)
+        if call is not None:
+            self._bound = (shape, call)
 
     def _predict_array(self, images: np.ndarray) -> np.ndarray:
         if self._xor:
@@ -173,6 +201,9 @@ class Runner:
         elif self._lut is not None:
             raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
             if raw is not None:
+                if not self._bind_tried:
+                    self._bind_tried = True
+                    self._bind(images.shape)
                 return self._probabilities(self.backend.finish(raw))
         return self.predict_tensor(self._normalize(images))
 

@@ -158,6 +158,40 @@ class TFLiteBackend:
             self.interpreter.invoke()
             return self.interpreter.get_tensor(self.output["index"])
 
+    @property
+    def output_table(self) -> np.ndarray | None:
+        """The 256 float values an int8/uint8 output byte dequantizes to; None for other outputs."""
+        return self._output_table
+
+    def bind_fill(self, n: int, fill):
+        """`run_fill` for batches of n, bound once: a function of the images that takes the lock,
+        lets `fill(images, buffer)` write the input tensor, invokes, and returns the outputs already
+        dequantized (float32). Everything `run_fill` and `finish` decide per call is decided here,
+        so a call runs a few lines of Python around the interpreter (that work slows the invoke
+        after it too). None when n does not fit the model's batch or the output is neither bytes
+        nor float; the bound function returns None once the interpreter's batch has changed (a
+        `run` on another batch size), and the caller then takes the general path."""
+        with self._lock:
+            self._ensure_batch(n)
+            if n != self._batch:
+                return None
+        table = self._output_table
+        if table is None and not self._float_output:
+            return None
+        interp, lock, out_index = self.interpreter, self._lock, self.output["index"]
+        view = interp.tensor(self.input["index"])
+
+        def run(images):
+            with lock:
+                if self._batch != n:
+                    return None
+                fill(images, view())
+                interp.invoke()
+                raw = interp.get_tensor(out_index)
+            return table.take(raw.view(np.uint8)) if table is not None else raw
+
+        return run
+
     def run_own(self, n: int, prepare) -> np.ndarray | None:
         """Run n images from an input array the caller owns and keeps: `prepare()`, called with
         the lock held, returns it and set_tensor copies it in (for a padded input whose frame
