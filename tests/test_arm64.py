@@ -17,13 +17,17 @@ TOOL = ROOT / "tools" / "device" / "arm64_check.py"
 
 def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
     """Every variant of the shipped resnet8 bundle (emulation is slow: one bundle, 50 images, a bench
-    of 2 timed calls per variant; BENCHMARKS.md section 4 runs all three on 1,000 images)."""
+    of 2 timed calls of four variants; BENCHMARKS.md section 4 runs all three on 1,000 images)."""
     bundles = [ROOT / "models" / "resnet8"]
     check = subprocess.run([sys.executable, str(TOOL), "--check-only"], capture_output=True, text=True, timeout=900)
     if check.returncode == 77:
         pytest.skip(f"arm64 emulation impossible here: {check.stdout.strip()}")
     assert check.returncode == 0, check.stderr[-2000:]
-    args = [sys.executable, str(TOOL), "--images", "50", "--runs", "2", "--out", str(tmp_path)]
+    # The emulated bench: one variant per backend and input kind (each is an emulated process);
+    # every variant's outputs are compared.
+    benched = ["tflite_fp32", "tflite_int8", "tflite_int8_pixels", "onnx_int8"]
+    args = [sys.executable, str(TOOL), "--images", "50", "--runs", "2", "--out", str(tmp_path),
+            "--bench-variants", *benched]
     for bundle in bundles:
         args += ["--bundle", str(bundle)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=5400)
@@ -36,6 +40,6 @@ def test_emulated_pi_runs_the_shipped_bundle_like_this_machine(tmp_path):
         assert set(result["variants"]) == {a["name"] for a in manifest["artifacts"]}
         for variant, row in result["variants"].items():
             assert row["top1_identical"] == row["images"] == 50, (name, variant)
-        assert set(result["bench_status"].values()) == {"ok"}
+        assert set(result["bench_status"]) == set(benched) and set(result["bench_status"].values()) == {"ok"}
         report = json.loads((tmp_path / f"{name}-bench-emulated-cortex-a72.json").read_text())
         assert report["settings"]["emulated"] is True and report["host"]["arch"] == "aarch64"

@@ -209,6 +209,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", default="cortex-a72", choices=sorted(CPUINFO), help="Pi 4: cortex-a72; Pi 5: cortex-a76")
     parser.add_argument("--images", type=int, default=200, help="held-out CIFAR-10 sample images to compare on")
     parser.add_argument("--runs", type=int, default=20, help="timed calls per variant in the emulated bench")
+    parser.add_argument("--bench-variants", nargs="+", metavar="VARIANT",
+                        help="variants the emulated bench runs (default: all; every variant's outputs are compared "
+                             "either way). Each is an emulated process of its own: the suite benches one per format "
+                             "and input kind")
     parser.add_argument("--min-agreement", type=float, nargs="?", const=MIN_AGREEMENT, metavar="FRACTION",
                         help="fail an int8 variant whose top-1 agreement with its fp32 is below this on either machine "
                              "(alone: the project's bar, 0.98; judge it on --images 1000, not on a handful)")
@@ -263,7 +267,7 @@ def main(argv=None) -> int:
         report_inner = f"/opt/edgecls-work/{name}-bench.json"
         chroot(root, args.cpu, f"{VENV}/bin/edgecls", "--quiet", "bench", inner, "--data", "cifar10-sample",
                "--max-images", str(min(args.images, BENCH_IMAGES)), "--runs", str(args.runs), "--warmup", "3", "--repeats", "1",
-               "--out", report_inner)
+               *(["--variants", *args.bench_variants] if args.bench_variants else []), "--out", report_inner)
         host_npz = work / f"{name}-x86.npz"
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "arm64_outputs.py"), str(bundle), str(work / "images.npy"),
                         str(host_npz)], check=True, capture_output=True)
