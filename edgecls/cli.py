@@ -248,6 +248,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_tune(args) -> int:
+    from dataclasses import replace
+
     from .config import TuneConfig
     from .tune import tune
 
@@ -256,10 +258,11 @@ def _cmd_tune(args) -> int:
                         board=args.board, objective=args.objective, threads=args.threads,
                         variants=tuple(args.variants) if args.variants else TuneConfig.variants,
                         sparsities=args.sparsities, sparsity_allocations=tuple(args.sparsity_allocations),
-                        fine_tune=args.fine_tune, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
-                        distill=args.distill,
-                        validation_images=args.validation_images, calibration_count=args.calibration_count,
-                        runs=args.runs, repeats=args.repeats, hosts=tuple(args.host or ()), remote_python=args.remote_python,
+                        fine_tune=args.fine_tune, validation_images=args.validation_images,
+                        export=replace(TuneConfig.export, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
+                                       distill=args.distill, calibration_count=args.calibration_count),
+                        bench=replace(TuneConfig.bench, runs=args.runs, repeats=args.repeats),
+                        hosts=tuple(args.host or ()), remote_python=args.remote_python,
                         remote_dir=args.remote_dir, ssh_config=args.ssh_config,
                         jobs=args.jobs, keep_frontier=args.keep_frontier, max_test_images=args.max_test_images,
                         seed=args.seed)
@@ -714,14 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune", choices=("auto", "always", "never"), default=TC.fine_tune,
                    help="pruning and QAT candidates: only where post-training ones cannot meet the budgets or may be "
                         "beaten (auto, default), always, or never")
-    p.add_argument("--prune-epochs", type=int, default=TC.prune_epochs)
-    p.add_argument("--qat-epochs", type=int, default=TC.qat_epochs)
+    p.add_argument("--prune-epochs", type=int, default=TC.export.prune_epochs)
+    p.add_argument("--qat-epochs", type=int, default=TC.export.qat_epochs)
     p.add_argument("--distill", action="store_true", help="pruning and QAT fine-tunes also learn the float model's outputs")
     p.add_argument("--validation-images", type=int, default=TC.validation_images,
                    help="training images held out to choose on (default 2,000, or a fifth of them if fewer)")
-    p.add_argument("--calibration-count", type=int, default=TC.calibration_count)
-    p.add_argument("--runs", type=int, default=TC.runs, help=f"timed batch-1 calls per measurement (default {TC.runs})")
-    p.add_argument("--repeats", type=int, default=TC.repeats, help=f"fresh processes per measurement (default {TC.repeats})")
+    p.add_argument("--calibration-count", type=int, default=TC.export.calibration_count)
+    p.add_argument("--runs", type=int, default=TC.bench.runs,
+                   help=f"timed batch-1 calls per measurement (default {TC.bench.runs})")
+    p.add_argument("--repeats", type=int, default=TC.bench.repeats,
+                   help=f"fresh processes per measurement (default {TC.bench.repeats})")
     p.add_argument("--jobs", type=int, default=TC.jobs, help="post-training exports side by side (default 2)")
     p.add_argument("--keep-frontier", action="store_true", help="the bundle holds the whole front, not only the winner")
     p.add_argument("--max-test-images", type=int, help="read at most this many test images for the winner's figure")

@@ -273,6 +273,43 @@ class ExportConfig:
         return d
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    variants: tuple[str, ...] = ()
+    threads: int | None = 1
+    warmup: int = 20
+    runs: int = 40
+    batch: int = 32
+    max_images: int | None = None
+    # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
+    # shows what leaving TensorFlow buys. Its row is named "keras_fp32".
+    keras: str | None = None
+    # Test-time augmentation (edgecls.runtime.TTA_MODES): "flip" averages each image with its mirror
+    # image, in every row, the Keras one too: latency, throughput and accuracy then include it.
+    tta: str | None = None
+    # Each variant is measured in `repeats` fresh processes, the variants taking turns (round-robin),
+    # so slow drift of a shared host lands on every variant alike. Accuracy is measured in the first
+    # round only; latency and throughput are the median round's, and every round's p50 and
+    # throughput are kept (row "repeats") so the spread between processes is on record. Five give
+    # each p50 an interval the report's recommendation and front rely on: two equally fast files
+    # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise). The
+    # Keras row, a reference far slower than any exported file, is measured in the first round only.
+    repeats: int = 5
+
+    def __post_init__(self):
+        from .runtime import check_tta
+
+        check_tta(self.tta)
+        for name in ("warmup", "runs", "batch", "repeats"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
+                raise ConfigError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"max_images must be positive, got {self.max_images!r}")
+
+
 # The post-training variants `edgecls tune` searches (edgecls.tune.PTQ_STAGES builds them).
 TUNE_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_dynamic_aeq", "tflite_int8", "tflite_int8_pixels",
                  "tflite_int8_aeq",
@@ -280,6 +317,11 @@ TUNE_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_dynamic
 
 # Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
 MIN_CALIBRATION = 32
+
+
+# How tune measures latency unless told otherwise: more calls per process than `edgecls bench`
+# (batch 1 only, the number a budget is judged on), in fewer processes.
+TUNE_BENCH = BenchConfig(runs=200, warmup=20, repeats=3)
 
 
 @dataclass(frozen=True)
@@ -301,14 +343,13 @@ class TuneConfig:
     sparsities: tuple[float, ...] = (0.5, 0.75)
     sparsity_allocations: tuple[str, ...] = ("uniform",)
     fine_tune: str = "auto"  # auto | always | never (pruning and QAT candidates)
-    prune_epochs: int = ExportConfig.prune_epochs
-    qat_epochs: int = ExportConfig.qat_epochs
-    distill: bool = False  # pruning and QAT fine-tunes also learn the float model's soft outputs
     validation_images: int | None = None  # held out of the training images to choose on (None: 2,000 or a fifth, fewer)
-    calibration_count: int = ExportConfig.calibration_count
-    runs: int = 200  # timed batch-1 calls per latency measurement
-    warmup: int = 20
-    repeats: int = 3  # fresh processes per measurement, variants taking turns; the median round counts
+    # What each stage's export takes (fine-tuning epochs, distillation, calibration count ...); tune
+    # sets its formats, seed and the fine-tuned variants' budget itself.
+    export: ExportConfig = ExportConfig()
+    # How each candidate's latency is measured (runs, warmup, fresh processes); tune sets the
+    # variants and threads itself.
+    bench: BenchConfig = TUNE_BENCH
     hosts: tuple[str, ...] = ()  # [user@]device: latency measured there over SSH (edgecls.bench.remote)
     remote_python: str = "python3"
     remote_dir: str | None = None  # where on the devices bundles go (None: edgecls.bench.remote's default)
@@ -352,11 +393,8 @@ class TuneConfig:
         need(self.fine_tune in ("auto", "always", "never"), f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
         need(self.validation_images is None or isinstance(self.validation_images, int) and self.validation_images >= 100,
              f"validation_images must be at least 100, got {self.validation_images!r}")
-        need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,
-             f"calibration_count must be at least {MIN_CALIBRATION}, got {self.calibration_count!r}")
-        for name in ("runs", "repeats", "jobs", "prune_epochs", "qat_epochs"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        need(isinstance(self.warmup, int) and self.warmup >= 0, f"warmup must be >= 0, got {self.warmup!r}")
+        need(isinstance(self.export, ExportConfig), f"export must be an ExportConfig, got {type(self.export).__name__}")
+        need(isinstance(self.bench, BenchConfig), f"bench must be a BenchConfig, got {type(self.bench).__name__}")
+        need(isinstance(self.jobs, int) and self.jobs >= 1, f"jobs must be a positive integer, got {self.jobs!r}")
         need(self.max_test_images is None or (isinstance(self.max_test_images, int) and self.max_test_images >= 1),
              f"max_test_images must be a positive integer, got {self.max_test_images!r}")

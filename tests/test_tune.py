@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from edgecls.config import TuneConfig
+from edgecls.config import BenchConfig, ExportConfig, TuneConfig
 from edgecls.errors import ConfigError
 from edgecls.selection import Budgets, choose, closest, explain, fine_tune_reason, misses
 
@@ -150,13 +150,15 @@ def test_speeds_are_tied_when_their_repeated_p50s_overlap():
 def test_bad_budgets_are_one_line_errors():
     for kwargs, text in (({"max_bytes": -5}, "max_bytes"), ({"objective": "speed"}, "objective"),
                          ({"threads": (0,)}, "threads"), ({"variants": ("tflite_qat_int8",)}, "post-training"),
-                         ({"size_measure": "zip"}, "size_measure"), ({"validation_images": 10}, "validation_images")):
+                         ({"size_measure": "zip"}, "size_measure"), ({"validation_images": 10}, "validation_images"),
+                         ({"export": {"prune_epochs": 1}}, "ExportConfig"), ({"bench": BenchConfig}, "BenchConfig")):
         with pytest.raises(ConfigError, match=text):
             TuneConfig(**kwargs)
 
 
-SMALL = dict(variants=("tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"), validation_images=100,
-             calibration_count=64, runs=20, warmup=2, repeats=1, sparsities=(0.5,), prune_epochs=1, qat_epochs=1)
+SMALL = dict(variants=("tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"), validation_images=100, sparsities=(0.5,),
+             export=ExportConfig(calibration_count=64, prune_epochs=1, qat_epochs=1),
+             bench=BenchConfig(runs=20, warmup=2, repeats=1))
 
 
 def test_tune_end_to_end_then_resume_with_another_budget(trained_tiny, tmp_path):

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from statistics import median_low
 
 import numpy as np
 
+from ..config import BenchConfig
 from ..errors import ConfigError, DataError
 from ..hostinfo import host_info, runtime_versions
 
@@ -47,43 +48,6 @@ def time_calls(fn, warmup: int = 20, runs: int = 200) -> dict:
         fn()
         samples[i] = (time.perf_counter() - start) * 1000.0
     return latency_stats(samples)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    variants: tuple[str, ...] = ()
-    threads: int | None = 1
-    warmup: int = 20
-    runs: int = 40
-    batch: int = 32
-    max_images: int | None = None
-    # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
-    # shows what leaving TensorFlow buys. Its row is named "keras_fp32".
-    keras: str | None = None
-    # Test-time augmentation (edgecls.runtime.TTA_MODES): "flip" averages each image with its mirror
-    # image, in every row, the Keras one too: latency, throughput and accuracy then include it.
-    tta: str | None = None
-    # Each variant is measured in `repeats` fresh processes, the variants taking turns (round-robin),
-    # so slow drift of a shared host lands on every variant alike. Accuracy is measured in the first
-    # round only; latency and throughput are the median round's, and every round's p50 and
-    # throughput are kept (row "repeats") so the spread between processes is on record. Five give
-    # each p50 an interval the report's recommendation and front rely on: two equally fast files
-    # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise). The
-    # Keras row, a reference far slower than any exported file, is measured in the first round only.
-    repeats: int = 5
-
-    def __post_init__(self):
-        from ..runtime import check_tta
-
-        check_tta(self.tta)
-        for name in ("warmup", "runs", "batch", "repeats"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "warmup" else 1):
-                raise ConfigError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"max_images must be positive, got {self.max_images!r}")
 
 
 def _peak_rss_mb() -> float:

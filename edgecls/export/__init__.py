@@ -206,191 +206,258 @@ class _NoJournal:
         pass
 
 
-def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
-                 safe_mode: bool = True, skipped: dict | None = None, journal=None, validation=None,
-                 candidates=None) -> ExportResult:
-    from ..evaluation import predict_in_batches
-    from ..zoo import model_stats
+class _Models:
+    """The Keras models of one export: the model the user gave ("base") and the fine-tuned ones
+    (pruned, QAT), each built the first time a variant needs it (or taken from `edgecls optimize`'s
+    folder), and each model's reference outputs on the held-out images and the validation split."""
 
-    started = time.perf_counter()
-    spec = source.preprocessing
-    # Calibration and evaluation images as the model sees them (normalized); the variants that take
-    # pixels get theirs from their own input layout. The held-out images are normalized a batch at a
-    # time as they are used (edgecls.preprocess.Batches), never held as float32 all at once.
-    representative, eval_x = spec.apply(calibration), Batches(eval_images, spec.apply)
-    base = source.model
-    macs = model_stats(base)["macs"]
-    models: dict[str, object] = {"base": base}
-    journal = journal or _NoJournal()
-    details: dict[str, dict] = dict(journal.details)  # fine-tunes an earlier attempt finished
-    build_errors: dict[str, str] = dict(journal.lost_sources)  # ... or crashed in
-    current = {"name": None}
-    references: dict[str, np.ndarray] = {}
+    def __init__(self, source, dataset, spec, config, journal, eval_x, repair_set, safe_mode: bool):
+        self.source, self.dataset, self.spec, self.config, self.journal = source, dataset, spec, config, journal
+        self.eval_x, self.repair_set, self.safe_mode = eval_x, repair_set, safe_mode
+        self.models: dict[str, object] = {"base": source.model}
+        self.details: dict[str, dict] = dict(journal.details)  # fine-tunes an earlier attempt finished
+        self.build_errors: dict[str, str] = dict(journal.lost_sources)  # ... or crashed in
+        self.current: str | None = None  # the variant being exported, for the journal
+        self._references: dict[str, np.ndarray] = {}
+        self._repair_references: dict[str, np.ndarray] = {}
 
-    def get_model(kind: str):
-        if kind in models:
-            return models[kind]
-        if kind in build_errors:
-            raise _BuildError(build_errors[kind])
+    def get(self, kind: str):
+        if kind in self.models:
+            return self.models[kind]
+        if kind in self.build_errors:
+            raise _BuildError(self.build_errors[kind])
         from ..optimize.run import build_variant, load_optimized
 
+        config = self.config
         if config.optimized and (Path(config.optimized) / kind).is_dir():
             # `edgecls optimize` built it already: reuse it instead of fine-tuning again.
-            models[kind], details[kind] = load_optimized(config.optimized, kind, source, safe_mode=safe_mode)
+            self.models[kind], self.details[kind] = load_optimized(config.optimized, kind, self.source,
+                                                                   safe_mode=self.safe_mode)
             log.info("%s: the model from %s (no fine-tuning)", kind, Path(config.optimized) / kind)
-            return models[kind]
+            return self.models[kind]
         try:
-            start = get_model("pruned") if kind == "pruned_qat" else base
-            journal.step(current["name"], f"building the {kind} model", source=kind)
+            start = self.get("pruned") if kind == "pruned_qat" else self.source.model
+            self.journal.step(self.current, f"building the {kind} model", source=kind)
             if kind == "pruned":
                 log.info("pruning to %.0f%% sparsity, %s across layers (%d fine-tuning epochs)", 100 * config.sparsity,
                          "by LAMP score" if config.sparsity_allocation == "lamp" else "uniform", config.prune_epochs)
             else:
                 log.info("%squantization-aware training (%d epochs)",
                          "sparsity-preserving " if kind == "pruned_qat" else "", config.qat_epochs)
-            opt = build_variant(kind, start, dataset, spec, config, teacher=base)
+            opt = build_variant(kind, start, self.dataset, self.spec, config, teacher=self.source.model)
         except _BuildError:
             raise
         except EdgeclsError as exc:
-            build_errors[kind] = str(exc)
+            self.build_errors[kind] = str(exc)
             raise _BuildError(str(exc)) from None
-        models[kind] = opt.model
-        details[kind] = dict(opt.details)
-        journal.built(kind, details[kind])
+        self.models[kind] = opt.model
+        self.details[kind] = dict(opt.details)
+        self.journal.built(kind, self.details[kind])
         return opt.model
 
-    def reference(kind: str) -> np.ndarray:
-        if kind not in references:
-            references[kind] = predict_in_batches(get_model(kind), eval_x)
-        return references[kind]
+    def reference(self, kind: str) -> np.ndarray:
+        """The Keras model's outputs on the held-out images."""
+        from ..evaluation import predict_in_batches
 
-    repair_set = None if validation is None else (Batches(validation[0], spec.apply), validation[1])
-    repair_references: dict[str, np.ndarray] = {}
+        if kind not in self._references:
+            self._references[kind] = predict_in_batches(self.get(kind), self.eval_x)
+        return self._references[kind]
 
-    def repair_reference(kind: str) -> np.ndarray:
+    def repair_reference(self, kind: str) -> np.ndarray:
         """The Keras model's outputs on the validation split of --max-drop."""
-        if kind not in repair_references:
-            repair_references[kind] = predict_in_batches(get_model(kind), repair_set[0])
-        return repair_references[kind]
+        from ..evaluation import predict_in_batches
 
-    journal.step(None, "computing the Keras model's reference outputs")
-    base_ref = reference("base")
-    from ..training.distill import are_probabilities
+        if kind not in self._repair_references:
+            self._repair_references[kind] = predict_in_batches(self.get(kind), self.repair_set[0])
+        return self._repair_references[kind]
 
-    output_kind = "probabilities" if are_probabilities(base_ref) else "logits"
-    rows = []
+
+@dataclass
+class _Prepared:
+    """What every variant of one export shares, prepared once: the source and its models, the
+    calibration images (pixels and normalized), the held-out images (pixels, and normalized a batch
+    at a time) with their labels, the validation split of --max-drop and --calibration-search, the
+    candidate calibration draws, and the work one variant reuses for another (the fp32 ONNX graph)."""
+
+    staging: Path
+    source: object
+    dataset: Dataset
+    config: ExportConfig
+    calibration: np.ndarray
+    representative: np.ndarray
+    eval_images: np.ndarray
+    eval_x: Batches
+    eval_y: np.ndarray
+    repair_set: tuple | None
+    candidates: list | None
+    models: _Models
+    journal: object
+    base_ref: np.ndarray
+    macs: int
+    validated_on: dict
+    skipped: dict
+    shared: dict = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.source.preprocessing
+
+
+def _export_into(staging: Path, out: Path, names, source, dataset, config, calibration, eval_images, eval_y,
+                 safe_mode: bool = True, skipped: dict | None = None, journal=None, validation=None,
+                 candidates=None) -> ExportResult:
+    """Prepare what the variants share once, export each variant (`_export_variant`), write the
+    bundle."""
     from ..hostinfo import validation_host
+    from ..training.distill import are_probabilities
+    from ..zoo import model_stats
 
-    validated_on = validation_host()
-    registry = formats()
-    shared: dict = {}  # work one variant reuses for another (the fp32 ONNX graph)
+    started = time.perf_counter()
+    spec = source.preprocessing
+    journal = journal or _NoJournal()
+    # Calibration and evaluation images as the model sees them (normalized); the variants that take
+    # pixels get theirs from their own input layout. The held-out images are normalized a batch at a
+    # time as they are used (edgecls.preprocess.Batches), never held as float32 all at once.
+    eval_x = Batches(eval_images, spec.apply)
+    repair_set = None if validation is None else (Batches(validation[0], spec.apply), validation[1])
+    models = _Models(source, dataset, spec, config, journal, eval_x, repair_set, safe_mode)
+    journal.step(None, "computing the Keras model's reference outputs")
+    base_ref = models.reference("base")
+    prep = _Prepared(staging=staging, source=source, dataset=dataset, config=config, calibration=calibration,
+                     representative=spec.apply(calibration), eval_images=eval_images, eval_x=eval_x, eval_y=eval_y,
+                     repair_set=repair_set, candidates=candidates, models=models, journal=journal, base_ref=base_ref,
+                     macs=model_stats(source.model)["macs"], validated_on=validation_host(), skipped=skipped or {})
+    rows = []
     for name in names:
-        variant = VARIANTS[name]
-        fmt = registry[variant.format]
-        row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
-               "description": variant.description}
         if name in journal.rows:  # finished (or lost to a crash) in an earlier attempt
             rows.append(journal.rows[name])
             continue
-        if skipped and name in skipped:
-            rows.append({**row, "status": "skipped", "reason": skipped[name]})
-            continue
-        t0 = time.perf_counter()
-        current["name"] = name
-        try:
-            keras_model = get_model(variant.source)
-            journal.step(name, "converting it")
-            job = ConvertJob(model=keras_model, base=base, spec=spec, config=config, representative=representative,
-                             calibration=calibration, shared=shared)
-            if candidates and _searchable(variant):
-                from .calibration import search
-
-                journal.step(name, f"searching its calibration ({len(candidates)} draws)")
-                record, converted, chosen = search(fmt, variant, job, candidates, dataset.train.images, spec,
-                                                   repair_set[0], repair_set[1], repair_reference(variant.source),
-                                                   _tolerance(variant, config))
-                row["calibration_search"] = record
-                job = replace(job, representative=chosen)
-                log.info("%s: calibration on %d images (seed %d) chosen from %d draws: on the validation split "
-                         "output mean squared difference from float %.3g, agreement %.4f, top-1 %.4f", name,
-                         record["chosen"]["count"], record["chosen"]["seed"], len(candidates), record["chosen"]["mse"],
-                         record["chosen"]["agreement"], record["chosen"]["accuracy"])
-            else:
-                converted = fmt.convert(variant, job)
-            row.update(converted.fields)
-        except (_BuildError, EdgeclsError) as exc:
-            row.update(status="error", reason=str(exc))
-            rows.append(row)
-            journal.finished(row)
-            log.warning("%s: %s", name, exc)
-            continue
-        file = staging / f"{name}.{variant.format}"  # .tflite or .onnx
-        file.write_bytes(converted.data)
-        row["convert_s"] = round(time.perf_counter() - t0, 2)
-        journal.step(name, "reading the converted file", file=file.name)
-        try:
-            weights, unreadable = fmt.weight_stats(file), None
-        except Exception as exc:  # a damaged flatbuffer or protobuf: struct.error, DecodeError, IndexError ...
-            weights, unreadable = {}, f"{exc.__class__.__name__}: {first_line(exc)}"
-        nonfinite = weights.get("nonfinite", 0)
-        if unreadable:
-            row.update(status="failed", reason=f"the converted file is unreadable ({unreadable}); not loaded")
-        elif nonfinite:
-            # Loading such a file can crash the interpreter; it is never a model worth shipping.
-            row.update(status="failed", reason=f"the converted model holds {nonfinite} NaN or infinite constants "
-                                               f"(its Keras model's weights are not finite); not loaded")
-            row.update(file=file.name, sha256=sha256_file(file))
-        else:
-            if repair_set is not None and _repairable(variant, config):
-                journal.step(name, "repairing it under --max-drop", file=file.name)
-                row.update(_repair(fmt, variant, job, file, repair_set, repair_reference))
-                weights = fmt.weight_stats(file)
-            journal.step(name, "validating the converted file", file=file.name)
-            try:
-                pixels = converted.pixel_layout
-                inputs = Batches(eval_images, pixels.apply) if pixels is not None else eval_x
-                row.update(_describe_and_validate(file, variant, fmt, config, inputs, eval_y, reference(variant.source),
-                                                  base_ref, macs, source, weights))
-                row["validation"]["host"] = validated_on
-                row["input"] = variant.input
-            except EdgeclsError as exc:
-                row.update(status="failed", reason=f"validation could not run: {exc}")
-        row.update(fmt.manifest_fields(file, config))
-        if row.get("repair", {}).get("met") is False and row["status"] == "ok":
-            row.update(status="failed", reason=row["repair"]["reason"])
-        if "validation" in row and _diagnosable(variant, config) and "diagnosis" not in row:
-            journal.step(name, "diagnosing its layers", file=file.name)
-            row.update(_diagnosis(fmt, variant, job, file))
-        if config.micro and row["status"] == "ok" and variant.format == "tflite":
-            journal.step(name, "running it under TFLite Micro", file=file.name)
-            row.update(_micro(file, name, row, inputs, eval_y, base_ref, _tolerance(variant, config), source, spec,
-                              staging, config))
-        if row["status"] != "ok":
-            (staging / "rejected").mkdir(exist_ok=True)
-            file.rename(staging / "rejected" / file.name)
-            row["file"] = f"rejected/{file.name}"
-            log.warning("%s failed validation: %s", name, row["reason"])
+        row = _export_variant(prep, name)
         rows.append(row)
-        journal.finished(row)
-        log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
-        if row.get("validation", {}).get("warning"):
-            log.warning("%s: %s", name, row["validation"]["warning"])
+        if row.get("status") != "skipped":
+            journal.finished(row)
 
+    base = source.model
     base_acc = float((base_ref.argmax(1) == eval_y).mean())
     journal.step(None, "writing the bundle")
     manifest = write_bundle(
         staging, labels=source.labels, preprocessing=spec, rows=rows,
         model={"source": str(source.path), "kind": source.kind, "name": getattr(base, "name", ""),
                "input_shape": [int(v) for v in base.inputs[0].shape[1:]], "classes": len(source.labels),
-               "output": output_kind},
+               "output": "probabilities" if are_probabilities(base_ref) else "logits"},
         reference={"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
                    "data": dataset.source, "split": "test"},
-        calibration={"images": int(len(representative)), "seed": config.calibration_seed,
+        calibration={"images": int(len(prep.representative)), "seed": config.calibration_seed,
                      **({"data": str(config.calibration_data), "labels": False} if config.calibration_data else
                         {"split": "train"})},
-        optimization=details, config=config.to_dict(), tools=_versions(),
+        optimization=models.details, config=config.to_dict(), tools=_versions(),
         export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
+
+
+def _export_variant(prep: _Prepared, name: str) -> dict:
+    """One variant, start to end: convert (after a calibration search when asked), write, read back,
+    repair under --max-drop, validate against its reference, diagnose, check under TFLite Micro;
+    a file that fails goes to rejected/. Returns its manifest row."""
+    config, journal, models = prep.config, prep.journal, prep.models
+    variant = VARIANTS[name]
+    fmt = formats()[variant.format]
+    row = {"name": name, "format": variant.format, "precision": variant.precision, "source": variant.source,
+           "description": variant.description}
+    if name in prep.skipped:
+        return {**row, "status": "skipped", "reason": prep.skipped[name]}
+    t0 = time.perf_counter()
+    models.current = name
+    try:
+        job = _convert_job(prep, variant)
+        converted = None
+        if prep.candidates and _searchable(variant):
+            job, converted = _search_calibration(prep, variant, fmt, job, row)
+        if converted is None:
+            converted = fmt.convert(variant, job)
+        row.update(converted.fields)
+    except (_BuildError, EdgeclsError) as exc:
+        row.update(status="error", reason=str(exc))
+        log.warning("%s: %s", name, exc)
+        return row
+    file = prep.staging / f"{name}.{variant.format}"  # .tflite or .onnx
+    file.write_bytes(converted.data)
+    row["convert_s"] = round(time.perf_counter() - t0, 2)
+    journal.step(name, "reading the converted file", file=file.name)
+    try:
+        weights, unreadable = fmt.weight_stats(file), None
+    except Exception as exc:  # a damaged flatbuffer or protobuf: struct.error, DecodeError, IndexError ...
+        weights, unreadable = {}, f"{exc.__class__.__name__}: {first_line(exc)}"
+    nonfinite = weights.get("nonfinite", 0)
+    inputs = prep.eval_x
+    if unreadable:
+        row.update(status="failed", reason=f"the converted file is unreadable ({unreadable}); not loaded")
+    elif nonfinite:
+        # Loading such a file can crash the interpreter; it is never a model worth shipping.
+        row.update(status="failed", reason=f"the converted model holds {nonfinite} NaN or infinite constants "
+                                           f"(its Keras model's weights are not finite); not loaded")
+        row.update(file=file.name, sha256=sha256_file(file))
+    else:
+        if prep.repair_set is not None and _repairable(variant, config):
+            journal.step(name, "repairing it under --max-drop", file=file.name)
+            row.update(_repair(fmt, variant, job, file, prep.repair_set, models.repair_reference))
+            weights = fmt.weight_stats(file)
+        journal.step(name, "validating the converted file", file=file.name)
+        try:
+            pixels = converted.pixel_layout
+            inputs = Batches(prep.eval_images, pixels.apply) if pixels is not None else prep.eval_x
+            row.update(_describe_and_validate(file, variant, fmt, config, inputs, prep.eval_y,
+                                              models.reference(variant.source), prep.base_ref, prep.macs, prep.source,
+                                              weights))
+            row["validation"]["host"] = prep.validated_on
+            row["input"] = variant.input
+        except EdgeclsError as exc:
+            row.update(status="failed", reason=f"validation could not run: {exc}")
+    row.update(fmt.manifest_fields(file, config))
+    if row.get("repair", {}).get("met") is False and row["status"] == "ok":
+        row.update(status="failed", reason=row["repair"]["reason"])
+    if "validation" in row and _diagnosable(variant, config) and "diagnosis" not in row:
+        journal.step(name, "diagnosing its layers", file=file.name)
+        row.update(_diagnosis(fmt, variant, job, file))
+    if config.micro and row["status"] == "ok" and variant.format == "tflite":
+        journal.step(name, "running it under TFLite Micro", file=file.name)
+        row.update(_micro(file, name, row, inputs, prep.eval_y, prep.base_ref, _tolerance(variant, config),
+                          prep.source, prep.spec, prep.staging, config))
+    if row["status"] != "ok":
+        (prep.staging / "rejected").mkdir(exist_ok=True)
+        file.rename(prep.staging / "rejected" / file.name)
+        row["file"] = f"rejected/{file.name}"
+        log.warning("%s failed validation: %s", name, row["reason"])
+    log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
+    if row.get("validation", {}).get("warning"):
+        log.warning("%s: %s", name, row["validation"]["warning"])
+    return row
+
+
+def _convert_job(prep: _Prepared, variant: Variant) -> ConvertJob:
+    """What a format's converter takes for `variant` (its Keras model built first when needed)."""
+    keras_model = prep.models.get(variant.source)
+    prep.journal.step(variant.name, "converting it")
+    return ConvertJob(model=keras_model, base=prep.source.model, spec=prep.spec, config=prep.config,
+                      representative=prep.representative, calibration=prep.calibration, shared=prep.shared)
+
+
+def _search_calibration(prep: _Prepared, variant: Variant, fmt, job: ConvertJob, row: dict):
+    """--calibration-search: the variant converted with each candidate draw, the one closest to its
+    float model on the validation split kept. Returns (the job with that draw, its conversion)."""
+    from .calibration import search
+
+    name, candidates = variant.name, prep.candidates
+    prep.journal.step(name, f"searching its calibration ({len(candidates)} draws)")
+    record, converted, chosen = search(fmt, variant, job, candidates, prep.dataset.train.images, prep.spec,
+                                       prep.repair_set[0], prep.repair_set[1],
+                                       prep.models.repair_reference(variant.source), _tolerance(variant, prep.config))
+    row["calibration_search"] = record
+    log.info("%s: calibration on %d images (seed %d) chosen from %d draws: on the validation split "
+             "output mean squared difference from float %.3g, agreement %.4f, top-1 %.4f", name,
+             record["chosen"]["count"], record["chosen"]["seed"], len(candidates), record["chosen"]["mse"],
+             record["chosen"]["agreement"], record["chosen"]["accuracy"])
+    return replace(job, representative=chosen), converted
 
 
 class _BuildError(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     """Every requested variant `source` can become, written and validated into `staging`."""
     from ..evaluation import align_labels
     from ..hostinfo import validation_host
-    from ..runtime import isolated
-    from . import ExportResult, _tolerance, _versions
-    from .formats import formats
-    from .inspect import onnx_weight_stats, size_report, tflite_weight_stats
-    from .validate import compare
+    from . import ExportResult, _versions
 
     started = time.perf_counter()
     wanted, skipped = source_variants(config.formats)
@@ -102,71 +99,10 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
 
     output_kind = "probabilities" if are_probabilities(reference) else "logits"
     validated_on = validation_host()
-    floats: dict[str, tuple] = {}  # format -> (bytes, conversion) or the EdgeclsError that stopped it
-    rows = []
-    for name in wanted:
-        fmt_name, engine = SOURCE_VARIANTS[name]
-        variant = VARIANTS[name]
-        layout = source.layout_of(fmt_name)
-        row = {"name": name, "format": fmt_name, "precision": variant.precision, "source": "source",
-               "description": _description(variant, source), "layout": layout}
-        try:
-            if fmt_name not in floats:
-                floats[fmt_name] = _float_file(source, fmt_name, calibration)
-            if isinstance(floats[fmt_name], EdgeclsError):
-                raise floats[fmt_name]
-            float_bytes, conversion = floats[fmt_name]
-            keep = _logits_layer(engine, variant, float_bytes, output_kind)
-            data_bytes = float_bytes if engine is None else _quantize(engine, variant, float_bytes,
-                                                                        source.in_layout(calibration, fmt_name),
-                                                                        source, config, keep)
-        except EdgeclsError as exc:
-            rows.append({**row, "status": "error", "reason": str(exc)})
-            log.warning("%s: %s", name, exc)
-            continue
-        file = staging / f"{name}.{fmt_name}"
-        file.write_bytes(data_bytes)
-        row["conversion"] = dict(conversion)
-        if keep:
-            row["kept_float"] = {"layers": list(keep), "why": LOGITS_KEPT}
-        if fmt_name == "tflite":
-            from ..sources.convert import tflite_ops
-
-            row["conversion"]["transposes"] = tflite_ops(data_bytes).count("TRANSPOSE")
-        if engine:
-            row["engine"] = engine
-            if fmt_name == "onnx":
-                row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.onnx_int8_scheme
-        if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
-            row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
-            if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
-                # May rewrite the file with layers kept in float: what is validated below.
-                _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
-        try:
-            outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
-                                       timeout=config.validation_timeout_s)
-            validation = compare(outputs, reference, eval_y, _tolerance(variant, config))
-        except EdgeclsError as exc:
-            validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
-        validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
-        weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
-        inputs, outs = formats()[fmt_name].describe(file)
-        row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
-                   reason=validation.get("reason", ""), sparsity=weights["sparsity"],
-                   sparsity_source="quantization" if variant.precision in ("int8", "int16x8") else "weights",
-                   inputs=inputs, outputs=outs, weights=weights, validation=validation,
-                   size=size_report(file, weights["weights"], weights["weights"] - weights["zero_weights"], 0))
-        if row["status"] != "ok":
-            (staging / "rejected").mkdir(exist_ok=True)
-            file.rename(staging / "rejected" / file.name)
-            row["file"] = f"rejected/{file.name}"
-        if config.micro and row["status"] == "ok" and fmt_name == "tflite":
-            from . import _micro  # TFLite Micro for a full-integer file, against the source's own outputs
-
-            row.update(_micro(file, name, row, source.in_layout(eval_x, fmt_name), eval_y, reference,
-                              _tolerance(variant, config), source, spec, staging, config))
-        rows.append(row)
-        log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
+    prep = _SourcePrepared(source=source, config=config, staging=staging, calibration=calibration,
+                           output_kind=output_kind, repair_set=repair_set, eval_x=eval_x, eval_y=eval_y,
+                           reference=reference, spec=spec, validated_on=validated_on)
+    rows = [_source_variant(prep, name) for name in wanted]
     rows += [{"name": n, "status": "skipped", "reason": why} for n, why in skipped.items()]
     shape = [spec.input_size[0], spec.input_size[1], 3]
     manifest = write_bundle(
@@ -179,6 +115,101 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         calibration={"images": int(len(calibration)), "seed": config.calibration_seed, "split": "train"},
         config=config.to_dict(), tools=_versions(), export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
+
+
+@dataclass
+class _SourcePrepared:
+    """What every variant of a source's export shares, prepared once."""
+
+    source: object
+    config: object
+    staging: Path
+    calibration: np.ndarray
+    output_kind: str
+    repair_set: tuple | None
+    eval_x: object
+    eval_y: np.ndarray
+    reference: np.ndarray
+    spec: object
+    validated_on: dict
+    floats: dict = field(default_factory=dict)  # format -> (bytes, conversion) or the EdgeclsError that stopped it
+
+
+def _source_variant(prep: _SourcePrepared, name: str) -> dict:
+    """One variant of a source, start to end: its float file (made once per format and shared),
+    quantized by the variant's engine, written, diagnosed and repaired under --max-drop, validated
+    against the source's own outputs, checked under TFLite Micro. Returns its manifest row."""
+    source, config, staging, floats = prep.source, prep.config, prep.staging, prep.floats
+    calibration, output_kind, repair_set = prep.calibration, prep.output_kind, prep.repair_set
+    eval_x, eval_y, reference, spec = prep.eval_x, prep.eval_y, prep.reference, prep.spec
+    validated_on = prep.validated_on
+    from ..runtime import isolated
+    from . import _tolerance
+    from .formats import formats
+    from .inspect import onnx_weight_stats, size_report, tflite_weight_stats
+    from .validate import compare
+
+    fmt_name, engine = SOURCE_VARIANTS[name]
+    variant = VARIANTS[name]
+    layout = source.layout_of(fmt_name)
+    row = {"name": name, "format": fmt_name, "precision": variant.precision, "source": "source",
+           "description": _description(variant, source), "layout": layout}
+    try:
+        if fmt_name not in floats:
+            floats[fmt_name] = _float_file(source, fmt_name, calibration)
+        if isinstance(floats[fmt_name], EdgeclsError):
+            raise floats[fmt_name]
+        float_bytes, conversion = floats[fmt_name]
+        keep = _logits_layer(engine, variant, float_bytes, output_kind)
+        data_bytes = float_bytes if engine is None else _quantize(engine, variant, float_bytes,
+                                                                    source.in_layout(calibration, fmt_name),
+                                                                    source, config, keep)
+    except EdgeclsError as exc:
+        log.warning("%s: %s", name, exc)
+        return {**row, "status": "error", "reason": str(exc)}
+    file = staging / f"{name}.{fmt_name}"
+    file.write_bytes(data_bytes)
+    row["conversion"] = dict(conversion)
+    if keep:
+        row["kept_float"] = {"layers": list(keep), "why": LOGITS_KEPT}
+    if fmt_name == "tflite":
+        from ..sources.convert import tflite_ops
+
+        row["conversion"]["transposes"] = tflite_ops(data_bytes).count("TRANSPOSE")
+    if engine:
+        row["engine"] = engine
+        if fmt_name == "onnx":
+            row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.onnx_int8_scheme
+    if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
+        row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
+        if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
+            # May rewrite the file with layers kept in float: what is validated below.
+            _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
+    try:
+        outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
+                                   timeout=config.validation_timeout_s)
+        validation = compare(outputs, reference, eval_y, _tolerance(variant, config))
+    except EdgeclsError as exc:
+        validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
+    validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
+    weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
+    inputs, outs = formats()[fmt_name].describe(file)
+    row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
+               reason=validation.get("reason", ""), sparsity=weights["sparsity"],
+               sparsity_source="quantization" if variant.precision in ("int8", "int16x8") else "weights",
+               inputs=inputs, outputs=outs, weights=weights, validation=validation,
+               size=size_report(file, weights["weights"], weights["weights"] - weights["zero_weights"], 0))
+    if row["status"] != "ok":
+        (staging / "rejected").mkdir(exist_ok=True)
+        file.rename(staging / "rejected" / file.name)
+        row["file"] = f"rejected/{file.name}"
+    if config.micro and row["status"] == "ok" and fmt_name == "tflite":
+        from . import _micro  # TFLite Micro for a full-integer file, against the source's own outputs
+
+        row.update(_micro(file, name, row, source.in_layout(eval_x, fmt_name), eval_y, reference,
+                          _tolerance(variant, config), source, spec, staging, config))
+    log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
+    return row
 
 
 def _description(variant, source) -> str:

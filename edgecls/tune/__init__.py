@@ -73,7 +73,9 @@ def _budgets(config: TuneConfig) -> Budgets:
 
 
 def _space(config: TuneConfig) -> dict:
-    d = asdict(config)
+    """What the search covers, as tune.json records it (flat: a stage's export and bench settings
+    beside the search's own)."""
+    d = {**asdict(config.export), **asdict(config.bench), **asdict(config)}
     space = {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in SPACE_KEYS}
     # Microcontroller budgets run every TFLite file under TFLite Micro too: another search space.
     space["micro"] = _budgets(config).micro
@@ -261,10 +263,8 @@ class _Search:
         # on the validation split): the export only checks that its conversion is faithful.
         if _budgets(self.config).micro:  # every full-integer TFLite file also under TFLite Micro
             settings = {"micro": True, "micro_images": min(ExportConfig.micro_images, len(self.val.test)), **settings}
-        config = ExportConfig(formats=tuple(variants), calibration_count=self.config.calibration_count,
-                              fine_tuned_max_drop=100.0,
-                              seed=self.config.seed, prune_epochs=self.config.prune_epochs,
-                              qat_epochs=self.config.qat_epochs, distill=self.config.distill, **settings)
+        config = replace(self.config.export, formats=tuple(variants), fine_tuned_max_drop=100.0, seed=self.config.seed,
+                         **settings)
         t0 = time.perf_counter()
         result = export(self.model, data=self.data, out=bundle, config=config, dataset=self.val,
                         preprocessing=self.source.preprocessing, labels=list(self.source.labels))
@@ -378,10 +378,8 @@ class _Search:
                 cand["status"], cand["reason"] = "failed", f"bench: {row.get('error', '')}"
 
     def _bench(self, host, bundle: Path, threads: int, names) -> list[dict]:
-        from ..bench import BenchConfig
 
-        config = BenchConfig(variants=tuple(names), threads=threads, runs=self.config.runs, warmup=self.config.warmup,
-                             repeats=self.config.repeats)
+        config = replace(self.config.bench, variants=tuple(names), threads=threads)
         if host is None:
             from ..bench import bench
 
