@@ -17,7 +17,6 @@ the stages that start from one (--init, --teacher, ensembles).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import zipfile

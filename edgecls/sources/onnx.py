@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError, first_line
-from ..preprocess import PreprocessingSpec
+from ..errors import ModelError, first_line
 from .base import Source, read_labels, spec_from
 
 BATCH = 64

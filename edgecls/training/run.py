@@ -9,7 +9,6 @@ checkpoints stay behind for `resume=True`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
