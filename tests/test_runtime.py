@@ -125,7 +125,7 @@ def test_int8_lookup_table_path_equals_the_float_path(sample_bundle):
     assert fp32._lut is None
 
 
-def test_the_bound_call_gives_the_general_paths_answers_and_steps_aside_for_other_batches(sample_bundle):
+def test_the_bound_call_gives_the_general_paths_answers_and_steps_aside_for_other_batches(sample_bundle, tmp_path):
     """After the first batch of a shape, predict() runs that shape through the backend's bound call
     (TFLiteBackend.bind_fill); a batch of another size in between resizes the interpreter, the
     bound call sees it and steps aside, and every answer is the step-by-step path's."""
@@ -151,6 +151,13 @@ def test_the_bound_call_gives_the_general_paths_answers_and_steps_aside_for_othe
     flipped = runtime.load(sample_bundle.out, variant="tflite_int8", tta="flip")
     flipped.predict(one)
     assert flipped._bound is None  # test-time augmentation: never bound
+    # A lone file: its first scores say it ends in probabilities, then it is bound too.
+    lone = tmp_path / "m.tflite"
+    lone.write_bytes((sample_bundle.out / "tflite_int8.tflite").read_bytes())
+    alone = runtime.load(lone, preprocessing=PreprocessingSpec.load(sample_bundle.out / "preprocessing.json"))
+    np.testing.assert_array_equal(alone.predict(one), expected_one)
+    assert alone.outputs == "probabilities" and alone._bound is not None
+    np.testing.assert_array_equal(alone.predict(one), expected_one)
 
 
 def test_pixel_input_variant_takes_raw_pixels(sample_bundle):

@@ -201,10 +201,11 @@ class Runner:
         elif self._lut is not None:
             raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
             if raw is not None:
+                scores = self._probabilities(self.backend.finish(raw))  # decides what a lone file ends in
                 if not self._bind_tried:
                     self._bind_tried = True
                     self._bind(images.shape)
-                return self._probabilities(self.backend.finish(raw))
+                return scores
         return self.predict_tensor(self._normalize(images))
 
     def _flipped(self, images: np.ndarray) -> np.ndarray:
