@@ -240,7 +240,8 @@ def test_gather_copies_rows_of_a_cached_file_and_hands_their_pages_back(tmp_path
     ds = load_dataset(tiny_dir, image_size=96)  # read back mapped
     (entry,) = list(entries.iterdir())
     train = (entry / "x_train.npy").resolve()
-    picks = [np.arange(len(ds.train))[::3], np.array([5, 1, 4], dtype=np.int64), np.array([], dtype=np.int64)]
+    picks = [np.arange(len(ds.train))[::3], np.array([5, 1, 4], dtype=np.int64), np.array([], dtype=np.int64),
+             np.array([-1, 0, -2]), np.arange(len(ds.train)) % 2 == 0]
     for index in picks:
         assert np.array_equal(ds.train.take(index), ds.train.images[index])
     if _mapping_rss_kb(train) == 0:

@@ -108,29 +108,37 @@ def mapped(path: Path) -> np.ndarray:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         mm.madvise(mmap.MADV_RANDOM)
-    array = np.frombuffer(mm, dtype=np.uint8, count=size, offset=offset).reshape(shape)
-    _MAPPINGS[array.ctypes.data] = (mm, offset)
-    return array
+    return np.frombuffer(mm, dtype=np.uint8, count=size, offset=offset).reshape(shape)
 
 
-# The mapping behind each array `mapped` returned, by the array's data address: `gather` releases
-# the pages it touched.
-_MAPPINGS: dict[int, tuple] = {}
+def _mapping_of(images: np.ndarray):
+    """The mmap an array (or a view of one) `mapped` returned reads from, else None."""
+    import mmap
+
+    base = images
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def gather(images: np.ndarray, index: np.ndarray, chunk: int = 256) -> np.ndarray:
     """images[index] as a new array. For an array `mapped` returned, a chunk at a time, each chunk's
     pages of the mapping handed back to the kernel (MADV_DONTNEED) once copied: on a read fault the
     kernel maps up to 64 KB of cached file around the page asked for (fault-around, which
-    MADV_RANDOM does not turn off), so 2,000 scattered 96x96 images of 10,000 otherwise leave
+    MADV_RANDOM does not turn off), so 2,000 scattered 96x96 images of 10,000 otherwise leave up to
     the whole 276 MB file resident in this process. The page cache keeps the data either way."""
     import mmap
 
     index = np.asarray(index)
-    found = _MAPPINGS.get(images.ctypes.data) if isinstance(images, np.ndarray) and images.ndim == 4 else None
-    if found is None or not hasattr(mmap, "MADV_DONTNEED"):
+    mm = _mapping_of(images) if isinstance(images, np.ndarray) and images.ndim == 4 else None
+    if mm is None or not images.flags.c_contiguous or not hasattr(mmap, "MADV_DONTNEED") or not len(images):
         return images[index]
-    mm, offset = found
+    if index.dtype == np.bool_:
+        index = np.flatnonzero(index)
+    index = np.where(index < 0, index + len(images), index)  # what numpy's negative indices mean
+    offset = images.ctypes.data - np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data  # of row 0 in the mapping
     row = int(np.prod(images.shape[1:]))
     out = np.empty((len(index), *images.shape[1:]), dtype=images.dtype)
     page = mmap.PAGESIZE
