@@ -51,6 +51,9 @@ QAT = ("tflite_qat_int8",)
 # Settings that change what a candidate measures: a resumed run must have the same ones.
 SPACE_KEYS = ("variants", "threads", "sparsities", "sparsity_allocations", "prune_epochs", "qat_epochs", "distill",
               "validation_images", "calibration_count", "runs", "warmup", "repeats", "seed", "hosts")
+# What a record written before a space key existed meant by its absence (every key `_space` adds
+# beside SPACE_KEYS needs one).
+SPACE_ABSENT = {"micro": False}
 
 
 class TuneResult:
@@ -139,7 +142,8 @@ class _State:
         space = _space(config)
         if path.is_file():
             old = read_record(path)
-            changed = [k for k in (*SPACE_KEYS, "micro") if old.get("space", {}).get(k, False if k == "micro" else None) != space[k]]
+            recorded = old.get("space", {})
+            changed = [k for k, value in space.items() if recorded.get(k, SPACE_ABSENT.get(k)) != value]
             if old.get("model") != str(model) or old.get("data") != str(data):
                 changed = ["model or data"] + changed
             if changed:
