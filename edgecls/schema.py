@@ -149,7 +149,8 @@ def _i(lo=None, hi=None, null: bool = False) -> dict:
 
 
 def _a(items: dict, n: int, **kw) -> dict:
-    return {"type": "array", "items": items, "maxItems": n, **kw}
+    # maxItems before items: `check` stops at a size error without validating every element.
+    return {"type": "array", "maxItems": n, "items": items, **kw}
 
 
 def _o(props: dict, required=(), extra=True, null: bool = False) -> dict:
@@ -162,7 +163,7 @@ def _o(props: dict, required=(), extra=True, null: bool = False) -> dict:
 
 
 def _map(values: dict, n: int = 256, null: bool = False) -> dict:
-    return {"type": ["object", "null"] if null else "object", "additionalProperties": values, "maxProperties": n}
+    return {"type": ["object", "null"] if null else "object", "maxProperties": n, "additionalProperties": values}
 
 
 def _opt(schema: dict) -> dict:
@@ -302,7 +303,11 @@ def check(data, kind: str, where: str, error: type[Exception]) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    found = best_match(_validator(kind, Draft202012Validator).iter_errors(data))
+    errors = _validator(kind, Draft202012Validator).iter_errors(data)
+    first = next(errors, None)
+    # A container over its size limit is reported at once: validating each of its elements first (a
+    # 1,500 x 1,500 matrix is 2.25 million) would take a minute to refuse a few megabytes.
+    found = first if first is None or first.validator in _SIZE_LIMITS else best_match([first, *errors])
     if found is not None:
         raise error(f"{where}: {field(found.absolute_path)} {_expected(found)}; not a {_WHAT[kind]} edgecls wrote "
                     f"(or it was edited): {_REDO[kind]}")
@@ -310,6 +315,7 @@ def check(data, kind: str, where: str, error: type[Exception]) -> None:
         raise error(f"{where}: {problem}; not a {_WHAT[kind]} edgecls wrote (or it was edited): {_REDO[kind]}")
 
 
+_SIZE_LIMITS = ("maxItems", "maxLength", "maxProperties")
 _WHAT = {"manifest": "bundle manifest", "labels": "labels file", "preprocessing": "preprocessing spec",
          "bench": "bench report", "tune": "tune record", "optimize": "optimize record", "train": "training record",
          "history": "training history", "run": "run record", "eval": "eval report", "journal": "export journal"}
