@@ -286,10 +286,6 @@ class Batches:
         transform = self.transform
         return Batches(self.pixels, lambda x: fn(transform(x)))
 
-    def chunks(self, size: int = 256):
-        for start in range(0, len(self), size):
-            yield self[start:start + size]
-
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, np.float32)
         for start in range(0, len(self), 256):

@@ -38,9 +38,12 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """onnxruntime's compute_signal_to_quantization_noice_ratio, capped at CAP_DB."""
     ref = np.asarray(reference, np.float64).ravel()
     diff = ref - np.asarray(other, np.float64).ravel()
+    return _db(float(np.linalg.norm(ref)), float(np.linalg.norm(diff)))
+
+
+def _db(ref_norm: float, diff_norm: float) -> float:
     eps = np.finfo(np.float32).eps
-    value = 20 * math.log10(max(np.linalg.norm(ref), eps) / max(np.linalg.norm(diff), eps))
-    return round(min(value, CAP_DB), 2)
+    return round(min(20 * math.log10(max(ref_norm, eps) / max(diff_norm, eps)), CAP_DB), 2)
 
 
 class _Sums:
@@ -58,9 +61,7 @@ class _Sums:
         total[1] += float(diff @ diff)
 
     def db(self) -> dict:
-        eps = np.finfo(np.float32).eps
-        return {key: round(min(20 * math.log10(max(math.sqrt(r), eps) / max(math.sqrt(d), eps)), CAP_DB), 2)
-                for key, (r, d) in self.sums.items()}
+        return {key: _db(math.sqrt(r), math.sqrt(d)) for key, (r, d) in self.sums.items()}
 
 
 # Images run through both files at a time: every intermediate tensor of a batch is held, never of
@@ -296,16 +297,18 @@ def _onnx_layers(float_path: Path, quant_path: Path, images: np.ndarray) -> list
     sums = _Sums()
     with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
         f_run, q_run = _ONNXAll(float_path, Path(tmp) / "float.onnx"), _ONNXAll(quant_path, Path(tmp) / "quantized.onnx")
+        quantized_of: dict[str, str] | None = None
         for start in range(0, len(images), STEP):
             f_values = f_run.values(images[start:start + STEP])
             q_values = q_run.values(images[start:start + STEP])
-            # The quantized version of float tensor X: the output of DequantizeLinear(QuantizeLinear(X)).
-            quantized_of: dict[str, str] = {}
-            for node in q_model.graph.node:
-                if node.op_type == "DequantizeLinear":
-                    q = produced_by.get(node.input[0])
-                    if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in f_values:
-                        quantized_of[q.input[0]] = node.output[0]
+            if quantized_of is None:  # the same tensors every batch: matched once
+                # The quantized version of float tensor X: the output of DequantizeLinear(QuantizeLinear(X)).
+                quantized_of = {}
+                for node in q_model.graph.node:
+                    if node.op_type == "DequantizeLinear":
+                        q = produced_by.get(node.input[0])
+                        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in f_values:
+                            quantized_of[q.input[0]] = node.output[0]
             for tensor, f in f_values.items():
                 key = quantized_of.get(tensor, tensor)
                 if key in q_values and q_values[key].shape == f.shape:
