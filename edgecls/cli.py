@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .config import ONNX_INT8_SCHEMES, ExportConfig, TrainConfig
-
-E, T = ExportConfig, TrainConfig  # every default is read from the stage's config
+from .config import BIG, BenchConfig, ExportConfig, ReportConfig, TrainConfig, TuneConfig
 from .errors import ConfigError, EdgeclsError, Interrupted, first_line
 
 log = logging.getLogger("edgecls")
@@ -45,17 +46,9 @@ def _cmd_zoo(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .config import TrainConfig
     from .training import train
 
-    config = TrainConfig(
-        data=args.data, arch=args.arch, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-        recipe=args.recipe, learning_rate=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, augment=not args.no_augment, cutout=args.cutout, cutmix=args.cutmix, val_fraction=args.val_fraction,
-        patience=args.patience, image_size=args.image_size, seed=args.seed, resume=args.resume,
-        init_from=args.init, swa_epochs=args.swa_epochs, swa_learning_rate=args.swa_lr, teacher=args.teacher,
-        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, verbose=args.verbose,
-    )
+    config = config_from_args(TrainConfig, args)
     result = train(config)
     m = result.metrics
     print(
@@ -109,7 +102,7 @@ def _number_list(kind, what: str, example: str):
         try:
             values = tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} ({example}), got {text!r}")
         if not values:
             raise argparse.ArgumentTypeError(f"expected at least one of the {what}")
         return values
@@ -117,28 +110,20 @@ def _number_list(kind, what: str, example: str):
     return parse
 
 
-_sizes = _number_list(int, "image counts", "100,300,1000")
+def _range(cls, name: str) -> tuple:
+    return next(f.metadata["range"] for f in dataclasses.fields(cls) if f.name == name)
 
-BIG = 10 ** 9
-# Every numeric option's range (inclusive; "above": the value must exceed the low bound; "open": it
-# must stay strictly between both bounds),
+
+# The range of each numeric option written here rather than built from a config field (inclusive;
+# "above": the value must exceed the low bound; "open": it must stay strictly between both bounds),
 # checked when the command line is parsed, before any work starts. An option missing here gets
-# DEFAULT_RANGE: a finite, non-negative number.
+# DEFAULT_RANGE: a finite, non-negative number. Options built from config fields carry their own
+# (edgecls.config.option).
 RANGES = {
-    "--epochs": (1, 100_000), "--prune-epochs": (1, 10_000), "--qat-epochs": (1, 10_000), "--swa-epochs": (0, 10_000),
-    "--batch-size": (1, 65_536), "--batch": (1, 65_536), "--calibration-count": (1, BIG), "--calibration-seed": (0, 2 ** 32 - 1),
-    "--seed": (0, 2 ** 32 - 1), "--image-size": (8, 2048), "--classes": (2, 1000),
-    "--lr": (0, 1e6, "above"), "--prune-lr": (0, 10, "above"), "--qat-lr": (0, 10, "above"), "--swa-lr": (0, 10, "above"),
-    "--weight-decay": (0, 1), "--label-smoothing": (0, 0.99), "--cutout": (0, 2048), "--cutmix": (0, 1),
-    "--val-fraction": (0, 0.9), "--patience": (0, 100_000), "--distill-alpha": (0, 1),
-    "--distill-temperature": (0, 1000, "above"), "--sparsity": (0, 1, "open"), "--sparsities": (0, 1, "open"),
-    "--calibration-draws": (1, 100), "--calibration-search": (1, BIG), "--max-drop": (0, 100), "--fine-tuned-max-drop": (0, 100), "--repair-images": (1, BIG), "--micro-images": (1, BIG),
-    "--opset": (9, 30), "--max-eval-images": (1, BIG), "--top": (0, BIG), "--top-k": (1, 100_000),
-    "--threads": (1, 1024), "--warmup": (0, BIG), "--runs": (1, BIG), "--repeats": (1, 1000), "--max-images": (1, BIG),
-    "--max-bytes": (1, 10 ** 15), "--max-latency-ms": (0, 10 ** 9, "above"),
-    "--max-ram-kb": (0, 10 ** 9, "above"), "--max-flash-kb": (0, 10 ** 9, "above"), "--validation-images": (1, BIG),
-    "--jobs": (1, 64), "--max-test-images": (1, BIG), "--scale": (0, 1e6, "above"), "--mean": (-1e6, 1e6),
-    "--std": (0, 1e6, "above"), "--verbose": (0, 2),
+    "--image-size": _range(TrainConfig, "image_size"), "--epochs": _range(TrainConfig, "epochs"),
+    "--threads": _range(BenchConfig, "threads"), "--runs": _range(BenchConfig, "runs"), "--classes": (2, 1000),
+    "--top": (0, BIG), "--top-k": (1, 100_000), "--scale": (0, 1e6, "above"), "--mean": (-1e6, 1e6),
+    "--std": (0, 1e6, "above"),
 }
 DEFAULT_RANGE = (0, BIG)
 
@@ -190,8 +175,8 @@ def _check_every_option(parser: argparse.ArgumentParser) -> None:
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for sub in subparsers.choices.values():
         for action in sub._actions:
-            if action.nargs == 0 or isinstance(action, argparse._SubParsersAction):
-                continue  # flags, --help
+            if action.nargs == 0 or isinstance(action, argparse._SubParsersAction) or isinstance(action.type, Bounded):
+                continue  # flags, --help, options built from config fields
             flag = next((o for o in action.option_strings if o.startswith("--")), None)
             low, high, *rest = RANGES.get(flag, DEFAULT_RANGE)
             many = getattr(action.type, "many", False)
@@ -206,29 +191,89 @@ def _check_every_option(parser: argparse.ArgumentParser) -> None:
                 action.type = _text
 
 
-def _export_config(args):
-    from .config import ExportConfig
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value) if all(isinstance(v, (int, float)) for v in value) else " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
-    return ExportConfig(
-        formats=tuple(args.formats) if getattr(args, "formats", None) else ExportConfig.formats, sparsity=args.sparsity,
-        sparsity_allocation=args.sparsity_allocation, structured_2x4=args.structured_2x4, skip_layers=tuple(args.skip_layers or ()), prune_epochs=args.prune_epochs,
-        prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_lr,
-        qat_calibration=not getattr(args, "no_qat_calibration", False), distill=args.distill,
-        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, fine_tune_batch_size=args.batch_size, calibration_count=args.calibration_count,
-        calibration_seed=args.calibration_seed, calibration_data=getattr(args, "calibration_data", None),
-        float_io=getattr(args, "float_io", False),
-        int8_weights=getattr(args, "int8_weights", "per-channel"), strip_names=getattr(args, "strip_names", False),
-        onnx_opset=getattr(args, "opset", 17), onnx_int8_method=getattr(args, "onnx_int8", "ort_qdq"),
-        onnx_int8_scheme=getattr(args, "onnx_int8_scheme", ExportConfig.onnx_int8_scheme),
-        nchw=getattr(args, "nchw", False), max_eval_images=getattr(args, "max_eval_images", None),
-        optimized=getattr(args, "optimized", None), seed=args.seed,
-        max_drop=getattr(args, "max_drop", None), calibration_search=getattr(args, "calibration_search", ()),
-        fine_tuned_max_drop=getattr(args, "fine_tuned_max_drop", ExportConfig.fine_tuned_max_drop),
-        calibration_draws=getattr(args, "calibration_draws", ExportConfig.calibration_draws),
-        repair_images=getattr(args, "repair_images", ExportConfig.repair_images),
-        micro=getattr(args, "micro", ExportConfig.micro), micro_images=getattr(args, "micro_images", ExportConfig.micro_images),
-        verbose=args.verbose,
-    )
+
+def _plain_type(hint):
+    """`int | None` -> int; other hints as they are."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+def _wanted(path: str, sections) -> bool:
+    return sections is None or any(path == s or path.startswith(s + ".") or s.startswith(path + ".") for s in sections)
+
+
+def add_config_options(parser, cls, *, defaults=None, sections=None, skip=(), dest: str = "") -> None:
+    """One option per field of the config class `cls` that edgecls.config.option() made an option:
+    its flag, help, choices and range from the field, its default from `defaults` (an instance; the
+    class's own defaults otherwise). Section fields (a config inside a config) are followed: all of
+    them, or only the paths in `sections`. Each option's dest is the field's dotted path, which
+    `config_from_args` reads back."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = dest + f.name
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        hint = _plain_type(hints[f.name])
+        if path in skip:
+            continue
+        if dataclasses.is_dataclass(hint):
+            if _wanted(path, sections):
+                add_config_options(parser, hint, defaults=default, sections=sections, skip=skip, dest=path + ".")
+            continue
+        meta = f.metadata
+        if "help" not in meta or (dest and not _wanted(path, sections)):
+            continue
+        help_text = meta["help"]
+        if hint is not bool and default is not None and default != () and "(default" not in help_text:
+            help_text += f" (default {_shown(default)})"
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kw = {"dest": path, "help": help_text.replace("%", "%%"), "default": default,
+              "metavar": meta["metavar"] or (None if meta["choices"] else flag[2:].upper().replace("-", "_"))}
+        low, high, *rest = meta["range"] or DEFAULT_RANGE
+        exclude = rest[0] if rest else ""
+        if hint is bool:
+            kw["action"] = "store_false" if default else "store_true"
+            kw.pop("metavar", None)
+        elif typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            if item is str:  # `--flag a b` or `--flag a --flag b`; not given: the default
+                kw.update(nargs="+", action="extend", default=None, choices=meta["choices"])
+            else:
+                what = "integers" if item is int else "numbers"
+                kw["type"] = Bounded(_number_list(item, what, kw["metavar"]), low, high, exclude, many=True)
+        else:
+            if meta["const"] is not None:
+                kw.update(nargs="?", const=meta["const"])
+            if hint in (int, float):
+                kw["type"] = Bounded(_number_or_int(hint), low, high, exclude)
+            elif meta["choices"]:
+                kw["type"] = type(meta["choices"][0])
+            else:
+                kw["type"] = _text
+            if meta["choices"]:
+                kw["choices"] = meta["choices"]
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls, args, defaults=None, dest: str = ""):
+    """The config `add_config_options` described, from the parsed `args`: each field whose dotted
+    path is an attribute of `args` takes that value; every other field keeps `defaults`' value (or
+    the class default)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        path, hint = dest + f.name, _plain_type(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            inner = getattr(defaults, f.name) if defaults is not None else f.default
+            values[f.name] = config_from_args(hint, args, inner, path + ".")
+        elif getattr(args, path, None) is not None:  # None: not given (a None default stays None)
+            value = getattr(args, path)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
 
 
 _FORMAT_NAMES = {"keras": "Keras", "onnx": "ONNX", "tflite": "TFLite"}
@@ -237,7 +282,7 @@ _FORMAT_NAMES = {"keras": "Keras", "onnx": "ONNX", "tflite": "TFLite"}
 def _cmd_export(args) -> int:
     from .export import export
 
-    result = export(args.model, data=args.data, out=args.out, config=_export_config(args),
+    result = export(args.model, data=args.data, out=args.out, config=config_from_args(ExportConfig, args),
                     preprocessing=_preprocessing_arg(args), labels=args.labels, safe_mode=not args.unsafe)
     print(result.format_table())
     ok = sum(r["status"] == "ok" for r in result.rows)
@@ -248,24 +293,9 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    from dataclasses import replace
-
-    from .config import TuneConfig
     from .tune import tune
 
-    config = TuneConfig(max_drop=args.max_drop, max_bytes=args.max_bytes, size_measure=args.size,
-                        max_latency_ms=args.max_latency_ms, max_ram_kb=args.max_ram_kb, max_flash_kb=args.max_flash_kb,
-                        board=args.board, objective=args.objective, threads=args.threads,
-                        variants=tuple(args.variants) if args.variants else TuneConfig.variants,
-                        sparsities=args.sparsities, sparsity_allocations=tuple(args.sparsity_allocations),
-                        fine_tune=args.fine_tune, validation_images=args.validation_images,
-                        export=replace(TuneConfig.export, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
-                                       distill=args.distill, calibration_count=args.calibration_count),
-                        bench=replace(TuneConfig.bench, runs=args.runs, repeats=args.repeats),
-                        hosts=tuple(args.host or ()), remote_python=args.remote_python,
-                        remote_dir=args.remote_dir, ssh_config=args.ssh_config,
-                        jobs=args.jobs, keep_frontier=args.keep_frontier, max_test_images=args.max_test_images,
-                        seed=args.seed)
+    config = config_from_args(TuneConfig, args, TuneConfig())
     try:
         result = tune(args.model, data=args.data, out=args.out, config=config, preprocessing=_preprocessing_arg(args),
                       labels=args.labels, safe_mode=not args.unsafe,
@@ -282,7 +312,7 @@ def _cmd_tune(args) -> int:
 def _cmd_optimize(args) -> int:
     from .optimize.run import optimize
 
-    report = optimize(args.model, data=args.data, out=args.out, kinds=tuple(args.variants), config=_export_config(args),
+    report = optimize(args.model, data=args.data, out=args.out, kinds=tuple(args.variants), config=config_from_args(ExportConfig, args),
                       preprocessing=_preprocessing_arg(args), labels=args.labels, safe_mode=not args.unsafe)
     print(f"base accuracy {report['base_accuracy']:.4f} on {report['test_images']} held-out images")
     for kind, entry in report["variants"].items():
@@ -363,19 +393,15 @@ class _Progress:
 
 def _cmd_bench(args) -> int:
     from ._io import atomic_write_json
-    from .bench import BenchConfig, bench
+    from .bench import bench
+    from .bench.remote import RemoteConfig, remote_bench
     from .outputs import check_output_file
     from .report import Report
 
     check_output_file(args.out, "bench", inputs=(args.bundle,))
-    config = BenchConfig(variants=tuple(args.variants or ()), threads=args.threads, warmup=args.warmup, runs=args.runs,
-                         batch=args.batch, max_images=args.max_images, keras=args.keras, tta=args.tta,
-                         repeats=args.repeats)
-    if args.host:
-        from .bench.remote import RemoteConfig, remote_bench
-
-        remote = RemoteConfig(host=args.host, python=args.remote_python, remote_dir=args.remote_dir,
-                              ssh_config=args.ssh_config)
+    config = config_from_args(BenchConfig, args)
+    remote = config_from_args(RemoteConfig, args, dest="remote.") if getattr(args, "remote.host") else None
+    if remote:
         result = remote_bench(args.bundle, remote, data=args.data, config=config, progress=True,
                               log=lambda msg: print(f"edgecls: {msg}", file=sys.stderr, flush=True))
     elif Path(args.bundle).is_file() and Path(args.bundle).suffix in (".tflite", ".onnx") and \
@@ -406,9 +432,7 @@ def _cmd_bench(args) -> int:
 def _cmd_report(args) -> int:
     from .report import Report
 
-    from .config import ReportConfig
-
-    report = Report.load(args.reports, ReportConfig(max_drop=args.max_drop, objective=args.objective))
+    report = Report.load(args.reports, config_from_args(ReportConfig, args))
     paths = report.write(args.out)
     print(report.markdown())
     print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -449,40 +473,16 @@ def _add_preprocessing_options(p):
                                                          "files you trust")
 
 
+MODEL_HELP = ("an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite "
+              "file (with --scale/--mean/--std)")
+
+
 def _add_model_options(p):
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
-    p.add_argument("--data", default=T.data, help="labelled data: calibration from its train split, validation on its test split")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--data", default=TrainConfig.data,
+                   help="labelled data: calibration from its train split, validation on its test split")
     p.add_argument("--out", required=True, help="output directory")
     _add_preprocessing_options(p)
-    p.add_argument("--sparsity", type=float, default=E.sparsity, help=f"pruning target sparsity in (0, 1); default {E.sparsity}")
-    from .config import SPARSITY_ALLOCATIONS
-
-    p.add_argument("--sparsity-allocation", choices=SPARSITY_ALLOCATIONS, default=E.sparsity_allocation,
-                   help="'uniform' (default): every pruned layer to --sparsity; 'lamp': per-layer sparsities from "
-                        "layer-adaptive magnitude scores of the trained weights (large layers lose more, small ones "
-                        "less), the pruned layers together at --sparsity")
-    p.add_argument("--structured-2x4", action="store_true", help="2:4 structured sparsity instead of unstructured")
-    p.add_argument("--skip-layers", nargs="+", help="layers to leave unpruned")
-    p.add_argument("--prune-epochs", type=int, default=E.prune_epochs, help=f"fine-tuning epochs while pruning (default {E.prune_epochs})")
-    p.add_argument("--prune-lr", type=float, default=E.prune_learning_rate, help=f"peak learning rate of the pruning fine-tune (cosine decay; default {E.prune_learning_rate})")
-    p.add_argument("--qat-epochs", type=int, default=E.qat_epochs, help=f"quantization-aware fine-tuning epochs (default {E.qat_epochs})")
-    p.add_argument("--qat-lr", type=float, default=E.qat_learning_rate, help=f"peak learning rate of the QAT fine-tune (cosine decay; default {E.qat_learning_rate})")
-    p.add_argument("--no-qat-calibration", action="store_true",
-                   help="start QAT from tfmot's initial activation ranges [-6, 6] instead of ranges calibrated on "
-                        "the representative images (for comparison)")
-    p.add_argument("--distill", action="store_true",
-                   help="pruning and QAT fine-tunes also learn the original model's softened outputs (knowledge "
-                        "distillation from the uncompressed model; slower per epoch, recovers more accuracy)")
-    p.add_argument("--distill-alpha", type=float, default=E.distill_alpha, help=f"weight of the distillation term (default {E.distill_alpha})")
-    p.add_argument("--distill-temperature", type=float, default=E.distill_temperature, help=f"softmax temperature of distillation (default {E.distill_temperature:g})")
-    p.add_argument("--batch-size", type=int, default=E.fine_tune_batch_size, help=f"fine-tuning batch size (default {E.fine_tune_batch_size})")
-    p.add_argument("--calibration-count", type=int, default=E.calibration_count, help=f"representative training images for int8 (default {E.calibration_count})")
-    p.add_argument("--calibration-seed", type=int, default=E.calibration_seed)
-    p.add_argument("--calibration-data", metavar="PATH",
-                   help="unlabelled images (a folder or .zip, class folders or none) to calibrate int8 on instead of "
-                        "--data's training split; --data's labels are then used only to measure accuracy")
-    p.add_argument("--seed", type=int, default=E.seed)
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=E.verbose)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -492,13 +492,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"edgecls: error: {self.prog}: {message}; see '{self.prog} --help'\n")
 
 
+# What `edgecls optimize` takes of the export options: the fine-tunes and their calibration.
+OPTIMIZE_SECTIONS = ("prune", "qat", "fine_tune", "calibration")
+OPTIMIZE_SKIP = ("formats", "optimized", "fine_tune.max_drop", "calibration.search", "calibration.draws")
+# What `edgecls tune` takes of each stage's export and bench settings (the rest it sets itself).
+TUNE_SECTIONS = ("export.prune.epochs", "export.qat.epochs", "export.fine_tune.distill", "export.calibration.count",
+                 "bench.runs", "bench.repeats")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import inspect
 
-    from .bench import BenchConfig as B
-    from .bench.remote import RemoteConfig as R
+    from .bench.remote import RemoteConfig
+    from .config import TTA_MODES
     from .pipeline import run_pipeline
-    from .runtime import TTA_MODES
 
     P = {k: v.default for k, v in inspect.signature(run_pipeline).parameters.items()}
 
@@ -516,49 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_zoo)
 
     p = sub.add_parser("train", help="train a zoo model")
-    p.add_argument("--data", default=T.data,
-                   help="image folder, .zip of one, cifar-10-batches-py folder, 'cifar10' or 'cifar10-sample' (default)")
-    p.add_argument("--arch", default=T.arch, help=f"zoo model name (see 'edgecls zoo'); default {T.arch}")
-    p.add_argument("--epochs", type=int, default=T.epochs)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--batch-size", type=int, default=T.batch_size)
-    p.add_argument("--recipe", default=T.recipe, choices=("edgecls", "tutorial"),
-                   help="'edgecls' (default, augmented SGD+cosine) or 'tutorial' (plain Adam baseline)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 x batch/128 for SGD)")
-    p.add_argument("--weight-decay", type=float, default=T.weight_decay)
-    p.add_argument("--label-smoothing", type=float, default=T.label_smoothing)
-    p.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
-    p.add_argument("--cutout", type=int, default=T.cutout, metavar="N",
-                   help="also blank one random N x N square of each training image (cutout; 0: off, the default)")
-    p.add_argument("--cutmix", type=float, default=T.cutmix, metavar="P",
-                   help="CutMix: with probability P per batch, paste a random box from another image of the batch "
-                        "into each image and mix the labels by its area (0: off, the default; the paper's CIFAR "
-                        "setting is 0.5)")
-    p.add_argument("--val-fraction", type=float, default=T.val_fraction, help="share of training images held out for validation")
-    p.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience in epochs (0: off)")
-    p.add_argument("--image-size", type=int, default=T.image_size)
-    p.add_argument("--seed", type=int, default=T.seed)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--init", metavar="TRAINED_DIR", default=None,
-                   help="start from the weights of a finished 'edgecls train' run (same arch and classes) "
-                        "with a new learning-rate cycle; its preprocessing is kept")
-    p.add_argument("--swa-epochs", type=int, default=T.swa_epochs, metavar="N",
-                   help="stochastic weight averaging: train the last N epochs at a constant rate, average their "
-                        "weights, recompute BatchNorm statistics (default 0: off; early stopping is off with it)")
-    p.add_argument("--swa-lr", type=float, default=None, help="learning rate of the averaging epochs (default: half the peak --lr)")
-    p.add_argument("--teacher", metavar="TRAINED_DIR", default=None,
-                   help="knowledge distillation: also learn the soft outputs of this finished 'edgecls train' run "
-                        "(same classes and image size; usually a larger model, e.g. resnet20); slower per epoch")
-    p.add_argument("--distill-alpha", type=float, default=T.distill_alpha, help=f"weight of the teacher's term in the loss (default {T.distill_alpha})")
-    p.add_argument("--distill-temperature", type=float, default=None,
-                   help="softmax temperature of distillation (default: 1 for a teacher trained with label smoothing, "
-                        "as edgecls's recipe trains, else 4)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None, help="Keras progress: 0 silent, 1 bar, 2 line per epoch")
+    add_config_options(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1, per-class accuracy and confusion matrix of a trained model")
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
-    p.add_argument("--data", default=T.data)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--data", default=TrainConfig.data)
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--out", help="JSON output file (default: eval.json beside the model)")
     _add_preprocessing_options(p)
@@ -566,54 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="prune and/or quantization-aware-train a model; writes Keras models")
     _add_model_options(p)
+    add_config_options(p, ExportConfig, sections=OPTIMIZE_SECTIONS, skip=OPTIMIZE_SKIP)
     p.add_argument("--variants", nargs="+", default=["pruned", "qat", "pruned_qat"], choices=("pruned", "qat", "pruned_qat"))
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("export", help="optimize, convert to TFLite/ONNX, validate every artifact, write a bundle")
     _add_model_options(p)
-    p.add_argument("--formats", nargs="+",
-                   help="variants or groups: default (what a bundle ships: every optimization, one int8 engine per "
-                        "format), engines (every post-training quantization engine side by side), all, tflite, onnx, "
-                        "int8, float; default: default")
-    p.add_argument("--float-io", action="store_true", help="int8 TFLite models take and return float32 instead of int8")
-    p.add_argument("--int8-weights", default=E.int8_weights, choices=("per-channel", "per-tensor"),
-                   help="weight scales of int8 PTQ TFLite models: per-channel (default, accurate) or per-tensor "
-                        "(smaller file; check the accuracy it reports)")
-    p.add_argument("--strip-names", action="store_true",
-                   help="drop tensor names and signatures from TFLite files (smaller; the runtime does not need them)")
-    p.add_argument("--onnx-int8", default=E.onnx_int8_method, choices=("ort_qdq", "tflite"),
-                   help="ONNX int8 route: onnxruntime static QDQ (default) or tf2onnx from the int8 TFLite")
-    p.add_argument("--onnx-int8-scheme", default=E.onnx_int8_scheme, choices=ONNX_INT8_SCHEMES,
-                   help="ONNX QDQ types: u8s8_rr (default: uint8 activations, 7-bit weights, the same outputs on "
-                        "every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 (exact only on x86 with VNNI "
-                        "and on arm64)")
-    p.add_argument("--calibration-search", type=_sizes, default=E.calibration_search, metavar="N,N,...",
-                   help="choose each int8 variant's calibration size among these (e.g. 100,300,1000), drawing each "
-                        "--calibration-draws times, by closeness to the float model's outputs on a validation split of "
-                        "the training data; the spread of each size is recorded")
-    p.add_argument("--calibration-draws", type=int, default=E.calibration_draws,
-                   help=f"random draws per size for --calibration-search (default {E.calibration_draws})")
-    p.add_argument("--max-drop", type=float, default=E.max_drop, metavar="POINTS",
-                   help="accuracy budget of int8 variants against their Keras model, in points, on a validation "
-                        "split of the training data: a variant that misses it keeps its worst layers (per-layer "
-                        "diagnosis) in float one at a time until it meets it, or fails saying by how much")
-    p.add_argument("--fine-tuned-max-drop", type=float, default=E.fine_tuned_max_drop, metavar="POINTS",
-                   help=f"top-1 points a pruned or QAT variant may lose against the model you gave, on the held-out "
-                        f"images, before it fails (default {E.fine_tuned_max_drop:g}; --max-drop, when given, instead)")
-    p.add_argument("--repair-images", type=int, default=E.repair_images,
-                   help=f"training images (not calibration ones) that --max-drop and --calibration-search are judged "
-                        f"on (default {E.repair_images})")
-    p.add_argument("--micro", action="store_true",
-                   help="microcontroller target: run every full-integer TFLite variant under TensorFlow Lite Micro's "
-                        "kernels, record its verdict (ops TFLM lacks), exact tensor arena, flash and RAM, its accuracy "
-                        "and agreement there, and write C sources (model array, header, op resolver) into micro/")
-    p.add_argument("--micro-images", type=int, default=E.micro_images,
-                   help=f"held-out images run under TFLite Micro per variant (default {E.micro_images})")
-    p.add_argument("--nchw", action="store_true", help="ONNX models take NCHW input")
-    p.add_argument("--opset", type=int, default=E.onnx_opset, help=f"ONNX opset (default {E.onnx_opset})")
-    p.add_argument("--max-eval-images", type=int, help="validate on at most this many held-out images (default: all)")
-    p.add_argument("--optimized", metavar="DIR", help="reuse the pruned and QAT models 'edgecls optimize' wrote in DIR "
-                                                      "(from the same MODEL) instead of fine-tuning again")
+    add_config_options(p, ExportConfig)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("inspect", help="where a quantized variant loses accuracy: each layer's error against the "
@@ -640,28 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "warns where a variant departs from its validation at export")
     p.add_argument("bundle")
     p.add_argument("--data", help="labelled data for accuracy (default: the built-in CIFAR-10 sample for CIFAR-10 models)")
-    p.add_argument("--variants", nargs="+", help="variants to run (default: all validated)")
-    p.add_argument("--threads", type=int, default=B.threads, help=f"inference threads (default {B.threads})")
-    p.add_argument("--warmup", type=int, default=B.warmup)
-    p.add_argument("--runs", type=int, default=B.runs, help=f"timed batch-1 calls per variant (default {B.runs})")
-    p.add_argument("--batch", type=int, default=B.batch, help=f"batch size for the throughput measurement (default {B.batch})")
-    p.add_argument("--repeats", type=int, default=B.repeats, metavar="N",
-                   help="measure each variant in N fresh processes, the variants taking turns; report the median "
-                        "round's latency and every round's p50 (default 1)")
-    p.add_argument("--max-images", type=int, help="use at most this many labelled images")
-    p.add_argument("--keras", nargs="?", const="auto", metavar="MODEL",
-                   help="also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
-                        "model.keras, or the file given")
+    add_config_options(p, BenchConfig)
     p.add_argument("--reference", metavar="FILE", help="a lone file's float model (.tflite or .onnx, the same input): "
                                                        "benched beside it as <format>_fp32, the file's agreement is "
                                                        "measured against it")
-    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation in every row: 'flip' averages each image "
-                                                   "with its mirror image (twice the inference per image)")
-    p.add_argument("--host", help="run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle "
-                                  "and the images, benches there, brings the report back")
-    p.add_argument("--remote-python", default=R.python, help=f"Python with edgecls[runtime] on the device (default {R.python})")
-    p.add_argument("--remote-dir", default=R.remote_dir, help="working folder on the device, relative to its home")
-    p.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
+    add_config_options(p, RemoteConfig, dest="remote.")
     _add_file_options(p)
     p.add_argument("--prepared-data", help=argparse.SUPPRESS)  # labelled .npy images sent by a remote bench
     p.add_argument("--out", required=True, help="report JSON file")
@@ -670,67 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (Markdown, CSV, JSON) and an HTML page with plots from bench reports")
     p.add_argument("reports", nargs="+", help="report JSON files from 'edgecls bench' (several devices allowed)")
     p.add_argument("--out", required=True, help="output directory")
-    from .config import REPORT_OBJECTIVES, ReportConfig as RC
-
-    p.add_argument("--max-drop", type=float, default=RC.max_drop, metavar="POINTS",
-                   help=f"the recommendation's rule: points of top-1 a variant may lose against the most accurate float "
-                        f"variant on its device (default {RC.max_drop:g})")
-    p.add_argument("--objective", choices=REPORT_OBJECTIVES, default=RC.objective,
-                   help=f"what the recommendation minimizes within that rule (default {RC.objective})")
+    add_config_options(p, ReportConfig)
     p.set_defaults(func=_cmd_report)
-
-    from .config import SPARSITY_ALLOCATIONS, TUNE_VARIANTS, TuneConfig as TC
 
     p = sub.add_parser("tune", help="search the variants for the best one within accuracy, size and latency budgets",
                        description="Export and measure candidate variants (post-training first, fine-tuned ones only "
                                    "where they can win), choose on a validation split held out of the training data, "
                                    "then read the test split once for the winner. Resumes an interrupted search in --out.")
-    p.add_argument("model", help="an 'edgecls train' directory, a .keras or .h5 file, a SavedModel directory, or a float .onnx or .tflite file (with --scale/--mean/--std)")
-    p.add_argument("--data", default=T.data, help="labelled data: the validation split and calibration from its training "
-                                                  "images, the winner's figure from its test split")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--data", default=TrainConfig.data, help="labelled data: the validation split and calibration from its "
+                                                            "training images, the winner's figure from its test split")
     p.add_argument("--out", required=True, help="output directory (tune.json, tune.html, bundle/); resumed if it holds a search")
     _add_preprocessing_options(p)
-    p.add_argument("--max-drop", type=float, metavar="POINTS", help="top-1 points a candidate may lose against the float model")
-    p.add_argument("--max-bytes", type=int, metavar="N", help="largest file (or gzip size with --size gzip)")
-    p.add_argument("--size", choices=("file", "gzip"), default=TC.size_measure,
-                   help=f"what --max-bytes and --objective size count (default {TC.size_measure})")
-    p.add_argument("--max-latency-ms", type=float, metavar="MS", help="largest p50 batch-1 latency")
-    p.add_argument("--max-ram-kb", type=float, metavar="KB",
-                   help="microcontroller RAM: the TFLite Micro tensor arena plus one input and one output buffer "
-                        "(only full-integer TFLite files TFLite Micro runs are then candidates)")
-    p.add_argument("--max-flash-kb", type=float, metavar="KB", help="microcontroller flash for the model array")
-    p.add_argument("--board", metavar="NAME", help="the device the RAM and flash budgets describe, named in the answer")
-    p.add_argument("--objective", choices=("latency", "size", "accuracy"), default=TC.objective,
-                   help=f"what the pick minimizes (or maximizes, accuracy) within the budgets (default {TC.objective})")
-    p.add_argument("--threads", type=_number_list(int, "thread counts", "1,2,4"), default=TC.threads, metavar="N[,N...]",
-                   help="thread counts to measure each file at (default 1)")
-    p.add_argument("--host", action="append", metavar="[USER@]DEVICE",
-                   help="measure latency on this device over SSH (repeat for several alike devices: the work is shared)")
-    p.add_argument("--remote-python", default=TC.remote_python, help="python on the device (default python3)")
-    p.add_argument("--remote-dir", help=f"where bundles go on the devices (default {R.remote_dir})")
-    p.add_argument("--ssh-config", help="an ssh_config file (ssh -F) naming the devices")
-    p.add_argument("--variants", nargs="+", choices=TUNE_VARIANTS, metavar="VARIANT",
-                   help=f"post-training candidates (default all: {', '.join(TUNE_VARIANTS)})")
-    p.add_argument("--sparsities", type=_number_list(float, "sparsities", "0.5,0.75"), default=TC.sparsities, metavar="S[,S...]",
-                   help="pruning levels of the fine-tuned candidates (default 0.5,0.75)")
-    p.add_argument("--sparsity-allocations", nargs="+", choices=SPARSITY_ALLOCATIONS, default=list(TC.sparsity_allocations))
-    p.add_argument("--fine-tune", choices=("auto", "always", "never"), default=TC.fine_tune,
-                   help="pruning and QAT candidates: only where post-training ones cannot meet the budgets or may be "
-                        "beaten (auto, default), always, or never")
-    p.add_argument("--prune-epochs", type=int, default=TC.export.prune_epochs)
-    p.add_argument("--qat-epochs", type=int, default=TC.export.qat_epochs)
-    p.add_argument("--distill", action="store_true", help="pruning and QAT fine-tunes also learn the float model's outputs")
-    p.add_argument("--validation-images", type=int, default=TC.validation_images,
-                   help="training images held out to choose on (default 2,000, or a fifth of them if fewer)")
-    p.add_argument("--calibration-count", type=int, default=TC.export.calibration_count)
-    p.add_argument("--runs", type=int, default=TC.bench.runs,
-                   help=f"timed batch-1 calls per measurement (default {TC.bench.runs})")
-    p.add_argument("--repeats", type=int, default=TC.bench.repeats,
-                   help=f"fresh processes per measurement (default {TC.bench.repeats})")
-    p.add_argument("--jobs", type=int, default=TC.jobs, help="post-training exports side by side (default 2)")
-    p.add_argument("--keep-frontier", action="store_true", help="the bundle holds the whole front, not only the winner")
-    p.add_argument("--max-test-images", type=int, help="read at most this many test images for the winner's figure")
-    p.add_argument("--seed", type=int, default=TC.seed)
+    add_config_options(p, TuneConfig, defaults=TuneConfig(), sections=TUNE_SECTIONS)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("pipeline", help="train, export (validated), bench and report in one go")
@@ -745,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", nargs="+", help="variants or groups to export (default: default; see export --help)")
     p.add_argument("--threads", type=int, default=P["threads"])
     p.add_argument("--runs", type=int, default=P["runs"], help=f"timed batch-1 calls per variant in each of bench's "
-                                                               f"processes (default {B.runs})")
+                                                               f"processes (default {BenchConfig.runs})")
     _add_preprocessing_options(p)
     p.set_defaults(func=_cmd_pipeline)
     _check_every_option(parser)

@@ -6,12 +6,38 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError
 
+BIG = 10 ** 9
+
+
+def option(default, help: str, *, flag: str | None = None, choices=None, range=None, metavar: str | None = None,
+           const=None):
+    """A config field that is also a command-line option: its default, help, choices and range
+    (low, high[, "above" | "open"]: numbers must exceed low / lie strictly inside), read by
+    edgecls.cli to build the option (its flag: `--field-name` unless given). A bool field is a
+    switch: `--flag` sets True, or, where the default is True, sets it False. `const`: the value of
+    the flag given without one."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "range": range,
+                                            "metavar": metavar, "const": const})
+
 # What tune optimizes and how it counts a file's size (edgecls.selection reads them from here: a
 # config never depends on a later pipeline stage).
 OBJECTIVES = ("latency", "size", "accuracy")
 SIZE_MEASURES = ("file", "gzip")
 
 RECIPES = ("edgecls", "tutorial")
+FINE_TUNE_MODES = ("auto", "always", "never")  # when tune tries pruning and QAT candidates
+# Where a remote bench puts bundles on a device, relative to its home (edgecls.bench.remote).
+DEFAULT_REMOTE_DIR = ".cache/edgecls/remote"
+
+# Test-time augmentations (edgecls.runtime.with_tta).
+TTA_MODES = ("flip",)
+
+
+def check_tta(tta) -> str | None:
+    """None (one pass per image) or a test-time augmentation in TTA_MODES; anything else is a ConfigError."""
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)} (or none)")
+    return tta
 
 # What the report's recommendation minimizes among the variants within its accuracy rule.
 REPORT_OBJECTIVES = ("latency", "size")
@@ -23,8 +49,9 @@ class ReportConfig:
     ("size") variant within `max_drop` points of top-1 of the most accurate float variant measured
     on that device."""
 
-    max_drop: float = 1.0
-    objective: str = "latency"
+    max_drop: float = option(1.0, "the recommendation's rule: points of top-1 a variant may lose against the most "
+                                  "accurate float variant on its device", range=(0, 100), metavar="POINTS")
+    objective: str = option("latency", "what the recommendation minimizes within that rule", choices=REPORT_OBJECTIVES)
 
     def __post_init__(self):
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop <= 100:
@@ -59,32 +86,47 @@ class TrainConfig:
     (Chandrasegaran et al., ICML 2022: distil LS-trained teachers at a low temperature).
     """
 
-    data: str = "cifar10-sample"
-    arch: str = "resnet8"
+    data: str = option("cifar10-sample", "image folder, .zip of one, cifar-10-batches-py folder, 'cifar10' or "
+                                         "'cifar10-sample'")
+    arch: str = option("resnet8", "zoo model name (see 'edgecls zoo')")
     out: str = "runs/train"
-    epochs: int = 30
-    batch_size: int = 128
-    recipe: str = "edgecls"
-    learning_rate: float | None = None
-    weight_decay: float = 5e-4
+    epochs: int = option(30, "training epochs", range=(1, 100_000))
+    batch_size: int = option(128, "training batch size", range=(1, 65_536))
+    recipe: str = option("edgecls", "'edgecls' (augmented SGD+cosine) or 'tutorial' (plain Adam baseline)", choices=RECIPES)
+    learning_rate: float | None = option(None, "peak learning rate (default 0.1 x batch/128 for SGD)", flag="--lr",
+                                         range=(0, 1e6, "above"))
+    weight_decay: float = option(5e-4, "decoupled weight decay (not on BatchNorm or biases)", range=(0, 1))
     momentum: float = 0.9
-    label_smoothing: float = 0.1
+    label_smoothing: float = option(0.1, "label smoothing of the training loss", range=(0, 0.99))
     warmup_epochs: float = 2.0
-    augment: bool = True
-    cutout: int = 0
-    cutmix: float = 0.0
-    val_fraction: float = 0.1
-    patience: int = 15
-    image_size: int = 32
-    seed: int = 0
-    resume: bool = False
-    init_from: str | None = None
-    swa_epochs: int = 0
-    swa_learning_rate: float | None = None
-    teacher: str | None = None
-    distill_alpha: float = 0.9
-    distill_temperature: float | None = None
-    verbose: int | None = None
+    augment: bool = option(True, "turn off crop/flip augmentation", flag="--no-augment")
+    cutout: int = option(0, "also blank one random N x N square of each training image (cutout; 0: off)",
+                         metavar="N", range=(0, 2048))
+    cutmix: float = option(0.0, "CutMix: with probability P per batch, paste a random box from another image of the batch "
+                                "into each image and mix the labels by its area (0: off; the paper's CIFAR "
+                                "setting is 0.5)", metavar="P", range=(0, 1))
+    val_fraction: float = option(0.1, "share of training images held out for validation", range=(0, 0.9))
+    patience: int = option(15, "early-stopping patience in epochs (0: off)", range=(0, 100_000))
+    image_size: int = option(32, "input height and width in pixels", range=(8, 2048))
+    seed: int = option(0, "seed of the split, the initial weights and the augmentation", range=(0, 2 ** 32 - 1))
+    resume: bool = option(False, "continue an interrupted run from its last checkpoint")
+    init_from: str | None = option(None, "start from the weights of a finished 'edgecls train' run (same arch and "
+                                         "classes) with a new learning-rate cycle; its preprocessing is kept",
+                                   flag="--init", metavar="TRAINED_DIR")
+    swa_epochs: int = option(0, "stochastic weight averaging: train the last N epochs at a constant rate, average their "
+                                "weights, recompute BatchNorm statistics (default 0: off; early stopping is off with it)",
+                             metavar="N", range=(0, 10_000))
+    swa_learning_rate: float | None = option(None, "learning rate of the averaging epochs (default: half the peak --lr)",
+                                             flag="--swa-lr", range=(0, 10, "above"))
+    teacher: str | None = option(None, "knowledge distillation: also learn the soft outputs of this finished 'edgecls "
+                                       "train' run (same classes and image size; usually a larger model, e.g. "
+                                       "resnet20); slower per epoch", metavar="TRAINED_DIR")
+    distill_alpha: float = option(0.9, "weight of the teacher's term in the loss", range=(0, 1))
+    distill_temperature: float | None = option(None, "softmax temperature of distillation (default: 1 for a teacher "
+                                                     "trained with label smoothing, as edgecls's recipe trains, else 4)",
+                                               range=(0, 1000, "above"))
+    verbose: int | None = option(None, "Keras progress: 0 silent, 1 bar, 2 line per epoch (default: 1 on a terminal, 2 otherwise)",
+                                 choices=(0, 1, 2))
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -166,127 +208,253 @@ SPARSITY_ALLOCATIONS = ("uniform", "lamp")
 # Weight scales of int8 post-training quantization: one per output channel (default, accurate) or
 # one per tensor (smaller file: no per-channel scale and zero-point arrays).
 INT8_WEIGHT_SCALES = ("per-channel", "per-tensor")
+# Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
+MIN_CALIBRATION = 32
+
+
+def _need(cond, msg):
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning (edgecls.optimize.prune), fine-tuned with `FineTuneConfig`."""
+
+    sparsity: float = option(0.5, "pruning target sparsity in (0, 1)", range=(0, 1, "open"))
+    allocation: str = option("uniform", "'uniform': every pruned layer to --sparsity; 'lamp': per-layer sparsities "
+                                         "from layer-adaptive magnitude scores of the trained weights (large layers lose "
+                                         "more, small ones less), the pruned layers together at --sparsity",
+                             flag="--sparsity-allocation", choices=SPARSITY_ALLOCATIONS)
+    structured_2x4: bool = option(False, "2:4 structured sparsity instead of unstructured")
+    skip_layers: tuple[str, ...] = option((), "layers to leave unpruned")
+    epochs: int = option(2, "fine-tuning epochs while pruning", flag="--prune-epochs", range=(1, 10_000))
+    learning_rate: float = option(0.01, "peak learning rate of the pruning fine-tune (cosine decay)", flag="--prune-lr",
+                                  range=(0, 10, "above"))
+
+    def __post_init__(self):
+        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
+        _need(isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0,
+              f"sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
+        _need(self.allocation in SPARSITY_ALLOCATIONS,
+              f"sparsity_allocation must be one of {', '.join(SPARSITY_ALLOCATIONS)}, got {self.allocation!r}")
+        _need(not (self.structured_2x4 and self.allocation != "uniform"),
+              "2:4 structured sparsity is 50% in every layer; drop --sparsity-allocation or --structured-2x4")
+        _need(isinstance(self.epochs, int) and self.epochs >= 1, f"prune_epochs must be >= 1, got {self.epochs!r}")
+        _need(self.learning_rate > 0, f"prune_learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training (edgecls.optimize.qat), fine-tuned with `FineTuneConfig`."""
+
+    epochs: int = option(1, "quantization-aware fine-tuning epochs", flag="--qat-epochs", range=(1, 10_000))
+    learning_rate: float = option(0.005, "peak learning rate of the QAT fine-tune (cosine decay)", flag="--qat-lr",
+                                  range=(0, 10, "above"))
+    # Start QAT's activation ranges from the representative images.
+    calibrate: bool = option(True, "start QAT from tfmot's initial activation ranges [-6, 6] instead of ranges "
+                                   "calibrated on the representative images (for comparison)",
+                             flag="--no-qat-calibration")
+
+    def __post_init__(self):
+        _need(isinstance(self.epochs, int) and self.epochs >= 1, f"qat_epochs must be >= 1, got {self.epochs!r}")
+        _need(self.learning_rate > 0, f"qat_learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """What pruning and QAT fine-tunes share, and how far a fine-tuned variant may fall."""
+
+    batch_size: int = option(128, "fine-tuning batch size", range=(1, 65_536))
+    distill: bool = option(False, "pruning and QAT fine-tunes also learn the original model's softened outputs "
+                                  "(knowledge distillation from the uncompressed model; slower per epoch, recovers "
+                                  "more accuracy)")
+    distill_alpha: float = option(0.9, "weight of the distillation term", range=(0, 1, "above"))
+    distill_temperature: float = option(4.0, "softmax temperature of distillation", range=(0, 1000, "above"))
+    # Points a fine-tuned variant (pruned, QAT) may lose against the model the user gave, on the
+    # held-out images, before it fails (ValidationConfig.max_drop, when given, is the budget instead).
+    max_drop: float = option(5.0, "top-1 points a pruned or QAT variant may lose against the model you gave, on the "
+                                  "held-out images, before it fails (--max-drop, when given, instead)",
+                             flag="--fine-tuned-max-drop", range=(0, 100), metavar="POINTS")
+
+    def __post_init__(self):
+        _need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+              f"fine_tune_batch_size must be >= 1, got {self.batch_size!r}")
+        _need(0.0 < self.distill_alpha <= 1.0, f"distill_alpha must be in (0, 1], got {self.distill_alpha}")
+        _need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
+        _need(isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop <= 100,
+              f"fine_tuned_max_drop must be between 0 and 100 points, got {self.max_drop!r}")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The representative images of int8 quantization (edgecls.export.calibration)."""
+
+    count: int = option(300, "representative training images for int8", flag="--calibration-count", range=(1, BIG))
+    seed: int = option(0, "which training images are drawn", flag="--calibration-seed", range=(0, 2 ** 32 - 1))
+    # Unlabelled images for int8 calibration (None: --data's training split).
+    data: str | None = option(None, "unlabelled images (a folder or .zip, class folders or none) to calibrate int8 on "
+                                    "instead of --data's training split; --data's labels are then used only to measure "
+                                    "accuracy", flag="--calibration-data", metavar="PATH")
+    # Calibration sizes to choose from on the validation split.
+    search: tuple[int, ...] = option((), "choose each int8 variant's calibration size among these (e.g. 100,300,1000), "
+                                         "drawing each --calibration-draws times, by closeness to the float model's "
+                                         "outputs on a validation split of the training data; the spread of each size "
+                                         "is recorded", flag="--calibration-search", metavar="N,N,...", range=(1, BIG))
+    draws: int = option(3, "random draws per size for --calibration-search", flag="--calibration-draws", range=(1, 100))
+
+    def __post_init__(self):
+        object.__setattr__(self, "search", tuple(self.search))
+        _need(isinstance(self.count, int) and self.count >= MIN_CALIBRATION,
+              f"calibration_count must be at least {MIN_CALIBRATION} real training images, got {self.count!r}")
+        _need(all(isinstance(c, int) and c >= MIN_CALIBRATION for c in self.search),
+              f"calibration_search sizes must be at least {MIN_CALIBRATION} images each, got {self.search!r}")
+        _need(isinstance(self.draws, int) and 1 <= self.draws <= 20,
+              f"calibration_draws must be between 1 and 20, got {self.draws!r}")
+        _need(not (self.search and self.data),
+              "calibration_search draws from the training split; drop calibration_data (--calibration-data) or the search")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """How the TFLite and ONNX files are written (edgecls.export.formats)."""
+
+    float_io: bool = option(False, "int8 TFLite models take and return float32 instead of int8")
+    int8_weights: str = option("per-channel", "weight scales of int8 PTQ TFLite models: per-channel (accurate) or "
+                                              "per-tensor (smaller file; check the accuracy it reports)",
+                               choices=INT8_WEIGHT_SCALES)
+    strip_names: bool = option(False, "drop tensor names and signatures from TFLite files (smaller; the runtime does "
+                                      "not need them)")
+    onnx_opset: int = option(17, "ONNX opset", flag="--opset", range=(13, 21))
+    onnx_int8_method: str = option("ort_qdq", "ONNX int8 route: onnxruntime static QDQ (ort_qdq) or tf2onnx from the "
+                                              "int8 TFLite (tflite)", flag="--onnx-int8", choices=ONNX_INT8_METHODS)
+    onnx_int8_scheme: str = option("u8s8_rr", "ONNX QDQ types: u8s8_rr (uint8 activations, 7-bit weights, the same "
+                                              "outputs on every CPU), u8u8 (exact everywhere, fp32 speed on x86), s8s8 "
+                                              "(exact only on x86 with VNNI and on arm64)", choices=ONNX_INT8_SCHEMES)
+    nchw: bool = option(False, "ONNX models take NCHW input")
+
+    def __post_init__(self):
+        _need(self.int8_weights in INT8_WEIGHT_SCALES,
+              f"int8_weights must be one of {', '.join(INT8_WEIGHT_SCALES)}, got {self.int8_weights!r}")
+        _need(self.onnx_int8_method in ONNX_INT8_METHODS,
+              f"onnx_int8_method must be one of {', '.join(ONNX_INT8_METHODS)}, got {self.onnx_int8_method!r}")
+        _need(self.onnx_int8_scheme in ONNX_INT8_SCHEMES,
+              f"onnx_int8_scheme must be one of {', '.join(ONNX_INT8_SCHEMES)}, got {self.onnx_int8_scheme!r}")
+        _need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """How each file is judged against the source (edgecls.export.validate), diagnosed
+    (edgecls.export.diagnose) and repaired (edgecls.export.repair)."""
+
+    max_images: int | None = option(None, "validate on at most this many held-out images (default: all)",
+                                    flag="--max-eval-images", range=(1, BIG))
+    timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
+    diagnose: bool = True  # per-layer error of each post-training quantized variant
+    max_drop: float | None = option(None, "accuracy budget of int8 variants against the model you gave, in points, on a "
+                                          "validation split of the training data: a variant that misses it keeps its "
+                                          "worst layers (per-layer diagnosis) in float one at a time until it meets it, "
+                                          "or fails saying by how much", range=(0, 100), metavar="POINTS")
+    repair_images: int = option(2000, "training images (not calibration ones) that --max-drop and --calibration-search "
+                                      "are judged on", range=(1, BIG))
+    repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
+    tolerances: dict = field(default_factory=dict, compare=False)  # per precision (edgecls.export.validate.TOLERANCES)
+
+    def __post_init__(self):
+        _need(self.max_images is None or (isinstance(self.max_images, int) and self.max_images >= 1),
+              f"max_eval_images must be a positive integer, got {self.max_images!r}")
+        _need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
+              f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
+        _need(isinstance(self.repair_images, int) and self.repair_images >= 50,
+              f"repair_images must be at least 50, got {self.repair_images!r}")
+        _need(isinstance(self.repair_max_layers, int) and self.repair_max_layers >= 1,
+              f"repair_max_layers must be at least 1, got {self.repair_max_layers!r}")
+
+
+@dataclass(frozen=True)
+class MicroConfig:
+    """Microcontroller checks of full-integer TFLite files (edgecls.micro)."""
+
+    enabled: bool = option(False, "microcontroller target: run every full-integer TFLite variant under TensorFlow Lite "
+                                  "Micro's kernels, record its verdict (ops TFLM lacks), exact tensor arena, flash and "
+                                  "RAM, its accuracy and agreement there, and write C sources (model array, header, op "
+                                  "resolver) into micro/", flag="--micro")
+    images: int = option(1000, "held-out images run under TFLite Micro per variant", flag="--micro-images", range=(1, BIG))
+
+    def __post_init__(self):
+        _need(isinstance(self.images, int) and self.images >= 1, f"micro_images must be a positive integer, got {self.images!r}")
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Optimization and export options (see `edgecls export --help`).
+    """Optimization and export options (see `edgecls export --help`), one section per stage.
 
     formats: variant names or groups ("default", "all", "engines", "tflite", "onnx", "int8"); see
     edgecls.export.VARIANTS and GROUPS.
     """
 
-    formats: tuple[str, ...] = ("default",)
-    sparsity: float = 0.5
-    sparsity_allocation: str = "uniform"  # or "lamp": per-layer sparsities from LAMP scores (edgecls.optimize.prune)
-    structured_2x4: bool = False
-    skip_layers: tuple[str, ...] = ()
-    prune_epochs: int = 2
-    prune_learning_rate: float = 0.01
-    qat_epochs: int = 1
-    qat_learning_rate: float = 0.005
-    qat_calibration: bool = True  # start QAT's activation ranges from the representative images
-    distill: bool = False  # pruning and QAT fine-tunes also learn the float model's soft outputs
-    distill_alpha: float = 0.9
-    distill_temperature: float = 4.0
-    fine_tune_batch_size: int = 128
-    calibration_count: int = 300
-    calibration_seed: int = 0
-    float_io: bool = False
-    int8_weights: str = "per-channel"
-    strip_names: bool = False
-    onnx_opset: int = 17
-    onnx_int8_method: str = "ort_qdq"
-    onnx_int8_scheme: str = "u8s8_rr"  # edgecls.export.formats.onnx.INT8_SCHEMES
-    nchw: bool = False
-    max_eval_images: int | None = None
-    optimized: str | None = None  # an `edgecls optimize` folder whose pruned/QAT models export reuses
-    calibration_data: str | None = None  # unlabelled images for int8 calibration (default: --data's training split)
-    validation_timeout_s: float = 600.0  # a converted file whose validation runs longer is a failed row (hung)
+    formats: tuple[str, ...] = option(("default",), "variants or groups: default (what a bundle ships: every "
+                                                     "optimization, one int8 engine per format), engines (every "
+                                                     "post-training quantization engine side by side), all, tflite, "
+                                                     "onnx, int8, float")
+    # An `edgecls optimize` folder whose pruned/QAT models export reuses.
+    optimized: str | None = option(None, "reuse the pruned and QAT models 'edgecls optimize' wrote in DIR (from the same "
+                                         "MODEL) instead of fine-tuning again", metavar="DIR")
+    prune: PruneConfig = PruneConfig()
+    qat: QATConfig = QATConfig()
+    fine_tune: FineTuneConfig = FineTuneConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    convert: ConvertConfig = ConvertConfig()
+    validation: ValidationConfig = ValidationConfig()
+    micro: MicroConfig = MicroConfig()
     isolate: bool = True  # export in a worker process restarted after a native crash (edgecls.export.worker)
-    diagnose: bool = True  # per-layer error of each post-training quantized variant (edgecls.export.diagnose)
-    max_drop: float | None = None  # accuracy budget in points for int8 variants (edgecls.export.repair)
-    # Points a fine-tuned variant (pruned, QAT) may lose against the model the user gave, on the
-    # held-out images, before it fails (--max-drop, when given, is the budget instead).
-    fine_tuned_max_drop: float = 5.0
-    repair_images: int = 2000  # training images (not calibration ones) the budget and the search are judged on
-    repair_max_layers: int = 8  # layers kept in float at most before the budget counts as missed
-    calibration_search: tuple[int, ...] = ()  # calibration sizes to choose from on the validation split
-    calibration_draws: int = 3  # random draws per size in the search (edgecls.export.calibration)
-    micro: bool = False  # check full-integer TFLite variants under TFLite Micro, write C sources (edgecls.micro)
-    micro_images: int = 1000  # held-out images run under TFLite Micro per variant
-    seed: int = 0
-    verbose: int = 0
-    tolerances: dict = field(default_factory=dict, compare=False)
+    seed: int = option(0, "seed of every random draw and fine-tune", range=(0, 2 ** 32 - 1))
+    verbose: int = option(0, "Keras progress while fine-tuning: 0 silent, 1 bar, 2 line per epoch", choices=(0, 1, 2))
+
+    SECTIONS = ("prune", "qat", "fine_tune", "calibration", "convert", "validation", "micro")
 
     def __post_init__(self):
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
-
         object.__setattr__(self, "formats", tuple(self.formats))
-        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
-        need(self.formats, "formats must name at least one variant")
-        need(isinstance(self.sparsity, (int, float)) and 0.0 < self.sparsity < 1.0,
-             f"sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
-        need(self.sparsity_allocation in SPARSITY_ALLOCATIONS,
-             f"sparsity_allocation must be one of {', '.join(SPARSITY_ALLOCATIONS)}, got {self.sparsity_allocation!r}")
-        need(not (self.structured_2x4 and self.sparsity_allocation != "uniform"),
-             "2:4 structured sparsity is 50% in every layer; drop --sparsity-allocation or --structured-2x4")
-        need(isinstance(self.prune_epochs, int) and self.prune_epochs >= 1, f"prune_epochs must be >= 1, got {self.prune_epochs!r}")
-        need(self.prune_learning_rate > 0, f"prune_learning_rate must be positive, got {self.prune_learning_rate}")
-        need(self.qat_learning_rate > 0, f"qat_learning_rate must be positive, got {self.qat_learning_rate}")
-        need(isinstance(self.qat_epochs, int) and self.qat_epochs >= 1, f"qat_epochs must be >= 1, got {self.qat_epochs!r}")
-        need(0.0 < self.distill_alpha <= 1.0, f"distill_alpha must be in (0, 1], got {self.distill_alpha}")
-        need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
-        need(isinstance(self.fine_tune_batch_size, int) and self.fine_tune_batch_size >= 1,
-             f"fine_tune_batch_size must be >= 1, got {self.fine_tune_batch_size!r}")
-        need(isinstance(self.calibration_count, int) and self.calibration_count >= MIN_CALIBRATION,
-             f"calibration_count must be at least {MIN_CALIBRATION} real training images, got {self.calibration_count!r}")
-        need(self.int8_weights in INT8_WEIGHT_SCALES,
-             f"int8_weights must be one of {', '.join(INT8_WEIGHT_SCALES)}, got {self.int8_weights!r}")
-        need(self.onnx_int8_method in ONNX_INT8_METHODS,
-             f"onnx_int8_method must be one of {', '.join(ONNX_INT8_METHODS)}, got {self.onnx_int8_method!r}")
-        need(self.onnx_int8_scheme in ONNX_INT8_SCHEMES,
-             f"onnx_int8_scheme must be one of {', '.join(ONNX_INT8_SCHEMES)}, got {self.onnx_int8_scheme!r}")
-        need(isinstance(self.onnx_opset, int) and 13 <= self.onnx_opset <= 21, f"onnx_opset must be in 13..21, got {self.onnx_opset!r}")
-        need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
-             f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
-        object.__setattr__(self, "calibration_search", tuple(self.calibration_search))
-        need(all(isinstance(c, int) and c >= MIN_CALIBRATION for c in self.calibration_search),
-             f"calibration_search sizes must be at least {MIN_CALIBRATION} images each, got {self.calibration_search!r}")
-        need(isinstance(self.calibration_draws, int) and 1 <= self.calibration_draws <= 20,
-             f"calibration_draws must be between 1 and 20, got {self.calibration_draws!r}")
-        need(not (self.calibration_search and self.calibration_data),
-             "calibration_search draws from the training split; drop calibration_data (--calibration-data) or the search")
-        need(isinstance(self.repair_images, int) and self.repair_images >= 50,
-             f"repair_images must be at least 50, got {self.repair_images!r}")
-        need(isinstance(self.repair_max_layers, int) and self.repair_max_layers >= 1,
-             f"repair_max_layers must be at least 1, got {self.repair_max_layers!r}")
-        need(self.max_eval_images is None or (isinstance(self.max_eval_images, int) and self.max_eval_images >= 1),
-             f"max_eval_images must be a positive integer, got {self.max_eval_images!r}")
+        _need(self.formats, "formats must name at least one variant")
+        for name in self.SECTIONS:
+            kind = type(getattr(ExportConfig, name))
+            _need(isinstance(getattr(self, name), kind), f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["formats"] = list(self.formats)
-        d["skip_layers"] = list(self.skip_layers)
-        return d
+        """JSON-ready: tuples as lists, one object per section."""
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExportConfig":
+        sections = {name: type(getattr(cls, name))(**d[name]) for name in cls.SECTIONS if name in d}
+        return cls(**{**{k: v for k, v in d.items() if k not in cls.SECTIONS}, **sections})
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    variants: tuple[str, ...] = ()
-    threads: int | None = 1
-    warmup: int = 20
-    runs: int = 40
-    batch: int = 32
-    max_images: int | None = None
+    variants: tuple[str, ...] = option((), "variants to run (default: all validated)")
+    threads: int | None = option(1, "inference threads", range=(1, 1024))
+    warmup: int = option(20, "untimed calls before the timed ones", range=(0, BIG))
+    runs: int = option(40, "timed batch-1 calls per variant", range=(1, BIG))
+    batch: int = option(32, "batch size for the throughput measurement", range=(1, 65_536))
+    max_images: int | None = option(None, "use at most this many labelled images", range=(1, BIG))
     # A Keras model file to measure beside the exported variants (needs TensorFlow), so the table
-    # shows what leaving TensorFlow buys. Its row is named "keras_fp32".
-    keras: str | None = None
+    # shows what leaving TensorFlow buys. Its row is named "keras_fp32"; "auto": the bundle's model.keras.
+    keras: str | None = option(None, "also measure the Keras fp32 model (row keras_fp32; needs TensorFlow): the bundle's "
+                                     "model.keras, or the file given", metavar="MODEL", const="auto")
     # Test-time augmentation (edgecls.runtime.TTA_MODES): "flip" averages each image with its mirror
     # image, in every row, the Keras one too: latency, throughput and accuracy then include it.
-    tta: str | None = None
+    tta: str | None = option(None, "test-time augmentation in every row: 'flip' averages each image with its mirror "
+                                   "image (twice the inference per image)", choices=TTA_MODES)
     # Each variant is measured in `repeats` fresh processes, the variants taking turns (round-robin),
     # so slow drift of a shared host lands on every variant alike. Accuracy is measured in the first
     # round only; latency and throughput are the median round's, and every round's p50 and
@@ -294,11 +462,10 @@ class BenchConfig:
     # each p50 an interval the report's recommendation and front rely on: two equally fast files
     # separate completely by chance 2 times in 252 (edgecls.selection.faster_beyond_noise). The
     # Keras row, a reference far slower than any exported file, is measured in the first round only.
-    repeats: int = 5
+    repeats: int = option(5, "measure each variant in N fresh processes, the variants taking turns; report the "
+                             "median round's latency and every round's p50", metavar="N", range=(1, 1000))
 
     def __post_init__(self):
-        from .runtime import check_tta
-
         check_tta(self.tta)
         for name in ("warmup", "runs", "batch", "repeats"):
             value = getattr(self, name)
@@ -315,10 +482,6 @@ TUNE_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_dynamic
                  "tflite_int8_aeq",
                  "tflite_int16x8_aeq", "onnx_fp32", "onnx_int8", "onnx_int8_minmax", "onnx_int8_entropy", "onnx_int8_nncf")
 
-# Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
-MIN_CALIBRATION = 32
-
-
 # How tune measures latency unless told otherwise: more calls per process than `edgecls bench`
 # (batch 1 only, the number a budget is judged on), in fewer processes.
 TUNE_BENCH = BenchConfig(runs=200, warmup=20, repeats=3)
@@ -328,37 +491,52 @@ TUNE_BENCH = BenchConfig(runs=200, warmup=20, repeats=3)
 class TuneConfig:
     """`edgecls tune` options (edgecls.tune): budgets, objective, and the search space."""
 
-    max_drop: float | None = None  # points of top-1 against the float model, on the validation split
-    max_bytes: int | None = None
-    size_measure: str = "file"  # what --max-bytes and the size objective count: "file" or "gzip"
-    max_latency_ms: float | None = None  # p50 at batch 1
+    # Points of top-1 against the float model, on the validation split.
+    max_drop: float | None = option(None, "top-1 points a candidate may lose against the float model", range=(0, 100),
+                                    metavar="POINTS")
+    max_bytes: int | None = option(None, "largest file (or gzip size with --size gzip)", metavar="N", range=(1, 10 ** 15))
+    size_measure: str = option("file", "what --max-bytes and --objective size count", flag="--size", choices=SIZE_MEASURES)
+    max_latency_ms: float | None = option(None, "largest p50 batch-1 latency", metavar="MS", range=(0, 10 ** 9, "above"))
     # Microcontroller budgets (edgecls.micro): only full-integer TFLite files TFLite Micro runs are
     # candidates; RAM is the tensor arena plus one input and one output buffer, flash the model array.
-    max_ram_kb: float | None = None
-    max_flash_kb: float | None = None
-    board: str | None = None  # the device the micro budgets describe, named in the answer
-    objective: str = "latency"  # latency | size | accuracy
-    threads: tuple[int, ...] = (1,)
-    variants: tuple[str, ...] = TUNE_VARIANTS  # the post-training candidates
-    sparsities: tuple[float, ...] = (0.5, 0.75)
-    sparsity_allocations: tuple[str, ...] = ("uniform",)
-    fine_tune: str = "auto"  # auto | always | never (pruning and QAT candidates)
-    validation_images: int | None = None  # held out of the training images to choose on (None: 2,000 or a fifth, fewer)
+    max_ram_kb: float | None = option(None, "microcontroller RAM: the TFLite Micro tensor arena plus one input and one "
+                                            "output buffer (only full-integer TFLite files TFLite Micro runs are then "
+                                            "candidates)", metavar="KB", range=(0, 10 ** 9, "above"))
+    max_flash_kb: float | None = option(None, "microcontroller flash for the model array", metavar="KB",
+                                        range=(0, 10 ** 9, "above"))
+    board: str | None = option(None, "the device the RAM and flash budgets describe, named in the answer", metavar="NAME")
+    objective: str = option("latency", "what the pick minimizes (or maximizes, accuracy) within the budgets",
+                            choices=OBJECTIVES)
+    threads: tuple[int, ...] = option((1,), "thread counts to measure each file at", metavar="N[,N...]", range=(1, 1024))
+    variants: tuple[str, ...] = option(TUNE_VARIANTS, "post-training candidates", choices=TUNE_VARIANTS, metavar="VARIANT")
+    sparsities: tuple[float, ...] = option((0.5, 0.75), "pruning levels of the fine-tuned candidates", metavar="S[,S...]",
+                                           range=(0, 1, "open"))
+    sparsity_allocations: tuple[str, ...] = option(("uniform",), "how the pruned candidates spread their sparsity over "
+                                                                 "the layers (see export --sparsity-allocation)",
+                                                   choices=SPARSITY_ALLOCATIONS)
+    fine_tune: str = option("auto", "pruning and QAT candidates: only where post-training ones cannot meet the budgets "
+                                    "or may be beaten (auto), always, or never", choices=FINE_TUNE_MODES)
+    # Held out of the training images to choose on (None: 2,000 or a fifth, fewer).
+    validation_images: int | None = option(None, "training images held out to choose on (default 2,000, or a fifth of "
+                                                 "them if fewer)", range=(100, BIG))
     # What each stage's export takes (fine-tuning epochs, distillation, calibration count ...); tune
     # sets its formats, seed and the fine-tuned variants' budget itself.
     export: ExportConfig = ExportConfig()
     # How each candidate's latency is measured (runs, warmup, fresh processes); tune sets the
     # variants and threads itself.
     bench: BenchConfig = TUNE_BENCH
-    hosts: tuple[str, ...] = ()  # [user@]device: latency measured there over SSH (edgecls.bench.remote)
-    remote_python: str = "python3"
-    remote_dir: str | None = None  # where on the devices bundles go (None: edgecls.bench.remote's default)
-    ssh_config: str | None = None  # an ssh_config file (ssh -F); default: the user's own
-    jobs: int = 2  # post-training exports run side by side (TFLite and ONNX)
-    keep_frontier: bool = False  # OUT/bundle holds the whole front, not only the winner
+    # [user@]device: latency measured there over SSH (edgecls.bench.remote).
+    hosts: tuple[str, ...] = option((), "measure latency on this device over SSH (repeat for several alike devices: the "
+                                        "work is shared)", flag="--host", metavar="[USER@]DEVICE")
+    remote_python: str = option("python3", "python on the devices")
+    remote_dir: str | None = option(None, f"where bundles go on the devices, relative to their home (default "
+                                          f"{DEFAULT_REMOTE_DIR})")
+    ssh_config: str | None = option(None, "an ssh_config file (ssh -F) naming the devices")
+    jobs: int = option(2, "post-training exports side by side (TFLite and ONNX)", range=(1, 64))
+    keep_frontier: bool = option(False, "the bundle holds the whole front, not only the winner")
     test: bool = True  # read the test split once, for the winner, after the choice
-    max_test_images: int | None = None
-    seed: int = 0
+    max_test_images: int | None = option(None, "read at most this many test images for the winner's figure", range=(1, BIG))
+    seed: int = option(0, "seed of every random draw and fine-tune", range=(0, 2 ** 32 - 1))
 
     def __post_init__(self):
         def need(cond, msg):
@@ -390,7 +568,7 @@ class TuneConfig:
              f"sparsities must lie between 0 and 1 (exclusive), got {self.sparsities!r}")
         need(self.sparsity_allocations and all(a in SPARSITY_ALLOCATIONS for a in self.sparsity_allocations),
              f"sparsity_allocations must be among {', '.join(SPARSITY_ALLOCATIONS)}, got {self.sparsity_allocations!r}")
-        need(self.fine_tune in ("auto", "always", "never"), f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
+        need(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
         need(self.validation_images is None or isinstance(self.validation_images, int) and self.validation_images >= 100,
              f"validation_images must be at least 100, got {self.validation_images!r}")
         need(isinstance(self.export, ExportConfig), f"export must be an ExportConfig, got {type(self.export).__name__}")

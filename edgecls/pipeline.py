@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ExportConfig
+from .config import CalibrationConfig, ExportConfig, FineTuneConfig
 
 log = logging.getLogger("edgecls")
 
@@ -65,10 +65,11 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
     data = data or SAMPLE_NAME
     dataset = load_dataset(data)
     if calibration_count is None:
-        # The export default (300) unless the training split is smaller than that.
-        calibration_count = min(300, len(dataset.train))
-        if calibration_count < 300:
-            log.info("calibrating int8 on all %d training images (fewer than the default 300)", calibration_count)
+        # The export default unless the training split is smaller than that.
+        default = ExportConfig.calibration.count
+        calibration_count = min(default, len(dataset.train))
+        if calibration_count < default:
+            log.info("calibrating int8 on all %d training images (fewer than the default %d)", calibration_count, default)
     metrics = None
     if model is None:
         log.info("[1/4] training %s on %s for %d epochs", arch, data, epochs)
@@ -81,8 +82,8 @@ def run_pipeline(data: str | None = None, out: str | Path = "runs/pipeline", arc
         log.info("[1/4] using the trained model %s (no training; --train trains a new one)", model)
     log.info("[2/4] optimizing, exporting and validating: %s", ", ".join(formats))
     exported = export(model, data=data, out=out / "bundle", dataset=dataset, preprocessing=preprocessing,
-                      labels=labels, safe_mode=safe_mode, config=ExportConfig(formats=tuple(formats), fine_tune_batch_size=batch_size,
-                                          calibration_count=calibration_count))
+                      labels=labels, safe_mode=safe_mode, config=ExportConfig(formats=tuple(formats), fine_tune=FineTuneConfig(batch_size=batch_size),
+                                          calibration=CalibrationConfig(count=calibration_count)))
     keras_file = Path(model) / "model.keras" if Path(model).is_dir() else None
     bench_config = BenchConfig(threads=threads, keras=str(keras_file) if keras_file and keras_file.is_file() else None,
                                **({"runs": runs} if runs else {}))

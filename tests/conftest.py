@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from edgecls.config import CalibrationConfig, FineTuneConfig, PruneConfig, QATConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -84,5 +85,4 @@ def sample_bundle(sample_model, tmp_path_factory):
     from edgecls.export import export
 
     out = tmp_path_factory.mktemp("bundles") / "seed"
-    return export(sample_model.out, data="cifar10-sample", out=out, prune_epochs=1, qat_epochs=1,
-                  fine_tune_batch_size=64, calibration_count=200)
+    return export(sample_model.out, data="cifar10-sample", out=out, prune=PruneConfig(epochs=1), qat=QATConfig(epochs=1), fine_tune=FineTuneConfig(batch_size=64), calibration=CalibrationConfig(count=200))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgecls.config import ExportConfig
+from edgecls.config import CalibrationConfig, ExportConfig
 from edgecls.errors import ConfigError
 from edgecls.export.calibration import choose, fidelity, search
 from edgecls.export.formats.base import Converted
@@ -48,7 +48,7 @@ def _search(monkeypatch, flips, noise=None, right=None):
     train = np.zeros((500, 4, 4, 3), np.uint8)
     spec = SimpleNamespace(apply=lambda x: x.astype(np.float32))
     candidates = [(count, seed, np.arange(count)) for count, seed in flips]
-    job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60), representative=None, calibration=None)
+    job = SimpleNamespace(config=SimpleNamespace(validation=SimpleNamespace(timeout_s=60)), representative=None, calibration=None)
     return search(_Format(), SimpleNamespace(format="tflite"), job, candidates, train, spec,
                   np.zeros((100, 4, 4, 3), np.float32), labels, reference)
 
@@ -119,11 +119,11 @@ def test_a_candidate_outside_the_tolerance_is_not_chosen_while_another_is_within
 
 def test_calibration_search_options_are_checked():
     with pytest.raises(ConfigError, match="at least 32 images each"):
-        ExportConfig(calibration_search=(10, 300))
+        ExportConfig(calibration=CalibrationConfig(search=(10, 300)))
     with pytest.raises(ConfigError, match="drop calibration_data"):
-        ExportConfig(calibration_search=(100,), calibration_data="photos/")
+        ExportConfig(calibration=CalibrationConfig(search=(100,), data="photos/"))
     proc = run_cli("export", "x", "--calibration-search", "100,lots")
-    assert proc.returncode == 2 and "expected comma-separated image counts" in proc.stderr
+    assert proc.returncode == 2 and "expected comma-separated integers" in proc.stderr
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_calibration_search_on_real_images(trained_tiny, tmp_path):
     from .conftest import TINY_ZIP
 
     result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("tflite_int8", "tflite_fp32"),
-                    calibration_count=32, calibration_search=(32, 48), calibration_draws=2, isolate=False)
+                    isolate=False, calibration=CalibrationConfig(count=32, search=(32, 48), draws=2))
     rows = {r["name"]: r for r in result.rows}
     record = rows["tflite_int8"]["calibration_search"]
     assert [(c["count"], c["seed"]) for c in record["candidates"]] == [(32, 0), (32, 1), (48, 0), (48, 1)]

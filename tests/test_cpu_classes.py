@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from edgecls.config import ConvertConfig
 
 from .conftest import FIXTURES, ROOT, load_tool, run_cli
 
@@ -66,7 +67,7 @@ def test_onnx_int8_schemes_quantize_with_the_types_they_name(scheme, activation,
     from edgecls.export.formats.onnx import INT8_SCHEMES, quantize_qdq
     from edgecls.preprocess import PreprocessingSpec
 
-    assert ExportConfig().onnx_int8_scheme == "u8s8_rr" and set(INT8_SCHEMES) == set(ONNX_INT8_SCHEMES)
+    assert ExportConfig().convert.onnx_int8_scheme == "u8s8_rr" and set(INT8_SCHEMES) == set(ONNX_INT8_SCHEMES)
     spec = PreprocessingSpec.load(SEED / "preprocessing.json")
     representative = spec.apply(calibration_subset(load_dataset("cifar10-sample"), 64, 0))
     model = onnx.load_from_string(quantize_qdq((SEED / "onnx_fp32.onnx").read_bytes(), representative, scheme=scheme))
@@ -82,7 +83,7 @@ def test_an_unknown_onnx_int8_scheme_is_a_one_line_error():
     from edgecls.errors import ConfigError
 
     with pytest.raises(ConfigError, match="onnx_int8_scheme must be one of u8s8_rr, u8u8, s8s8, got 'u7'"):
-        ExportConfig(onnx_int8_scheme="u7")
+        ExportConfig(convert=ConvertConfig(onnx_int8_scheme="u7"))
     proc = run_cli("export", "models/seed_cnn", "--onnx-int8-scheme", "u7", "--out", "/nonexistent/x")
     assert proc.returncode == 2 and "invalid choice: 'u7'" in proc.stderr and "Traceback" not in proc.stderr
 

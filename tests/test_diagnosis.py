@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from edgecls.export.diagnose import CAP_DB, own_db, ranked, sqnr_db
+from edgecls.config import CalibrationConfig, ValidationConfig
 
 from .conftest import TINY_ZIP, run_cli
 
@@ -65,7 +66,7 @@ def test_the_layer_made_sensitive_ranks_first_in_both_formats(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(LABELS))
     out = tmp_path / "bundle"
     result = export(path, data=TINY_ZIP, out=out, preprocessing={"scale": 1 / 255}, labels=LABELS, isolate=False,
-                    formats=("tflite_int8", "onnx_int8", "tflite_fp32"), calibration_count=64, max_eval_images=50)
+                    formats=("tflite_int8", "onnx_int8", "tflite_fp32"), calibration=CalibrationConfig(count=64), validation=ValidationConfig(max_images=50))
     rows = {r["name"]: r for r in result.rows}
     assert "diagnosis" not in rows["tflite_fp32"]
     for name in ("tflite_int8", "onnx_int8"):
@@ -119,7 +120,7 @@ def test_repair_keeps_the_worst_layers_in_float_until_the_budget_is_met(monkeypa
 
     from edgecls.export.repair import repair
 
-    job = SimpleNamespace(config=SimpleNamespace(validation_timeout_s=60))
+    job = SimpleNamespace(config=SimpleNamespace(validation=SimpleNamespace(timeout_s=60)))
     plain = tmp_path / "plain.tflite"
     plain.write_bytes(b"x" * 100)
     labels = np.zeros(200, np.int64)
@@ -158,7 +159,7 @@ def test_max_drop_from_export_on_a_trained_model(trained_tiny, tmp_path):
     data = load_dataset(TINY_ZIP)
     free = len(data.train) - len(calibration_indices(data, 64, 0))
     result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "b", formats=("tflite_int8", "onnx_int8", "tflite_fp32"),
-                    calibration_count=64, max_drop=0.0, repair_max_layers=2, isolate=False)
+                    isolate=False, calibration=CalibrationConfig(count=64), validation=ValidationConfig(max_drop=0.0, repair_max_layers=2))
     rows = {r["name"]: r for r in result.rows}
     assert "repair" not in rows["tflite_fp32"]
     for name in ("tflite_int8", "onnx_int8"):

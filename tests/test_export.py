@@ -10,6 +10,8 @@ from edgecls.bundle import sha256_file
 from edgecls.data import load_dataset
 from edgecls.export import GROUPS, VARIANTS, export, resolve_formats
 from edgecls.errors import ConfigError
+from edgecls.config import (CalibrationConfig, ConvertConfig, ExportConfig, FineTuneConfig, PruneConfig, QATConfig,
+                            ValidationConfig)
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,7 @@ def test_runtime_reproduces_the_validated_accuracy(sample_bundle):
 def test_out_of_tolerance_variant_is_rejected_not_shipped(sample_model, tmp_path):
     out = tmp_path / "strict"
     result = export(sample_model.out, isolate=False, data="cifar10-sample", out=out, formats=("tflite_fp32", "tflite_int8"),
-                    calibration_count=100, tolerances={"int8": {"min_agreement": 1.0, "max_abs_diff": 0.0, "max_accuracy_drop": 0.0}})
+                    calibration=CalibrationConfig(count=100), validation=ValidationConfig(tolerances={"int8": {"min_agreement": 1.0, "max_abs_diff": 0.0, "max_accuracy_drop": 0.0}}))
     rows = _rows(result)
     assert rows["tflite_fp32"]["status"] == "ok"
     assert rows["tflite_int8"]["status"] == "failed"
@@ -112,13 +114,13 @@ def test_out_of_tolerance_variant_is_rejected_not_shipped(sample_model, tmp_path
 
 def test_float_io_nchw_and_the_tflite_onnx_route(sample_model, tmp_path):
     result = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8", "onnx"),
-                    calibration_count=100, float_io=True, nchw=True)
+                    calibration=CalibrationConfig(count=100), convert=ConvertConfig(float_io=True, nchw=True))
     rows = _rows(result)
     assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in rows.items()}
     assert rows["tflite_int8"]["inputs"][0]["dtype"] == "float32"
     assert rows["onnx_fp32"]["inputs"][0]["shape"] == [-1, 3, 32, 32] and rows["onnx_fp32"]["layout"] == "NCHW"
     via = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "c", formats=("onnx_int8",),
-                 calibration_count=100, onnx_int8_method="tflite")
+                 calibration=CalibrationConfig(count=100), convert=ConvertConfig(onnx_int8_method="tflite"))
     row = _rows(via)["onnx_int8"]
     assert row["status"] == "ok" and "tf2onnx from the int8 TFLite" in row["description"]
 
@@ -129,8 +131,7 @@ def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run
     from tensorflow.lite.python import schema_py_generated as schema
 
     result = export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "small",
-                    formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8"), calibration_count=100, qat_epochs=1,
-                    fine_tune_batch_size=64, int8_weights="per-tensor", strip_names=True)
+                    formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8"), calibration=CalibrationConfig(count=100), qat=QATConfig(epochs=1), fine_tune=FineTuneConfig(batch_size=64), convert=ConvertConfig(int8_weights="per-tensor", strip_names=True))
     rows, before = _rows(result), _rows(sample_bundle)
     assert all(r["status"] == "ok" for r in rows.values()), {n: r.get("reason") for n, r in rows.items()}
     assert rows["tflite_int8"]["weight_scales"] == "per-tensor" and rows["tflite_qat_int8"]["weight_scales"] == "per-channel"
@@ -152,7 +153,7 @@ def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run
         assert accuracy == pytest.approx(rows[name]["validation"]["accuracy"], abs=1e-9), name
     assert result.manifest["config"]["int8_weights"] == "per-tensor" and result.manifest["config"]["strip_names"] is True
     with pytest.raises(ConfigError, match="int8_weights must be one of"):
-        export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "bad", int8_weights="per-row")
+        export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "bad", convert=ConvertConfig(int8_weights="per-row"))
     assert not (tmp_path / "bad").exists()
 
 
@@ -181,7 +182,7 @@ def test_optimize_cli_writes_pruned_and_qat_models(sample_model, tmp_path):
     assert all(abs(v - 0.6) < 0.01 for v in report["variants"]["pruned"]["per_layer"].values())
     assert re.search(r"pruned +accuracy 0\.\d{4}  kernel sparsity 0\.600", proc.stdout)
     # The pruned model is an ordinary edgecls model directory: it exports like any other.
-    result = export(out / "pruned", isolate=False, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8",), calibration_count=100)
+    result = export(out / "pruned", isolate=False, data="cifar10-sample", out=tmp_path / "b", formats=("tflite_int8",), calibration=CalibrationConfig(count=100))
     row = result.rows[0]
     assert row["status"] == "ok" and row["sparsity"] == pytest.approx(0.6, abs=0.02)
     assert (out / "qat" / "model.h5").exists()
@@ -240,7 +241,7 @@ def test_no_qat_calibration_flag_reaches_qat(monkeypatch):
     """--no-qat-calibration turns the range calibration off; by default QAT calibrates on the
     representative set (--calibration-count, --calibration-seed)."""
     import edgecls.optimize
-    from edgecls.cli import _export_config, build_parser
+    from edgecls.cli import build_parser, config_from_args
     from edgecls.optimize.run import build_variant
 
     seen = []
@@ -248,8 +249,8 @@ def test_no_qat_calibration_flag_reaches_qat(monkeypatch):
     base = ["export", "m", "--data", "d", "--out", "o"]
     for extra, count in (([], 300), (["--calibration-count", "120", "--calibration-seed", "3"], 120),
                          (["--no-qat-calibration"], 0)):
-        config = _export_config(build_parser().parse_args(base + extra))
-        assert config.qat_calibration == (count != 0)
+        config = config_from_args(ExportConfig, build_parser().parse_args(base + extra))
+        assert config.qat.calibrate == (count != 0)
         build_variant("qat", None, None, None, config)
         assert seen[-1]["calibration_count"] == count
     assert seen[1]["calibration_seed"] == 3
@@ -313,25 +314,25 @@ def test_distillation_pulls_the_student_to_the_teacher_not_the_labels(trained_ti
 
 def test_distill_flags_reach_every_fine_tune_with_the_base_model_as_teacher(monkeypatch):
     import edgecls.optimize
-    from edgecls.cli import _export_config, build_parser
+    from edgecls.cli import build_parser, config_from_args
     from edgecls.optimize.run import build_variant
 
     seen = []
     monkeypatch.setattr(edgecls.optimize, "quantize_aware", lambda *a, **kw: seen.append(kw))
     monkeypatch.setattr(edgecls.optimize, "prune", lambda *a, **kw: seen.append(kw))
     base = ["export", "m", "--data", "d", "--out", "o"]
-    config = _export_config(build_parser().parse_args(base))
-    assert not config.distill
+    config = config_from_args(ExportConfig, build_parser().parse_args(base))
+    assert not config.fine_tune.distill
     build_variant("qat", "model", None, None, config)
     assert seen[-1]["distillation"] is None
-    config = _export_config(build_parser().parse_args(base + ["--distill", "--distill-alpha", "0.5", "--distill-temperature", "2"]))
+    config = config_from_args(ExportConfig, build_parser().parse_args(base + ["--distill", "--distill-alpha", "0.5", "--distill-temperature", "2"]))
     build_variant("pruned", "model", None, None, config)
     d = seen[-1]["distillation"]
     assert (d.teacher, d.alpha, d.temperature) == ("model", 0.5, 2.0)
     build_variant("pruned_qat", "pruned model", None, None, config, teacher="base model")
     assert seen[-1]["distillation"].teacher == "base model"
     with pytest.raises(ConfigError, match="distill_alpha"):
-        _export_config(build_parser().parse_args(base + ["--distill-alpha", "0"]))
+        config_from_args(ExportConfig, build_parser().parse_args(base + ["--distill-alpha", "0"]))
 
 
 def test_fine_tune_of_a_logits_model_matches_its_softmax_twin(trained_tiny):
@@ -390,13 +391,12 @@ def test_every_variant_is_made_by_a_registered_format():
 def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path, monkeypatch):
     """`edgecls optimize` feeds `edgecls export --optimized DIR`: the pruned and QAT models are loaded,
     not fine-tuned again, and validated like any other."""
-    from edgecls.config import ExportConfig
     from edgecls.optimize import run as optimize_run
 
     from .conftest import TINY_ZIP
     from edgecls.optimize.run import optimize
 
-    config = ExportConfig(prune_epochs=1, qat_epochs=1, calibration_count=64, fine_tune_batch_size=50)
+    config = ExportConfig(prune=PruneConfig(epochs=1), qat=QATConfig(epochs=1), calibration=CalibrationConfig(count=64), fine_tune=FineTuneConfig(batch_size=50))
     report = optimize(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "opt", kinds=("pruned", "qat"), config=config)
 
     def no_fine_tune(*args, **kwargs):
@@ -404,7 +404,7 @@ def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path,
 
     monkeypatch.setattr(optimize_run, "build_variant", no_fine_tune)
     result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_pruned_int8", "tflite_qat_int8"),
-                    calibration_count=64, optimized=str(tmp_path / "opt"))
+                    optimized=str(tmp_path / "opt"), calibration=CalibrationConfig(count=64))
     rows = {r["name"]: r for r in result.rows}
     # Converted from the reused models (a 3-epoch model's int8 files may miss the tolerance; that is
     # the validation working, not the reuse), judged against the model given.
@@ -418,7 +418,7 @@ def test_export_reuses_what_optimize_built(trained_tiny, sample_model, tmp_path,
     assert report["variants"]["qat"]["accuracy"] == pytest.approx(qat["reference_accuracy"], abs=1e-6)
     with pytest.raises(ConfigError, match="was optimized from"):
         export(sample_model.out, isolate=False, data=TINY_ZIP, out=tmp_path / "other", formats=("tflite_pruned_int8",),
-               calibration_count=64, optimized=str(tmp_path / "opt"))
+               optimized=str(tmp_path / "opt"), calibration=CalibrationConfig(count=64))
 
 
 def test_a_fine_tune_whose_loss_diverges_stops_with_the_reason(trained_tiny):
@@ -457,8 +457,7 @@ def test_a_converted_model_with_nan_constants_is_rejected_before_loading(trained
 
     shutil.copytree(trained_tiny.out, broken)
     save_model_file(run.model, broken / "model.keras")
-    result = export(broken, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_fp32", "onnx_fp32"),
-                    calibration_count=64)
+    result = export(broken, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_fp32", "onnx_fp32"), calibration=CalibrationConfig(count=64))
     for row in result.rows:
         assert row["status"] == "failed" and "NaN or infinite constants" in row["reason"], row
     assert (tmp_path / "bundle" / "manifest.json").is_file()
@@ -528,7 +527,7 @@ def test_a_variant_that_crashes_its_runtime_is_a_failed_row_and_the_others_ship(
     monkeypatch.setattr(tflite_format, "convert", corrupt_dynamic)
     # In this process (isolate=False) so that the patches above apply; validation still runs each file apart.
     result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "bundle", isolate=False,
-                    formats=("tflite_fp32", "tflite_fp16", "tflite_dynamic", "onnx_fp32"), calibration_count=64)
+                    formats=("tflite_fp32", "tflite_fp16", "tflite_dynamic", "onnx_fp32"), calibration=CalibrationConfig(count=64))
     rows = {r["name"]: r for r in result.rows}
     assert rows["tflite_fp16"]["status"] == "failed"
     assert "LiteRT while loading or running the converted model crashed (signal 11)" in rows["tflite_fp16"]["reason"]
@@ -574,13 +573,13 @@ def test_int8_calibrates_on_unlabelled_images(trained_tiny, tmp_path):
             (flat / f"photo_{i:03d}.jpg").write_bytes(zf.read(name))
     (flat / "notes.txt").write_text("not an image")
     result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "bundle", formats=("tflite_int8",),
-                    calibration_count=48, calibration_data=str(flat))
+                    calibration=CalibrationConfig(count=48, data=str(flat)))
     calibration = result.manifest["calibration"]
     assert calibration["images"] == 48 and calibration["data"] == str(flat) and calibration["labels"] is False
     assert [r["name"] for r in result.rows] == ["tflite_int8"] and "accuracy" in result.rows[0]["validation"]
     with pytest.raises(Exception, match="calibration needs 500"):
-        export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",), calibration_count=500,
-               calibration_data=str(flat))
+        export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b2", formats=("tflite_int8",),
+               calibration=CalibrationConfig(count=500, data=str(flat)))
 
 
 CRASHING_SITE = """
@@ -617,8 +616,7 @@ def test_a_native_crash_while_converting_costs_one_variant_not_the_export(traine
     monkeypatch.setenv("EDGECLS_TEST_CRASH_VARIANT", "tflite_int8")
     monkeypatch.setenv("EDGECLS_TEST_CRASH_SOURCE", "qat")
     out = tmp_path / "bundle"
-    result = export(trained_tiny.out, data=TINY_ZIP, out=out, calibration_count=64, qat_epochs=1,
-                    formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8", "onnx_fp32"))
+    result = export(trained_tiny.out, data=TINY_ZIP, out=out, formats=("tflite_fp32", "tflite_int8", "tflite_qat_int8", "onnx_fp32"), calibration=CalibrationConfig(count=64), qat=QATConfig(epochs=1))
     rows = _rows(result)
     assert rows["tflite_int8"]["status"] == "error"
     assert rows["tflite_int8"]["reason"] == "the export process crashed (signal 11, SIGSEGV) while converting it"
@@ -653,7 +651,7 @@ def test_every_quantization_engine_is_a_validated_variant(trained_tiny, tmp_path
     engines = GROUPS["engines"]
     assert {VARIANTS[n].engine for n in engines} == {"converter", "aeq", "ort_minmax", "ort_entropy", "ort_percentile",
                                                      "nncf"}
-    result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b", formats=("engines",), calibration_count=64)
+    result = export(trained_tiny.out, isolate=False, data=TINY_ZIP, out=tmp_path / "b", formats=("engines",), calibration=CalibrationConfig(count=64))
     rows = _rows(result)
     assert list(rows) == list(engines)
     for name in engines:
@@ -685,7 +683,7 @@ def test_every_quantization_engine_is_a_validated_variant(trained_tiny, tmp_path
     monkeypatch.setattr(engine_module, "optional", without_nncf)
     monkeypatch.setattr(engine_module, "require", without_nncf)  # NNCF runs in a child: checked, not imported
     result = export(trained_tiny.out, data=TINY_ZIP, out=tmp_path / "c", formats=("onnx_int8_nncf", "onnx_fp32"),
-                    calibration_count=64, isolate=False)
+                    isolate=False, calibration=CalibrationConfig(count=64))
     rows = _rows(result)
     assert rows["onnx_int8_nncf"]["status"] == "error" and "pip install 'edgecls[train]'" in rows["onnx_int8_nncf"]["reason"]
     assert rows["onnx_fp32"]["status"] == "ok"
@@ -702,7 +700,7 @@ def test_the_export_worker_gets_every_argument_the_caller_gave(trained_tiny, tmp
     labels = json.loads((trained_tiny.out / "labels.json").read_text())
     dataset = load_dataset(TINY_ZIP)
     result = export(trained_tiny.out / "model.keras", dataset=dataset, out=tmp_path / "b", preprocessing=spec,
-                    labels=list(labels), formats=("tflite_fp32",), calibration_count=64)
+                    labels=list(labels), formats=("tflite_fp32",), calibration=CalibrationConfig(count=64))
     assert result.rows[0]["status"] == "ok"
     assert json.loads((tmp_path / "b" / "labels.json").read_text()) == labels
     assert json.loads((tmp_path / "b" / "preprocessing.json").read_text())["mean"] == list(spec.mean)
@@ -712,7 +710,6 @@ def test_a_fine_tuned_variant_is_judged_against_the_model_the_user_gave():
     """A QAT file that reproduces its fine-tuned model exactly but is 15 points below the model the
     user gave fails (the budget: --fine-tuned-max-drop, or --max-drop when given); its agreement and
     accuracy change are against the user's model, its fidelity to the fine-tuned one under "conversion"."""
-    from edgecls.config import ExportConfig
     from edgecls.export import _against_given
     from edgecls.export.validate import TOLERANCES, compare
 
@@ -728,8 +725,8 @@ def test_a_fine_tuned_variant_is_judged_against_the_model_the_user_gave():
     assert "15.00 points below the model you gave > 5 (--fine-tuned-max-drop)" in judged["reason"]
     assert judged["agreement"] == 0.85 and judged["accuracy_delta_points"] == -15.0
     assert judged["conversion"]["agreement"] == 1.0 and judged["conversion"]["reference"] == "keras qat"
-    assert _against_given(conversion, given, ExportConfig(fine_tuned_max_drop=20))["status"] == "ok"
-    assert "(--max-drop)" in _against_given(conversion, given, ExportConfig(max_drop=1, fine_tuned_max_drop=20))["reason"]
+    assert _against_given(conversion, given, ExportConfig(fine_tune=FineTuneConfig(max_drop=20)))["status"] == "ok"
+    assert "(--max-drop)" in _against_given(conversion, given, ExportConfig(validation=ValidationConfig(max_drop=1), fine_tune=FineTuneConfig(max_drop=20)))["reason"]
     broken = {**conversion, "status": "failed", "reason": "max abs diff 0.9 > 0.5"}
     assert _against_given(broken, compare(base, base, labels, TOLERANCES["int8"]), ExportConfig())["reason"] == \
         "conversion: max abs diff 0.9 > 0.5"

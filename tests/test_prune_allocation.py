@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edgecls.config import ExportConfig
+from edgecls.config import ExportConfig, PruneConfig
 from edgecls.errors import ConfigError
 
 from .conftest import TINY_ZIP
@@ -70,12 +70,12 @@ def test_pruning_with_lamp_allocation_reaches_each_layers_target(trained_tiny):
 
 
 def test_allocation_options():
-    from edgecls.cli import _export_config, build_parser
+    from edgecls.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["export", "m", "--out", "o", "--sparsity-allocation", "lamp", "--sparsity", "0.75"])
-    assert _export_config(args).sparsity_allocation == "lamp"
-    assert ExportConfig().sparsity_allocation == "uniform"
+    assert config_from_args(ExportConfig, args).prune.allocation == "lamp"
+    assert ExportConfig().prune.allocation == "uniform"
     with pytest.raises(ConfigError, match="sparsity_allocation must be one of uniform, lamp"):
-        ExportConfig(sparsity_allocation="global")
+        ExportConfig(prune=PruneConfig(allocation="global"))
     with pytest.raises(ConfigError, match="2:4 structured sparsity is 50% in every layer"):
-        ExportConfig(structured_2x4=True, sparsity_allocation="lamp")
+        ExportConfig(prune=PruneConfig(structured_2x4=True, allocation="lamp"))

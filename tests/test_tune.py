@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from edgecls.config import BenchConfig, ExportConfig, TuneConfig
+from edgecls.config import BenchConfig, CalibrationConfig, ExportConfig, PruneConfig, QATConfig, TuneConfig
 from edgecls.errors import ConfigError
 from edgecls.selection import Budgets, choose, closest, explain, fine_tune_reason, misses
 
@@ -157,7 +157,7 @@ def test_bad_budgets_are_one_line_errors():
 
 
 SMALL = dict(variants=("tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8"), validation_images=100, sparsities=(0.5,),
-             export=ExportConfig(calibration_count=64, prune_epochs=1, qat_epochs=1),
+             export=ExportConfig(calibration=CalibrationConfig(count=64), prune=PruneConfig(epochs=1), qat=QATConfig(epochs=1)),
              bench=BenchConfig(runs=20, warmup=2, repeats=1))
 
 
@@ -291,7 +291,7 @@ def test_tune_bad_input_is_one_line_before_any_work(trained_tiny, tmp_path):
     base = ("tune", trained_tiny.out, "--data", TINY_ZIP)
     assert_one_line_error(run_cli(*base, "--out", foreign), "edgecls did not write")
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
-    assert_one_line_error(run_cli(*base, "--out", tmp_path / "a", "--threads", "1,two"), "thread counts")
+    assert_one_line_error(run_cli(*base, "--out", tmp_path / "a", "--threads", "1,two"), "comma-separated integers")
     assert_one_line_error(run_cli(*base, "--out", tmp_path / "b", "--max-bytes", "0"), "--max-bytes: 0 is out of range")
     assert_one_line_error(run_cli(*base, "--out", tmp_path / "c", "--validation-images", "150"), "at most half")
     assert not any((tmp_path / n).exists() for n in "abc")

@@ -8,6 +8,7 @@ import pytest
 from edgecls.errors import ConfigError, ModelError
 from edgecls.export import export
 from edgecls.modelio import load_model as load_source
+from edgecls.config import CalibrationConfig, FineTuneConfig, PruneConfig, ValidationConfig
 
 from .conftest import TINY_ZIP, assert_one_line_error, run_cli
 
@@ -92,8 +93,7 @@ def test_keras3_model_is_bridged_for_pruning_and_qat(tmp_path):
     probe = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32") / 255
     np.testing.assert_allclose(source.model(probe).numpy(), np.asarray(model(probe)), atol=1e-5)
     result = export(path, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
-                    formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_qat_int8"), calibration_count=100,
-                    fine_tune_batch_size=50, prune_epochs=1, sparsity=0.75)
+                    formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_qat_int8"), calibration=CalibrationConfig(count=100), fine_tune=FineTuneConfig(batch_size=50), prune=PruneConfig(epochs=1, sparsity=0.75))
     rows = {r["name"]: r for r in result.rows}
     assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in rows.items()}
     assert rows["tflite_pruned_qat_int8"]["sparsity"] == pytest.approx(0.75, abs=0.03)
@@ -106,7 +106,7 @@ def test_savedmodel_converts_but_cannot_be_pruned(h5_model, tmp_path):
     saved = tmp_path / "saved"
     model.save(saved, save_format="tf")
     result = export(saved, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
-                    formats=("tflite_fp32", "tflite_int8"), calibration_count=100)
+                    formats=("tflite_fp32", "tflite_int8"), calibration=CalibrationConfig(count=100))
     assert [r["status"] for r in result.rows] == ["ok", "ok"]
     bare = tmp_path / "bare"
     import tensorflow as tf
@@ -114,8 +114,7 @@ def test_savedmodel_converts_but_cannot_be_pruned(h5_model, tmp_path):
     tf.saved_model.save(model, str(bare))
     assert load_source(bare, {"scale": 1 / 255}).tunable is False
     with pytest.raises(ConfigError, match="pruning and QAT are impossible"):
-        export(bare, isolate=False, data=TINY_ZIP, out=tmp_path / "c", preprocessing={"scale": 1 / 255}, formats=("tflite_pruned_fp32",),
-               calibration_count=100)
+        export(bare, isolate=False, data=TINY_ZIP, out=tmp_path / "c", preprocessing={"scale": 1 / 255}, formats=("tflite_pruned_fp32",), calibration=CalibrationConfig(count=100))
 
 
 def test_unprunable_layer_is_named_with_the_way_out(tmp_path):
@@ -206,7 +205,7 @@ def test_logits_model_in_keras2_format_gets_probabilities_from_the_runtime(tmp_p
     path = tmp_path / "logits.keras"
     model.save(path)
     result = export(path, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
-                    formats=("tflite_fp32",), calibration_count=100)
+                    formats=("tflite_fp32",), calibration=CalibrationConfig(count=100))
     assert result.manifest["model"]["kind"] == "keras2" and result.manifest["model"]["output"] == "logits"
     probs = runtime.load(tmp_path / "b").predict(load_dataset(TINY_ZIP).test.images[:5])
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
@@ -256,7 +255,7 @@ def test_a_savedmodel_exports_every_format_it_can_take(h5_model, tmp_path):
     bare = tmp_path / "bare"
     tf.saved_model.save(keras().models.load_model(h5_model, compile=False), str(bare))
     result = export(bare, isolate=False, data=TINY_ZIP, out=tmp_path / "b", preprocessing={"scale": 1 / 255}, labels=LABELS,
-                    formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_fp32", "onnx_fp32"), calibration_count=100)
+                    formats=("tflite_fp32", "tflite_qat_int8", "tflite_pruned_fp32", "onnx_fp32"), calibration=CalibrationConfig(count=100))
     status = {r["name"]: r["status"] for r in result.rows}
     assert status == {"tflite_fp32": "ok", "tflite_qat_int8": "skipped", "tflite_pruned_fp32": "skipped", "onnx_fp32": "ok"}
     skipped = {r["name"]: r["reason"] for r in result.manifest["rejected"]}
@@ -279,7 +278,7 @@ def test_a_model_ending_in_logits_is_validated_in_probabilities(sample_model, tm
     logits.save(path)
     variants = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx_fp32", "onnx_int8")
     result = export(path, isolate=False, data="cifar10-sample", out=tmp_path / "b", preprocessing={"scale": 1 / 255},
-                    labels=LABELS, formats=variants, calibration_count=200, max_eval_images=500)
+                    labels=LABELS, formats=variants, calibration=CalibrationConfig(count=200), validation=ValidationConfig(max_images=500))
     assert result.manifest["model"]["output"] == "logits"
     rows = {r["name"]: r for r in result.rows}
     assert {n: rows[n]["status"] for n in variants} == {n: "ok" for n in variants}, {n: rows[n].get("reason") for n in variants}

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DEFAULT_REMOTE_DIR, option
 from ..errors import ConfigError, DependencyError, EdgeclsError
 
-DEFAULT_REMOTE_DIR = ".cache/edgecls/remote"
 
 
 class RemoteError(EdgeclsError):
@@ -39,10 +39,11 @@ class RemoteError(EdgeclsError):
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    host: str
-    python: str = "python3"
-    remote_dir: str = DEFAULT_REMOTE_DIR
-    ssh_config: str | None = None  # an ssh_config file (ssh -F); default: the user's own
+    host: str = option(None, "run on this device over SSH ([user@]host, as for 'ssh'): copies the bundle and the "
+                             "images, benches there, brings the report back")
+    python: str = option("python3", "Python with edgecls[runtime] on the device", flag="--remote-python")
+    remote_dir: str = option(DEFAULT_REMOTE_DIR, "working folder on the device, relative to its home")
+    ssh_config: str | None = option(None, "an ssh_config file to use instead of ~/.ssh/config")
     connect_timeout: int = 15
 
     def __post_init__(self):

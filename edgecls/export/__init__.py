@@ -128,9 +128,9 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
     from ..evaluation import align_labels
 
     mapping = align_labels(dataset, source.labels)
-    if not config.calibration_data and len(dataset.train) < config.calibration_count:
+    if not config.calibration.data and len(dataset.train) < config.calibration.count:
         raise DataError(
-            f"the calibration set needs {config.calibration_count} training images but {dataset.source} has "
+            f"the calibration set needs {config.calibration.count} training images but {dataset.source} has "
             f"{len(dataset.train)}; lower --calibration-count (at least 32) or use more data"
         )
     skipped = {}
@@ -146,29 +146,29 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
             for name in skipped:
                 log.warning("%s: skipped: %s", name, why)
 
-    if config.calibration_data:
+    if config.calibration.data:
         from ..data.folder import read_unlabelled
 
-        calibration, unreadable = read_unlabelled(config.calibration_data, spec.input_size, config.calibration_count,
-                                                  config.calibration_seed)
+        calibration, unreadable = read_unlabelled(config.calibration.data, spec.input_size, config.calibration.count,
+                                                  config.calibration.seed)
         log.info("calibrating int8 on %d unlabelled images of %s%s; labels are used only to measure accuracy "
-                 "(on %s's test split)", len(calibration), config.calibration_data,
+                 "(on %s's test split)", len(calibration), config.calibration.data,
                  f" ({unreadable} unreadable skipped)" if unreadable else "", dataset.source)
     else:
-        calibration = calibration_subset(dataset, config.calibration_count, config.calibration_seed)
+        calibration = calibration_subset(dataset, config.calibration.count, config.calibration.seed)
     validation, candidates = None, None
-    if config.calibration_search:
+    if config.calibration.search:
         from .calibration import draws
 
-        too_big = [c for c in config.calibration_search if c > len(dataset.train) // 2]
+        too_big = [c for c in config.calibration.search if c > len(dataset.train) // 2]
         if too_big:
             raise DataError(f"--calibration-search {','.join(map(str, too_big))}: {dataset.source} has "
                             f"{len(dataset.train)} training images; sizes up to half of them leave a validation split")
-        candidates = draws(dataset, config.calibration_search, config.calibration_draws, config.calibration_seed)
-    if config.max_drop is not None or candidates:
+        candidates = draws(dataset, config.calibration.search, config.calibration.draws, config.calibration.seed)
+    if config.validation.max_drop is not None or candidates:
         # Choices are checked on training images no calibration draw used (never the test split).
-        used = set() if config.calibration_data else set(
-            calibration_indices(dataset, config.calibration_count, config.calibration_seed).tolist())
+        used = set() if config.calibration.data else set(
+            calibration_indices(dataset, config.calibration.count, config.calibration.seed).tolist())
         for _, _, index in candidates or ():
             used.update(index.tolist())
         free = np.array([i for i in range(len(dataset.train)) if i not in used], dtype=np.int64)
@@ -176,12 +176,12 @@ def export_into(staging: Path, out: Path, model, data, config: ExportConfig, pre
             raise DataError(f"--max-drop and --calibration-search need a validation split from the training data: "
                             f"{dataset.source} has {len(free)} training images besides the calibration images "
                             f"(50 at least)")
-        pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
+        pick = free[sample_indices(len(free), config.validation.repair_images, config.seed + 1)]
         validation = (dataset.train.take(pick), mapping[dataset.train.labels[pick]])
         log.info("validation split for %s: %d training images kept out of calibration",
-                 " and ".join(w for w, on in (("--max-drop", config.max_drop is not None),
+                 " and ".join(w for w, on in (("--max-drop", config.validation.max_drop is not None),
                                                ("--calibration-search", bool(candidates))) if on), len(pick))
-    keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
+    keep = sample_indices(len(dataset.test), config.validation.max_images, config.seed)
     eval_images = dataset.test.take(keep)
     eval_y = mapping[dataset.test.labels[keep]]
     return _export_into(staging, Path(out), names, source, dataset, config, calibration, eval_images, eval_y, safe_mode,
@@ -239,11 +239,11 @@ class _Models:
             start = self.get("pruned") if kind == "pruned_qat" else self.source.model
             self.journal.step(self.current, f"building the {kind} model", source=kind)
             if kind == "pruned":
-                log.info("pruning to %.0f%% sparsity, %s across layers (%d fine-tuning epochs)", 100 * config.sparsity,
-                         "by LAMP score" if config.sparsity_allocation == "lamp" else "uniform", config.prune_epochs)
+                log.info("pruning to %.0f%% sparsity, %s across layers (%d fine-tuning epochs)", 100 * config.prune.sparsity,
+                         "by LAMP score" if config.prune.allocation == "lamp" else "uniform", config.prune.epochs)
             else:
                 log.info("%squantization-aware training (%d epochs)",
-                         "sparsity-preserving " if kind == "pruned_qat" else "", config.qat_epochs)
+                         "sparsity-preserving " if kind == "pruned_qat" else "", config.qat.epochs)
             opt = build_variant(kind, start, self.dataset, self.spec, config, teacher=self.source.model)
         except _BuildError:
             raise
@@ -347,8 +347,8 @@ def _export_into(staging: Path, out: Path, names, source, dataset, config, calib
                "output": "probabilities" if are_probabilities(base_ref) else "logits"},
         reference={"format": "keras", "precision": "fp32", "accuracy": round(base_acc, 6), "images": int(len(eval_y)),
                    "data": dataset.source, "split": "test"},
-        calibration={"images": int(len(prep.representative)), "seed": config.calibration_seed,
-                     **({"data": str(config.calibration_data), "labels": False} if config.calibration_data else
+        calibration={"images": int(len(prep.representative)), "seed": config.calibration.seed,
+                     **({"data": str(config.calibration.data), "labels": False} if config.calibration.data else
                         {"split": "train"})},
         optimization=models.details, config=config.to_dict(), tools=_versions(),
         export_time_s=round(time.perf_counter() - started, 2))
@@ -419,7 +419,7 @@ def _export_variant(prep: _Prepared, name: str) -> dict:
     if "validation" in row and _diagnosable(variant, config) and "diagnosis" not in row:
         journal.step(name, "diagnosing its layers", file=file.name)
         row.update(_diagnosis(fmt, variant, job, file))
-    if config.micro and row["status"] == "ok" and variant.format == "tflite":
+    if config.micro.enabled and row["status"] == "ok" and variant.format == "tflite":
         journal.step(name, "running it under TFLite Micro", file=file.name)
         row.update(_micro(file, name, row, inputs, prep.eval_y, prep.base_ref, _tolerance(variant, config),
                           prep.source, prep.spec, prep.staging, config))
@@ -477,12 +477,12 @@ def _searchable(variant: Variant) -> bool:
 
 def _diagnosable(variant: Variant, config) -> bool:
     """Post-training quantized variants (dynamic range too) when the config asks for the diagnosis."""
-    return config.diagnose and variant.precision in (*QUANTIZED, "dynamic") and _post_training(variant)
+    return config.validation.diagnose and variant.precision in (*QUANTIZED, "dynamic") and _post_training(variant)
 
 
 def _repairable(variant: Variant, config) -> bool:
     """Variants whose activations are quantized and whose layers a quantizer can keep in float."""
-    return config.max_drop is not None and _searchable(variant) and _diagnosable(variant, config)
+    return config.validation.max_drop is not None and _searchable(variant) and _diagnosable(variant, config)
 
 
 def _layers(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
@@ -511,7 +511,7 @@ def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, repair_set, refe
         found = _layers(fmt, variant, job, file)
         float_accuracy = float((reference(variant.source).argmax(1) == labels).mean())
         record, converted = repair(fmt, variant, job, file, found, images, labels, float_accuracy,
-                                   job.config.max_drop, job.config.repair_max_layers)
+                                   job.config.validation.max_drop, job.config.validation.repair_max_layers)
     except EdgeclsError as exc:
         log.warning("%s: repair under --max-drop could not run: %s", variant.name, exc)
         return {"repair": {"met": False, "reason": f"repair under --max-drop could not run: {exc}"}}
@@ -532,12 +532,12 @@ def _repair(fmt, variant: Variant, job: ConvertJob, file: Path, repair_set, refe
 def _micro(file: Path, name: str, row: dict, inputs, eval_y, base_ref, tolerance, source, spec, staging: Path,
            config) -> dict:
     """The row's "micro" record (edgecls.micro) for a full-integer TFLite file, on a seeded sample of
-    config.micro_images held-out images against the model the user gave; {} for other files."""
+    config.micro.images held-out images against the model the user gave; {} for other files."""
     from ..micro import full_integer, micro_target
 
     if not full_integer(row.get("inputs", []), row.get("outputs", [])):
         return {}
-    pick = sample_indices(len(eval_y), config.micro_images, config.seed)
+    pick = sample_indices(len(eval_y), config.micro.images, config.seed)
     try:
         record = micro_target(file, name, inputs[pick], eval_y[pick], base_ref[pick], tolerance,
                               (row["inputs"], row["outputs"]), list(source.labels), spec.to_dict(), staging)
@@ -561,9 +561,9 @@ def _diagnosis(fmt, variant: Variant, job: ConvertJob, file: Path) -> dict:
 
 
 def _tolerance(variant: Variant, config) -> Tolerance:
-    """The validation tolerance of `variant`: its precision's, or the one config.tolerances gives."""
-    if variant.precision in config.tolerances:
-        return Tolerance(**config.tolerances[variant.precision])
+    """The validation tolerance of `variant`: its precision's, or the one config.validation.tolerances gives."""
+    if variant.precision in config.validation.tolerances:
+        return Tolerance(**config.validation.tolerances[variant.precision])
     return TOLERANCES[variant.precision]
 
 
@@ -571,13 +571,13 @@ def _against_given(conversion: dict, given: dict, config) -> dict:
     """A fine-tuned variant's validation: its accuracy change and agreement against the model the
     user gave (what they would ship instead of it), its fidelity to the fine-tuned model it was
     converted from kept under "conversion". It fails when the conversion does, or when it loses
-    more than the budget (--max-drop, else fine_tuned_max_drop) against the user's model."""
-    budget = config.max_drop if config.max_drop is not None else config.fine_tuned_max_drop
+    more than the budget (--max-drop, else FineTuneConfig.max_drop) against the user's model."""
+    budget = config.validation.max_drop if config.validation.max_drop is not None else config.fine_tune.max_drop
     failures = [f"conversion: {conversion['reason']}"] if conversion["status"] != "ok" else []
     drop = -given.get("accuracy_delta_points", 0.0)
     if drop > budget:
         failures.append(f"{drop:.2f} points below the model you gave > {budget:g} "
-                        f"({'--max-drop' if config.max_drop is not None else '--fine-tuned-max-drop'})")
+                        f"({'--max-drop' if config.validation.max_drop is not None else '--fine-tuned-max-drop'})")
     keys = ("status", "reason", "agreement", "max_abs_diff", "accuracy", "reference_accuracy", "accuracy_delta_points",
             "tolerance", "reference", "warning")
     out = {k: v for k, v in given.items() if k not in ("status", "reason", "warning")}
@@ -596,7 +596,7 @@ def _describe_and_validate(file: Path, variant: Variant, fmt, config, eval_x, ev
     from . import inspect as art
 
     # In a child process: a converted file that crashes its runtime fails this row, not the export.
-    outputs = isolated.outputs(file, eval_x, layout=fmt.layout(config), threads=None, timeout=config.validation_timeout_s)
+    outputs = isolated.outputs(file, eval_x, layout=fmt.layout(config), threads=None, timeout=config.validation.timeout_s)
     inputs, outs = fmt.describe(file)
     validation = compare(outputs, ref, eval_y, _tolerance(variant, config))
     validation["reference"] = f"keras {variant.source}"

@@ -101,7 +101,7 @@ def search(fmt, variant, job, candidates, train_images: np.ndarray, spec, images
                 path = Path(tmp) / f"{count}-{seed}.{variant.format}"
                 path.write_bytes(converted.data)
                 outputs = isolated.outputs(path, images, layout=layout, threads=None,
-                                           timeout=job.config.validation_timeout_s)
+                                           timeout=job.config.validation.timeout_s)
                 entry.update(fidelity(outputs, reference, labels))
                 entry["within_tolerance"] = within(entry, tolerance)
                 results.append((entry, converted, representative))

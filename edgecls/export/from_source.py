@@ -86,12 +86,12 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
     if dataset.image_size != tuple(spec.input_size):
         raise DataError(f"the data's images are {dataset.image_size} but the model takes {spec.input_size}")
     mapping = align_labels(dataset, source.labels)
-    if len(dataset.train) < config.calibration_count:
-        raise DataError(f"the calibration set needs {config.calibration_count} training images but {dataset.source} "
+    if len(dataset.train) < config.calibration.count:
+        raise DataError(f"the calibration set needs {config.calibration.count} training images but {dataset.source} "
                         f"has {len(dataset.train)}; lower --calibration-count (at least 32) or use more data")
-    calibration = spec.apply(calibration_subset(dataset, config.calibration_count, config.calibration_seed))
-    repair_set = _repair_set(dataset, mapping, config, source) if config.max_drop is not None else None
-    keep = sample_indices(len(dataset.test), config.max_eval_images, config.seed)
+    calibration = spec.apply(calibration_subset(dataset, config.calibration.count, config.calibration.seed))
+    repair_set = _repair_set(dataset, mapping, config, source) if config.validation.max_drop is not None else None
+    keep = sample_indices(len(dataset.test), config.validation.max_images, config.seed)
     eval_x = Batches(dataset.test.take(keep), spec.apply)  # normalized a batch at a time
     eval_y = mapping[dataset.test.labels[keep]]
     reference = source.reference(eval_x)
@@ -112,7 +112,7 @@ def export_from_source(staging: Path, out: Path, source, data, config, dataset=N
         reference={"format": source.kind, "precision": "fp32", "runtime": source.runtime,
                    "accuracy": round(float((reference.argmax(1) == eval_y).mean()), 6), "images": int(len(eval_y)),
                    "data": dataset.source, "split": "test"},
-        calibration={"images": int(len(calibration)), "seed": config.calibration_seed, "split": "train"},
+        calibration={"images": int(len(calibration)), "seed": config.calibration.seed, "split": "train"},
         config=config.to_dict(), tools=_versions(), export_time_s=round(time.perf_counter() - started, 2))
     return ExportResult(out, manifest, rows)
 
@@ -179,15 +179,15 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
     if engine:
         row["engine"] = engine
         if fmt_name == "onnx":
-            row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.onnx_int8_scheme
-    if engine and (config.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
+            row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.convert.onnx_int8_scheme
+    if engine and (config.validation.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
         row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
         if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
             # May rewrite the file with layers kept in float: what is validated below.
             _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
     try:
         outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
-                                   timeout=config.validation_timeout_s)
+                                   timeout=config.validation.timeout_s)
         validation = compare(outputs, reference, eval_y, _tolerance(variant, config))
     except EdgeclsError as exc:
         validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
@@ -203,7 +203,7 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
         (staging / "rejected").mkdir(exist_ok=True)
         file.rename(staging / "rejected" / file.name)
         row["file"] = f"rejected/{file.name}"
-    if config.micro and row["status"] == "ok" and fmt_name == "tflite":
+    if config.micro.enabled and row["status"] == "ok" and fmt_name == "tflite":
         from . import _micro  # TFLite Micro for a full-integer file, against the source's own outputs
 
         row.update(_micro(file, name, row, source.in_layout(eval_x, fmt_name), eval_y, reference,
@@ -250,12 +250,12 @@ def _repair_set(dataset, mapping, config, source):
     source's own accuracy on them: what --max-drop is judged on (never the test split)."""
     from ..data import calibration_indices
 
-    used = set(calibration_indices(dataset, config.calibration_count, config.calibration_seed).tolist())
+    used = set(calibration_indices(dataset, config.calibration.count, config.calibration.seed).tolist())
     free = np.array([i for i in range(len(dataset.train)) if i not in used], dtype=np.int64)
     if len(free) < 50:
         raise DataError(f"--max-drop needs a validation split from the training data: {dataset.source} has {len(free)} "
                         f"training images besides the calibration images (50 at least)")
-    pick = free[sample_indices(len(free), config.repair_images, config.seed + 1)]
+    pick = free[sample_indices(len(free), config.validation.repair_images, config.seed + 1)]
     images = Batches(dataset.train.take(pick), source.preprocessing.apply)
     labels = mapping[dataset.train.labels[pick]]
     log.info("validation split for --max-drop: %d training images kept out of calibration", len(pick))
@@ -296,17 +296,17 @@ def _repair(variant, engine, float_bytes, file: Path, row: dict, repair_set, cal
     images, labels, float_accuracy = repair_set
     fmt = variant.format
     input_name = _input_name(variant, float_bytes, source)
-    adapter = _Requantize(engine, float_bytes, source.in_layout(calibration, fmt), input_name, config.onnx_int8_scheme,
+    adapter = _Requantize(engine, float_bytes, source.in_layout(calibration, fmt), input_name, config.convert.onnx_int8_scheme,
                           keep)
     job = SimpleNamespace(config=config)
     try:
         record, converted = repair(adapter, variant, job, file, row["diagnosis"], source.in_layout(images, fmt), labels,
-                                   float_accuracy, config.max_drop, config.repair_max_layers)
+                                   float_accuracy, config.validation.max_drop, config.validation.repair_max_layers)
     except EdgeclsError as exc:
         row["repair"] = {"met": False, "reason": f"repair could not run: {exc}"}
         return
     row["repair"] = record
-    log.info("%s: --max-drop %g %s", variant.name, config.max_drop,
+    log.info("%s: --max-drop %g %s", variant.name, config.validation.max_drop,
              f"met with {len(record['kept_float'])} layer(s) in float" if record.get("met") and record["kept_float"]
              else ("met" if record.get("met") else "not met"))
     if converted is not None:
@@ -328,7 +328,7 @@ def _quantize(engine: str, variant, float_bytes: bytes, calibration: np.ndarray,
     from .engines import post_training
 
     return post_training(engine, float_bytes, calibration, variant.precision, input_name=_input_name(variant, float_bytes, source),
-                         scheme=config.onnx_int8_scheme, keep_float=keep)
+                         scheme=config.convert.onnx_int8_scheme, keep_float=keep)
 
 
 def _logits_layer(engine, variant, float_bytes: bytes, output_kind: str) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ per-layer diagnosis (edgecls.export.diagnose), the one that adds the most error 
 float one more at a time, by the engine that made the file (TFLite converter: TensorFlow's
 QuantizationDebugger with denylisted nodes; LiteRT quantizer: its scoped no-quantize recipe; ONNX:
 onnxruntime's nodes_to_exclude or NNCF's ignored scope) until the budget is met, at most
-`ExportConfig.repair_max_layers` layers tried. A layer stays in float only if it makes the validation
+`ValidationConfig.repair_max_layers` layers tried. A layer stays in float only if it makes the validation
 accuracy better by at least one image: a layer whose float version does not help costs bytes and
 time for nothing, and on a small split a "gain" of less than one image is noise. The record says
 what was kept, each step's accuracy and bytes, or by how much the best set missed.
@@ -30,7 +30,7 @@ def repair(fmt, variant, job, file: Path, diagnosis: dict, images: np.ndarray, l
     """Returns (record, Converted or None): the repaired file when layers had to be kept in float
     and that met the budget, None when the plain file meets it or nothing did (record["met"])."""
     layout = fmt.layout(job.config)
-    timeout = job.config.validation_timeout_s
+    timeout = job.config.validation.timeout_s
     plain = file_accuracy(file, images, labels, layout, timeout)
     drop = round(100 * (float_accuracy - plain), 4)
     record = {"budget_points": max_drop, "images": int(len(labels)), "split": "validation (training data)",

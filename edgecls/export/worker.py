@@ -217,7 +217,7 @@ def _main(argv) -> int:
     try:
         from . import export_into
 
-        config = ExportConfig(**payload["config"])
+        config = ExportConfig.from_dict(payload["config"])
         preprocessing = payload["preprocessing"]
         if payload.get("preprocessing_is_spec"):
             from ..preprocess import PreprocessingSpec

@@ -17,24 +17,24 @@ KINDS = ("pruned", "qat", "pruned_qat")
 
 def build_variant(kind: str, model, dataset, spec, config: ExportConfig, teacher=None):
     """One optimized model with `config`'s settings: "pruned" and "qat" start from the base model,
-    "pruned_qat" from the pruned one (sparsity-preserving QAT). With `config.distill` the fine-tune
+    "pruned_qat" from the pruned one (sparsity-preserving QAT). With `config.fine_tune.distill` the fine-tune
     distills from `teacher` (pass the base model; default `model`). Returns an `Optimized` record."""
     from . import prune, quantize_aware
     from ..training.distill import Distillation
 
     distillation = None
-    if config.distill:
-        distillation = Distillation(teacher if teacher is not None else model, config.distill_alpha, config.distill_temperature)
+    if config.fine_tune.distill:
+        distillation = Distillation(teacher if teacher is not None else model, config.fine_tune.distill_alpha, config.fine_tune.distill_temperature)
 
     if kind == "pruned":
-        return prune(model, dataset, spec, sparsity=config.sparsity, epochs=config.prune_epochs,
-                     learning_rate=config.prune_learning_rate, batch_size=config.fine_tune_batch_size,
-                     structured_2x4=config.structured_2x4, skip_layers=config.skip_layers, seed=config.seed,
-                     verbose=config.verbose, distillation=distillation, allocation=config.sparsity_allocation)
-    return quantize_aware(model, dataset, spec, epochs=config.qat_epochs, learning_rate=config.qat_learning_rate,
-                          batch_size=config.fine_tune_batch_size, preserve_sparsity=kind == "pruned_qat",
-                          seed=config.seed, calibration_count=config.calibration_count if config.qat_calibration else 0,
-                          calibration_seed=config.calibration_seed, verbose=config.verbose, distillation=distillation)
+        return prune(model, dataset, spec, sparsity=config.prune.sparsity, epochs=config.prune.epochs,
+                     learning_rate=config.prune.learning_rate, batch_size=config.fine_tune.batch_size,
+                     structured_2x4=config.prune.structured_2x4, skip_layers=config.prune.skip_layers, seed=config.seed,
+                     verbose=config.verbose, distillation=distillation, allocation=config.prune.allocation)
+    return quantize_aware(model, dataset, spec, epochs=config.qat.epochs, learning_rate=config.qat.learning_rate,
+                          batch_size=config.fine_tune.batch_size, preserve_sparsity=kind == "pruned_qat",
+                          seed=config.seed, calibration_count=config.calibration.count if config.qat.calibrate else 0,
+                          calibration_seed=config.calibration.seed, verbose=config.verbose, distillation=distillation)
 
 
 def check_optimized(folder, source) -> dict:

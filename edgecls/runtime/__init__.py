@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..bundle import Bundle, find_bundle_for, load_bundle
+from ..config import TTA_MODES, check_tta
 from ..errors import ConfigError, DataError, ModelError
 from ..preprocess import PixelInput, PreprocessingSpec, load_image
 from .backends import ONNXBackend, TFLiteBackend, open_backend
@@ -32,14 +33,6 @@ from .backends import ONNXBackend, TFLiteBackend, open_backend
 __all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta", "with_tta"]
 
 _UINT8 = np.dtype(np.uint8)
-TTA_MODES = ("flip",)
-
-
-def check_tta(tta) -> str | None:
-    """None (one pass per image) or a test-time augmentation in TTA_MODES; anything else is a ConfigError."""
-    if tta is not None and tta not in TTA_MODES:
-        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)} (or none)")
-    return tta
 
 
 def with_tta(predict, images: np.ndarray, tta: str | None) -> np.ndarray:

@@ -28,10 +28,10 @@ import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-from ..config import ExportConfig, TuneConfig
+from ..config import ExportConfig, MicroConfig, TuneConfig
 from ..errors import ConfigError, DataError
 from ..selection import Budgets, choose, explain, fine_tune_reason
 
@@ -48,9 +48,13 @@ PTQ_STAGES = {
 }
 PRUNED = ("tflite_pruned_fp32", "tflite_pruned_int8", "tflite_pruned_qat_int8")
 QAT = ("tflite_qat_int8",)
-# Settings that change what a candidate measures: a resumed run must have the same ones.
-SPACE_KEYS = ("variants", "threads", "sparsities", "sparsity_allocations", "prune_epochs", "qat_epochs", "distill",
-              "validation_images", "calibration_count", "runs", "warmup", "repeats", "seed", "hosts")
+# Settings that change what a candidate measures: a resumed run must have the same ones. Each key of
+# tune.json's "space" and where it lives in TuneConfig.
+SPACE_KEYS = {"variants": "variants", "threads": "threads", "sparsities": "sparsities",
+              "sparsity_allocations": "sparsity_allocations", "prune_epochs": "export.prune.epochs",
+              "qat_epochs": "export.qat.epochs", "distill": "export.fine_tune.distill",
+              "validation_images": "validation_images", "calibration_count": "export.calibration.count",
+              "runs": "bench.runs", "warmup": "bench.warmup", "repeats": "bench.repeats", "seed": "seed", "hosts": "hosts"}
 # What a record written before a space key existed meant by its absence (every key `_space` adds
 # beside SPACE_KEYS needs one).
 SPACE_ABSENT = {"micro": False}
@@ -78,8 +82,12 @@ def _budgets(config: TuneConfig) -> Budgets:
 def _space(config: TuneConfig) -> dict:
     """What the search covers, as tune.json records it (flat: a stage's export and bench settings
     beside the search's own)."""
-    d = {**asdict(config.export), **asdict(config.bench), **asdict(config)}
-    space = {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in SPACE_KEYS}
+    space = {}
+    for key, path in SPACE_KEYS.items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        space[key] = list(value) if isinstance(value, tuple) else value
     # Microcontroller budgets run every TFLite file under TFLite Micro too: another search space.
     space["micro"] = _budgets(config).micro
     return space
@@ -266,9 +274,10 @@ class _Search:
         # A fine-tuned candidate's loss against the float model is the search's to judge (--max-drop,
         # on the validation split): the export only checks that its conversion is faithful.
         if _budgets(self.config).micro:  # every full-integer TFLite file also under TFLite Micro
-            settings = {"micro": True, "micro_images": min(ExportConfig.micro_images, len(self.val.test)), **settings}
-        config = replace(self.config.export, formats=tuple(variants), fine_tuned_max_drop=100.0, seed=self.config.seed,
-                         **settings)
+            settings = {"micro": MicroConfig(enabled=True, images=min(ExportConfig.micro.images, len(self.val.test))),
+                        **settings}
+        config = replace(self.config.export, formats=tuple(variants), seed=self.config.seed,
+                         fine_tune=replace(self.config.export.fine_tune, max_drop=100.0), **settings)
         t0 = time.perf_counter()
         result = export(self.model, data=self.data, out=bundle, config=config, dataset=self.val,
                         preprocessing=self.source.preprocessing, labels=list(self.source.labels))
@@ -303,10 +312,12 @@ class _Search:
                           and c["precision"] == "int8" and c["drop"] is not None and c["drop"] > budgets.max_drop})
         if missing:
             self.export_stage("repair", missing, f"int8 files over --max-drop {budgets.max_drop:g}: keep their most "
-                                                 f"sensitive layers in float", max_drop=budgets.max_drop)
+                                                 f"sensitive layers in float",
+                              validation=replace(self.config.export.validation, max_drop=budgets.max_drop))
 
     def fine_tuned(self, why: str) -> None:
-        plan = [("qat", QAT, {})] + [(_stage_name(s, a), PRUNED, {"sparsity": s, "sparsity_allocation": a})
+        prune = self.config.export.prune
+        plan = [("qat", QAT, {})] + [(_stage_name(s, a), PRUNED, {"prune": replace(prune, sparsity=s, allocation=a)})
                                      for a in self.config.sparsity_allocations for s in self.config.sparsities]
         for i, (stage, variants, settings) in enumerate(plan):
             if stage in self.state.record["stages"]:

@@ -47,7 +47,7 @@ def grid_names() -> set[str]:
 
     out = set()
     for name in resolve_formats(ExportConfig.formats):
-        stage = f"pruned{round(100 * ExportConfig.sparsity)}" if "pruned" in name else ""
+        stage = f"pruned{round(100 * ExportConfig.prune.sparsity)}" if "pruned" in name else ""
         out.add(artifact_id(stage, name) if stage else name)
     return out
 

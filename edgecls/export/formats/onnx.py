@@ -36,7 +36,7 @@ INT8_SCHEME_TEXT = {
     "u8u8": "uint8 activations and weights: the same outputs on every CPU, fp32 speed on x86",
     "s8s8": "int8 activations and weights: exact only on x86 with VNNI and on arm64",
 }
-DEFAULT_INT8_SCHEME = ExportConfig.onnx_int8_scheme
+DEFAULT_INT8_SCHEME = ExportConfig.convert.onnx_int8_scheme
 INPUT_NAME = "input"
 
 
@@ -126,7 +126,7 @@ def opset_of(path) -> int:
 
 class ONNXFormat(Format):
     """The ONNX format: fp32 through tf2onnx; int8 by onnxruntime static QDQ in the configured scheme,
-    or through tf2onnx from the int8 TFLite model (`onnx_int8_method="tflite"`)."""
+    or through tf2onnx from the int8 TFLite model (`ConvertConfig.onnx_int8_method="tflite"`)."""
 
     name = "onnx"
 
@@ -135,20 +135,20 @@ class ONNXFormat(Format):
 
         config = job.config
         if "onnx_fp32" not in job.shared:
-            job.shared["onnx_fp32"] = convert_fp32(job.base, opset=config.onnx_opset, nchw=config.nchw)
+            job.shared["onnx_fp32"] = convert_fp32(job.base, opset=config.convert.onnx_opset, nchw=config.convert.nchw)
         fp32 = job.shared["onnx_fp32"]
         if variant.precision == "fp32":
             return Converted(fp32)
         if variant.precision != "int8":
             raise ConfigError(f"ONNX has no {variant.precision} variant")
-        if variant.name != "onnx_int8" or config.onnx_int8_method == "ort_qdq":
+        if variant.name != "onnx_int8" or config.convert.onnx_int8_method == "ort_qdq":
             return self._quantize(variant, fp32, job)
-        if config.nchw:
+        if config.convert.nchw:
             raise ConfigError("onnx_int8_method 'tflite' keeps the TFLite NHWC layout; use ort_qdq with --nchw")
         from .tflite import convert as tflite_convert
 
         float_io = tflite_convert(job.base, "int8", job.representative, int8_io=False)
-        data = convert_from_tflite(float_io, opset=config.onnx_opset)
+        data = convert_from_tflite(float_io, opset=config.convert.onnx_opset)
         return Converted(data, {"int8_scheme": "s8s8",
                                 "description": "ONNX int8 via tf2onnx from the int8 TFLite model (int8 activations: "
                                                "exact only on x86 with VNNI and on arm64)"})
@@ -167,26 +167,26 @@ class ONNXFormat(Format):
         config = job.config
         if variant.engine == "nncf":
             images = np.asarray(job.representative, dtype=np.float32)
-            if config.nchw:
+            if config.convert.nchw:
                 images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
             data = nncf_quantize(fp32, images, INPUT_NAME, keep_float)
             return Converted(data, {"engine": "nncf", "int8_scheme": "u8s8_overflow_fix",
                                     "description": f"{variant.description}; uint8 activations, int8 weights with NNCF's "
                                                    f"overflow fix (7-bit weights, its remedy for x86 without VNNI)"})
-        data = quantize_qdq(fp32, job.representative, nchw=config.nchw, scheme=config.onnx_int8_scheme,
+        data = quantize_qdq(fp32, job.representative, nchw=config.convert.nchw, scheme=config.convert.onnx_int8_scheme,
                             method=variant.engine.removeprefix("ort_"), keep_float=keep_float)
-        return Converted(data, {"engine": variant.engine, "int8_scheme": config.onnx_int8_scheme,
-                                "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.onnx_int8_scheme]}"})
+        return Converted(data, {"engine": variant.engine, "int8_scheme": config.convert.onnx_int8_scheme,
+                                "description": f"{variant.description}; {INT8_SCHEME_TEXT[config.convert.onnx_int8_scheme]}"})
 
     def layout(self, config) -> str:
-        return "NCHW" if config.nchw else "NHWC"
+        return "NCHW" if config.convert.nchw else "NHWC"
 
     def float_twin(self, variant, job) -> bytes:
         if variant.source == "base":
             return job.shared["onnx_fp32"]
         key = f"onnx_fp32:{variant.source}"
         if key not in job.shared:
-            job.shared[key] = convert_fp32(job.model, opset=job.config.onnx_opset, nchw=job.config.nchw)
+            job.shared[key] = convert_fp32(job.model, opset=job.config.convert.onnx_opset, nchw=job.config.convert.nchw)
         return job.shared[key]
 
     def describe(self, path):

@@ -300,7 +300,7 @@ def _float_key(source: str) -> str:
 
 def _finished(data: bytes, fields: dict, config, layout=None):
     """The Converted file, its names stripped when the config asks."""
-    if config.strip_names:
+    if config.convert.strip_names:
         data = strip_names(data)
         fields["names_stripped"] = True
     return Converted(data, fields, layout)
@@ -315,7 +315,7 @@ class TFLiteFormat(Format):
     def convert(self, variant, job):
         config = job.config
         # Applies to int8 post-training quantization; QAT models keep the per-channel scales they learned.
-        per_channel = config.int8_weights == "per-channel"
+        per_channel = config.convert.int8_weights == "per-channel"
         quantization_aware = variant.source in ("qat", "pruned_qat")
         fields, layout = {}, None
         if variant.engine == "aeq":
@@ -330,13 +330,13 @@ class TFLiteFormat(Format):
             fields.update(normalization=pixels.how, pixel_input=pixels.layout.to_dict())
             layout = pixels.layout
         else:
-            data = convert(job.model, variant.precision, job.representative, int8_io=not config.float_io,
+            data = convert(job.model, variant.precision, job.representative, int8_io=not config.convert.float_io,
                            quantization_aware=quantization_aware, per_channel=per_channel)
         if variant.precision == "fp32" and variant.input == "normalized":
             # The float file of this model, which the diagnosis of its quantized variants measures against.
             job.shared.setdefault(_float_key(variant.source), data)
         if variant.precision == "int8":
-            fields["weight_scales"] = "per-channel" if quantization_aware else config.int8_weights
+            fields["weight_scales"] = "per-channel" if quantization_aware else config.convert.int8_weights
         if variant.engine:
             fields["engine"] = variant.engine
         return _finished(data, fields, config, layout)
@@ -351,9 +351,9 @@ class TFLiteFormat(Format):
             raise ConfigError(f"{variant.name} cannot keep layers in float")
         if variant.engine != "converter":
             return self._aeq(variant, job, keep_float)
-        per_channel = job.config.int8_weights == "per-channel"
+        per_channel = job.config.convert.int8_weights == "per-channel"
         data = convert_selective(job.model, job.representative, keep_float, per_channel=per_channel)
-        return _finished(data, {"engine": "converter", "weight_scales": job.config.int8_weights, "io": "float"},
+        return _finished(data, {"engine": "converter", "weight_scales": job.config.convert.int8_weights, "io": "float"},
                          job.config)
 
     def _aeq(self, variant, job, keep_float: tuple[str, ...]):
