@@ -151,7 +151,8 @@ def test_per_tensor_weights_and_stripped_names_make_smaller_files_that_still_run
         test = load_dataset("cifar10-sample").test
         accuracy = float((runtime.load(tmp_path / "small", variant=name).predict(test.images).argmax(1) == test.labels).mean())
         assert accuracy == pytest.approx(rows[name]["validation"]["accuracy"], abs=1e-9), name
-    assert result.manifest["config"]["int8_weights"] == "per-tensor" and result.manifest["config"]["strip_names"] is True
+    convert = result.manifest["config"]["convert"]
+    assert convert["int8_weights"] == "per-tensor" and convert["strip_names"] is True
     with pytest.raises(ConfigError, match="int8_weights must be one of"):
         export(sample_model.out, isolate=False, data="cifar10-sample", out=tmp_path / "bad", convert=ConvertConfig(int8_weights="per-row"))
     assert not (tmp_path / "bad").exists()
@@ -331,8 +332,10 @@ def test_distill_flags_reach_every_fine_tune_with_the_base_model_as_teacher(monk
     assert (d.teacher, d.alpha, d.temperature) == ("model", 0.5, 2.0)
     build_variant("pruned_qat", "pruned model", None, None, config, teacher="base model")
     assert seen[-1]["distillation"].teacher == "base model"
+    with pytest.raises(SystemExit):  # refused as the command line is read
+        build_parser().parse_args(base + ["--distill-alpha", "0"])
     with pytest.raises(ConfigError, match="distill_alpha"):
-        config_from_args(ExportConfig, build_parser().parse_args(base + ["--distill-alpha", "0"]))
+        ExportConfig(fine_tune=FineTuneConfig(distill_alpha=0))
 
 
 def test_fine_tune_of_a_logits_model_matches_its_softmax_twin(trained_tiny):
@@ -633,7 +636,8 @@ def test_a_native_crash_while_converting_costs_one_variant_not_the_export(traine
     import subprocess
     import sys
 
-    code = ("from edgecls.export import export; export(%r, data=%r, out=%r, calibration_count=64, isolate=False, "
+    code = ("from edgecls.config import CalibrationConfig; from edgecls.export import export; "
+            "export(%r, data=%r, out=%r, calibration=CalibrationConfig(count=64), isolate=False, "
             "formats=('tflite_fp32', 'tflite_int8'))" % (str(trained_tiny.out), str(TINY_ZIP), str(tmp_path / "b2")))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -11 and not (tmp_path / "b2").exists()

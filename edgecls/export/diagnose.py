@@ -78,17 +78,18 @@ def diagnose(float_file: str | Path, quantized_file: str | Path, images: np.ndar
     TensorFlow): every intermediate tensor of both files is kept, which for a 96x96 MobileNetV2 is
     hundreds of megabytes that the export's own process would otherwise keep as its peak, and a
     runtime that crashes on an augmented graph fails the diagnosis, not the export."""
-    from ..runtime.isolated import failure_reason, run_child, save_float32
+    from ..runtime.isolated import run_job, save_float32
 
     with tempfile.TemporaryDirectory(prefix="edgecls-diagnose-") as tmp:
         given, out = Path(tmp) / "images.npy", Path(tmp) / "diagnosis.json"
         save_float32(given, images)
         payload = {"float": str(float_file), "quantized": str(quantized_file), "images": str(given),
                    "layout": layout, "out": str(out)}
-        code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
-        if code != 0 or not out.is_file():
-            reason = failure_reason(code, stderr, "the per-layer diagnosis", CHILD_TIMEOUT_S)
-            raise ExportError(reason if reason.startswith("per-layer diagnosis") else f"per-layer diagnosis failed: {reason}")
+        try:
+            run_job(__name__, payload, out, "the per-layer diagnosis", CHILD_TIMEOUT_S)
+        except ExportError as exc:
+            reason = str(exc)
+            raise ExportError(reason if reason.startswith("per-layer diagnosis") else f"per-layer diagnosis failed: {reason}") from None
         import json
 
         return json.loads(out.read_text())

@@ -257,16 +257,14 @@ _IN_CHILD = {"ort": _ort_here, "nncf": _nncf_here}
 def in_child(kind: str, float_bytes: bytes, calibration: np.ndarray, what: str, **options) -> bytes:
     """`_IN_CHILD[kind](float_bytes, calibration, **options)` run in `python -m edgecls.export.engines`
     (numpy, onnx, onnxruntime, NNCF: no TensorFlow); ExportError with the reason when it fails."""
-    from ..runtime.isolated import failure_reason, run_child
+    from ..runtime.isolated import run_job
 
     with tempfile.TemporaryDirectory(prefix="edgecls-quantize-") as tmp:
         model, images, out = (Path(tmp) / n for n in ("float.onnx", "calibration.npy", "quantized.bin"))
         model.write_bytes(float_bytes)
         np.save(images, np.ascontiguousarray(calibration, dtype=np.float32))
         payload = {"kind": kind, "model": str(model), "calibration": str(images), "out": str(out), "options": options}
-        code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
-        if code != 0 or not out.is_file():
-            raise ExportError(failure_reason(code, stderr, what, CHILD_TIMEOUT_S))
+        run_job(__name__, payload, out, what, CHILD_TIMEOUT_S)
         return out.read_bytes()
 
 

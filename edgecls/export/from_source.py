@@ -139,10 +139,7 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
     """One variant of a source, start to end: its float file (made once per format and shared),
     quantized by the variant's engine, written, diagnosed and repaired under --max-drop, validated
     against the source's own outputs, checked under TFLite Micro. Returns its manifest row."""
-    source, config, staging, floats = prep.source, prep.config, prep.staging, prep.floats
-    calibration, output_kind, repair_set = prep.calibration, prep.output_kind, prep.repair_set
-    eval_x, eval_y, reference, spec = prep.eval_x, prep.eval_y, prep.reference, prep.spec
-    validated_on = prep.validated_on
+    source, config = prep.source, prep.config
     from ..runtime import isolated
     from . import _tolerance
     from .formats import formats
@@ -155,19 +152,19 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
     row = {"name": name, "format": fmt_name, "precision": variant.precision, "source": "source",
            "description": _description(variant, source), "layout": layout}
     try:
-        if fmt_name not in floats:
-            floats[fmt_name] = _float_file(source, fmt_name, calibration)
-        if isinstance(floats[fmt_name], EdgeclsError):
-            raise floats[fmt_name]
-        float_bytes, conversion = floats[fmt_name]
-        keep = _logits_layer(engine, variant, float_bytes, output_kind)
+        if fmt_name not in prep.floats:
+            prep.floats[fmt_name] = _float_file(source, fmt_name, prep.calibration)
+        if isinstance(prep.floats[fmt_name], EdgeclsError):
+            raise prep.floats[fmt_name]
+        float_bytes, conversion = prep.floats[fmt_name]
+        keep = _logits_layer(engine, variant, float_bytes, prep.output_kind)
         data_bytes = float_bytes if engine is None else _quantize(engine, variant, float_bytes,
-                                                                    source.in_layout(calibration, fmt_name),
+                                                                    source.in_layout(prep.calibration, fmt_name),
                                                                     source, config, keep)
     except EdgeclsError as exc:
         log.warning("%s: %s", name, exc)
         return {**row, "status": "error", "reason": str(exc)}
-    file = staging / f"{name}.{fmt_name}"
+    file = prep.staging / f"{name}.{fmt_name}"
     file.write_bytes(data_bytes)
     row["conversion"] = dict(conversion)
     if keep:
@@ -180,18 +177,18 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
         row["engine"] = engine
         if fmt_name == "onnx":
             row["int8_scheme"] = "u8s8_overflow_fix" if engine == "nncf" else config.convert.onnx_int8_scheme
-    if engine and (config.validation.diagnose or repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
-        row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(calibration, fmt_name), source))
-        if repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
+    if engine and (config.validation.diagnose or prep.repair_set) and variant.precision in ("int8", "int16x8", "dynamic"):
+        row.update(_diagnosis(name, fmt_name, float_bytes, file, source.in_layout(prep.calibration, fmt_name), source))
+        if prep.repair_set and "diagnosis" in row and variant.precision in ("int8", "int16x8"):
             # May rewrite the file with layers kept in float: what is validated below.
-            _repair(variant, engine, float_bytes, file, row, repair_set, calibration, source, config, keep)
+            _repair(variant, engine, float_bytes, file, row, prep.repair_set, prep.calibration, source, config, keep)
     try:
-        outputs = isolated.outputs(file, source.in_layout(eval_x, fmt_name), layout="NHWC", threads=None,
+        outputs = isolated.outputs(file, source.in_layout(prep.eval_x, fmt_name), layout="NHWC", threads=None,
                                    timeout=config.validation.timeout_s)
-        validation = compare(outputs, reference, eval_y, _tolerance(variant, config))
+        validation = compare(outputs, prep.reference, prep.eval_y, _tolerance(variant, config))
     except EdgeclsError as exc:
         validation = {"status": "failed", "reason": f"validation could not run: {exc}"}
-    validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=validated_on)
+    validation.update(reference=f"{source.kind} {source.path.name} ({source.runtime})", host=prep.validated_on)
     weights = onnx_weight_stats(file) if fmt_name == "onnx" else tflite_weight_stats(file)
     inputs, outs = formats()[fmt_name].describe(file)
     row.update(file=file.name, sha256=sha256_file(file), status=validation["status"],
@@ -200,14 +197,14 @@ def _source_variant(prep: _SourcePrepared, name: str) -> dict:
                inputs=inputs, outputs=outs, weights=weights, validation=validation,
                size=size_report(file, weights["weights"], weights["weights"] - weights["zero_weights"], 0))
     if row["status"] != "ok":
-        (staging / "rejected").mkdir(exist_ok=True)
-        file.rename(staging / "rejected" / file.name)
+        (prep.staging / "rejected").mkdir(exist_ok=True)
+        file.rename(prep.staging / "rejected" / file.name)
         row["file"] = f"rejected/{file.name}"
     if config.micro.enabled and row["status"] == "ok" and fmt_name == "tflite":
         from . import _micro  # TFLite Micro for a full-integer file, against the source's own outputs
 
-        row.update(_micro(file, name, row, source.in_layout(eval_x, fmt_name), eval_y, reference,
-                          _tolerance(variant, config), source, spec, staging, config))
+        row.update(_micro(file, name, row, source.in_layout(prep.eval_x, fmt_name), prep.eval_y, prep.reference,
+                          _tolerance(variant, config), source, prep.spec, prep.staging, config))
     log.info("%s: %s%s", name, row["status"], f" ({row['reason']})" if row.get("reason") else "")
     return row
 

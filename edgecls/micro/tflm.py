@@ -33,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
-
 ARENA_STEP = 16            # TFLM aligns arena allocations to 16 bytes (MicroArenaBufferAlignment)
 MAX_ARENA = 256 << 20      # a model that needs more than this is not for a microcontroller
 _MISSING = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
@@ -205,7 +203,7 @@ CHILD_TIMEOUT_S = 3600.0
 
 def measure_in_child(path: str | Path, inputs: np.ndarray | None) -> tuple[dict, dict | None]:
     """`measure` in a child process: (record, {tflm, tflm_raw, litert_raw} arrays or None)."""
-    from ..runtime.isolated import failure_reason, run_child, save_float32
+    from ..runtime.isolated import run_job, save_float32
 
     with tempfile.TemporaryDirectory(prefix="edgecls-micro-") as tmp:
         given, out, result = (Path(tmp) / n for n in ("inputs.npy", "outputs.npz", "record.json"))
@@ -213,9 +211,7 @@ def measure_in_child(path: str | Path, inputs: np.ndarray | None) -> tuple[dict,
             save_float32(given, inputs)
         payload = {"file": str(path), "inputs": str(given) if inputs is not None else None, "out": str(out),
                    "record": str(result)}
-        code, _, stderr = run_child(__name__, payload, timeout=CHILD_TIMEOUT_S)
-        if code != 0 or not result.is_file():
-            raise ExportError(failure_reason(code, stderr, "TFLite Micro", CHILD_TIMEOUT_S))
+        run_job(__name__, payload, result, "TFLite Micro", CHILD_TIMEOUT_S)
         record = json.loads(result.read_text())
         arrays = None
         if out.is_file():

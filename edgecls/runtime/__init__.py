@@ -74,7 +74,7 @@ class Runner:
         # Where the images go in a padded input tensor (precomputed: slicing costs per call).
         self._inner = self.pixel_input.inner(preprocessing.input_size) if self.pixel_input.padded else None
         self._lut = self._quantized_input_table()
-        self._index_buffers: dict[tuple, np.ndarray] = {}
+        self._lookups: dict[tuple, object] = {}  # batch shape -> its lookup-table fill (_lookup)
         # Scores dequantized from an int8/uint8 output come from a table of 256 values: when all are
         # finite, so is every output, and the per-call check is skipped.
         table = getattr(backend, "output_table", None)
@@ -172,17 +172,8 @@ class Runner:
         construction, no test-time augmentation."""
         if self.tta is not None or not self._always_finite or self.outputs != "probabilities":
             return
-        offsets, index = self._index_buffers.get(shape, (None, None))
-        if self._frame is None and self._inner is None and not self._identity and index is not None:
-            lut, take, add = self._lut, np.take, np.add
-
-            def fill(images, buffer):  # _fill's plain case, its buffers bound
-                index[...] = images
-                add(index, offsets, out=index)
-                take(lut, index, out=buffer, mode="wrap")
-        else:
-            fill = self._fill
-        call = self.backend.bind_fill(shape[0], fill)
+        plain = self._frame is None and self._inner is None and not self._identity
+        call = self.backend.bind_fill(shape[0], self._lookup(shape) if plain else self._fill)
         if call is not None:
             self._bound = (shape, call)
 
@@ -231,20 +222,33 @@ class Runner:
         if self._identity:
             np.copyto(buffer, images)
             return
-        # Called with the backend's lock held, so the cached buffers are not shared. The offsets
-        # are a full-size array (not a broadcast (3,) vector, whose 3-element inner loops are slow)
-        # and the indices uint16; mode="wrap" skips take's bounds-checking copy (all are valid).
-        cached = self._index_buffers.get(images.shape)
-        if cached is None:
-            offsets = np.ascontiguousarray(np.broadcast_to(np.array([0, 256, 512], np.uint16), images.shape))
-            cached = self._index_buffers[images.shape] = (offsets, np.empty(images.shape, np.uint16))
-        offsets, index = cached
-        index[...] = images  # widen to uint16, then a same-type add (no buffered mixed-type loop)
-        np.add(index, offsets, out=index)
-        if buffer.flags.c_contiguous:
-            np.take(self._lut, index, out=buffer, mode="wrap")
-        else:
-            buffer[...] = np.take(self._lut, index, mode="wrap")
+        self._lookup(images.shape)(images, buffer)
+
+    def _lookup(self, shape: tuple):
+        """`fill(images, buffer)` for batches of `shape`: each pixel's normalized (and quantized)
+        value from the lookup table, written into `buffer`. Its buffers are made once per shape and
+        the function is called with the backend's lock held, so they are not shared. The offsets
+        are a full-size array (not a broadcast (3,) vector, whose 3-element inner loops are slow)
+        and the indices uint16; mode="wrap" skips take's bounds-checking copy (all are valid)."""
+        fill = self._lookups.get(shape)
+        if fill is not None:
+            return fill
+        if len(self._lookups) >= 8:  # many batch sizes: keep memory bounded
+            self._lookups.clear()
+        offsets = np.ascontiguousarray(np.broadcast_to(np.array([0, 256, 512], np.uint16), shape))
+        index = np.empty(shape, np.uint16)
+        lut, take, add = self._lut, np.take, np.add
+
+        def fill(images, buffer):
+            index[...] = images  # widen to uint16, then a same-type add (no buffered mixed-type loop)
+            add(index, offsets, out=index)
+            if buffer.flags.c_contiguous:
+                take(lut, index, out=buffer, mode="wrap")
+            else:  # the inside of a padded frame
+                buffer[...] = take(lut, index, mode="wrap")
+
+        self._lookups[shape] = fill
+        return fill
 
     def predict_tensor(self, x: np.ndarray) -> np.ndarray:
         """Already normalized float32 NHWC input -> probabilities."""

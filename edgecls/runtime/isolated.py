@@ -38,6 +38,14 @@ def run_child(module: str, payload: dict, env: dict | None = None, timeout: floa
     return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr
 
 
+def run_job(module: str, payload: dict, result: Path, what: str, timeout: float | None = None) -> None:
+    """`run_child` for work that leaves its result in the file `result`: ExportError with one line
+    (`failure_reason`) when the child crashes, hangs, fails or writes no result."""
+    code, _, stderr = run_child(module, payload, timeout=timeout)
+    if code != 0 or not Path(result).is_file():
+        raise ExportError(failure_reason(code, stderr, what, timeout))
+
+
 def failure_reason(code, stderr: str, what: str, timeout: float | None = None) -> str:
     """One line for a child that did not finish: crashed by a signal, hung, or failed with an error."""
     if code is None:
@@ -64,10 +72,7 @@ def outputs(path: str | Path, inputs: np.ndarray, layout: str = "NHWC", threads:
         save_float32(given, inputs)
         payload = {"mode": "outputs", "file": str(path), "layout": layout, "threads": threads, "inputs": str(given),
                    "out": str(out)}
-        code, _, stderr = run_child(__name__, payload, timeout=timeout)
-        if code != 0 or not out.is_file():
-            raise ExportError(failure_reason(code, stderr, f"{runtime} while loading or running the converted model",
-                                             timeout))
+        run_job(__name__, payload, out, f"{runtime} while loading or running the converted model", timeout)
         return np.load(out, allow_pickle=False)
 
 
