@@ -160,6 +160,27 @@ def test_the_bound_call_gives_the_general_paths_answers_and_steps_aside_for_othe
     np.testing.assert_array_equal(alone.predict(one), expected_one)
 
 
+def test_a_padded_pixel_input_file_with_float_outputs_is_bound_and_never_returns_non_finite_scores():
+    """The shipped resnet8's tflite_int8_pixels pads its input (a folded 'same' convolution) and
+    returns float32: the bound call writes the frame and the flipped pixels into the input tensor,
+    gives the step-by-step path's answers, and scores that are not all finite leave it for the
+    general path (which checks them)."""
+    test = load_dataset("cifar10-sample").test
+    runner = runtime.load(ROOT / "models" / "resnet8", variant="tflite_int8_pixels", threads=1)
+    assert runner._xor and runner._frame is not None and not runner._always_finite
+    one, three = test.images[:1], test.images[1:4]
+    expected_one = runner.predict_tensor(runner.preprocess(one))
+    for _ in range(3):
+        np.testing.assert_array_equal(runner.predict(one), expected_one)
+        assert runner._bound is not None
+        np.testing.assert_array_equal(runner.predict(three), runner.predict_tensor(runner.preprocess(three)))
+    broken = runtime.load(ROOT / "models" / "resnet8", variant="tflite_int8_pixels", threads=1)
+    broken.backend.bind_fill = lambda n, fill: (lambda images: np.full((n, 10), np.nan, np.float32))
+    np.testing.assert_array_equal(broken.predict(one), expected_one)  # binds the NaN call
+    assert broken._bound is not None
+    np.testing.assert_array_equal(broken.predict(one), expected_one)  # its NaN never comes back
+
+
 def test_pixel_input_variant_takes_raw_pixels(sample_bundle):
     """tflite_int8_pixels has the normalization folded into seed_cnn's first ('valid') convolution:
     its int8 input is `pixel - 128` (scale 1), so the runner only flips each byte's top bit; its

@@ -19,6 +19,7 @@ runner (`load` again). onnxruntime sessions run concurrently.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,7 @@ from .backends import ONNXBackend, TFLiteBackend, open_backend
 __all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta", "with_tta"]
 
 _UINT8 = np.dtype(np.uint8)
+_WIDE_INDEX = 1 << 16  # values per batch up to which the lookup fill's index is intp (Runner._lookup)
 
 
 def with_tta(predict, images: np.ndarray, tta: str | None) -> np.ndarray:
@@ -166,31 +168,60 @@ class Runner:
         return with_tta(self._predict_array, self._to_array(images), self.tta)
 
     def _bind(self, shape: tuple) -> None:
-        """After a batch of `shape` went through the lookup table: bind the backend's call for that
-        shape (TFLiteBackend.bind_fill), so the next such batch skips this class's per-call choices.
-        Only where nothing is left to do to the dequantized scores: probabilities, finite by
-        construction, no test-time augmentation."""
-        if self.tta is not None or not self._always_finite or self.outputs != "probabilities":
+        """After a first batch of `shape` went through the lookup table or the pixel flip: bind the
+        backend's call for that shape (TFLiteBackend.bind_fill), so the next such batch skips this
+        class's per-call choices. Only where nothing is left to do to the scores but, for float
+        outputs, the finiteness check: probabilities, no test-time augmentation. A bound call whose
+        scores are not all finite returns None, and the general path reports it."""
+        if self._bind_tried:
             return
-        plain = self._frame is None and self._inner is None and not self._identity
-        call = self.backend.bind_fill(shape[0], self._lookup(shape) if plain else self._fill)
-        if call is not None:
-            self._bound = (shape, call)
+        self._bind_tried = True
+        if self.tta is not None or self.outputs != "probabilities":
+            return
+        if self._xor:
+            fill = self._flip_fill(shape)
+        elif self._frame is None and self._inner is None and not self._identity:
+            fill = self._lookup(shape)
+        else:
+            fill = self._fill
+        call = self.backend.bind_fill(shape[0], fill)
+        if call is None:
+            return
+        if not self._always_finite:
+            unchecked, isfinite = call, np.isfinite
+
+            def call(images):
+                scores = unchecked(images)
+                return scores if scores is None or isfinite(scores).all() else None
+
+        self._bound = (shape, call)
 
     def _predict_array(self, images: np.ndarray) -> np.ndarray:
         if self._xor:
             raw = self.backend.run_own(images.shape[0], lambda: self._flipped(images))
-            if raw is not None:
-                return self._probabilities(self.backend.finish(raw))
         elif self._lut is not None:
             raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
-            if raw is not None:
-                scores = self._probabilities(self.backend.finish(raw))  # decides what a lone file ends in
-                if not self._bind_tried:
-                    self._bind_tried = True
-                    self._bind(images.shape)
-                return scores
-        return self.predict_tensor(self._normalize(images))
+        else:
+            raw = None
+        if raw is None:
+            return self.predict_tensor(self._normalize(images))
+        scores = self._probabilities(self.backend.finish(raw))  # decides what a lone file ends in
+        self._bind(images.shape)
+        return scores
+
+    def _flip_fill(self, shape: tuple):
+        """`fill(images, buffer)` for a folded pixel-input model bound to the interpreter's input
+        tensor (TFLiteBackend.bind_fill): the padded frame written (the interpreter may reuse the
+        input's memory during a call), then the pixels with their top bit flipped into the inside."""
+        flip, frame, inner, xor, copyto = np.full(shape, 0x80, np.uint8), self._frame, self._inner, np.bitwise_xor, np.copyto
+
+        def fill(images, buffer):
+            if frame is not None:
+                copyto(buffer, frame)
+            pixels = buffer.view(np.uint8)
+            xor(images, flip, out=pixels[inner] if inner is not None else pixels)
+
+        return fill
 
     def _flipped(self, images: np.ndarray) -> np.ndarray:
         """The int8 input `pixel - 128` of a folded pixel-input model, in an array this runner owns
@@ -226,26 +257,29 @@ class Runner:
 
     def _lookup(self, shape: tuple):
         """`fill(images, buffer)` for batches of `shape`: each pixel's normalized (and quantized)
-        value from the lookup table, written into `buffer`. Its buffers are made once per shape and
-        the function is called with the backend's lock held, so they are not shared. The offsets
-        are a full-size array (not a broadcast (3,) vector, whose 3-element inner loops are slow)
-        and the indices uint16; mode="wrap" skips take's bounds-checking copy (all are valid)."""
+        value from the lookup table (channel c's 256 values at 256 * c), written into `buffer`.
+        Its buffers are made once per shape and it is called with the backend's lock held, so they
+        are not shared. The table index of each pixel is an integer whose low byte is the pixel
+        and whose next byte is its channel, set once: a call writes the pixels into the low bytes
+        (a strided byte copy) and takes. The index is intp (what take uses, so it converts
+        nothing) for batches up to _WIDE_INDEX values, uint16 above (a quarter of the memory)."""
         fill = self._lookups.get(shape)
         if fill is not None:
             return fill
         if len(self._lookups) >= 8:  # many batch sizes: keep memory bounded
             self._lookups.clear()
-        offsets = np.ascontiguousarray(np.broadcast_to(np.array([0, 256, 512], np.uint16), shape))
-        index = np.empty(shape, np.uint16)
-        lut, take, add = self._lut, np.take, np.add
+        kind = np.dtype(np.intp if int(np.prod(shape)) <= _WIDE_INDEX else np.uint16)
+        low, high = (0, 1) if sys.byteorder == "little" else (kind.itemsize - 1, kind.itemsize - 2)
+        raw = np.zeros((*shape, kind.itemsize), np.uint8)
+        raw[..., high] = np.arange(shape[-1], dtype=np.uint8)
+        pixels, index, take = raw[..., low], raw.view(kind)[..., 0], self._lut.take  # the method: no wrapper call
 
         def fill(images, buffer):
-            index[...] = images  # widen to uint16, then a same-type add (no buffered mixed-type loop)
-            add(index, offsets, out=index)
+            pixels[...] = images
             if buffer.flags.c_contiguous:
-                take(lut, index, out=buffer, mode="wrap")
+                take(index, out=buffer, mode="wrap")  # "wrap": no bounds-checking copy (all are valid)
             else:  # the inside of a padded frame
-                buffer[...] = take(lut, index, mode="wrap")
+                buffer[...] = take(index, mode="wrap")
 
         self._lookups[shape] = fill
         return fill
