@@ -97,7 +97,7 @@ def _preprocessing_arg(args):
 
 
 def _number_list(kind, what: str, example: str):
-    """An argparse type: comma-separated numbers of `kind` ('100,300,1000')."""
+    """An argparse type: comma-separated numbers of `kind` ('100,300,1000'); `example` shows the form."""
     def parse(text: str) -> tuple:
         try:
             values = tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
@@ -106,7 +106,6 @@ def _number_list(kind, what: str, example: str):
         if not values:
             raise argparse.ArgumentTypeError(f"expected at least one of the {what}")
         return values
-    parse.many = True
     return parse
 
 
@@ -179,14 +178,11 @@ def _check_every_option(parser: argparse.ArgumentParser) -> None:
                 continue  # flags, --help, options built from config fields
             flag = next((o for o in action.option_strings if o.startswith("--")), None)
             low, high, *rest = RANGES.get(flag, DEFAULT_RANGE)
-            many = getattr(action.type, "many", False)
             exclude = rest[0] if rest else ""
             if action.type in (int, float):
                 action.type = Bounded(_number_or_int(action.type), low, high, exclude)
             elif action.type is _number:
                 action.type = Bounded(_number, low, high, exclude)
-            elif many:
-                action.type = Bounded(action.type, low, high, exclude, many=True)
             elif action.type is None and not action.choices:
                 action.type = _text
 
