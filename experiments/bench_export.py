@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from edgecls.bench import time_calls  # noqa: E402
-from edgecls.config import ExportConfig  # noqa: E402
+from edgecls.config import ConvertConfig, ExportConfig, FineTuneConfig, PruneConfig, QATConfig  # noqa: E402
 from edgecls.data import calibration_subset, load_dataset  # noqa: E402
 from edgecls.export import export  # noqa: E402
 from edgecls.export.formats.tflite import convert  # noqa: E402
@@ -79,9 +79,10 @@ def main():
     x, y = spec.apply(dataset.test.images), dataset.test.labels
 
     # 1. every variant
-    config = ExportConfig(sparsity=args.sparsity, sparsity_allocation=args.sparsity_allocation,
-                          skip_layers=tuple(args.skip_layers), prune_epochs=args.prune_epochs,
-                          prune_learning_rate=args.prune_lr, qat_epochs=args.qat_epochs, distill=args.distill, verbose=2)
+    config = ExportConfig(prune=PruneConfig(sparsity=args.sparsity, allocation=args.sparsity_allocation,
+                                            skip_layers=tuple(args.skip_layers), epochs=args.prune_epochs,
+                                            learning_rate=args.prune_lr),
+                          qat=QATConfig(epochs=args.qat_epochs), fine_tune=FineTuneConfig(distill=args.distill), verbose=2)
     result = export(args.model, dataset=dataset, out=out / "bundle", config=config)
     rows = {r["name"]: r for r in result.rows}
     ref_acc = result.manifest["reference"]["accuracy"]
@@ -103,7 +104,7 @@ def main():
 
         # The small-file options (--int8-weights per-tensor --strip-names): what they save, what they cost.
         small = export(args.model, dataset=dataset, out=Path(tmp) / "small", formats=("tflite_fp32", "tflite_int8"),
-                       int8_weights="per-tensor", strip_names=True)
+                       convert=ConvertConfig(int8_weights="per-tensor", strip_names=True))
         small_rows = {r["name"]: r for r in small.rows}
         per_tensor = {name: {"status": r["status"], "bytes": r["size"]["bytes"], "accuracy": r["validation"]["accuracy"],
                              "agreement": r["validation"]["agreement"]} for name, r in small_rows.items()}
@@ -111,7 +112,7 @@ def main():
 
         # 3. ONNX int8 routes
         via_tflite = export(args.model, dataset=dataset, out=Path(tmp) / "via", formats=("onnx_int8",),
-                            onnx_int8_method="tflite")
+                            convert=ConvertConfig(onnx_int8_method="tflite"))
         via_row = via_tflite.rows[0]
         onnx_routes = {}
         for label, row, folder in (("ort_qdq", rows["onnx_int8"], out / "bundle"), ("tflite", via_row, Path(tmp) / "via")):
