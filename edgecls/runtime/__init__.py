@@ -34,7 +34,7 @@ from .backends import ONNXBackend, TFLiteBackend, open_backend
 __all__ = ["load", "Runner", "TFLiteBackend", "ONNXBackend", "TTA_MODES", "check_tta", "with_tta"]
 
 _UINT8 = np.dtype(np.uint8)
-_WIDE_INDEX = 1 << 16  # values per batch up to which the lookup fill's index is intp (Runner._lookup)
+_WIDE_INDEX = 1 << 16  # values per batch up to which the lookup fill's index is intp (Runner._fill_for)
 
 
 def with_tta(predict, images: np.ndarray, tta: str | None) -> np.ndarray:
@@ -72,11 +72,10 @@ class Runner:
         self._identity = self._xor = False
         self._image_shape = (*preprocessing.input_size, 3)
         self._frame = None
-        self._owned: dict[tuple, tuple] = {}
         # Where the images go in a padded input tensor (precomputed: slicing costs per call).
         self._inner = self.pixel_input.inner(preprocessing.input_size) if self.pixel_input.padded else None
         self._lut = self._quantized_input_table()
-        self._lookups: dict[tuple, object] = {}  # batch shape -> its lookup-table fill (_lookup)
+        self._fills: dict[tuple, object] = {}  # batch shape -> its input fill (_fill_for)
         # Scores dequantized from an int8/uint8 output come from a table of 256 values: when all are
         # finite, so is every output, and the per-call check is skipped.
         table = getattr(backend, "output_table", None)
@@ -178,13 +177,7 @@ class Runner:
         self._bind_tried = True
         if self.tta is not None or self.outputs != "probabilities":
             return
-        if self._xor:
-            fill = self._flip_fill(shape)
-        elif self._frame is None and self._inner is None and not self._identity:
-            fill = self._lookup(shape)
-        else:
-            fill = self._fill
-        call = self.backend.bind_fill(shape[0], fill)
+        call = self.backend.bind_fill(shape[0], self._fill_for(shape))
         if call is None:
             return
         if not self._always_finite:
@@ -197,91 +190,68 @@ class Runner:
         self._bound = (shape, call)
 
     def _predict_array(self, images: np.ndarray) -> np.ndarray:
-        if self._xor:
-            raw = self.backend.run_own(images.shape[0], lambda: self._flipped(images))
-        elif self._lut is not None:
-            raw = self.backend.run_fill(images.shape[0], lambda buffer: self._fill(images, buffer))
-        else:
-            raw = None
+        raw = None
+        if self._lut is not None:
+            fill = self._fill_for(images.shape)
+            raw = self.backend.run_fill(images.shape[0], lambda buffer: fill(images, buffer))
         if raw is None:
             return self.predict_tensor(self._normalize(images))
         scores = self._probabilities(self.backend.finish(raw))  # decides what a lone file ends in
         self._bind(images.shape)
         return scores
 
-    def _flip_fill(self, shape: tuple):
-        """`fill(images, buffer)` for a folded pixel-input model bound to the interpreter's input
-        tensor (TFLiteBackend.bind_fill): the padded frame written (the interpreter may reuse the
-        input's memory during a call), then the pixels with their top bit flipped into the inside."""
-        flip, frame, inner, xor, copyto = np.full(shape, 0x80, np.uint8), self._frame, self._inner, np.bitwise_xor, np.copyto
-
-        def fill(images, buffer):
-            if frame is not None:
-                copyto(buffer, frame)
-            pixels = buffer.view(np.uint8)
-            xor(images, flip, out=pixels[inner] if inner is not None else pixels)
-
-        return fill
-
-    def _flipped(self, images: np.ndarray) -> np.ndarray:
-        """The int8 input `pixel - 128` of a folded pixel-input model, in an array this runner owns
-        per batch size (called with the backend's lock held): the padded frame is written once, when
-        the array is made, and each call flips the top bit of the pixels into its inner view. The
-        views and the full-size 0x80 operand are kept too: slicing, and a broadcast scalar operand,
-        cost more per call than the flip itself."""
-        cached = self._owned.get(images.shape)
-        if cached is None:
-            if len(self._owned) >= 8:  # many batch sizes: keep memory bounded
-                self._owned.clear()
-            own = np.empty((images.shape[0], *self.backend.input_shape[1:]), np.int8)
-            if self._frame is not None:
-                own[...] = self._frame
-            inner = own.view(np.uint8)
-            if self._inner is not None:
-                inner = inner[self._inner]
-            cached = self._owned[images.shape] = (own, inner, np.full(images.shape, 0x80, np.uint8))
-        own, inner, flip = cached
-        np.bitwise_xor(images, flip, out=inner)
-        return own
-
-    def _fill(self, images: np.ndarray, buffer: np.ndarray) -> None:
-        if self._frame is not None:  # the border a folded 'same' convolution used to add
-            np.copyto(buffer, self._frame)
-        inner = self._inner
-        if inner is not None:
-            buffer = buffer[inner]
-        if self._identity:
-            np.copyto(buffer, images)
-            return
-        self._lookup(images.shape)(images, buffer)
-
-    def _lookup(self, shape: tuple):
-        """`fill(images, buffer)` for batches of `shape`: each pixel's normalized (and quantized)
-        value from the lookup table (channel c's 256 values at 256 * c), written into `buffer`.
-        Its buffers are made once per shape and it is called with the backend's lock held, so they
-        are not shared. The table index of each pixel is an integer whose low byte is the pixel
-        and whose next byte is its channel, set once: a call writes the pixels into the low bytes
-        (a strided byte copy) and takes. The index is intp (what take uses, so it converts
-        nothing) for batches up to _WIDE_INDEX values, uint16 above (a quarter of the memory)."""
-        fill = self._lookups.get(shape)
+    def _fill_for(self, shape: tuple):
+        """`fill(images, buffer)` for batches of `shape` of an int8/uint8-input TFLite model: the
+        model's input for the uint8 images, written into `buffer` (its input tensor). The padded
+        frame of a folded 'same' convolution first (the interpreter may reuse the input's memory
+        during a call), then, inside it: the pixels as they are (a uint8 pixel model), their top
+        bit flipped (int8 `pixel - 128`, a folded normalization), or each pixel's value from the
+        lookup table (channel c's 256 values at 256 * c) through an index whose low byte is the
+        pixel and whose next byte its channel, set once, so a call writes the pixels into the low
+        bytes (a strided byte copy) and takes. The index is intp (what take uses: it converts
+        nothing) for batches up to _WIDE_INDEX values, uint16 above (a quarter of the memory).
+        Made once per shape; called with the backend's lock held, so its buffers are not shared."""
+        fill = self._fills.get(shape)
         if fill is not None:
             return fill
-        if len(self._lookups) >= 8:  # many batch sizes: keep memory bounded
-            self._lookups.clear()
-        kind = np.dtype(np.intp if int(np.prod(shape)) <= _WIDE_INDEX else np.uint16)
-        low, high = (0, 1) if sys.byteorder == "little" else (kind.itemsize - 1, kind.itemsize - 2)
-        raw = np.zeros((*shape, kind.itemsize), np.uint8)
-        raw[..., high] = np.arange(shape[-1], dtype=np.uint8)
-        pixels, index, take = raw[..., low], raw.view(kind)[..., 0], self._lut.take  # the method: no wrapper call
+        if len(self._fills) >= 8:  # many batch sizes: keep memory bounded
+            self._fills.clear()
+        if self._identity:
+            copy = np.copyto
 
-        def fill(images, buffer):
-            pixels[...] = images
-            if buffer.flags.c_contiguous:
-                take(index, out=buffer, mode="wrap")  # "wrap": no bounds-checking copy (all are valid)
-            else:  # the inside of a padded frame
-                buffer[...] = take(index, mode="wrap")
+            def inside(images, target):
+                copy(target, images)
+        elif self._xor:
+            flip, xor = np.full(shape, 0x80, np.uint8), np.bitwise_xor
 
-        self._lookups[shape] = fill
+            def inside(images, target):
+                xor(images, flip, out=target)
+        else:
+            kind = np.dtype(np.intp if int(np.prod(shape)) <= _WIDE_INDEX else np.uint16)
+            low, high = (0, 1) if sys.byteorder == "little" else (kind.itemsize - 1, kind.itemsize - 2)
+            raw = np.zeros((*shape, kind.itemsize), np.uint8)
+            raw[..., high] = np.arange(shape[-1], dtype=np.uint8)
+            pixels, index, take = raw[..., low], raw.view(kind)[..., 0], self._lut.take  # the method: no wrapper call
+
+            def inside(images, target):
+                pixels[...] = images
+                if target.flags.c_contiguous:
+                    take(index, out=target, mode="wrap")  # "wrap": no bounds-checking copy (all are valid)
+                else:  # the inside of a padded frame
+                    target[...] = take(index, mode="wrap")
+        frame, inner, as_bytes = self._frame, self._inner, self._xor  # the flip writes bytes
+        if frame is None and inner is None and not as_bytes:
+            fill = inside
+        else:
+            copyto = np.copyto
+
+            def fill(images, buffer):
+                if frame is not None:
+                    copyto(buffer, frame)
+                target = buffer.view(np.uint8) if as_bytes else buffer
+                inside(images, target[inner] if inner is not None else target)
+
+        self._fills[shape] = fill
         return fill
 
     def predict_tensor(self, x: np.ndarray) -> np.ndarray:

@@ -192,19 +192,6 @@ class TFLiteBackend:
 
         return run
 
-    def run_own(self, n: int, prepare) -> np.ndarray | None:
-        """Run n images from an input array the caller owns and keeps: `prepare()`, called with
-        the lock held, returns it and set_tensor copies it in (for a padded input whose frame
-        then never needs rewriting). Returns the raw output, or None when n does not fit the
-        model's batch."""
-        with self._lock:
-            self._ensure_batch(n)
-            if n != self._batch:
-                return None
-            self.interpreter.set_tensor(self.input["index"], prepare())
-            self.interpreter.invoke()
-            return self.interpreter.get_tensor(self.output["index"])
-
     def run(self, x: np.ndarray, raw: bool = False) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         n = x.shape[0]
