@@ -19,6 +19,12 @@ def option(default, help: str, *, flag: str | None = None, choices=None, range=N
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "range": range,
                                             "metavar": metavar, "const": const})
 
+def _need(cond, msg) -> None:
+    """A config's check: ConfigError(msg) unless cond."""
+    if not cond:
+        raise ConfigError(msg)
+
+
 # What tune optimizes and how it counts a file's size (edgecls.selection reads them from here: a
 # config never depends on a later pipeline stage).
 OBJECTIVES = ("latency", "size", "accuracy")
@@ -130,43 +136,39 @@ class TrainConfig:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
-
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, got {self.epochs!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}")
-        need(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        need(self.learning_rate is None or self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        need(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        need(isinstance(self.patience, int) and self.patience >= 0, f"patience must be an integer >= 0 (0 disables early stopping), got {self.patience!r}")
-        need(isinstance(self.image_size, int) and 8 <= self.image_size <= 1024, f"image_size must be an integer in 8..1024, got {self.image_size!r}")
-        need(self.verbose in (None, 0, 1, 2), f"verbose must be 0, 1 or 2, got {self.verbose!r}")
-        need(bool(str(self.out).strip()), "out must name a directory")
-        need(isinstance(self.swa_epochs, int) and 0 <= self.swa_epochs, f"swa_epochs must be an integer >= 0, got {self.swa_epochs!r}")
+        _need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a positive integer, got {self.epochs!r}")
+        _need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        _need(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        _need(self.learning_rate is None or self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _need(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        _need(isinstance(self.patience, int) and self.patience >= 0, f"patience must be an integer >= 0 (0 disables early stopping), got {self.patience!r}")
+        _need(isinstance(self.image_size, int) and 8 <= self.image_size <= 1024, f"image_size must be an integer in 8..1024, got {self.image_size!r}")
+        _need(self.verbose in (None, 0, 1, 2), f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        _need(bool(str(self.out).strip()), "out must name a directory")
+        _need(isinstance(self.swa_epochs, int) and 0 <= self.swa_epochs, f"swa_epochs must be an integer >= 0, got {self.swa_epochs!r}")
         if self.swa_epochs:
-            need(self.recipe != "tutorial", "weight averaging (swa_epochs) belongs to the 'edgecls' recipe, not 'tutorial'")
-            need(2 <= self.swa_epochs < self.epochs,
+            _need(self.recipe != "tutorial", "weight averaging (swa_epochs) belongs to the 'edgecls' recipe, not 'tutorial'")
+            _need(2 <= self.swa_epochs < self.epochs,
                  f"swa_epochs must be at least 2 and less than epochs ({self.epochs}) so some epochs come before the averaging; got {self.swa_epochs}")
-        need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
-        need(isinstance(self.cutout, int) and 0 <= self.cutout < self.image_size,
+        _need(self.swa_learning_rate is None or self.swa_learning_rate > 0, f"swa_learning_rate must be positive, got {self.swa_learning_rate}")
+        _need(isinstance(self.cutout, int) and 0 <= self.cutout < self.image_size,
              f"cutout must be an integer from 0 (off) to less than image_size ({self.image_size}), got {self.cutout!r}")
         if self.cutout:
-            need(self.augment and self.recipe != "tutorial", "cutout is augmentation: it needs augment on and the 'edgecls' recipe")
-        need(isinstance(self.cutmix, (int, float)) and not isinstance(self.cutmix, bool) and 0 <= self.cutmix <= 1,
+            _need(self.augment and self.recipe != "tutorial", "cutout is augmentation: it needs augment on and the 'edgecls' recipe")
+        _need(isinstance(self.cutmix, (int, float)) and not isinstance(self.cutmix, bool) and 0 <= self.cutmix <= 1,
              f"cutmix is the probability that a batch is mixed, from 0 (off) to 1, got {self.cutmix!r}")
         if self.cutmix:
-            need(self.augment and self.recipe != "tutorial", "cutmix is augmentation: it needs augment on and the 'edgecls' recipe")
-        need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
-        need(self.distill_temperature is None or self.distill_temperature > 0,
+            _need(self.augment and self.recipe != "tutorial", "cutmix is augmentation: it needs augment on and the 'edgecls' recipe")
+        _need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        _need(self.distill_temperature is None or self.distill_temperature > 0,
              f"distill_temperature must be positive, got {self.distill_temperature}")
         if self.teacher is not None:
-            need(bool(str(self.teacher).strip()), "teacher must name a finished 'edgecls train' directory")
-            need(self.recipe != "tutorial", "a teacher (distillation) belongs to the 'edgecls' recipe, not 'tutorial'")
+            _need(bool(str(self.teacher).strip()), "teacher must name a finished 'edgecls train' directory")
+            _need(self.recipe != "tutorial", "a teacher (distillation) belongs to the 'edgecls' recipe, not 'tutorial'")
 
     @property
     def peak_learning_rate(self) -> float:
@@ -210,11 +212,6 @@ SPARSITY_ALLOCATIONS = ("uniform", "lamp")
 INT8_WEIGHT_SCALES = ("per-channel", "per-tensor")
 # Fewer images than this do not pin down activation ranges; int8 accuracy then depends on luck.
 MIN_CALIBRATION = 32
-
-
-def _need(cond, msg):
-    if not cond:
-        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -539,40 +536,36 @@ class TuneConfig:
     seed: int = option(0, "seed of every random draw and fine-tune", range=(0, 2 ** 32 - 1))
 
     def __post_init__(self):
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
-
         for name in ("threads", "variants", "sparsities", "sparsity_allocations", "hosts"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
+        _need(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 100),
              f"max_drop must be a number of accuracy points between 0 and 100, got {self.max_drop!r}")
-        need(self.max_bytes is None or (isinstance(self.max_bytes, int) and self.max_bytes > 0),
+        _need(self.max_bytes is None or (isinstance(self.max_bytes, int) and self.max_bytes > 0),
              f"max_bytes must be a positive number of bytes, got {self.max_bytes!r}")
-        need(self.max_latency_ms is None or (isinstance(self.max_latency_ms, (int, float)) and self.max_latency_ms > 0),
+        _need(self.max_latency_ms is None or (isinstance(self.max_latency_ms, (int, float)) and self.max_latency_ms > 0),
              f"max_latency_ms must be a positive number of milliseconds, got {self.max_latency_ms!r}")
         for name in ("max_ram_kb", "max_flash_kb"):
             value = getattr(self, name)
-            need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9),
+            _need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9),
                  f"{name} must be a positive number of kilobytes, got {value!r}")
-        need(self.board is None or (isinstance(self.board, str) and 0 < len(self.board) <= 100),
+        _need(self.board is None or (isinstance(self.board, str) and 0 < len(self.board) <= 100),
              f"board must be a name of at most 100 characters, got {self.board!r}")
-        need(self.size_measure in SIZE_MEASURES, f"size_measure must be one of {', '.join(SIZE_MEASURES)}, got {self.size_measure!r}")
-        need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        need(self.threads and all(isinstance(t, int) and t >= 1 for t in self.threads),
+        _need(self.size_measure in SIZE_MEASURES, f"size_measure must be one of {', '.join(SIZE_MEASURES)}, got {self.size_measure!r}")
+        _need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        _need(self.threads and all(isinstance(t, int) and t >= 1 for t in self.threads),
              f"threads must be positive integers, got {self.threads!r}")
         unknown = [v for v in self.variants if v not in TUNE_VARIANTS]
-        need(self.variants and not unknown, f"variants must be post-training variants among {', '.join(TUNE_VARIANTS)}; "
+        _need(self.variants and not unknown, f"variants must be post-training variants among {', '.join(TUNE_VARIANTS)}; "
                                             f"got {', '.join(unknown) or 'none'}")
-        need(all(isinstance(s, (int, float)) and 0 < s < 1 for s in self.sparsities),
+        _need(all(isinstance(s, (int, float)) and 0 < s < 1 for s in self.sparsities),
              f"sparsities must lie between 0 and 1 (exclusive), got {self.sparsities!r}")
-        need(self.sparsity_allocations and all(a in SPARSITY_ALLOCATIONS for a in self.sparsity_allocations),
+        _need(self.sparsity_allocations and all(a in SPARSITY_ALLOCATIONS for a in self.sparsity_allocations),
              f"sparsity_allocations must be among {', '.join(SPARSITY_ALLOCATIONS)}, got {self.sparsity_allocations!r}")
-        need(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
-        need(self.validation_images is None or isinstance(self.validation_images, int) and self.validation_images >= 100,
+        _need(self.fine_tune in FINE_TUNE_MODES, f"fine_tune must be auto, always or never, got {self.fine_tune!r}")
+        _need(self.validation_images is None or isinstance(self.validation_images, int) and self.validation_images >= 100,
              f"validation_images must be at least 100, got {self.validation_images!r}")
-        need(isinstance(self.export, ExportConfig), f"export must be an ExportConfig, got {type(self.export).__name__}")
-        need(isinstance(self.bench, BenchConfig), f"bench must be a BenchConfig, got {type(self.bench).__name__}")
-        need(isinstance(self.jobs, int) and self.jobs >= 1, f"jobs must be a positive integer, got {self.jobs!r}")
-        need(self.max_test_images is None or (isinstance(self.max_test_images, int) and self.max_test_images >= 1),
+        _need(isinstance(self.export, ExportConfig), f"export must be an ExportConfig, got {type(self.export).__name__}")
+        _need(isinstance(self.bench, BenchConfig), f"bench must be a BenchConfig, got {type(self.bench).__name__}")
+        _need(isinstance(self.jobs, int) and self.jobs >= 1, f"jobs must be a positive integer, got {self.jobs!r}")
+        _need(self.max_test_images is None or (isinstance(self.max_test_images, int) and self.max_test_images >= 1),
              f"max_test_images must be a positive integer, got {self.max_test_images!r}")
